@@ -1,0 +1,242 @@
+"""The volunteer session as a sans-I/O state machine.
+
+``Volunteer`` consumes frames from the server and produces frames to send; it never
+touches a socket. The Python simulator drives it over ``websockets`` and the browser's
+Web Worker drives the very same object over the page's WebSocket.
+
+States::
+
+    CONNECTING --welcome--> IDLE --task--> TRAINING --train()--> SUBMITTED
+        ^                    ^  \\                                  |
+        |                    |   pause() -> PAUSED -resume()-> IDLE |
+        |                    +-------------accept/reject------------+
+    hello() (on every (re)connect)                      close() -> CLOSED
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+
+import numpy as np
+
+from .. import __version__
+from .codecs import CODECS, Encoded, get_codec
+from .data import Dataset, features
+from .protocol import Message, ProtocolError, decode, encode
+from .tasks import Task
+from .training import Progress, TrainConfig, local_train
+
+__all__ = ["Job", "SessionState", "Volunteer"]
+
+log = logging.getLogger("webfl.volunteer")
+
+
+class SessionState(str, Enum):
+    CONNECTING = "connecting"
+    IDLE = "idle"
+    TRAINING = "training"
+    SUBMITTED = "submitted"
+    PAUSED = "paused"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True)
+class Job:
+    """A round this volunteer was selected for."""
+
+    round: int
+    model_version: int
+    config: TrainConfig
+    codec: str
+    deadline_s: float
+
+
+class Volunteer:
+    def __init__(
+        self,
+        data: Dataset | None = None,
+        agent: str = "python",
+        on_transition: Callable[[SessionState, SessionState], None] | None = None,
+    ) -> None:
+        self.agent = agent
+        self.state = SessionState.CLOSED
+        self.on_transition = on_transition
+        self.volunteer_id: str | None = None
+        self.task: Task | None = None
+        self.shard: dict | None = None
+        self.params: np.ndarray | None = None
+        self.model_version = -1
+        self.job: Job | None = None
+        self.history: list = []
+        self.last_verdict: dict | None = None
+        self.last_metrics: dict | None = None
+        self.bytes_up = 0
+        self.bytes_down = 0
+        self._data: Dataset | None = None
+        self._x: np.ndarray | None = None
+        if data is not None:
+            self._set_dataset(data)
+
+    # -- state -------------------------------------------------------------
+
+    def _to(self, new: SessionState) -> None:
+        old, self.state = self.state, new
+        if old is not new:
+            log.info("volunteer %s: %s -> %s", self.volunteer_id or "?", old.value, new.value)
+            if self.on_transition is not None:
+                self.on_transition(old, new)
+
+    @property
+    def num_examples(self) -> int:
+        return 0 if self._data is None else len(self._data)
+
+    def snapshot(self) -> dict:
+        """Everything a UI shows, as plain data."""
+        return {
+            "state": self.state.value,
+            "volunteer": self.volunteer_id,
+            "task": None if self.task is None else self.task.to_dict(),
+            "model_version": self.model_version,
+            "round": None if self.job is None else self.job.round,
+            "num_examples": self.num_examples,
+            "bytes_up": self.bytes_up,
+            "bytes_down": self.bytes_down,
+            "history": self.history,
+            "last_verdict": self.last_verdict,
+            "last_metrics": self.last_metrics,
+        }
+
+    # -- frames out ----------------------------------------------------------
+
+    def _send(self, message: Message) -> bytes:
+        frame = encode(message)
+        self.bytes_up += len(frame)
+        return frame
+
+    def hello(self) -> bytes:
+        """The first frame on every (re)connection."""
+        self.job = None
+        self._to(SessionState.CONNECTING)
+        return self._send(Message("hello", {"version": __version__, "codecs": sorted(CODECS), "agent": self.agent}))
+
+    def _ready(self) -> list[bytes]:
+        """Tell the server we can be selected, once we have a model and data."""
+        if self.state is SessionState.IDLE and self.params is not None and self._data is not None:
+            return [self._send(Message("ready", {"num_examples": self.num_examples}))]
+        return []
+
+    def set_data(self, data: Dataset) -> list[bytes]:
+        """Use ``data`` as this volunteer's local examples (they never leave this object)."""
+        if self.task is not None and data.x.shape[1] != self.task.num_features:
+            raise ValueError(f"data has {data.x.shape[1]} features, the task needs {self.task.num_features}")
+        self._set_dataset(data)
+        return self._ready()
+
+    def _set_dataset(self, data: Dataset) -> None:
+        if len(data) == 0:
+            raise ValueError("no examples")
+        self._data, self._x = data, features(data.x)
+
+    def pause(self) -> list[bytes]:
+        if self.state in (SessionState.IDLE, SessionState.SUBMITTED):
+            self._to(SessionState.PAUSED)
+            return [self._send(Message("pause"))]
+        return []
+
+    def resume(self) -> list[bytes]:
+        if self.state is SessionState.PAUSED:
+            self._to(SessionState.IDLE)
+        return self._ready()
+
+    def close(self) -> None:
+        self.job = None
+        self._to(SessionState.CLOSED)
+
+    # -- frames in -----------------------------------------------------------
+
+    def receive(self, frame: bytes) -> list[bytes]:
+        """Handle one server frame; returns frames to send now.
+
+        After a ``task`` frame, ``self.job`` is set and the driver calls ``train()``.
+        """
+        self.bytes_down += len(frame)
+        msg = decode(frame)
+        handler = getattr(self, f"_on_{msg.type}", None)
+        if handler is None:
+            raise ProtocolError(f"a volunteer does not expect {msg.type!r} frames")
+        return handler(msg)
+
+    def _on_welcome(self, msg: Message) -> list[bytes]:
+        self.volunteer_id = msg["volunteer"]
+        self.task = Task.from_dict(msg["task"])
+        self.shard = msg.fields.get("shard")
+        self._to(SessionState.PAUSED if self.state is SessionState.PAUSED else SessionState.IDLE)
+        return self._ready()
+
+    def _on_model(self, msg: Message) -> list[bytes]:
+        if self.task is None:
+            raise ProtocolError("model before welcome")
+        params = get_codec(msg["codec"]).decode(Encoded(msg["codec_params"], msg.arrays), self.task.build_model().size)
+        was_ready = self.params is not None
+        self.params, self.model_version = np.array(params, dtype=np.float32), msg["model_version"]
+        return [] if was_ready else self._ready()
+
+    def _on_task(self, msg: Message) -> list[bytes]:
+        if self.state is not SessionState.IDLE or self.params is None or self._data is None:
+            log.info("volunteer %s: ignoring task for round %s in state %s", self.volunteer_id, msg["round"], self.state.value)
+            return []
+        if msg["model_version"] != self.model_version:
+            log.warning("task for model %s but holding %s; skipping", msg["model_version"], self.model_version)
+            return []
+        self.job = Job(msg["round"], msg["model_version"], TrainConfig.from_dict(msg["config"]), msg["codec"], float(msg["deadline_s"]))
+        self._to(SessionState.TRAINING)
+        return []
+
+    def _on_accept(self, msg: Message) -> list[bytes]:
+        self.last_verdict = {"round": msg["round"], "accepted": True}
+        return self._back_to_idle()
+
+    def _on_reject(self, msg: Message) -> list[bytes]:
+        self.last_verdict = {"round": msg.fields.get("round"), "accepted": False, "reason": msg["reason"]}
+        log.warning("volunteer %s: update rejected: %s", self.volunteer_id, msg["reason"])
+        return self._back_to_idle()
+
+    def _back_to_idle(self) -> list[bytes]:
+        if self.state in (SessionState.SUBMITTED, SessionState.TRAINING):
+            self.job = None
+            self._to(SessionState.IDLE)
+            return self._ready()
+        return []
+
+    def _on_status(self, msg: Message) -> list[bytes]:
+        self.history = msg["history"]
+        return []
+
+    # -- work ------------------------------------------------------------------
+
+    def train(self, progress: Progress | None = None) -> bytes:
+        """Train on the local data for the current job; returns the ``update`` frame."""
+        job = self.job
+        if self.state is not SessionState.TRAINING or job is None or self.task is None:
+            raise RuntimeError(f"no training job (state {self.state.value})")
+        assert self._data is not None and self._x is not None and self.params is not None
+        model = self.task.build_model()
+        result = local_train(model, self.params, self._x, self._data.y, job.config, progress)
+        delta = result.params - self.params
+        enc = get_codec(job.codec).encode(delta, np.random.default_rng(job.config.seed))
+        self.last_metrics = {"round": job.round, "loss": result.loss, "accuracy": result.accuracy}
+        fields = {
+            "round": job.round,
+            "model_version": job.model_version,
+            "num_examples": result.num_examples,
+            "loss": result.loss,
+            "accuracy": result.accuracy,
+            "codec": job.codec,
+            "codec_params": enc.params,
+        }
+        self._to(SessionState.SUBMITTED)
+        return self._send(Message("update", fields, enc.arrays))
+
