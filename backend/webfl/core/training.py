@@ -19,7 +19,7 @@ Progress = Callable[[int, int, int, float], None]
 class TrainConfig:
     epochs: int = 2
     batch_size: int = 32
-    lr: float = 0.05
+    lr: float = 0.1
     seed: int = 0
 
     def __post_init__(self) -> None:

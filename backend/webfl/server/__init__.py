@@ -1,0 +1,1 @@
+"""The round server: Starlette app, round engine, coordination and storage."""

@@ -1,0 +1,66 @@
+"""The admin JSON API: launch and stop runs, watch status, download the model."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from .auth import admin_only
+from .engine import RoundEngine, RunActive, RunConfig
+
+__all__ = ["routes"]
+
+
+def _engine(request: Request) -> RoundEngine:
+    return request.app.state.engine
+
+
+@admin_only
+async def start_rounds(request: Request) -> Response:
+    try:
+        body = json.loads(await request.body() or b"{}")
+        config = RunConfig.from_json(body)
+    except ValueError as exc:
+        return JSONResponse({"error": str(exc)}, status_code=400)
+    try:
+        run_id = _engine(request).start(config)
+    except RunActive as exc:
+        return JSONResponse({"error": str(exc)}, status_code=409)
+    return JSONResponse({"run": run_id, "config": config.to_dict()}, status_code=202)
+
+
+@admin_only
+async def stop_rounds(request: Request) -> Response:
+    return JSONResponse({"stopped": await _engine(request).stop()})
+
+
+@admin_only
+async def status(request: Request) -> Response:
+    return JSONResponse(_engine(request).status())
+
+
+@admin_only
+async def model(request: Request) -> Response:
+    engine = _engine(request)
+    buf = io.BytesIO()
+    views = engine.model.views(engine.params)
+    np.savez(buf, params=engine.params, model_version=np.int64(engine.model_version), **views)
+    name = f"webfl-{engine.task.name}-{engine.task.model}-v{engine.model_version}.npz"
+    return Response(
+        buf.getvalue(),
+        media_type="application/octet-stream",
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )
+
+
+routes = [
+    Route("/api/rounds", start_rounds, methods=["POST"]),
+    Route("/api/rounds/stop", stop_rounds, methods=["POST"]),
+    Route("/api/status", status, methods=["GET"]),
+    Route("/api/model", model, methods=["GET"]),
+]

@@ -1,0 +1,113 @@
+"""Coordination between the round engine and the volunteer connections.
+
+Everything that crosses from the engine to a connection goes through this one
+small interface: the open round, and frames published to all volunteers or to
+chosen ones. ``InProcessCoordinator`` serves a single server process; a
+multi-process deployment swaps in a Redis-backed one (pub/sub channels per
+volunteer plus a key for the round) without touching the engine or the sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+__all__ = ["Coordinator", "InProcessCoordinator", "RoundInfo", "SlowConsumer", "Subscription"]
+
+log = logging.getLogger("webfl.coordinator")
+
+
+@dataclass(frozen=True)
+class RoundInfo:
+    """The round that is open for updates."""
+
+    round: int
+    model_version: int
+    codec: str
+    deadline: float  # loop time
+    selected: frozenset[str]
+
+
+class SlowConsumer(Exception):
+    """The volunteer could not keep up with its frames and was dropped."""
+
+
+class Subscription(ABC):
+    """Frames addressed to one volunteer, in order."""
+
+    @abstractmethod
+    async def get(self) -> bytes:
+        """The next frame; raises ``SlowConsumer`` once the queue overflowed."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+class Coordinator(ABC):
+    @abstractmethod
+    def subscribe(self, volunteer_id: str) -> Subscription: ...
+
+    @abstractmethod
+    async def publish(self, frame: bytes, to: Iterable[str] | None = None) -> int:
+        """Queue ``frame`` for the given volunteers (all if ``None``); returns how many."""
+
+    @abstractmethod
+    async def set_round(self, info: RoundInfo | None) -> None: ...
+
+    @abstractmethod
+    async def current_round(self) -> RoundInfo | None: ...
+
+
+class _QueueSubscription(Subscription):
+    def __init__(self, owner: InProcessCoordinator, volunteer_id: str, maxsize: int) -> None:
+        self._owner, self.volunteer_id = owner, volunteer_id
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize)
+        self.overflowed = False
+
+    def offer(self, frame: bytes) -> bool:
+        if self.overflowed:
+            return False
+        try:
+            self._queue.put_nowait(frame)
+            return True
+        except asyncio.QueueFull:
+            # A volunteer that cannot drain its queue would pin server memory.
+            self.overflowed = True
+            self._queue.get_nowait()
+            self._queue.put_nowait(None)
+            log.warning("volunteer %s is too slow; dropping it", self.volunteer_id)
+            return False
+
+    async def get(self) -> bytes:
+        frame = await self._queue.get()
+        if frame is None:
+            raise SlowConsumer(self.volunteer_id)
+        return frame
+
+    def close(self) -> None:
+        self._owner._subscribers.pop(self.volunteer_id, None)
+
+
+class InProcessCoordinator(Coordinator):
+    def __init__(self, queue_size: int = 16) -> None:
+        self._queue_size = queue_size
+        self._subscribers: dict[str, _QueueSubscription] = {}
+        self._round: RoundInfo | None = None
+
+    def subscribe(self, volunteer_id: str) -> Subscription:
+        sub = _QueueSubscription(self, volunteer_id, self._queue_size)
+        self._subscribers[volunteer_id] = sub
+        return sub
+
+    async def publish(self, frame: bytes, to: Iterable[str] | None = None) -> int:
+        targets = self._subscribers.values() if to is None else [s for v in to if (s := self._subscribers.get(v))]
+        return sum(sub.offer(frame) for sub in list(targets))
+
+    async def set_round(self, info: RoundInfo | None) -> None:
+        self._round = info
+
+    async def current_round(self) -> RoundInfo | None:
+        return self._round

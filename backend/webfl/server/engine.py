@@ -1,0 +1,429 @@
+"""The round engine: an explicit state machine over federated rounds.
+
+::
+
+    IDLE --start()--> SELECTING --enough ready volunteers--> TRAINING
+      ^                  ^                                      |
+      |                  +--- too few updates by deadline ------+ (abandoned: model unchanged, retried)
+      |                                                         v
+      +---- last round / stop() ---- BROADCASTING <------- AGGREGATING
+
+Updates are folded into the round's aggregator as they arrive and then dropped;
+a commit applies the aggregate, evaluates on the held-out split, stores a
+checkpoint and broadcasts the new model to every connected volunteer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+from enum import Enum
+
+import numpy as np
+
+from ..core.aggregation import Aggregator, get_aggregator
+from ..core.codecs import CodecError, Encoded, get_codec
+from ..core.data import Dataset, features
+from ..core.protocol import Message, encode
+from ..core.tasks import Task
+from .coordinator import Coordinator, RoundInfo
+from .store import RoundRecord, Store
+
+__all__ = ["PeerState", "RoundEngine", "RoundState", "RunActive", "RunConfig", "Verdict"]
+
+log = logging.getLogger("webfl.engine")
+
+MAX_EXAMPLES_PER_UPDATE = 10_000_000
+
+
+class RoundState(str, Enum):
+    IDLE = "idle"
+    SELECTING = "selecting"
+    TRAINING = "training"
+    AGGREGATING = "aggregating"
+    BROADCASTING = "broadcasting"
+
+
+class PeerState(str, Enum):
+    """The server's view of one connected volunteer."""
+
+    CONNECTED = "connected"  # said hello; no model or no data yet
+    READY = "ready"  # can be selected
+    TRAINING = "training"  # selected; busy until it reports ready again
+    PAUSED = "paused"
+
+
+class RunActive(RuntimeError):
+    """A run is already in progress."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The settings of one run of rounds (``POST /api/rounds``)."""
+
+    rounds: int = 1
+    clients_per_round: int = 10
+    local_epochs: int = 2
+    batch_size: int = 32
+    lr: float = 0.1
+    deadline_s: float = 60.0
+    min_updates: int = 1
+    #: Select this many times ``clients_per_round`` and close the round at
+    #: ``clients_per_round`` updates, so stragglers and drop-outs don't hold it up.
+    over_selection: float = 1.0
+    #: How long to wait for ``clients_per_round * over_selection`` ready volunteers
+    #: before starting with fewer (but at least ``min_updates``).
+    select_timeout_s: float = 5.0
+    codec: str = "none"
+    aggregator: str = "fedavg"
+
+    _LIMITS = {
+        "rounds": (1, 100_000),
+        "clients_per_round": (1, 100_000),
+        "local_epochs": (1, 100),
+        "batch_size": (1, 10_000),
+        "lr": (1e-6, 10.0),
+        "deadline_s": (0.1, 86_400.0),
+        "min_updates": (1, 100_000),
+        "over_selection": (1.0, 10.0),
+        "select_timeout_s": (0.0, 86_400.0),
+    }
+
+    @classmethod
+    def from_json(cls, data: object) -> RunConfig:
+        """Validate an admin request body; ``ValueError`` says what is wrong."""
+        if not isinstance(data, dict):
+            raise ValueError("body must be a JSON object")
+        known = {f.name: f for f in fields(cls)}
+        unknown = data.keys() - known.keys()
+        if unknown:
+            raise ValueError(f"unknown field(s): {', '.join(sorted(unknown))}")
+        values = {}
+        for name, value in data.items():
+            kind = type(getattr(cls, name))
+            if kind is str:
+                if not isinstance(value, str):
+                    raise ValueError(f"{name} must be a string")
+            elif isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
+                raise ValueError(f"{name} must be {'an integer' if kind is int else 'a number'}")
+            else:
+                lo, hi = cls._LIMITS[name]
+                if not lo <= value <= hi:
+                    raise ValueError(f"{name} must be between {lo} and {hi}")
+                value = kind(value)
+            values[name] = value
+        config = cls(**values)
+        if config.min_updates > config.clients_per_round:
+            raise ValueError("min_updates cannot exceed clients_per_round")
+        get_codec(config.codec)
+        get_aggregator(config.aggregator)
+        return config
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass
+class Peer:
+    id: str
+    agent: str
+    address: str
+    state: PeerState = PeerState.CONNECTED
+    num_examples: int = 0
+    connected_at: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    accepted: bool
+    reason: str | None = None
+
+
+@dataclass
+class _OpenRound:
+    info: RoundInfo
+    aggregator: Aggregator
+    started: float
+    submitted: set[str] = field(default_factory=set)
+    bytes_up: int = 0
+    bytes_down: int = 0
+    closed: bool = False
+
+
+class RoundEngine:
+    def __init__(self, task: Task, store: Store, coordinator: Coordinator, test: Dataset, seed: int = 0) -> None:
+        self.task, self.store, self.coordinator = task, store, coordinator
+        self.model = task.build_model()
+        self._test_x, self._test_y = features(test.x), test.y
+        self.seed = seed
+        self.peers: dict[str, Peer] = {}
+        self.state = RoundState.IDLE
+        self.run_id: int | None = None
+        self.run_config: RunConfig | None = None
+        self.run_rounds_done = 0
+        self._open: _OpenRound | None = None
+        self._changed = asyncio.Event()
+        self._runner: asyncio.Task | None = None
+        self._model_frame: bytes | None = None
+        for run_id in store.interrupted_runs():
+            store.end_run(run_id, "interrupted")
+        checkpoint = store.latest_checkpoint(task.name, task.model)
+        if checkpoint is None:
+            self.model_version, self.params = 0, self.model.init(seed)
+            store.save_checkpoint(0, task.name, task.model, self.params)
+        else:
+            self.model_version, self.params = checkpoint
+        self.history = store.history()
+        log.info("global model %s/%s at version %d, %d rounds in history", task.name, task.model, self.model_version, len(self.history))
+
+    # -- state machine ------------------------------------------------------------
+
+    def _to(self, new: RoundState) -> None:
+        if new is not self.state:
+            log.info("round engine: %s -> %s", self.state.value, new.value)
+            self.state = new
+            self._changed.set()
+
+    def _peer_to(self, peer: Peer, new: PeerState) -> None:
+        if new is not peer.state:
+            log.info("volunteer %s: %s -> %s", peer.id, peer.state.value, new.value)
+            peer.state = new
+            self._changed.set()
+
+    async def _wait_change(self, timeout: float) -> None:
+        self._changed.clear()
+        try:
+            await asyncio.wait_for(self._changed.wait(), max(timeout, 0.0))
+        except TimeoutError:
+            pass
+
+    # -- volunteers -----------------------------------------------------------------
+
+    def connect(self, peer_id: str, agent: str, address: str) -> Peer:
+        peer = self.peers[peer_id] = Peer(peer_id, agent, address)
+        log.info("volunteer %s connected from %s (%s)", peer_id, address, agent)
+        self._changed.set()
+        return peer
+
+    def disconnect(self, peer_id: str) -> None:
+        if self.peers.pop(peer_id, None) is not None:
+            log.info("volunteer %s disconnected", peer_id)
+            self._changed.set()
+
+    def ready(self, peer_id: str, num_examples: int) -> None:
+        peer = self.peers[peer_id]
+        peer.num_examples = num_examples
+        self._peer_to(peer, PeerState.READY)
+
+    def pause(self, peer_id: str) -> None:
+        self._peer_to(self.peers[peer_id], PeerState.PAUSED)
+
+    def count(self, state: PeerState) -> int:
+        return sum(p.state is state for p in self.peers.values())
+
+    async def submit(self, peer_id: str, msg: Message, nbytes: int) -> Verdict:
+        """Validate one ``update`` and fold it into the open round."""
+        open_ = self._open
+        round_ = msg["round"]
+        if open_ is None or open_.closed or round_ != open_.info.round:
+            current = f"round {open_.info.round} is open" if open_ and not open_.closed else "no round is open"
+            return Verdict(False, f"round {round_} is not open for updates ({current})")
+        if peer_id not in open_.info.selected:
+            return Verdict(False, f"not selected for round {round_}")
+        if peer_id in open_.submitted:
+            return Verdict(False, f"duplicate update for round {round_}")
+        if msg["model_version"] != open_.info.model_version:
+            return Verdict(False, f"update is based on model {msg['model_version']}, round {round_} trains model {open_.info.model_version}")
+        if msg["codec"] != open_.info.codec:
+            return Verdict(False, f"round {round_} uses codec {open_.info.codec!r}, not {msg['codec']!r}")
+        n = msg["num_examples"]
+        if not 0 < n <= MAX_EXAMPLES_PER_UPDATE:
+            return Verdict(False, f"num_examples must be in 1..{MAX_EXAMPLES_PER_UPDATE}")
+        try:
+            open_.aggregator.add(get_codec(open_.info.codec), Encoded(msg["codec_params"], msg.arrays), float(n))
+        except (CodecError, ValueError) as exc:
+            return Verdict(False, f"invalid update: {exc}")
+        open_.submitted.add(peer_id)
+        open_.bytes_up += nbytes
+        log.info("round %d: update %d/%d from %s accepted", round_, len(open_.submitted), len(open_.info.selected), peer_id)
+        self._changed.set()
+        return Verdict(True)
+
+    # -- frames -------------------------------------------------------------------------
+
+    def model_frame(self) -> bytes:
+        if self._model_frame is None:
+            msg = Message("model", {"model_version": self.model_version, "codec": "none", "codec_params": {}}, (self.params,))
+            self._model_frame = encode(msg)
+        return self._model_frame
+
+    def status_frame(self) -> bytes:
+        fields_ = {
+            "state": self.state.value,
+            "round": self._open.info.round if self._open else self.model_version,
+            "model_version": self.model_version,
+            "connected": len(self.peers),
+            "history": [[r.round, r.accuracy] for r in self.history[-200:]],
+        }
+        return encode(Message("status", fields_))
+
+    # -- runs ----------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._runner is not None and not self._runner.done()
+
+    def start(self, config: RunConfig) -> int:
+        if self.running:
+            raise RunActive(f"run {self.run_id} is still in progress; stop it first")
+        self.run_id = self.store.start_run(config.to_dict())
+        self.run_config, self.run_rounds_done = config, 0
+        log.info("run %d started: %s", self.run_id, config.to_dict())
+        self._runner = asyncio.create_task(self._run(config, self.run_id), name=f"run-{self.run_id}")
+        return self.run_id
+
+    async def stop(self) -> bool:
+        """Stop the current run; the open round (if any) is abandoned."""
+        if not self.running:
+            return False
+        assert self._runner is not None
+        self._runner.cancel()
+        try:
+            await self._runner
+        except asyncio.CancelledError:
+            pass
+        return True
+
+    async def _run(self, config: RunConfig, run_id: int) -> None:
+        status = "failed"
+        try:
+            while self.run_rounds_done < config.rounds:
+                if await self._round(config, run_id):
+                    self.run_rounds_done += 1
+                else:
+                    await asyncio.sleep(0.5)
+            status = "completed"
+        except asyncio.CancelledError:
+            status = "stopped"
+            raise
+        except Exception:
+            log.exception("run %d failed", run_id)
+        finally:
+            await self._close_round()
+            self._to(RoundState.IDLE)
+            self.store.end_run(run_id, status)
+            log.info("run %d %s after %d round(s)", run_id, status, self.run_rounds_done)
+
+    async def _select(self, config: RunConfig) -> list[str]:
+        target = math.ceil(config.clients_per_round * config.over_selection)
+        waited_since = asyncio.get_running_loop().time()
+        while True:
+            ready = sorted(p.id for p in self.peers.values() if p.state is PeerState.READY)
+            waited = asyncio.get_running_loop().time() - waited_since
+            if len(ready) >= target or (len(ready) >= config.min_updates and waited >= config.select_timeout_s):
+                break
+            await self._wait_change(config.select_timeout_s - waited if len(ready) >= config.min_updates else 1.0)
+        rng = np.random.default_rng([self.seed, self.model_version, len(self.history)])
+        return sorted(rng.choice(ready, size=min(target, len(ready)), replace=False).tolist())
+
+    async def _round(self, config: RunConfig, run_id: int) -> bool:
+        """One round; True if it committed, False if it was abandoned."""
+        self._to(RoundState.SELECTING)
+        selected = await self._select(config)
+        loop = asyncio.get_running_loop()
+        round_ = self.model_version + 1
+        info = RoundInfo(round_, self.model_version, config.codec, loop.time() + config.deadline_s, frozenset(selected))
+        aggregator = get_aggregator(config.aggregator)
+        aggregator.begin(self.model.size)
+        open_ = self._open = _OpenRound(info, aggregator, time.monotonic())
+        await self.coordinator.set_round(info)
+        for i, peer_id in enumerate(selected):
+            seed = int(np.random.default_rng([self.seed, round_, i]).integers(2**31))
+            task = {
+                "round": round_,
+                "model_version": self.model_version,
+                "deadline_s": config.deadline_s,
+                "config": {"epochs": config.local_epochs, "batch_size": config.batch_size, "lr": config.lr, "seed": seed},
+                "codec": config.codec,
+            }
+            frame = encode(Message("task", task))
+            if await self.coordinator.publish(frame, to=[peer_id]):
+                open_.bytes_down += len(frame)
+                self._peer_to(self.peers[peer_id], PeerState.TRAINING)
+        log.info("round %d: selected %d volunteer(s) of %d connected", round_, len(selected), len(self.peers))
+        self._to(RoundState.TRAINING)
+        while True:
+            outstanding = {p for p in info.selected - open_.submitted if p in self.peers}
+            remaining = info.deadline - loop.time()
+            if len(open_.submitted) >= config.clients_per_round or not outstanding or remaining <= 0:
+                break
+            await self._wait_change(remaining)
+        await self._close_round()
+        if aggregator.count < config.min_updates:
+            log.warning("round %d abandoned: %d update(s), %d needed; global model unchanged", round_, aggregator.count, config.min_updates)
+            return False
+        self._to(RoundState.AGGREGATING)
+        delta = await asyncio.to_thread(aggregator.finish)
+        params = self.params + delta
+        loss, accuracy = await asyncio.to_thread(self.model.evaluate, params, self._test_x, self._test_y)
+        self._to(RoundState.BROADCASTING)
+        self.params, self.model_version, self._model_frame = params, round_, None
+        frame = self.model_frame()
+        recipients = await self.coordinator.publish(frame)
+        record = RoundRecord(
+            round=round_,
+            run_id=run_id,
+            model_version=round_,
+            accuracy=accuracy,
+            loss=loss,
+            participants=aggregator.count,
+            bytes_up=open_.bytes_up,
+            bytes_down=open_.bytes_down + recipients * len(frame),
+            duration_s=time.monotonic() - open_.started,
+            committed_at=time.time(),
+        )
+        await asyncio.to_thread(self.store.commit_round, record, self.task.name, self.task.model, params)
+        self.history.append(record)
+        await self.coordinator.publish(self.status_frame())
+        log.info("round %d committed: %d update(s), accuracy %.4f, loss %.4f", round_, record.participants, accuracy, loss)
+        return True
+
+    async def _close_round(self) -> None:
+        if self._open is not None:
+            self._open.closed = True
+            self._open = None
+            await self.coordinator.set_round(None)
+
+    # -- reporting -----------------------------------------------------------------------
+
+    def status(self) -> dict:
+        open_ = self._open
+        loop = asyncio.get_running_loop()
+        return {
+            "state": self.state.value,
+            "task": self.task.to_dict(),
+            "model_version": self.model_version,
+            "round": open_.info.round if open_ else None,
+            "connected": len(self.peers),
+            "volunteers": {s.value: self.count(s) for s in PeerState},
+            "run": None
+            if self.run_id is None
+            else {
+                "id": self.run_id,
+                "running": self.running,
+                "rounds_done": self.run_rounds_done,
+                "config": self.run_config.to_dict() if self.run_config else None,
+            },
+            "open_round": None
+            if open_ is None
+            else {
+                "round": open_.info.round,
+                "selected": len(open_.info.selected),
+                "received": len(open_.submitted),
+                "deadline_in_s": max(0.0, open_.info.deadline - loop.time()),
+            },
+            "history": [r.to_dict() for r in self.history],
+        }

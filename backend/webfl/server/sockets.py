@@ -1,0 +1,143 @@
+"""``/ws``: one volunteer's connection.
+
+The first frame must be ``hello`` from a matching client version. After it the
+volunteer gets ``welcome``, the current model and status; then one task reads
+frames from the socket and another writes the frames the engine addresses to it.
+Anything malformed ends the connection with a close code and a reason; content
+problems in an ``update`` get a ``reject`` and the connection stays up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from dataclasses import dataclass
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from .. import __version__
+from ..core.protocol import (
+    CLOSE_POLICY,
+    CLOSE_PROTOCOL_ERROR,
+    CLOSE_TRY_LATER,
+    CLOSE_UNSUPPORTED,
+    Message,
+    ProtocolError,
+    decode,
+    encode,
+)
+from .coordinator import SlowConsumer
+from .engine import RoundEngine
+from .origins import origin_allowed
+
+__all__ = ["volunteer_socket"]
+
+log = logging.getLogger("webfl.sockets")
+
+
+@dataclass
+class _Closed(Exception):
+    code: int
+    reason: str
+
+
+async def volunteer_socket(websocket: WebSocket) -> None:
+    app = websocket.app
+    engine: RoundEngine = app.state.engine
+    settings = app.state.settings
+    if not origin_allowed(websocket.headers, settings.embed_origins):
+        # Refuse before accepting: the browser sees a failed handshake (HTTP 403).
+        await websocket.close(code=CLOSE_POLICY, reason="origin not allowed")
+        return
+    await websocket.accept()
+    address = websocket.client.host if websocket.client else "?"
+    peer_id: str | None = None
+    try:
+        hello = await asyncio.wait_for(_receive(websocket, settings.max_frame_bytes), settings.hello_timeout_s)
+        if hello.type != "hello":
+            raise _Closed(CLOSE_PROTOCOL_ERROR, f"expected hello, got {hello.type}")
+        if hello["version"] != __version__:
+            raise _Closed(
+                CLOSE_POLICY,
+                f"client version {hello['version']} does not match server version {__version__}; reload the page",
+            )
+        peer_id = secrets.token_hex(6)
+        subscription = app.state.coordinator.subscribe(peer_id)
+        engine.connect(peer_id, hello.fields.get("agent", "?")[:64], address)
+        shard = app.state.demo_shards.assign(engine.task.name)
+        await websocket.send_bytes(
+            encode(Message("welcome", {"version": __version__, "volunteer": peer_id, "task": engine.task.to_dict(), "shard": shard}))
+        )
+        await websocket.send_bytes(engine.model_frame())
+        await websocket.send_bytes(engine.status_frame())
+        writer = asyncio.create_task(_write(websocket, subscription))
+        try:
+            await _read(websocket, engine, peer_id, settings.max_frame_bytes)
+        finally:
+            writer.cancel()
+            subscription.close()
+    except TimeoutError:
+        await _close(websocket, CLOSE_POLICY, "no hello in time")
+    except ProtocolError as exc:
+        await _close(websocket, exc.code, exc.reason)
+    except _Closed as exc:
+        await _close(websocket, exc.code, exc.reason)
+    except SlowConsumer:
+        await _close(websocket, CLOSE_TRY_LATER, "too slow to receive frames")
+    except WebSocketDisconnect:
+        pass
+    finally:
+        if peer_id is not None:
+            engine.disconnect(peer_id)
+
+
+async def _receive(websocket: WebSocket, max_bytes: int) -> Message:
+    event = await websocket.receive()
+    if event["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(event.get("code", 1000))
+    data = event.get("bytes")
+    if data is None:
+        raise _Closed(CLOSE_UNSUPPORTED, "text frames are not accepted; send binary frames")
+    return decode(data, max_bytes)
+
+
+async def _read(websocket: WebSocket, engine: RoundEngine, peer_id: str, max_bytes: int) -> None:
+    while True:
+        event = await websocket.receive()
+        if event["type"] == "websocket.disconnect":
+            return
+        data = event.get("bytes")
+        if data is None:
+            raise _Closed(CLOSE_UNSUPPORTED, "text frames are not accepted; send binary frames")
+        msg = decode(data, max_bytes)
+        if msg.type == "ready":
+            engine.ready(peer_id, msg["num_examples"])
+        elif msg.type == "pause":
+            engine.pause(peer_id)
+        elif msg.type == "update":
+            verdict = await engine.submit(peer_id, msg, len(data))
+            reply = Message("accept", {"round": msg["round"]}) if verdict.accepted else Message(
+                "reject", {"reason": verdict.reason, "round": msg["round"]}
+            )
+            await engine.coordinator.publish(encode(reply), to=[peer_id])
+        else:
+            raise _Closed(CLOSE_PROTOCOL_ERROR, f"unexpected {msg.type} frame from a volunteer")
+
+
+async def _write(websocket: WebSocket, subscription) -> None:
+    try:
+        while True:
+            await websocket.send_bytes(await subscription.get())
+    except SlowConsumer:
+        await _close(websocket, CLOSE_TRY_LATER, "too slow to receive frames")
+    except (WebSocketDisconnect, RuntimeError):
+        pass
+
+
+async def _close(websocket: WebSocket, code: int, reason: str) -> None:
+    log.info("closing volunteer socket: %d %s", code, reason)
+    try:
+        await websocket.close(code=code, reason=reason[:120])
+    except (RuntimeError, WebSocketDisconnect):
+        pass

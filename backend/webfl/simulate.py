@@ -1,0 +1,145 @@
+"""Simulated volunteers: the learning core's ``Volunteer`` over real WebSockets.
+
+Each simulated volunteer holds its own shard of the task's training split (its
+"device data"), connects to ``/ws`` like a browser does, trains when selected and
+reconnects by itself when the server goes away. Training runs in a thread pool
+(NumPy releases the GIL) so the event loop keeps every socket alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+import sys
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import websockets
+
+from . import __version__
+from .build.paths import DATASETS_DIR
+from .core.data import Dataset, load_npz, partition as split_shards
+from .core.protocol import CLOSE_POLICY, CLOSE_PROTOCOL_ERROR, CLOSE_UNSUPPORTED
+from .core.volunteer import SessionState, Volunteer
+
+__all__ = ["Simulation", "AdminClient"]
+
+log = logging.getLogger("webfl.simulate")
+
+# The server refused us for good: reconnecting would be refused again.
+_FATAL_CLOSE = {CLOSE_POLICY, CLOSE_PROTOCOL_ERROR, CLOSE_UNSUPPORTED}
+
+
+class AdminClient:
+    """The admin JSON API over plain HTTP (stdlib only)."""
+
+    def __init__(self, server: str, token: str | None) -> None:
+        self.server, self.token = server.rstrip("/"), token
+
+    def request(self, method: str, path: str, body: dict | None = None) -> dict:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.server + path, data=data, method=method)
+        req.add_header("Content-Type", "application/json")
+        if self.token:
+            req.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode(errors="replace")
+            raise RuntimeError(f"{method} {path}: HTTP {exc.code}: {detail}") from None
+
+
+class Simulation:
+    def __init__(
+        self,
+        server: str,
+        clients: int,
+        partition: str = "iid",
+        seed: int = 0,
+        token: str | None = None,
+        task: str = "mnist",
+        datasets_dir: Path = DATASETS_DIR,
+    ) -> None:
+        self.server = server.rstrip("/")
+        self.ws_url = self.server.replace("https://", "wss://", 1).replace("http://", "ws://", 1) + "/ws"
+        self.admin = AdminClient(self.server, token)
+        train = load_npz(datasets_dir / f"{task}.npz", "train")
+        self.shards: list[Dataset] = [train.take(idx) for idx in split_shards(train.y, clients, partition, seed)]
+        self.volunteers = [Volunteer(shard, agent=f"webfl-simulate/{__version__}") for shard in self.shards]
+        self._pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2)
+        self._stopping = asyncio.Event()
+        self.seed = seed
+
+    async def _drive(self, v: Volunteer, index: int) -> None:
+        rng = random.Random(self.seed * 7919 + index)
+        backoff = 0.2
+        loop = asyncio.get_running_loop()
+        while not self._stopping.is_set():
+            try:
+                async with websockets.connect(self.ws_url, compression=None, max_size=None, open_timeout=10) as ws:
+                    backoff = 0.2
+                    await ws.send(v.hello())
+                    async for frame in ws:
+                        for out in v.receive(frame):
+                            await ws.send(out)
+                        if v.state is SessionState.TRAINING:
+                            await ws.send(await loop.run_in_executor(self._pool, v.train))
+            except websockets.ConnectionClosed as exc:
+                if exc.rcvd is not None and exc.rcvd.code in _FATAL_CLOSE:
+                    log.error("volunteer %d refused by the server: %s", index, exc.rcvd.reason)
+                    return
+            except (OSError, TimeoutError, websockets.InvalidHandshake) as exc:
+                log.debug("volunteer %d: cannot connect: %s", index, exc)
+            v.close()
+            # Jittered exponential backoff, so a restarted server is not stampeded.
+            await asyncio.sleep(backoff * (0.5 + rng.random()))
+            backoff = min(backoff * 2, 5.0)
+
+    async def main(self, run_config: dict | None, timeout_s: float = 600.0) -> int:
+        """Run the volunteers; with ``run_config``, launch a run and return when it ends."""
+        drivers = [asyncio.create_task(self._drive(v, i)) for i, v in enumerate(self.volunteers)]
+        try:
+            if run_config is None:
+                await asyncio.wait_for(self._stopping.wait(), timeout_s)
+                return 0
+            return await self._run_rounds(run_config, timeout_s)
+        except TimeoutError:
+            print("webfl simulate: timed out", file=sys.stderr)
+            return 1
+        finally:
+            self._stopping.set()
+            for d in drivers:
+                d.cancel()
+            await asyncio.gather(*drivers, return_exceptions=True)
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _run_rounds(self, run_config: dict, timeout_s: float) -> int:
+        seen = len((await asyncio.to_thread(self.admin.request, "GET", "/api/status"))["history"])
+        started = await asyncio.to_thread(self.admin.request, "POST", "/api/rounds", run_config)
+        run_id = started["run"]
+        print(f"webfl simulate: run {run_id} started with {len(self.volunteers)} volunteers: {started['config']}", flush=True)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            status = await asyncio.to_thread(self.admin.request, "GET", "/api/status")
+            for entry in status["history"][seen:]:
+                print(
+                    f"round {entry['round']:>4}  accuracy {entry['accuracy']:.4f}  loss {entry['loss']:.4f}  "
+                    f"participants {entry['participants']:>3}  up {entry['bytes_up'] / 1e6:.2f} MB  "
+                    f"down {entry['bytes_down'] / 1e6:.2f} MB  {entry['duration_s']:.2f} s",
+                    flush=True,
+                )
+            seen = len(status["history"])
+            run = status["run"]
+            if run and run["id"] == run_id and not run["running"]:
+                done = run["rounds_done"] >= run_config.get("rounds", 1)
+                print(f"webfl simulate: run {run_id} {'completed' if done else 'ended early'}", flush=True)
+                return 0 if done else 1
+            await asyncio.sleep(0.5)
+        raise TimeoutError
