@@ -50,9 +50,9 @@ def build(force: bool) -> None:
     sources = [paths.PYODIDE_DIR / name for name in PYODIDE_FILES] + [core.path] + [w.path for w in fetched]
     gz = precompress(sources, paths.GZ_DIR, force=force, progress=lambda message: say("gzip", message))
     kept = sum(1 for entry in gz.files.values() if entry["gz"])
+    state = f"{len(gz.recompressed)} compressed now" if gz.recompressed else "up to date"
     say("gzip", f"{rel(paths.GZ_DIR)}: {kept} of {len(gz.files)} files worth a .gz, "
-        f"{gz.size / 1e6:.1f} MB served as {gz.served_size / 1e6:.1f} MB "
-        f"({len(gz.recompressed)} compressed now)" if gz.recompressed else "(up to date)")
+        f"{gz.size / 1e6:.1f} MB served as {gz.served_size / 1e6:.1f} MB ({state})")
 
     mnist = build_mnist(paths.MNIST_DIGITS_DIR, paths.MNIST_NPZ, force=force)
     say("mnist", f"{rel(mnist.path)} {mnist.n_train} train + {mnist.n_test} test digits "
