@@ -13,7 +13,7 @@ from starlette.routing import Route, WebSocketRoute
 
 from .. import __version__
 from ..core.tasks import get_task
-from . import admin
+from . import admin, pages
 from .auth import load_admin_token
 from .config import Settings
 from .coordinator import InProcessCoordinator
@@ -70,5 +70,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/healthz", health),
         Route("/data/{task}/shards/{index:int}.npz", shard),
         *admin.routes,
+        # Pages, static files and the browser's runtime (after the API: it mounts prefixes).
+        *pages.routes,
     ]
     return Starlette(routes=routes, lifespan=lifespan)

@@ -1,0 +1,128 @@
+"""The browser's side of a volunteer session: a thin layer over ``Volunteer`` for the Web Worker.
+
+The worker (``web/static/worker.js``) owns the WebSocket and the files; everything that
+touches numbers or frames happens here, in Python, so the JavaScript only moves bytes.
+Values crossing to JavaScript are plain: ``bytes`` frames and JSON strings, never
+proxies of Python objects that the worker would have to remember to destroy.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable
+
+import numpy as np
+
+from .. import __version__
+from .data import Dataset, parse_csv
+from .volunteer import SessionState, Volunteer
+
+__all__ = ["BrowserSession", "version"]
+
+
+def version() -> str:
+    """The core's version, which the page compares with the server's before joining."""
+    return __version__
+
+
+def _as_bytes(frame) -> bytes:
+    # A JS Uint8Array/ArrayBuffer arrives as a JsProxy with ``to_bytes``; tests pass bytes.
+    return frame.to_bytes() if hasattr(frame, "to_bytes") else bytes(frame)
+
+
+class BrowserSession:
+    """One tab's volunteer, plus what only a browser needs.
+
+    - Data comes later than the connection: a demo volunteer learns its shard's URL from
+      ``welcome``, and a volunteer with a CSV parses it once the task's schema is known.
+    - Pausing survives reconnects: ``Volunteer.hello()`` starts every connection afresh,
+      so a paused tab re-pauses right after ``welcome`` instead of announcing ``ready``.
+    """
+
+    def __init__(self, agent: str) -> None:
+        self.volunteer = Volunteer(agent=agent)
+        self.want_paused = False
+        self.data_source: dict | None = None  # {"kind": "demo"|"csv", ...} once data is set
+        self.rounds_accepted: list[int] = []
+
+    # -- connection ------------------------------------------------------------
+
+    def hello(self) -> bytes:
+        return self.volunteer.hello()
+
+    def receive(self, frame) -> list[bytes]:
+        v = self.volunteer
+        out = v.receive(_as_bytes(frame))
+        verdict = v.last_verdict
+        if verdict and verdict.get("accepted") and verdict["round"] not in self.rounds_accepted:
+            self.rounds_accepted.append(verdict["round"])
+        if self.want_paused and v.state is SessionState.IDLE:
+            # Drop the ``ready`` that welcome/accept just produced: we are not available.
+            return v.pause()
+        return out
+
+    def closed(self) -> None:
+        self.volunteer.close()
+
+    @property
+    def state(self) -> str:
+        return self.volunteer.state.value
+
+    def needs_data(self) -> bool:
+        return self.volunteer.task is not None and self.volunteer.num_examples == 0
+
+    def shard_url(self) -> str | None:
+        shard = self.volunteer.shard
+        return None if not shard else shard.get("url")
+
+    # -- data ----------------------------------------------------------------------
+
+    def use_shard(self, npz) -> list[bytes]:
+        """The demo shard: a ``.npz`` with ``x`` (uint8 features) and ``y`` (labels)."""
+        with np.load(io.BytesIO(_as_bytes(npz)), allow_pickle=False) as f:
+            data = Dataset(f["x"], f["y"])
+        self.data_source = {"kind": "demo", "shard": self.volunteer.shard, "examples": len(data)}
+        return self._set_data(data)
+
+    def use_csv(self, text: str, num_features: int, num_classes: int, name: str = "") -> list[bytes]:
+        """The volunteer's own file; ``ValueError`` carries a message for the page."""
+        data = parse_csv(text, num_features, num_classes)
+        self.data_source = {"kind": "csv", "name": name, "examples": len(data)}
+        return self._set_data(data)
+
+    def _set_data(self, data: Dataset) -> list[bytes]:
+        out = self.volunteer.set_data(data)
+        return [] if self.want_paused else out
+
+    # -- control -------------------------------------------------------------------
+
+    def pause(self) -> list[bytes]:
+        self.want_paused = True
+        return self.volunteer.pause()
+
+    def resume(self) -> list[bytes]:
+        self.want_paused = False
+        return self.volunteer.resume()
+
+    def should_train(self) -> bool:
+        return self.volunteer.state is SessionState.TRAINING
+
+    def train(self, progress: Callable[[int, int, int, int, float], None] | None = None) -> bytes:
+        """Train for the current job; ``progress(epoch, epochs, batch, batches, loss)``."""
+        job = self.volunteer.job
+        epochs = job.config.epochs if job else 0
+
+        def report(epoch: int, batch: int, batches: int, loss: float) -> None:
+            if progress is not None:
+                progress(epoch, epochs, batch, batches, float(loss))
+
+        return self.volunteer.train(report)
+
+    def snapshot(self) -> str:
+        """What the page shows, as a JSON string (one copy across the worker boundary)."""
+        snap = self.volunteer.snapshot()
+        snap["paused"] = self.want_paused
+        snap["data"] = self.data_source
+        snap["rounds_accepted"] = self.rounds_accepted
+        return json.dumps(snap)

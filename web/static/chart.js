@@ -1,0 +1,50 @@
+// A thin wrapper over uPlot (npm uplot, pinned in package.json and served by us under
+// /vendor/uplot/<version>/; the page's <body data-uplot> names that path).
+
+let loading = null;
+
+function loadUplot() {
+  if (!loading) {
+    const base = document.body.dataset.uplot;
+    const css = document.createElement("link");
+    css.rel = "stylesheet";
+    css.href = `${base}/uPlot.min.css`;
+    document.head.append(css);
+    loading = import(`${base}/uPlot.esm.js`).then((module) => module.default);
+  }
+  return loading;
+}
+
+// series: [{label, stroke, scale, format}]; data is [xs, ys1, ys2, ...].
+export async function lineChart(element, { xLabel, series, scales = {} }) {
+  const uPlot = await loadUplot();
+  const width = () => Math.max(element.clientWidth, 240);
+  const axes = [{ label: xLabel }];
+  for (const [i, s] of series.entries()) {
+    if (i === 0 || s.scale !== series[0].scale) axes.push({ scale: s.scale, label: s.axis ?? s.label, side: i === 0 ? 3 : 1, grid: { show: i === 0 } });
+  }
+  const plot = new uPlot(
+    {
+      width: width(),
+      height: 220,
+      scales: { x: { time: false }, ...scales },
+      axes,
+      series: [
+        { label: xLabel },
+        ...series.map((s) => ({ label: s.label, stroke: s.stroke, width: 2, scale: s.scale, value: (u, v) => (v == null ? "—" : s.format(v)), points: { show: true } })),
+      ],
+    },
+    [[], ...series.map(() => [])],
+    element,
+  );
+  new ResizeObserver(() => plot.setSize({ width: width(), height: 220 })).observe(element);
+  let shown = -1;
+  return {
+    update(data) {
+      // Redraw only when a round was added: polling must not make the chart flicker.
+      if (data[0].length === shown) return;
+      shown = data[0].length;
+      plot.setData(data);
+    },
+  };
+}

@@ -1,0 +1,43 @@
+// The volunteer page and the embed widget: consent, then a worker does everything.
+
+import { WorkerClient } from "./client.js";
+import { View } from "./view.js";
+
+const view = new View(document);
+let client = null;
+
+function unsupported() {
+  if (typeof WebAssembly !== "object") return "This browser cannot run WebAssembly, which the in-browser Python needs. Try a current Chrome, Firefox, Safari or Edge.";
+  if (typeof Worker !== "function") return "This browser cannot run Web Workers, which keep training off the page.";
+  return null;
+}
+
+function join() {
+  const data = view.dataChoice();
+  if (data === null) {
+    view.q("csv-file").focus();
+    view.q("csv-file").setAttribute("aria-invalid", "true");
+    return;
+  }
+  view.started();
+  const problem = unsupported();
+  if (problem) {
+    view.handle({ type: "error", message: problem });
+    return;
+  }
+  client = new WorkerClient((event) => {
+    view.handle(event);
+    if (event.type === "left") client.terminate();
+  });
+  client.start(data);
+}
+
+if (document.body.dataset.mode !== "embed") view.wireDataChoice();
+view.q("join").addEventListener("click", join);
+view.q("pause").addEventListener("click", () => client?.togglePause());
+view.q("leave").addEventListener("click", () => {
+  client?.leave();
+  view.left();
+});
+// Leaving the page closes the socket anyway; terminating first makes it prompt.
+window.addEventListener("pagehide", () => client?.terminate());

@@ -1,0 +1,192 @@
+// Renders what the worker reports. Nothing here computes anything about the model.
+
+import * as format from "../format.js";
+import { lineChart } from "../chart.js";
+
+const HELP = {
+  consent: "Choose your data and join when you are ready.",
+  loading: "Getting Python, NumPy and the model ready in this tab…",
+  connecting: "Connecting to the server…",
+  idle: "Waiting to be picked for the next round.",
+  training: "Training on the examples in this tab.",
+  submitted: "Update sent; waiting for the server to confirm it.",
+  paused: "Paused: you will not be picked for rounds until you resume.",
+  reconnecting: "Connection lost; trying again shortly.",
+  closed: "Disconnected.",
+  error: "Stopped because of the problem above.",
+  left: "You left. Thank you for helping! Reload the page to join again.",
+};
+
+export class View {
+  constructor(root) {
+    const q = (id) => root.querySelector(`[data-testid="${id}"]`);
+    this.q = q;
+    this.root = root;
+    this.status = root.querySelector('[data-stage="status"]');
+    this.consent = root.querySelector('[data-stage="consent"]');
+    this.loading = root.querySelector('[data-part="loading"]');
+    this.training = root.querySelector('[data-part="training"]');
+    this.chartBox = root.querySelector('[data-part="chart"]');
+    this.chart = null;
+    this.page = "consent"; // page-level state while the session has none to show
+    this.session = null;
+    this.conn = null;
+  }
+
+  // -- data choice -------------------------------------------------------------
+
+  dataChoice() {
+    const csv = this.root.querySelector('input[name="data"][value="csv"]');
+    if (csv?.checked) {
+      const file = this.q("csv-file").files[0];
+      return file ? { kind: "csv", file } : null;
+    }
+    return { kind: "demo" };
+  }
+
+  wireDataChoice() {
+    const picker = this.root.querySelector(".csv-picker");
+    for (const radio of this.root.querySelectorAll('input[name="data"]')) {
+      radio.addEventListener("change", () => {
+        picker.hidden = radio.value !== "csv" || !radio.checked;
+      });
+    }
+  }
+
+  // -- lifecycle -----------------------------------------------------------------
+
+  started() {
+    this.consent.hidden = true;
+    this.status.hidden = false;
+    this.q("pause").disabled = true;
+    this.setPage("loading");
+    if (document.body.dataset.mode !== "embed") this.initChart();
+  }
+
+  async initChart() {
+    try {
+      this.chart = await lineChart(this.q("chart"), {
+        xLabel: "Round",
+        series: [{ label: "Test accuracy", stroke: "#2563eb", scale: "acc", axis: "Accuracy", format: format.percent }],
+        scales: { acc: { range: [0, 1] } },
+      });
+      if (this.session) this.drawHistory(this.session.history);
+    } catch (error) {
+      // The chart is a nicety: without it the page still works.
+      console.warn("chart unavailable", error);
+      this.chartBox.hidden = true;
+    }
+  }
+
+  setPage(state) {
+    this.page = state;
+    this.renderState();
+  }
+
+  renderState() {
+    let state = this.page;
+    if (state === "running") {
+      state = this.conn === "reconnecting" ? "reconnecting" : this.session?.state ?? "connecting";
+    }
+    const badge = this.q("state");
+    badge.textContent = state;
+    badge.dataset.state = state;
+    this.q("state-help").textContent = HELP[state] ?? "";
+    document.body.dataset.state = state;
+  }
+
+  // -- worker events ------------------------------------------------------------------
+
+  handle(event) {
+    const method = this[`on_${event.type}`];
+    if (method) method.call(this, event);
+  }
+
+  on_stage({ label, fraction }) {
+    this.q("load-stage").textContent = label;
+    this.q("load-progress").value = fraction;
+  }
+
+  on_conn({ state, retry_in_s }) {
+    this.conn = state;
+    const text = {
+      connecting: "connecting…",
+      open: "connected",
+      reconnecting: `lost; retrying in ${format.seconds(retry_in_s)}`,
+    }[state];
+    this.q("connection").textContent = text ?? state;
+    if (this.page === "loading") {
+      this.loading.hidden = true;
+      this.q("pause").disabled = false;
+      this.setPage("running");
+    } else {
+      this.renderState();
+    }
+  }
+
+  on_snapshot({ snapshot }) {
+    this.session = snapshot;
+    const q = this.q;
+    q("round").textContent = snapshot.round ?? (snapshot.model_version >= 0 ? `model v${snapshot.model_version}` : "—");
+    q("rounds-done").textContent = String(snapshot.rounds_accepted.length);
+    q("bytes-up").textContent = format.bytes(snapshot.bytes_up);
+    q("bytes-down").textContent = format.bytes(snapshot.bytes_down);
+    const metrics = snapshot.last_metrics;
+    q("local-loss").textContent = metrics ? format.fixed(metrics.loss) : "—";
+    q("local-accuracy").textContent = metrics ? format.percent(metrics.accuracy) : "—";
+    q("data-source").textContent = describeData(snapshot.data);
+    const pause = q("pause");
+    pause.textContent = snapshot.paused ? "Resume" : "Pause";
+    pause.setAttribute("aria-pressed", String(snapshot.paused));
+    this.training.hidden = snapshot.state !== "training";
+    if (snapshot.state === "training") {
+      this.q("train-progress").value = 0;
+      this.q("train-label").textContent = `Training for round ${snapshot.round}`;
+    }
+    this.drawHistory(snapshot.history);
+    this.renderState();
+  }
+
+  on_progress({ epoch, epochs, batch, batches, loss }) {
+    this.training.hidden = false;
+    const done = (epoch * batches + batch + 1) / (epochs * batches);
+    this.q("train-progress").value = done;
+    this.q("train-label").textContent = `Epoch ${epoch + 1} of ${epochs} · batch ${batch + 1} of ${batches} · loss ${format.fixed(loss)}`;
+  }
+
+  on_error({ message }) {
+    const box = this.q("error");
+    box.textContent = message;
+    box.hidden = false;
+    this.loading.hidden = true;
+    this.training.hidden = true;
+    this.q("pause").disabled = true;
+    this.setPage("error");
+  }
+
+  on_left() {
+    this.left();
+  }
+
+  left() {
+    if (this.page === "left") return;
+    this.q("pause").disabled = true;
+    this.q("leave").disabled = true;
+    this.training.hidden = true;
+    this.loading.hidden = true;
+    this.q("connection").textContent = "closed";
+    this.setPage("left");
+  }
+
+  drawHistory(history) {
+    if (!this.chart || !history) return;
+    this.chart.update([history.map((h) => h[0]), history.map((h) => h[1])]);
+  }
+}
+
+function describeData(data) {
+  if (!data) return "—";
+  if (data.kind === "csv") return `your file ${data.name} (${data.examples} examples, kept in this tab)`;
+  const shard = data.shard ?? {};
+  return `demo data: shard ${shard.index + 1} of ${shard.count} (${data.examples} examples)`;
+}

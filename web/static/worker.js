@@ -1,0 +1,199 @@
+// The volunteer's Web Worker: Pyodide, NumPy and the learning core run here, and so
+// does the WebSocket, so training never blocks the page. This file only moves bytes
+// and messages; every frame is read, answered and trained on by Python
+// (webfl.core.browser.BrowserSession over webfl.core.volunteer.Volunteer), the same
+// way webfl/simulate.py drives it natively.
+//
+// Page -> worker: {type: "start", data: {kind: "demo"} | {kind: "csv", file}}, "pause",
+//                 "resume", "leave".
+// Worker -> page: "stage" {label, fraction}, "conn" {state, retry_in_s}, "snapshot"
+//                 {snapshot}, "progress" {epoch, epochs, batch, batches, loss},
+//                 "error" {message}, "left".
+
+import { AssetError, loadRuntime } from "./worker/runtime.js";
+import { Connection } from "./worker/connection.js";
+
+const PROGRESS_EVERY_MS = 100;
+
+let session = null; // Python BrowserSession
+let config = null;
+let connection = null;
+let dataChoice = null;
+// Frames are handled strictly in order, one at a time, even when one needs a fetch.
+let inbox = Promise.resolve();
+
+const post = (type, body = {}) => self.postMessage({ type, ...body });
+
+// Python returns bytes (or a list of them) as proxies; copy them out and free the proxy.
+function bytesOut(proxy) {
+  try {
+    return proxy.toJs();
+  } finally {
+    proxy.destroy();
+  }
+}
+
+function sendAll(socket, frames) {
+  for (const frame of frames) connection?.send(socket, frame);
+}
+
+function postSnapshot() {
+  post("snapshot", { snapshot: JSON.parse(session.snapshot()) });
+}
+
+function fail(error) {
+  const message =
+    error instanceof AssetError || error?.name === "DataError"
+      ? error.message
+      : `Something went wrong in the training worker: ${pythonMessage(error)}`;
+  console.error(error);
+  connection?.close(1000, "volunteer error");
+  post("error", { message });
+}
+
+// The last line of a Python traceback ("ValueError: ...") is the part people can read.
+function pythonMessage(error) {
+  const text = String(error?.message ?? error).trim();
+  return text.split("\n").pop();
+}
+
+class DataError extends Error {
+  name = "DataError";
+}
+
+async function fetchJson(url, what) {
+  let response;
+  try {
+    response = await fetch(url, { cache: "no-cache" });
+  } catch {
+    throw new AssetError(`Cannot reach the webfl server to get ${what}. Check your connection and reload.`);
+  }
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) throw new AssetError(`The server could not give ${what} (HTTP ${response.status}${body.error ? `: ${body.error}` : ""}).`);
+  return body;
+}
+
+async function useCsv(file) {
+  const task = config.task;
+  const text = await file.text();
+  try {
+    bytesOut(session.use_csv(text, task.num_features, task.num_classes, file.name));
+  } catch (error) {
+    throw new DataError(`Your file “${file.name}” cannot be used: ${pythonMessage(error).replace(/^ValueError: /, "")}`);
+  }
+}
+
+async function useDemoShard(socket) {
+  const url = session.shard_url();
+  if (!url) throw new DataError("The server offered no demo data and no file was chosen.");
+  post("stage", { label: "Downloading your demo data", fraction: 0.95 });
+  let response;
+  try {
+    response = await fetch(url);
+  } catch {
+    throw new AssetError(`The demo data could not be downloaded (no response from ${url}).`);
+  }
+  if (!response.ok) throw new AssetError(`The demo data could not be downloaded (HTTP ${response.status} at ${url}).`);
+  const npz = new Uint8Array(await response.arrayBuffer());
+  sendAll(socket, bytesOut(session.use_shard(npz)));
+}
+
+function train(socket) {
+  let last = 0;
+  const progress = (epoch, epochs, batch, batches, loss) => {
+    const now = performance.now();
+    if (now - last >= PROGRESS_EVERY_MS || batch === batches - 1) {
+      last = now;
+      post("progress", { epoch, epochs, batch, batches, loss });
+    }
+  };
+  postSnapshot();
+  // Synchronous: this worker is busy until the update is ready; the page is not.
+  const update = bytesOut(session.train(progress));
+  // Sent only on the socket the task came on; after a reconnect it is dropped.
+  if (!connection.send(socket, update)) console.info("connection changed during training; update dropped");
+}
+
+async function handleFrame(socket, buffer) {
+  if (socket !== connection.socket) return; // a late frame of a dead connection
+  sendAll(socket, bytesOut(session.receive(new Uint8Array(buffer))));
+  if (session.needs_data() && dataChoice.kind === "demo") await useDemoShard(socket);
+  if (session.should_train()) train(socket);
+  postSnapshot();
+}
+
+function wsUrl() {
+  const url = new URL(config.ws_path, self.location.href);
+  url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+  return url.href;
+}
+
+function connect() {
+  connection = new Connection(wsUrl(), {
+    onOpen(socket) {
+      inbox = Promise.resolve();
+      post("conn", { state: "open" });
+      connection.send(socket, bytesOut(session.hello()));
+      postSnapshot();
+    },
+    onFrame(socket, buffer) {
+      inbox = inbox.then(() => handleFrame(socket, buffer)).catch(fail);
+    },
+    onClose() {
+      session.closed();
+      postSnapshot();
+    },
+    onRetry(wait) {
+      post("conn", { state: "reconnecting", retry_in_s: wait });
+    },
+    onFatal(reason) {
+      post("error", { message: `The server refused this volunteer: ${reason}` });
+    },
+  });
+  post("conn", { state: "connecting" });
+  connection.open();
+}
+
+const handlers = {
+  async start({ data }) {
+    dataChoice = data;
+    post("stage", { label: "Getting the configuration", fraction: 0.02 });
+    config = await fetchJson("/api/config", "its configuration");
+    const stage = (label, fraction) => post("stage", { label, fraction });
+    const { browser } = await loadRuntime(config, stage);
+    session = browser.BrowserSession(`webfl-browser/${config.version}`);
+    browser.destroy();
+    if (data.kind === "csv") {
+      stage(`Reading ${data.file.name} (it stays in this tab)`, 0.95);
+      await useCsv(data.file);
+    }
+    stage("Connecting", 1);
+    connect();
+  },
+  // Queued behind the frames being handled, so a pause lands between two frames.
+  pause() {
+    if (!session) return; // not loaded yet: the page keeps the button disabled until then
+    inbox = inbox.then(() => {
+      sendAll(connection.socket, bytesOut(session.pause()));
+      postSnapshot();
+    });
+  },
+  resume() {
+    if (!session) return;
+    inbox = inbox.then(() => {
+      sendAll(connection.socket, bytesOut(session.resume()));
+      postSnapshot();
+    });
+  },
+  leave() {
+    connection?.close(1000, "volunteer left");
+    session?.closed();
+    post("left");
+  },
+};
+
+self.onmessage = (event) => {
+  const handler = handlers[event.data?.type];
+  if (handler) Promise.resolve().then(() => handler(event.data)).catch(fail);
+};
+self.onunhandledrejection = (event) => fail(event.reason);

@@ -1,0 +1,100 @@
+// Loads Pyodide, NumPy and the webfl core wheel, and turns every way that can fail
+// into one sentence a volunteer can act on (or report). Pyodide's own errors are
+// often silent: loadPackage() does not throw on a 404 or a hash mismatch, it only
+// calls errorCallback, and the failure would surface later as ModuleNotFoundError.
+
+export class AssetError extends Error {}
+
+const RUNTIME_FILES = ["pyodide.asm.js", "pyodide.asm.wasm", "python_stdlib.zip", "pyodide-lock.json"];
+
+function absolute(url) {
+  return new URL(url, self.location.href).href;
+}
+
+function shortUrl(url) {
+  const u = new URL(url);
+  return u.origin === self.location.origin ? u.pathname : u.href;
+}
+
+// Which of these URLs fails, and how? A HEAD probe names the culprit of an opaque failure.
+async function firstFailure(urls) {
+  for (const url of urls) {
+    try {
+      const response = await fetch(url, { method: "HEAD", cache: "no-store" });
+      if (!response.ok) return `HTTP ${response.status} at ${shortUrl(url)}`;
+    } catch {
+      return `no response from ${shortUrl(url)}`;
+    }
+  }
+  return null;
+}
+
+export function checkWebAssembly() {
+  if (typeof WebAssembly !== "object" || typeof WebAssembly.instantiate !== "function") {
+    throw new AssetError(
+      "This browser cannot run WebAssembly, which the in-browser Python needs. " +
+        "Try a current Chrome, Firefox, Safari or Edge, or enable WebAssembly.",
+    );
+  }
+}
+
+async function loadPyodideRuntime(indexURL, version) {
+  let module;
+  try {
+    module = await import(indexURL + "pyodide.mjs");
+  } catch (error) {
+    const why = (await firstFailure([indexURL + "pyodide.mjs"])) || error.message;
+    throw new AssetError(`The Python runtime (Pyodide ${version}) could not be loaded (${why}).`);
+  }
+  try {
+    return await module.loadPyodide({ indexURL, stdout: () => {}, stderr: (line) => console.warn(line) });
+  } catch (error) {
+    const why = (await firstFailure(RUNTIME_FILES.map((name) => indexURL + name))) || error.message;
+    throw new AssetError(`The Python runtime (Pyodide ${version}) could not be loaded (${why}).`);
+  }
+}
+
+// Load one package (by URL or by name) and prove it imports; explain if it does not.
+async function loadChecked(pyodide, target, module, what) {
+  const errors = [];
+  try {
+    await pyodide.loadPackage(target, { messageCallback: () => {}, errorCallback: (m) => errors.push(m) });
+  } catch (error) {
+    errors.push(error.message);
+  }
+  try {
+    pyodide.pyimport(module).destroy();
+    return;
+  } catch (error) {
+    const why = target.includes("/") ? await firstFailure([target]) : null;
+    const detail = why || errors.join("; ") || error.message.trim().split("\n").pop();
+    throw new AssetError(`${what} could not be loaded (${detail}).`);
+  }
+}
+
+// stage(label, fraction): progress for the page's loading bar.
+export async function loadRuntime(config, stage) {
+  checkWebAssembly();
+  const indexURL = absolute(config.pyodide.index_url);
+  stage(`Downloading the Python runtime (Pyodide ${config.pyodide.version})`, 0.1);
+  const pyodide = await loadPyodideRuntime(indexURL, config.pyodide.version);
+
+  stage("Loading NumPy", 0.55);
+  const numpy = config.numpy.url ? absolute(config.numpy.url) : config.numpy.name;
+  await loadChecked(pyodide, numpy, "numpy", "The NumPy wheel");
+
+  stage("Loading the webfl learning core", 0.8);
+  await loadChecked(pyodide, absolute(config.core.url), "webfl.core.browser", "The webfl learning core wheel");
+
+  stage("Checking versions", 0.9);
+  const browser = pyodide.pyimport("webfl.core.browser");
+  const version = browser.version();
+  if (version !== config.version) {
+    browser.destroy();
+    throw new AssetError(
+      `This page's learning core is version ${version} but the server runs ${config.version}. ` +
+        "Reload the page; if it persists, the server's wheel needs rebuilding (make setup).",
+    );
+  }
+  return { pyodide, browser };
+}
