@@ -42,7 +42,10 @@ def _serve(args: argparse.Namespace) -> int:
         ssl_keyfile=args.ssl_keyfile,
         # Float payloads barely compress and permessage-deflate costs 15-34x throughput.
         ws_per_message_deflate=False,
-        ws_max_size=settings.max_frame_bytes,
+        # Slightly above our own limit, so an oversized frame is read whole and refused by
+        # the protocol with a close reason instead of a reset mid-send; beyond the margin
+        # uvicorn cuts the connection.
+        ws_max_size=settings.max_frame_bytes + 1024 * 1024,
         log_level=args.log_level,
     )
     return 0
@@ -112,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     sim.set_defaults(func=_simulate)
 
     args = parser.parse_args(argv)
+    # Volunteers and rounds already use the cores in parallel; BLAS threads on top of
+    # that oversubscribe them (spinning OpenBLAS threads slow a loaded machine many-fold).
+    # Set before NumPy is first imported.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     return args.func(args)
 

@@ -31,6 +31,8 @@ async def start_rounds(request: Request) -> Response:
         run_id = _engine(request).start(config)
     except RunActive as exc:
         return JSONResponse({"error": str(exc)}, status_code=409)
+    except ValueError as exc:
+        return JSONResponse({"error": str(exc)}, status_code=400)
     return JSONResponse({"run": run_id, "config": config.to_dict()}, status_code=202)
 
 

@@ -277,12 +277,16 @@ class RoundEngine:
         return self._runner is not None and not self._runner.done()
 
     def start(self, config: RunConfig) -> int:
+        """Launch a run; ``ValueError`` if its aggregator could not hold a round in memory."""
         if self.running:
             raise RunActive(f"run {self.run_id} is still in progress; stop it first")
+        # One rule object for the whole run: adaptive rules learn from earlier rounds.
+        aggregator = get_aggregator(config.aggregator)
+        aggregator.check_memory(self.model.size, math.ceil(config.clients_per_round * config.over_selection))
         self.run_id = self.store.start_run(config.to_dict())
         self.run_config, self.run_rounds_done = config, 0
         log.info("run %d started: %s", self.run_id, config.to_dict())
-        self._runner = asyncio.create_task(self._run(config, self.run_id), name=f"run-{self.run_id}")
+        self._runner = asyncio.create_task(self._run(config, aggregator, self.run_id), name=f"run-{self.run_id}")
         return self.run_id
 
     async def stop(self) -> bool:
@@ -297,11 +301,11 @@ class RoundEngine:
             pass
         return True
 
-    async def _run(self, config: RunConfig, run_id: int) -> None:
+    async def _run(self, config: RunConfig, aggregator: Aggregator, run_id: int) -> None:
         status = "failed"
         try:
             while self.run_rounds_done < config.rounds:
-                if await self._round(config, run_id):
+                if await self._round(config, aggregator, run_id):
                     self.run_rounds_done += 1
                 else:
                     await asyncio.sleep(0.5)
@@ -329,15 +333,14 @@ class RoundEngine:
         rng = np.random.default_rng([self.seed, self.model_version, len(self.history)])
         return sorted(rng.choice(ready, size=min(target, len(ready)), replace=False).tolist())
 
-    async def _round(self, config: RunConfig, run_id: int) -> bool:
+    async def _round(self, config: RunConfig, aggregator: Aggregator, run_id: int) -> bool:
         """One round; True if it committed, False if it was abandoned."""
         self._to(RoundState.SELECTING)
         selected = await self._select(config)
         loop = asyncio.get_running_loop()
         round_ = self.model_version + 1
         info = RoundInfo(round_, self.model_version, config.codec, loop.time() + config.deadline_s, frozenset(selected))
-        aggregator = get_aggregator(config.aggregator)
-        aggregator.begin(self.model.size)
+        aggregator.begin(self.model.size, len(selected))
         open_ = self._open = _OpenRound(info, aggregator, time.monotonic())
         await self.coordinator.set_round(info)
         for i, peer_id in enumerate(selected):
@@ -363,6 +366,7 @@ class RoundEngine:
             await self._wait_change(remaining)
         await self._close_round()
         if aggregator.count < config.min_updates:
+            aggregator.abort()
             log.warning("round %d abandoned: %d update(s), %d needed; global model unchanged", round_, aggregator.count, config.min_updates)
             return False
         self._to(RoundState.AGGREGATING)

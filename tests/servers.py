@@ -1,0 +1,89 @@
+"""A real ``webfl serve`` in a subprocess, on a free loopback port."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+TOKEN = "test-admin-token"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class ServerProcess:
+    url: str
+    data_dir: Path
+    proc: subprocess.Popen
+    log_path: Path
+    token: str = TOKEN
+
+    @property
+    def ws_url(self) -> str:
+        return self.url.replace("http://", "ws://") + "/ws"
+
+    def api(self, method: str, path: str, body: dict | None = None, token: str | None = TOKEN) -> tuple[int, dict]:
+        req = urllib.request.Request(self.url + path, method=method, data=None if body is None else json.dumps(body).encode())
+        if token:
+            req.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"{}")
+
+    def status(self) -> dict:
+        code, body = self.api("GET", "/api/status")
+        assert code == 200, body
+        return body
+
+    def wait_for(self, predicate, timeout: float = 120.0, what: str = "condition") -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = self.status()
+            if predicate(status):
+                return status
+            time.sleep(0.2)
+        raise AssertionError(f"timed out waiting for {what}; last status: {status}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, kill: bool = False) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill() if kill else self.proc.terminate()
+            self.proc.wait(timeout=20)
+
+
+def start_server(data_dir: Path, *args: str, port: int | None = None, env: dict | None = None) -> ServerProcess:
+    port = port or free_port()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log_path = data_dir / f"server-{port}.log"
+    cmd = [sys.executable, "-m", "webfl.cli", "serve", "--port", str(port), "--data-dir", str(data_dir), *args]
+    full_env = {**os.environ, "WEBFL_ADMIN_TOKEN": TOKEN, **(env or {})}
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env)
+    server = ServerProcess(f"http://127.0.0.1:{port}", data_dir, proc, log_path)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{server.log()}")
+        try:
+            with urllib.request.urlopen(server.url + "/healthz", timeout=1):
+                return server
+        except OSError:
+            time.sleep(0.1)
+    server.stop(kill=True)
+    raise RuntimeError(f"server did not come up:\n{server.log()}")

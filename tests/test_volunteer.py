@@ -1,0 +1,139 @@
+"""The sans-I/O volunteer session, driven frame by frame."""
+
+import numpy as np
+import pytest
+
+from webfl import __version__
+from webfl.core.data import Dataset
+from webfl.core.protocol import Message, ProtocolError, decode, encode
+from webfl.core.tasks import Task
+from webfl.core.volunteer import SessionState, Volunteer
+
+TASK = Task("tiny", "Tiny", "a test task", num_features=4, num_classes=3, model="softmax")
+DATA = Dataset(np.random.default_rng(0).integers(0, 255, (20, 4), dtype=np.uint8), np.arange(20, dtype=np.uint8) % 3)
+MODEL = TASK.build_model()
+
+
+def server(kind: str, arrays=(), **fields) -> bytes:
+    return encode(Message(kind, fields, arrays))
+
+
+def welcome() -> bytes:
+    return server("welcome", version=__version__, volunteer="v1", task=TASK.to_dict(), shard=None)
+
+
+def model_frame(version: int, params=None) -> bytes:
+    params = MODEL.init(0) if params is None else params
+    return server("model", (params,), model_version=version, codec="none", codec_params={})
+
+
+def task_frame(round_: int = 1, version: int = 0) -> bytes:
+    config = {"epochs": 1, "batch_size": 5, "lr": 0.1, "seed": 3}
+    return server("task", round=round_, model_version=version, deadline_s=30.0, config=config, codec="none")
+
+
+def joined(data=DATA) -> Volunteer:
+    v = Volunteer(data)
+    v.hello()
+    v.receive(welcome())
+    v.receive(model_frame(0))
+    return v
+
+
+def test_hello_then_ready_once_model_and_data_are_there():
+    transitions = []
+    v = Volunteer(on_transition=lambda a, b: transitions.append((a.value, b.value)))
+    hello = decode(v.hello())
+    assert hello.type == "hello" and hello["version"] == __version__ and "none" in hello["codecs"]
+    assert v.receive(welcome()) == []  # no data yet
+    assert v.receive(model_frame(0)) == []
+    (ready,) = v.set_data(DATA)
+    assert decode(ready).fields == {"num_examples": 20}
+    assert transitions == [("closed", "connecting"), ("connecting", "idle")]
+
+
+def test_task_train_update_accept_cycle():
+    v = joined()
+    assert v.receive(task_frame()) == [] and v.state is SessionState.TRAINING
+    update = decode(v.train())
+    assert update.type == "update" and v.state is SessionState.SUBMITTED
+    assert update["round"] == 1 and update["model_version"] == 0 and update["num_examples"] == 20
+    (delta,) = update.arrays
+    assert delta.shape == (MODEL.size,) and np.abs(delta).sum() > 0
+    (ready,) = v.receive(server("accept", round=1))
+    assert decode(ready).type == "ready" and v.state is SessionState.IDLE
+    assert v.last_verdict == {"round": 1, "accepted": True}
+
+
+def test_update_is_the_trained_delta_from_the_global_model():
+    from webfl.core.training import TrainConfig, local_train
+    from webfl.core.data import features
+
+    v = joined()
+    v.receive(task_frame())
+    delta = decode(v.train()).arrays[0]
+    expected = local_train(MODEL, MODEL.init(0), features(DATA.x), DATA.y, TrainConfig(1, 5, 0.1, 3)).params - MODEL.init(0)
+    np.testing.assert_array_equal(delta, expected)
+
+
+def test_reject_returns_to_idle_with_the_reason():
+    v = joined()
+    v.receive(task_frame())
+    v.train()
+    v.receive(server("reject", reason="round 1 is not open", round=1))
+    assert v.state is SessionState.IDLE and v.last_verdict["reason"] == "round 1 is not open"
+
+
+def test_task_for_another_model_version_is_skipped():
+    v = joined()
+    assert v.receive(task_frame(round_=2, version=1)) == []
+    assert v.state is SessionState.IDLE and v.job is None
+    with pytest.raises(RuntimeError):
+        v.train()
+
+
+def test_reconnect_forgets_the_job():
+    v = joined()
+    v.receive(task_frame())
+    v.close()
+    v.hello()
+    assert v.job is None and v.state is SessionState.CONNECTING
+
+
+def test_paused_volunteer_ignores_tasks_until_resumed():
+    v = joined()
+    (pause,) = v.pause()
+    assert decode(pause).type == "pause" and v.state is SessionState.PAUSED
+    assert v.receive(task_frame()) == [] and v.state is SessionState.PAUSED
+    (ready,) = v.resume()
+    assert decode(ready).type == "ready"
+
+
+def test_new_model_replaces_the_old_one_and_status_keeps_history():
+    v = joined()
+    params = np.full(MODEL.size, 0.5, np.float32)
+    assert v.receive(model_frame(1, params)) == []
+    assert v.model_version == 1 and v.params.tolist() == params.tolist()
+    v.receive(server("status", state="idle", round=1, model_version=1, connected=3, history=[[1, 0.5]]))
+    snap = v.snapshot()
+    assert snap["history"] == [[1, 0.5]] and snap["bytes_down"] > 0 and snap["bytes_up"] > 0
+
+
+@pytest.mark.parametrize("bad", [np.full(MODEL.size, np.nan, np.float32), np.zeros(3, np.float32)])
+def test_bad_global_model_is_refused(bad):
+    v = joined()
+    with pytest.raises(ValueError):
+        v.receive(model_frame(1, bad))
+    assert v.model_version == 0
+
+
+def test_volunteer_refuses_client_frames():
+    v = joined()
+    with pytest.raises(ProtocolError):
+        v.receive(server("ready", num_examples=3))
+
+
+def test_data_with_wrong_feature_count_is_refused():
+    v = joined()
+    with pytest.raises(ValueError, match="features"):
+        v.set_data(Dataset(np.zeros((2, 5), np.uint8), np.zeros(2, np.uint8)))
