@@ -65,6 +65,7 @@ def _simulate(args: argparse.Namespace) -> int:
             "deadline_s": args.deadline_s,
             "min_updates": args.min_updates,
             "codec": args.codec,
+            "aggregator": args.aggregator,
         }.items()
         if v is not None
     }
@@ -74,7 +75,11 @@ def _simulate(args: argparse.Namespace) -> int:
         partition=args.partition,
         seed=args.seed,
         token=os.environ.get("WEBFL_ADMIN_TOKEN"),
+        malicious=args.malicious,
+        attack=args.attack,
     )
+    if sim.malicious:
+        print(f"webfl simulate: volunteers {sim.malicious} attack with {args.attack}", flush=True)
     return asyncio.run(sim.main(run_config if args.rounds else None, args.timeout_s))
 
 
@@ -111,10 +116,23 @@ def main(argv: list[str] | None = None) -> int:
     sim.add_argument("--deadline-s", type=float)
     sim.add_argument("--min-updates", type=int)
     sim.add_argument("--codec")
+    sim.add_argument("--aggregator", help="aggregation rule of the run: fedavg, clipped, median, trimmed_mean, multikrum (with parameters)")
+    sim.add_argument("--malicious", type=float, default=0.0, help="fraction of the volunteers that attack (with --attack)")
+    sim.add_argument("--attack", help="sign-flip[:K] | scale[:K] | gaussian[:SIGMA] | label-flip | backdoor[:TARGET]")
     sim.add_argument("--timeout-s", type=float, default=600.0, help="give up after this long")
     sim.set_defaults(func=_simulate)
 
     args = parser.parse_args(argv)
+    if args.command == "simulate":
+        if args.malicious and not args.attack:
+            parser.error("--malicious needs --attack")
+        if args.attack:
+            from .core.attacks import parse_attack
+
+            try:
+                parse_attack(args.attack)
+            except ValueError as exc:
+                parser.error(str(exc))
     # Volunteers and rounds already use the cores in parallel; BLAS threads on top of
     # that oversubscribe them (spinning OpenBLAS threads slow a loaded machine many-fold).
     # Set before NumPy is first imported.

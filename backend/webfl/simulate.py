@@ -26,6 +26,7 @@ from . import __version__
 from .build.paths import DATASETS_DIR
 from .core.data import Dataset, load_npz, partition as split_shards
 from .core.protocol import CLOSE_POLICY, CLOSE_PROTOCOL_ERROR, CLOSE_UNSUPPORTED
+from .core.attacks import make_volunteer
 from .core.volunteer import SessionState, Volunteer
 
 __all__ = ["Simulation", "AdminClient"]
@@ -56,6 +57,14 @@ class AdminClient:
             raise RuntimeError(f"{method} {path}: HTTP {exc.code}: {detail}") from None
 
 
+def pick_malicious(clients: int, fraction: float, seed: int) -> list[int]:
+    """Which of ``clients`` volunteers attack: ``round(fraction * clients)`` of them."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError("--malicious must be a fraction in [0, 1]")
+    count = int(round(fraction * clients))
+    return sorted(random.Random(seed).sample(range(clients), count))
+
+
 class Simulation:
     def __init__(
         self,
@@ -66,13 +75,21 @@ class Simulation:
         token: str | None = None,
         task: str = "mnist",
         datasets_dir: Path = DATASETS_DIR,
+        malicious: float = 0.0,
+        attack: str | None = None,
     ) -> None:
         self.server = server.rstrip("/")
         self.ws_url = self.server.replace("https://", "wss://", 1).replace("http://", "ws://", 1) + "/ws"
         self.admin = AdminClient(self.server, token)
         train = load_npz(datasets_dir / f"{task}.npz", "train")
         self.shards: list[Dataset] = [train.take(idx) for idx in split_shards(train.y, clients, partition, seed)]
-        self.volunteers = [Volunteer(shard, agent=f"webfl-simulate/{__version__}") for shard in self.shards]
+        #: Indices of the volunteers that attack (``--malicious`` of them, chosen by ``seed``).
+        self.malicious = pick_malicious(clients, malicious, seed) if attack else []
+        agent = f"webfl-simulate/{__version__}"
+        self.volunteers: list[Volunteer] = [
+            make_volunteer(shard, attack if i in self.malicious else None, seed=seed * 1009 + i, agent=agent)
+            for i, shard in enumerate(self.shards)
+        ]
         self._pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2)
         self._stopping = asyncio.Event()
         self.seed = seed

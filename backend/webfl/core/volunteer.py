@@ -217,6 +217,13 @@ class Volunteer:
 
     # -- work ------------------------------------------------------------------
 
+    def craft_delta(self, delta: np.ndarray, job: Job) -> np.ndarray:
+        """The update to send for this trained ``delta``; honest volunteers send it as is.
+
+        The simulator's attackers (``core.attacks``) override this.
+        """
+        return delta
+
     def train(self, progress: Progress | None = None) -> bytes:
         """Train on the local data for the current job; returns the ``update`` frame."""
         job = self.job
@@ -225,7 +232,7 @@ class Volunteer:
         assert self._data is not None and self._x is not None and self.params is not None
         model = self.task.build_model()
         result = local_train(model, self.params, self._x, self._data.y, job.config, progress)
-        delta = result.params - self.params
+        delta = self.craft_delta(result.params - self.params, job)
         enc = get_codec(job.codec).encode(delta, np.random.default_rng(job.config.seed))
         self.last_metrics = {"round": job.round, "loss": result.loss, "accuracy": result.accuracy}
         fields = {
