@@ -66,7 +66,7 @@ def test_attackers_still_send_protocol_frames():
     params = task.build_model().init(0)
     v.receive(encode(Message("model", {"model_version": 0, "codec": "none", "codec_params": {}}, (params,))))
     v.receive(encode(Message("task", {"round": 1, "model_version": 0, "deadline_s": 60, "codec": "none",
-                                      "config": {"epochs": 1, "batch_size": 8, "lr": 0.1, "seed": 0}})))
+                                      "config": {"epochs": 1, "batch_size": 8, "lr": 0.1, "seed": 0}, "token": "tok"})))
     msg = decode(v.train())
     assert msg.type == "update" and msg.arrays[0].shape == params.shape
 

@@ -38,7 +38,7 @@ def deflated(params: dict, arrays: list[np.ndarray]) -> Encoded:
 def frame_of(codec: Codec, enc: Encoded) -> bytes:
     fields = {
         "round": 3, "model_version": 2, "num_examples": 17, "loss": 0.5, "accuracy": 0.25,
-        "codec": codec.spec, "codec_params": enc.params,
+        "codec": codec.spec, "codec_params": enc.params, "token": "t",
     }
     return encode(Message("update", fields, enc.arrays))
 

@@ -13,7 +13,7 @@ from webfl.core.protocol import (
     encode,
 )
 
-UPDATE = {"round": 3, "model_version": 2, "num_examples": 80, "loss": 0.5, "accuracy": 0.9, "codec": "none", "codec_params": {}}
+UPDATE = {"round": 3, "model_version": 2, "num_examples": 80, "loss": 0.5, "accuracy": 0.9, "codec": "none", "codec_params": {}, "token": "t"}
 
 
 def raw(header: dict | bytes, payload: bytes = b"") -> bytes:

@@ -38,7 +38,7 @@ class Client:
 
     def update(self, task, delta, n=100, **overrides):
         fields = dict(round=task["round"], model_version=task["model_version"], num_examples=n, loss=1.0, accuracy=0.5,
-                      codec="none", codec_params={})
+                      codec="none", codec_params={}, token=getattr(task, "fields", task).get("token", ""))
         self.send("update", (delta.astype(np.float32),), **{**fields, **overrides})
         return self.recv_verdict()
 

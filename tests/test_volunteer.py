@@ -29,7 +29,7 @@ def model_frame(version: int, params=None) -> bytes:
 
 def task_frame(round_: int = 1, version: int = 0) -> bytes:
     config = {"epochs": 1, "batch_size": 5, "lr": 0.1, "seed": 3}
-    return server("task", round=round_, model_version=version, deadline_s=30.0, config=config, codec="none")
+    return server("task", round=round_, model_version=version, deadline_s=30.0, config=config, codec="none", token="tok")
 
 
 def joined(data=DATA) -> Volunteer:

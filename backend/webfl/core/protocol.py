@@ -68,6 +68,7 @@ SCHEMAS: dict[str, dict[str, tuple]] = {
         "accuracy": _NUM,
         "codec": (str,),
         "codec_params": (dict,),
+        "token": (str,),
     },
     # server -> volunteer
     "welcome": {"version": (str,), "volunteer": (str,), "task": (dict,), "shard": (dict, None)},
@@ -78,6 +79,8 @@ SCHEMAS: dict[str, dict[str, tuple]] = {
         "deadline_s": _NUM,
         "config": (dict,),
         "codec": (str,),
+        # HMAC over (volunteer, round, model_version): the update echoes it (replay protection).
+        "token": (str,),
     },
     "accept": {"round": (int,)},
     "reject": {"reason": (str,), "round": (int, None)},

@@ -52,6 +52,8 @@ class Job:
     config: TrainConfig
     codec: str
     deadline_s: float
+    #: The task's session token, echoed in the update.
+    token: str = ""
 
 
 class Volunteer:
@@ -191,7 +193,7 @@ class Volunteer:
         if msg["model_version"] != self.model_version:
             log.warning("task for model %s but holding %s; skipping", msg["model_version"], self.model_version)
             return []
-        self.job = Job(msg["round"], msg["model_version"], TrainConfig.from_dict(msg["config"]), msg["codec"], float(msg["deadline_s"]))
+        self.job = Job(msg["round"], msg["model_version"], TrainConfig.from_dict(msg["config"]), msg["codec"], float(msg["deadline_s"]), msg["token"])
         self._to(SessionState.TRAINING)
         return []
 
@@ -243,6 +245,7 @@ class Volunteer:
             "accuracy": result.accuracy,
             "codec": job.codec,
             "codec_params": enc.params,
+            "token": job.token,
         }
         self._to(SessionState.SUBMITTED)
         return self._send(Message("update", fields, enc.arrays))

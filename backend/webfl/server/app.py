@@ -7,6 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
@@ -20,6 +21,8 @@ from .coordinator import InProcessCoordinator
 from .datasets import DemoShards
 from .engine import RoundEngine
 from .sockets import volunteer_socket
+from .limits import AddressLimits, FrameRates
+from .security import SecurityHeaders
 from .store import Store
 
 __all__ = ["create_app"]
@@ -58,6 +61,12 @@ def create_app(settings: Settings) -> Starlette:
         app.state.admin_token = token
         app.state.coordinator = coordinator
         app.state.demo_shards = shards
+        app.state.address_limits = AddressLimits(
+            settings.max_connections_per_ip,
+            FrameRates(settings.conn_frames_per_s, settings.conn_frame_burst, settings.conn_bytes_per_s, settings.conn_byte_burst),
+            FrameRates(settings.ip_frames_per_s, settings.ip_frame_burst, settings.ip_bytes_per_s, settings.ip_byte_burst),
+            settings.logins_per_minute,
+        )
         app.state.engine = RoundEngine(task, store, coordinator, shards.test, settings.seed)
         try:
             yield
@@ -73,4 +82,4 @@ def create_app(settings: Settings) -> Starlette:
         # Pages, static files and the browser's runtime (after the API: it mounts prefixes).
         *pages.routes,
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    return Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(SecurityHeaders)])

@@ -11,6 +11,10 @@ from ..build.paths import DATASETS_DIR
 __all__ = ["Settings"]
 
 
+def _env_num(name: str, default: float) -> float:
+    return float(os.environ.get(name) or default)
+
+
 def _env_list(name: str) -> tuple[str, ...]:
     return tuple(o.strip().rstrip("/") for o in os.environ.get(name, "").split(",") if o.strip())
 
@@ -36,3 +40,20 @@ class Settings:
     hello_timeout_s: float = 10.0
     #: Frames queued to one volunteer before it counts as too slow and is disconnected.
     send_queue: int = 16
+    #: Close a volunteer that sends no complete frame for this long (idle or a slow-loris
+    #: partial frame); honest ones reconnect by themselves (close code 1013).
+    idle_timeout_s: float = field(default_factory=lambda: _env_num("WEBFL_IDLE_TIMEOUT_S", 600.0))
+    #: Open ``/ws`` connections per client address; more are refused (close 1013).
+    max_connections_per_ip: int = field(default_factory=lambda: int(_env_num("WEBFL_MAX_CONNECTIONS_PER_IP", 64)))
+    #: Token buckets on frames and bytes received, per connection and per address
+    #: (rate per second, burst). Over a limit, the connection is closed (1008).
+    conn_frames_per_s: float = field(default_factory=lambda: _env_num("WEBFL_CONN_FRAMES_PER_S", 20.0))
+    conn_frame_burst: float = 100.0
+    conn_bytes_per_s: float = field(default_factory=lambda: _env_num("WEBFL_CONN_BYTES_PER_S", 8 * 2**20))
+    conn_byte_burst: float = 48 * 2**20
+    ip_frames_per_s: float = field(default_factory=lambda: _env_num("WEBFL_IP_FRAMES_PER_S", 500.0))
+    ip_frame_burst: float = 2000.0
+    ip_bytes_per_s: float = field(default_factory=lambda: _env_num("WEBFL_IP_BYTES_PER_S", 256 * 2**20))
+    ip_byte_burst: float = 1024 * 2**20
+    #: Admin sign-in attempts per address per minute.
+    logins_per_minute: float = field(default_factory=lambda: _env_num("WEBFL_LOGINS_PER_MINUTE", 5.0))

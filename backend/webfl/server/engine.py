@@ -30,6 +30,8 @@ from ..core.data import Dataset, features
 from ..core.protocol import Message, encode
 from ..core.tasks import Task
 from .coordinator import Coordinator, RoundInfo
+from .security import TaskTokens
+from .validation import Rejections, classify_update_error, parse_norm_bound
 from .store import RoundRecord, Store
 
 __all__ = ["PeerState", "RoundEngine", "RoundState", "RunActive", "RunConfig", "Verdict"]
@@ -79,6 +81,8 @@ class RunConfig:
     select_timeout_s: float = 5.0
     codec: str = "none"
     aggregator: str = "fedavg"
+    #: Reject updates by L2 norm: "none" (or null), "C" (fixed) or "x=K" (K x recent median).
+    norm_bound: str = "none"
 
     _LIMITS = {
         "rounds": (1, 100_000),
@@ -102,6 +106,8 @@ class RunConfig:
         if unknown:
             raise ValueError(f"unknown field(s): {', '.join(sorted(unknown))}")
         values = {}
+        if "norm_bound" in data and data["norm_bound"] is None:
+            data = {**data, "norm_bound": "none"}
         for name, value in data.items():
             kind = type(getattr(cls, name))
             if kind is str:
@@ -120,6 +126,7 @@ class RunConfig:
             raise ValueError("min_updates cannot exceed clients_per_round")
         get_codec(config.codec)
         get_aggregator(config.aggregator)
+        parse_norm_bound(config.norm_bound)
         return config
 
     def to_dict(self) -> dict:
@@ -140,6 +147,8 @@ class Peer:
 class Verdict:
     accepted: bool
     reason: str | None = None
+    #: Short key of the rejection, counted in ``status()["rejections"]`` (see ``validation.REASONS``).
+    kind: str | None = None
 
 
 @dataclass
@@ -168,6 +177,8 @@ class RoundEngine:
         self._changed = asyncio.Event()
         self._runner: asyncio.Task | None = None
         self._model_frame: bytes | None = None
+        self.rejections = Rejections()
+        self.tokens = TaskTokens()
         for run_id in store.interrupted_runs():
             store.end_run(run_id, "interrupted")
         checkpoint = store.latest_checkpoint(task.name, task.model)
@@ -225,27 +236,35 @@ class RoundEngine:
         return sum(p.state is state for p in self.peers.values())
 
     async def submit(self, peer_id: str, msg: Message, nbytes: int) -> Verdict:
-        """Validate one ``update`` and fold it into the open round."""
+        """Validate one ``update`` and fold it into the open round; rejections are counted."""
+        verdict = self._submit(peer_id, msg, nbytes)
+        if not verdict.accepted:
+            self.rejections.add(verdict.kind or "malformed")
+        return verdict
+
+    def _submit(self, peer_id: str, msg: Message, nbytes: int) -> Verdict:
         open_ = self._open
         round_ = msg["round"]
         if open_ is None or open_.closed or round_ != open_.info.round:
             current = f"round {open_.info.round} is open" if open_ and not open_.closed else "no round is open"
-            return Verdict(False, f"round {round_} is not open for updates ({current})")
+            return Verdict(False, f"round {round_} is not open for updates ({current})", "round")
         if peer_id not in open_.info.selected:
-            return Verdict(False, f"not selected for round {round_}")
+            return Verdict(False, f"not selected for round {round_}", "not_selected")
         if peer_id in open_.submitted:
-            return Verdict(False, f"duplicate update for round {round_}")
+            return Verdict(False, f"duplicate update for round {round_}", "duplicate")
         if msg["model_version"] != open_.info.model_version:
-            return Verdict(False, f"update is based on model {msg['model_version']}, round {round_} trains model {open_.info.model_version}")
+            return Verdict(False, f"update is based on model {msg['model_version']}, round {round_} trains model {open_.info.model_version}", "model_version")
+        if not self.tokens.check(peer_id, round_, msg["model_version"], msg["token"]):
+            return Verdict(False, "the session token does not match this connection's task", "token")
         if msg["codec"] != open_.info.codec:
-            return Verdict(False, f"round {round_} uses codec {open_.info.codec!r}, not {msg['codec']!r}")
+            return Verdict(False, f"round {round_} uses codec {open_.info.codec!r}, not {msg['codec']!r}", "codec")
         n = msg["num_examples"]
         if not 0 < n <= MAX_EXAMPLES_PER_UPDATE:
-            return Verdict(False, f"num_examples must be in 1..{MAX_EXAMPLES_PER_UPDATE}")
+            return Verdict(False, f"num_examples must be in 1..{MAX_EXAMPLES_PER_UPDATE}", "num_examples")
         try:
             open_.aggregator.add(get_codec(open_.info.codec), Encoded(msg["codec_params"], msg.arrays), float(n))
         except (CodecError, ValueError) as exc:
-            return Verdict(False, f"invalid update: {exc}")
+            return Verdict(False, f"invalid update: {exc}", classify_update_error(exc))
         open_.submitted.add(peer_id)
         open_.bytes_up += nbytes
         log.info("round %d: update %d/%d from %s accepted", round_, len(open_.submitted), len(open_.info.selected), peer_id)
@@ -281,7 +300,7 @@ class RoundEngine:
         if self.running:
             raise RunActive(f"run {self.run_id} is still in progress; stop it first")
         # One rule object for the whole run: adaptive rules learn from earlier rounds.
-        aggregator = get_aggregator(config.aggregator)
+        aggregator = get_aggregator(config.aggregator, bound=parse_norm_bound(config.norm_bound))
         aggregator.check_memory(self.model.size, math.ceil(config.clients_per_round * config.over_selection))
         self.run_id = self.store.start_run(config.to_dict())
         self.run_config, self.run_rounds_done = config, 0
@@ -351,6 +370,8 @@ class RoundEngine:
                 "deadline_s": config.deadline_s,
                 "config": {"epochs": config.local_epochs, "batch_size": config.batch_size, "lr": config.lr, "seed": seed},
                 "codec": config.codec,
+                # Bound to this connection, round and model: the update must echo it.
+                "token": self.tokens.issue(peer_id, round_, self.model_version),
             }
             frame = encode(Message("task", task))
             if await self.coordinator.publish(frame, to=[peer_id]):
@@ -429,5 +450,6 @@ class RoundEngine:
                 "received": len(open_.submitted),
                 "deadline_in_s": max(0.0, open_.info.deadline - loop.time()),
             },
+            "rejections": self.rejections.to_dict(),
             "history": [r.to_dict() for r in self.history],
         }

@@ -288,6 +288,12 @@ async def admin_login(request: Request) -> Response:
     cookie = request.cookies.get(LOGIN_CSRF_COOKIE)
     if not cookie or not secrets.compare_digest(cookie.encode(), form.get("csrf", "").encode()):
         return _login_form(request, "The sign-in form expired. Please try again.", status_code=403)
+    address = request.client.host if request.client else "?"
+    if not request.app.state.address_limits.login_allowed(address):
+        log.warning("admin sign-in throttled for %s", address)
+        response = _login_form(request, "Too many sign-in attempts. Wait a minute and try again.", status_code=429)
+        response.headers["Retry-After"] = "60"
+        return response
     if not token_matches(request, form.get("token", "")):
         log.warning("admin sign-in with a wrong token from %s", request.client.host if request.client else "?")
         return _login_form(request, "That admin token is not right.", status_code=401)

@@ -29,6 +29,7 @@ from ..core.protocol import (
 )
 from .coordinator import SlowConsumer
 from .engine import RoundEngine
+from .limits import ConnectionLimits, RateLimited
 from .origins import origin_allowed
 
 __all__ = ["volunteer_socket"]
@@ -52,9 +53,14 @@ async def volunteer_socket(websocket: WebSocket) -> None:
         return
     await websocket.accept()
     address = websocket.client.host if websocket.client else "?"
+    limits = app.state.address_limits.open(address)
+    if limits is None:
+        engine.rejections.add("connections")
+        await _close(websocket, CLOSE_TRY_LATER, f"too many connections from {address}; try again later")
+        return
     peer_id: str | None = None
     try:
-        hello = await asyncio.wait_for(_receive(websocket, settings.max_frame_bytes), settings.hello_timeout_s)
+        hello = await asyncio.wait_for(_receive(websocket, settings.max_frame_bytes, limits), settings.hello_timeout_s)
         if hello.type != "hello":
             raise _Closed(CLOSE_PROTOCOL_ERROR, f"expected hello, got {hello.type}")
         if hello["version"] != __version__:
@@ -73,41 +79,55 @@ async def volunteer_socket(websocket: WebSocket) -> None:
         await websocket.send_bytes(engine.status_frame())
         writer = asyncio.create_task(_write(websocket, subscription))
         try:
-            await _read(websocket, engine, peer_id, settings.max_frame_bytes)
+            await _read(websocket, engine, peer_id, settings.max_frame_bytes, limits, settings.idle_timeout_s)
         finally:
             writer.cancel()
             subscription.close()
     except TimeoutError:
+        engine.rejections.add("idle")
         await _close(websocket, CLOSE_POLICY, "no hello in time")
     except ProtocolError as exc:
+        engine.rejections.add("protocol")
         await _close(websocket, exc.code, exc.reason)
+    except RateLimited as exc:
+        engine.rejections.add("rate")
+        await _close(websocket, CLOSE_POLICY, exc.reason)
     except _Closed as exc:
+        engine.rejections.add("idle" if exc.code == CLOSE_TRY_LATER else "protocol")
         await _close(websocket, exc.code, exc.reason)
     except SlowConsumer:
         await _close(websocket, CLOSE_TRY_LATER, "too slow to receive frames")
     except WebSocketDisconnect:
         pass
     finally:
+        app.state.address_limits.close(address)
         if peer_id is not None:
             engine.disconnect(peer_id)
 
 
-async def _receive(websocket: WebSocket, max_bytes: int) -> Message:
+async def _receive(websocket: WebSocket, max_bytes: int, limits: ConnectionLimits) -> Message:
     event = await websocket.receive()
     if event["type"] == "websocket.disconnect":
         raise WebSocketDisconnect(event.get("code", 1000))
     data = event.get("bytes")
+    limits.charge(len(data or event.get("text") or ""))
     if data is None:
         raise _Closed(CLOSE_UNSUPPORTED, "text frames are not accepted; send binary frames")
     return decode(data, max_bytes)
 
 
-async def _read(websocket: WebSocket, engine: RoundEngine, peer_id: str, max_bytes: int) -> None:
+async def _read(websocket: WebSocket, engine: RoundEngine, peer_id: str, max_bytes: int, limits: ConnectionLimits, idle_s: float) -> None:
     while True:
-        event = await websocket.receive()
+        # Receive returns whole messages only, so this also ends a slow-loris sender whose
+        # frame never completes (uvicorn's keepalive pings catch one that stops answering).
+        try:
+            event = await asyncio.wait_for(websocket.receive(), idle_s)
+        except TimeoutError:
+            raise _Closed(CLOSE_TRY_LATER, f"no complete frame for {idle_s:g} s; reconnect when you have something to send") from None
         if event["type"] == "websocket.disconnect":
             return
         data = event.get("bytes")
+        limits.charge(len(data or event.get("text") or ""))
         if data is None:
             raise _Closed(CLOSE_UNSUPPORTED, "text frames are not accepted; send binary frames")
         msg = decode(data, max_bytes)

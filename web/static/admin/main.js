@@ -26,6 +26,7 @@ async function refresh() {
 function settings() {
   const body = {};
   for (const input of form.querySelectorAll("input")) body[input.name] = Number(input.value);
+  for (const select of form.querySelectorAll("select")) body[select.name] = select.value;
   return body;
 }
 
