@@ -196,3 +196,17 @@ def test_login_attempts_are_throttled(tight):
     codes = [_login(opener, tight.url, "wrong")[0] for _ in range(5)]
     assert codes[:3] == [401, 401, 401] and codes[-1] == 429
     assert _login(opener, tight.url, tight.token)[0] == 429  # even the right token waits
+
+
+@pytest.mark.parametrize("dtype", [["<f4"], {"a": 1}, 5, None])
+def test_unhashable_dtype_is_a_protocol_error(dtype):
+    """Found by the fuzzer: a list as dtype raised TypeError instead of ProtocolError."""
+    import json as json_
+    import struct as struct_
+
+    from webfl.core.protocol import ProtocolError, decode
+
+    header = json_.dumps({"type": "pause", "arrays": [[dtype, [1]]]}).encode()
+    frame = b"WFL\x01" + struct_.pack("<I", len(header)) + header
+    with pytest.raises(ProtocolError):
+        decode(frame + bytes(-len(frame) % 8 + 8))

@@ -177,7 +177,7 @@ def _check_array_specs(specs) -> list[tuple[str, tuple[int, ...]]]:
         if not (isinstance(spec, list) and len(spec) == 2 and isinstance(spec[1], list)):
             raise ProtocolError("each array spec must be [dtype, shape]")
         dtype, shape = spec
-        if dtype not in DTYPES:
+        if not isinstance(dtype, str) or dtype not in DTYPES:  # a list would not even hash
             raise ProtocolError(f"array dtype {dtype!r} is not allowed")
         if len(shape) > MAX_DIMS or not all(type(d) is int and 0 <= d < 2**31 for d in shape):
             raise ProtocolError(f"bad array shape {shape!r}")
