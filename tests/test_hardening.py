@@ -210,3 +210,26 @@ def test_unhashable_dtype_is_a_protocol_error(dtype):
     frame = b"WFL\x01" + struct_.pack("<I", len(header)) + header
     with pytest.raises(ProtocolError):
         decode(frame + bytes(-len(frame) % 8 + 8))
+
+
+def test_session_posts_need_the_csrf_token_and_frames_are_refused_elsewhere(server):
+    opener, _ = _browser()
+    status, page = _login(opener, server.url, server.token)
+    assert status == 200
+    csrf = re.search(r'name="csrf-token" content="([^"]+)"', page).group(1)
+
+    def post(headers):
+        req = urllib.request.Request(server.url + "/api/rounds/stop", data=b"{}", method="POST", headers=headers)
+        try:
+            with opener.open(req) as resp:
+                return resp.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    assert post({}) == 403
+    assert post({"X-CSRF-Token": "forged"}) == 403
+    assert post({"X-CSRF-Token": csrf}) == 200
+    with opener.open(server.url + "/embed") as resp:
+        assert "frame-ancestors 'self'" in resp.headers["Content-Security-Policy"]
+    with opener.open(server.url + "/admin") as resp:
+        assert "frame-ancestors 'none'" in resp.headers["Content-Security-Policy"]
