@@ -65,6 +65,7 @@ def _simulate(args: argparse.Namespace) -> int:
             "deadline_s": args.deadline_s,
             "min_updates": args.min_updates,
             "codec": args.codec,
+            "downlink": args.downlink,
         }.items()
         if v is not None
     }
@@ -110,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     sim.add_argument("--lr", type=float)
     sim.add_argument("--deadline-s", type=float)
     sim.add_argument("--min-updates", type=int)
-    sim.add_argument("--codec")
+    sim.add_argument("--codec", help="update codec: none | [topk:F+][rot+](q1|q2|q4|q8|fp16) | topk:F")
+    sim.add_argument("--downlink", help="model broadcast: none | fp16 | delta:SPEC")
     sim.add_argument("--timeout-s", type=float, default=600.0, help="give up after this long")
     sim.set_defaults(func=_simulate)
 

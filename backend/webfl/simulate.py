@@ -26,7 +26,7 @@ from . import __version__
 from .build.paths import DATASETS_DIR
 from .core.data import Dataset, load_npz, partition as split_shards
 from .core.protocol import CLOSE_POLICY, CLOSE_PROTOCOL_ERROR, CLOSE_UNSUPPORTED
-from .core.volunteer import SessionState, Volunteer
+from .core.volunteer import SessionState, TrainingDiverged, Volunteer
 
 __all__ = ["Simulation", "AdminClient"]
 
@@ -90,7 +90,12 @@ class Simulation:
                         for out in v.receive(frame):
                             await ws.send(out)
                         if v.state is SessionState.TRAINING:
-                            await ws.send(await loop.run_in_executor(self._pool, v.train))
+                            try:
+                                await ws.send(await loop.run_in_executor(self._pool, v.train))
+                            except TrainingDiverged as exc:
+                                log.warning("volunteer %d: %s", index, exc)
+                                for out in exc.frames:
+                                    await ws.send(out)
             except websockets.ConnectionClosed as exc:
                 if exc.rcvd is not None and exc.rcvd.code in _FATAL_CLOSE:
                     log.error("volunteer %d refused by the server: %s", index, exc.rcvd.reason)

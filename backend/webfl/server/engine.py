@@ -19,7 +19,7 @@ import asyncio
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from enum import Enum
 
 import numpy as np
@@ -27,6 +27,7 @@ import numpy as np
 from ..core.aggregation import Aggregator, get_aggregator
 from ..core.codecs import CodecError, Encoded, get_codec
 from ..core.data import Dataset, features
+from ..core.downlink import ModelChain, parse_downlink
 from ..core.protocol import Message, encode
 from ..core.tasks import Task
 from .coordinator import Coordinator, RoundInfo
@@ -78,6 +79,8 @@ class RunConfig:
     #: before starting with fewer (but at least ``min_updates``).
     select_timeout_s: float = 5.0
     codec: str = "none"
+    #: How the global model reaches volunteers: none | fp16 | delta:SPEC (core/downlink.py).
+    downlink: str = "none"
     aggregator: str = "fedavg"
 
     _LIMITS = {
@@ -118,9 +121,8 @@ class RunConfig:
         config = cls(**values)
         if config.min_updates > config.clients_per_round:
             raise ValueError("min_updates cannot exceed clients_per_round")
-        get_codec(config.codec)
         get_aggregator(config.aggregator)
-        return config
+        return replace(config, codec=get_codec(config.codec).spec, downlink=parse_downlink(config.downlink))
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -134,6 +136,9 @@ class Peer:
     state: PeerState = PeerState.CONNECTED
     num_examples: int = 0
     connected_at: float = field(default_factory=time.time)
+    #: Codec stages the volunteer advertised in ``hello``; None: not said (all assumed).
+    codecs: frozenset[str] | None = None
+    refused_codecs: set[str] = field(default_factory=set, repr=False)  # logged once each
 
 
 @dataclass(frozen=True)
@@ -167,7 +172,6 @@ class RoundEngine:
         self._open: _OpenRound | None = None
         self._changed = asyncio.Event()
         self._runner: asyncio.Task | None = None
-        self._model_frame: bytes | None = None
         for run_id in store.interrupted_runs():
             store.end_run(run_id, "interrupted")
         checkpoint = store.latest_checkpoint(task.name, task.model)
@@ -177,6 +181,7 @@ class RoundEngine:
         else:
             self.model_version, self.params = checkpoint
         self.history = store.history()
+        self._chain = ModelChain(self.params, self.model_version)
         log.info("global model %s/%s at version %d, %d rounds in history", task.name, task.model, self.model_version, len(self.history))
 
     # -- state machine ------------------------------------------------------------
@@ -202,8 +207,9 @@ class RoundEngine:
 
     # -- volunteers -----------------------------------------------------------------
 
-    def connect(self, peer_id: str, agent: str, address: str) -> Peer:
-        peer = self.peers[peer_id] = Peer(peer_id, agent, address)
+    def connect(self, peer_id: str, agent: str, address: str, codecs: list | None = None) -> Peer:
+        advertised = None if codecs is None else frozenset(c for c in codecs if isinstance(c, str))
+        peer = self.peers[peer_id] = Peer(peer_id, agent, address, codecs=advertised)
         log.info("volunteer %s connected from %s (%s)", peer_id, address, agent)
         self._changed.set()
         return peer
@@ -255,10 +261,21 @@ class RoundEngine:
     # -- frames -------------------------------------------------------------------------
 
     def model_frame(self) -> bytes:
-        if self._model_frame is None:
-            msg = Message("model", {"model_version": self.model_version, "codec": "none", "codec_params": {}}, (self.params,))
-            self._model_frame = encode(msg)
-        return self._model_frame
+        """A frame that gives any volunteer the model volunteers hold (see core/downlink.py)."""
+        return self._chain.full_frame()
+
+    def model_frames_for(self, version: int | None, model_digest: str | None) -> list[bytes]:
+        """What a (re)connecting volunteer holding ``version`` needs: a delta chain or the full model."""
+        return self._chain.frames_for(version, model_digest)
+
+    def _can_use(self, peer: Peer, codec: str) -> bool:
+        needed = get_codec(codec).stages
+        if peer.codecs is None or peer.codecs.issuperset(needed):
+            return True
+        if codec not in peer.refused_codecs:
+            peer.refused_codecs.add(codec)
+            log.info("volunteer %s not selectable: codec %s needs %s, it supports %s", peer.id, codec, ", ".join(needed), ", ".join(sorted(peer.codecs)))
+        return False
 
     def status_frame(self) -> bytes:
         fields_ = {
@@ -325,7 +342,7 @@ class RoundEngine:
         target = math.ceil(config.clients_per_round * config.over_selection)
         waited_since = asyncio.get_running_loop().time()
         while True:
-            ready = sorted(p.id for p in self.peers.values() if p.state is PeerState.READY)
+            ready = sorted(p.id for p in self.peers.values() if p.state is PeerState.READY and self._can_use(p, config.codec))
             waited = asyncio.get_running_loop().time() - waited_since
             if len(ready) >= target or (len(ready) >= config.min_updates and waited >= config.select_timeout_s):
                 break
@@ -374,8 +391,8 @@ class RoundEngine:
         params = self.params + delta
         loss, accuracy = await asyncio.to_thread(self.model.evaluate, params, self._test_x, self._test_y)
         self._to(RoundState.BROADCASTING)
-        self.params, self.model_version, self._model_frame = params, round_, None
-        frame = self.model_frame()
+        self.params, self.model_version = params, round_
+        frame = self._chain.commit(params, round_, config.downlink, np.random.default_rng([self.seed, round_, 2]))
         recipients = await self.coordinator.publish(frame)
         record = RoundRecord(
             round=round_,
