@@ -12,6 +12,7 @@
 
 import { AssetError, loadRuntime } from "./worker/runtime.js";
 import { Connection } from "./worker/connection.js";
+import { loadResidual, saveResidual } from "./worker/residual-store.js";
 
 const PROGRESS_EVERY_MS = 100;
 
@@ -112,6 +113,22 @@ function train(socket) {
   const update = bytesOut(session.train(progress));
   // Sent only on the socket the task came on; after a reconnect it is dropped.
   if (!connection.send(socket, update)) console.info("connection changed during training; update dropped");
+  keepResidual();
+}
+
+// Top-k's error-feedback residual outlives a reload (see worker/residual-store.js).
+const residualKey = () => `${config.task.name}/${config.task.model}`;
+
+function keepResidual() {
+  const spec = session.residual_spec();
+  if (spec) saveResidual(residualKey(), spec, bytesOut(session.residual_bytes()));
+}
+
+async function restoreResidual() {
+  const record = await loadResidual(residualKey());
+  if (!record) return;
+  if (session.load_residual(record.spec, record.bytes)) console.info(`webfl: restored the ${record.spec} error-feedback residual`);
+  else console.info("webfl: the stored residual does not fit; starting afresh");
 }
 
 async function handleFrame(socket, buffer) {
@@ -163,6 +180,7 @@ const handlers = {
     const { browser } = await loadRuntime(config, stage);
     session = browser.BrowserSession(`webfl-browser/${config.version}`);
     browser.destroy();
+    await restoreResidual();
     if (data.kind === "csv") {
       stage(`Reading ${data.file.name} (it stays in this tab)`, 0.95);
       await useCsv(data.file);
