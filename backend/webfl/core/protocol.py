@@ -80,10 +80,12 @@ SCHEMAS: dict[str, dict[str, tuple]] = {
         "codec": (str,),
     },
     "accept": {"round": (int,)},
+    # pace steering: nothing to do now, come back in retry_after_s seconds
+    "wait": {"retry_after_s": _NUM, "reason": (str,)},
     "reject": {"reason": (str,), "round": (int, None)},
     "status": {"state": (str,), "round": (int,), "model_version": (int,), "connected": (int,), "history": (list,)},
 }
-OPTIONAL = {"hello": {"agent"}, "reject": {"round"}, "welcome": {"shard"}}
+OPTIONAL = {"hello": {"agent"}, "reject": {"round"}, "welcome": {"shard"}, "wait": {"reason"}}
 
 
 class ProtocolError(ValueError):
