@@ -52,7 +52,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from .simulate import Simulation
+    from .simulate import Behaviour, Simulation
 
     run_config = {
         k: v
@@ -65,6 +65,11 @@ def _simulate(args: argparse.Namespace) -> int:
             "deadline_s": args.deadline_s,
             "min_updates": args.min_updates,
             "codec": args.codec,
+            "mode": args.mode,
+            "server_opt": args.server_opt,
+            "prox_mu": args.prox_mu,
+            "buffer_size": args.buffer_size,
+            "over_selection": args.over_selection,
         }.items()
         if v is not None
     }
@@ -74,6 +79,7 @@ def _simulate(args: argparse.Namespace) -> int:
         partition=args.partition,
         seed=args.seed,
         token=os.environ.get("WEBFL_ADMIN_TOKEN"),
+        behaviour=Behaviour(churn=args.churn, speed_spread=args.speed_spread, dropout=args.dropout, away_s=args.away_s),
     )
     return asyncio.run(sim.main(run_config if args.rounds else None, args.timeout_s))
 
@@ -111,6 +117,15 @@ def main(argv: list[str] | None = None) -> int:
     sim.add_argument("--deadline-s", type=float)
     sim.add_argument("--min-updates", type=int)
     sim.add_argument("--codec")
+    sim.add_argument("--mode", choices=["sync", "fedbuff"], help="sync rounds or FedBuff (buffered asynchronous)")
+    sim.add_argument("--server-opt", help="server optimizer: fedavg, fedavgm:lr=1,momentum=0.9, fedadam:lr=0.01, fedyogi:...")
+    sim.add_argument("--prox-mu", type=float, help="FedProx proximal term on the volunteers")
+    sim.add_argument("--buffer-size", type=int, help="FedBuff: commit every K updates")
+    sim.add_argument("--over-selection", type=float)
+    sim.add_argument("--churn", type=float, default=0.0, help="probability a volunteer leaves after a job (or per idle 5 s)")
+    sim.add_argument("--speed-spread", type=float, default=1.0, help="slowdowns drawn log-uniformly in [1, X]")
+    sim.add_argument("--dropout", type=float, default=0.0, help="probability a volunteer vanishes mid-training")
+    sim.add_argument("--away-s", type=float, default=10.0, help="mean time away after leaving")
     sim.add_argument("--timeout-s", type=float, default=600.0, help="give up after this long")
     sim.set_defaults(func=_simulate)
 
