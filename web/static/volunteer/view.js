@@ -163,6 +163,11 @@ export class View {
     this.loading.hidden = true;
     this.training.hidden = true;
     this.q("pause").disabled = true;
+    if (!this.session) {
+      // Failed before joining: there are no figures to show, only the message.
+      this.root.querySelector(".facts").hidden = true;
+      this.chartBox.hidden = true;
+    }
     this.setPage("error");
   }
 
