@@ -127,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     sim.add_argument("--dropout", type=float, default=0.0, help="probability a volunteer vanishes mid-training")
     sim.add_argument("--away-s", type=float, default=10.0, help="mean time away after leaving")
     sim.add_argument("--timeout-s", type=float, default=600.0, help="give up after this long")
+    sim.add_argument("--log-level", default="warning", help="info logs every volunteer's state transitions")
     sim.set_defaults(func=_simulate)
 
     args = parser.parse_args(argv)
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     # that oversubscribe them (spinning OpenBLAS threads slow a loaded machine many-fold).
     # Set before NumPy is first imported.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     return args.func(args)
 
 

@@ -46,12 +46,30 @@ async function loadPyodideRuntime(indexURL, version) {
     const why = (await firstFailure([indexURL + "pyodide.mjs"])) || error.message;
     throw new AssetError(`The Python runtime (Pyodide ${version}) could not be loaded (${why}).`);
   }
+  const files = RUNTIME_FILES.map((name) => indexURL + name);
   try {
-    return await module.loadPyodide({ indexURL, stdout: () => {}, stderr: (line) => console.warn(line) });
+    // Some failures (a missing .wasm) make Pyodide abort without rejecting: watch for them.
+    return await watched(module.loadPyodide({ indexURL, stdout: () => {}, stderr: (line) => console.warn(line) }), files);
   } catch (error) {
-    const why = (await firstFailure(RUNTIME_FILES.map((name) => indexURL + name))) || error.message;
+    const why = error instanceof AssetError ? error.message : (await firstFailure(files)) || error.message;
     throw new AssetError(`The Python runtime (Pyodide ${version}) could not be loaded (${why}).`);
   }
+}
+
+const WATCH_EVERY_MS = 4000;
+
+// `promise`, unless one of `urls` turns out to be unloadable while we wait for it.
+function watched(promise, urls) {
+  let timer;
+  const stalled = new Promise((_, reject) => {
+    const check = async () => {
+      const why = await firstFailure(urls);
+      if (why) reject(new AssetError(why));
+      else timer = setTimeout(check, WATCH_EVERY_MS);
+    };
+    timer = setTimeout(check, WATCH_EVERY_MS);
+  });
+  return Promise.race([promise, stalled]).finally(() => clearTimeout(timer));
 }
 
 // Load one package (by URL or by name) and prove it imports; explain if it does not.
@@ -96,5 +114,8 @@ export async function loadRuntime(config, stage) {
         "Reload the page; if it persists, the server's wheel needs rebuilding (make setup).",
     );
   }
+  // Reachable from devtools and bench/browser.py (Playwright's worker.evaluate); only
+  // this origin's code can reach a dedicated worker, so this exposes nothing new.
+  self.pyodide = pyodide;
   return { pyodide, browser };
 }
