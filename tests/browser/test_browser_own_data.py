@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from playwright.sync_api import expect
 
-from conftest import wait_state
+from browser_helpers import wait_state
 from webfl.build.paths import MNIST_NPZ
 from webfl.core.data import load_npz
 
