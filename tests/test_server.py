@@ -230,3 +230,23 @@ def test_round_missing_its_minimum_is_abandoned_and_retried(server):
         c.send("ready", num_examples=100)
     retry = a.recv("task", timeout=10)
     assert retry["round"] == first["round"] == 1 and retry["model_version"] == 0
+
+
+def test_tls_serves_https_and_wss(tmp_path):
+    import subprocess
+
+    from servers import start_server
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )
+    server = start_server(tmp_path / "data", tls=(cert, key))
+    try:
+        assert server.url.startswith("https://") and server.status()["state"] == "idle"
+        welcome, model = Client(server, ssl=server.ssl_context).join()
+        assert welcome.type == "welcome" and model["model_version"] == 0
+    finally:
+        server.stop()

@@ -86,6 +86,8 @@ SCHEMAS: dict[str, dict[str, tuple]] = {
         "codec": (str,),
     },
     "accept": {"round": (int,)},
+    # pace steering: nothing to do now, come back in retry_after_s seconds
+    "wait": {"retry_after_s": _NUM, "reason": (str,)},
     "reject": {"reason": (str,), "round": (int, None)},
     "status": {"state": (str,), "round": (int,), "model_version": (int,), "connected": (int,), "history": (list,)},
 }
@@ -93,6 +95,7 @@ OPTIONAL = {
     "hello": {"agent", "model_version", "model_digest"},
     "model": {"base_version", "digest"},
     "reject": {"round"},
+    "wait": {"reason"},
     "welcome": {"shard"},
 }
 

@@ -98,6 +98,11 @@ class Volunteer:
         self.last_metrics: dict | None = None
         self.bytes_up = 0
         self.bytes_down = 0
+        #: Set by a ``wait`` (pace steering): the server asks us to come back in this
+        #: many seconds. The driver honours it (``take_wait``): it disconnects, sleeps
+        #: and reconnects. A driver that ignores it still works: the server makes the
+        #: volunteer selectable again when the time is up.
+        self.retry_after_s: float | None = None
         self._data: Dataset | None = None
         self._x: np.ndarray | None = None
         self._feedback: ErrorFeedback | None = None
@@ -241,6 +246,16 @@ class Volunteer:
             self._to(SessionState.IDLE)
             return self._ready()
         return []
+
+    def _on_wait(self, msg: Message) -> list[bytes]:
+        self.retry_after_s = max(0.0, float(msg["retry_after_s"]))
+        log.info("volunteer %s: asked to come back in %.1f s (%s)", self.volunteer_id, self.retry_after_s, msg.fields.get("reason", ""))
+        return []
+
+    def take_wait(self) -> float | None:
+        """The pending "come back in" delay, if any (cleared once taken)."""
+        t, self.retry_after_s = self.retry_after_s, None
+        return t
 
     def _on_status(self, msg: Message) -> list[bytes]:
         self.history = msg["history"]

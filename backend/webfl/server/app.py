@@ -59,6 +59,7 @@ def create_app(settings: Settings) -> Starlette:
         app.state.coordinator = coordinator
         app.state.demo_shards = shards
         app.state.engine = RoundEngine(task, store, coordinator, shards.test, settings.seed)
+        app.state.engine.resume()  # a run a crash interrupted carries on
         try:
             yield
         finally:

@@ -9,8 +9,14 @@
       +---- last round / stop() ---- BROADCASTING <------- AGGREGATING
 
 Updates are folded into the round's aggregator as they arrive and then dropped;
-a commit applies the aggregate, evaluates on the held-out split, stores a
-checkpoint and broadcasts the new model to every connected volunteer.
+a commit steps the run's server optimizer with the aggregate, evaluates on the
+held-out split, stores the round, checkpoint and optimizer state in one
+transaction, and only then broadcasts the new model to every connected volunteer.
+
+``"mode": "fedbuff"`` runs replace the round loop with ``fedbuff.FedBuff`` (no round
+barrier); both modes share ``_commit``. A run interrupted by a crash is resumed at
+start-up (``resume``) from its stored config and its count of committed rounds.
+Surplus ready volunteers get a ``wait`` (pace steering, see ``pacing``).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import random
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from enum import Enum
@@ -29,8 +36,11 @@ from ..core.codecs import CodecError, Encoded, get_codec
 from ..core.data import Dataset, features
 from ..core.downlink import ModelChain, parse_downlink
 from ..core.protocol import Message, encode
+from ..core.server_opt import ServerOptimizer, get_server_opt
 from ..core.tasks import Task
+from . import pacing
 from .coordinator import Coordinator, RoundInfo
+from .crashpoints import crashpoint
 from .store import RoundRecord, Store
 
 __all__ = ["PeerState", "RoundEngine", "RoundState", "RunActive", "RunConfig", "Verdict"]
@@ -55,6 +65,7 @@ class PeerState(str, Enum):
     READY = "ready"  # can be selected
     TRAINING = "training"  # selected; busy until it reports ready again
     PAUSED = "paused"
+    WAITING = "waiting"  # told to come back later (pace steering); ready again at wait_until
 
 
 class RunActive(RuntimeError):
@@ -82,6 +93,20 @@ class RunConfig:
     #: How the global model reaches volunteers: none | fp16 | delta:SPEC (core/downlink.py).
     downlink: str = "none"
     aggregator: str = "fedavg"
+    #: ``sync`` (rounds with a barrier) or ``fedbuff`` (buffered asynchronous).
+    mode: str = "sync"
+    #: Server optimizer on the aggregated delta (``core.server_opt``).
+    server_opt: str = "fedavg"
+    #: FedProx proximal term for the volunteers' local training.
+    prox_mu: float = 0.0
+    #: FedBuff: commit every ``buffer_size`` accepted updates.
+    buffer_size: int = 10
+    #: FedBuff: refuse updates more than this many model versions old.
+    max_staleness: int = 10
+    #: FedBuff: an update ``s`` versions stale weighs ``(1 + s) ** -staleness_exponent``.
+    staleness_exponent: float = 0.5
+    #: Pace steering: the longest "come back in" delay; 0 turns pace steering off.
+    max_wait_s: float = 30.0
 
     _LIMITS = {
         "rounds": (1, 100_000),
@@ -93,6 +118,11 @@ class RunConfig:
         "min_updates": (1, 100_000),
         "over_selection": (1.0, 10.0),
         "select_timeout_s": (0.0, 86_400.0),
+        "prox_mu": (0.0, 100.0),
+        "buffer_size": (1, 100_000),
+        "max_staleness": (0, 1_000_000),
+        "staleness_exponent": (0.0, 10.0),
+        "max_wait_s": (0.0, 3_600.0),
     }
 
     @classmethod
@@ -121,7 +151,10 @@ class RunConfig:
         config = cls(**values)
         if config.min_updates > config.clients_per_round:
             raise ValueError("min_updates cannot exceed clients_per_round")
+        if config.mode not in ("sync", "fedbuff"):
+            raise ValueError("mode must be 'sync' or 'fedbuff'")
         get_aggregator(config.aggregator)
+        get_server_opt(config.server_opt)
         return replace(config, codec=get_codec(config.codec).spec, downlink=parse_downlink(config.downlink))
 
     def to_dict(self) -> dict:
@@ -139,6 +172,7 @@ class Peer:
     #: Codec stages the volunteer advertised in ``hello``; None: not said (all assumed).
     codecs: frozenset[str] | None = None
     refused_codecs: set[str] = field(default_factory=set, repr=False)  # logged once each
+    wait_until: float = 0.0  # loop time, while WAITING
 
 
 @dataclass(frozen=True)
@@ -172,8 +206,10 @@ class RoundEngine:
         self._open: _OpenRound | None = None
         self._changed = asyncio.Event()
         self._runner: asyncio.Task | None = None
-        for run_id in store.interrupted_runs():
-            store.end_run(run_id, "interrupted")
+        self._server_opt: ServerOptimizer | None = None
+        self._fedbuff = None  # the FedBuff driver while a fedbuff run is on
+        self._pace_rng = random.Random(seed)
+        self.waits_sent = 0
         checkpoint = store.latest_checkpoint(task.name, task.model)
         if checkpoint is None:
             self.model_version, self.params = 0, self.model.init(seed)
@@ -222,6 +258,8 @@ class RoundEngine:
     def ready(self, peer_id: str, num_examples: int) -> None:
         peer = self.peers[peer_id]
         peer.num_examples = num_examples
+        if peer.state is PeerState.WAITING and asyncio.get_running_loop().time() < peer.wait_until:
+            return
         self._peer_to(peer, PeerState.READY)
 
     def pause(self, peer_id: str) -> None:
@@ -232,6 +270,8 @@ class RoundEngine:
 
     async def submit(self, peer_id: str, msg: Message, nbytes: int) -> Verdict:
         """Validate one ``update`` and fold it into the open round."""
+        if self._fedbuff is not None:
+            return self._fedbuff.submit(peer_id, msg, nbytes)
         open_ = self._open
         round_ = msg["round"]
         if open_ is None or open_.closed or round_ != open_.info.round:
@@ -255,8 +295,33 @@ class RoundEngine:
         open_.submitted.add(peer_id)
         open_.bytes_up += nbytes
         log.info("round %d: update %d/%d from %s accepted", round_, len(open_.submitted), len(open_.info.selected), peer_id)
+        crashpoint("training", round_)
         self._changed.set()
         return Verdict(True)
+
+    # -- pace steering ------------------------------------------------------------------
+
+    def _wake_waiting(self) -> None:
+        now = asyncio.get_running_loop().time()
+        for peer in self.peers.values():
+            if peer.state is PeerState.WAITING and now >= peer.wait_until:
+                self._peer_to(peer, PeerState.READY)
+
+    async def _steer(self, peer_ids: list[str], needed: int, config: RunConfig, reason: str) -> None:
+        """Tell ``peer_ids`` (ready, surplus) to come back later, sized to the load."""
+        if config.max_wait_s <= 0 or not peer_ids:
+            return
+        ready = self.count(PeerState.READY) + self.count(PeerState.WAITING)
+        round_s = pacing.round_duration([r.duration_s for r in self.history], min(config.deadline_s, 10.0))
+        now = asyncio.get_running_loop().time()
+        for peer_id in peer_ids:
+            t = pacing.retry_after(ready, needed, round_s, config.max_wait_s, self._pace_rng)
+            if await self.coordinator.publish(encode(Message("wait", {"retry_after_s": t, "reason": reason})), to=[peer_id]):
+                peer = self.peers[peer_id]
+                peer.wait_until = now + t
+                self._peer_to(peer, PeerState.WAITING)
+                self.waits_sent += 1
+        log.info("pace steering: %d volunteer(s) told to come back later (%s)", len(peer_ids), reason)
 
     # -- frames -------------------------------------------------------------------------
 
@@ -299,12 +364,47 @@ class RoundEngine:
             raise RunActive(f"run {self.run_id} is still in progress; stop it first")
         # One rule object for the whole run: adaptive rules learn from earlier rounds.
         aggregator = get_aggregator(config.aggregator)
-        aggregator.check_memory(self.model.size, math.ceil(config.clients_per_round * config.over_selection))
-        self.run_id = self.store.start_run(config.to_dict())
-        self.run_config, self.run_rounds_done = config, 0
-        log.info("run %d started: %s", self.run_id, config.to_dict())
-        self._runner = asyncio.create_task(self._run(config, aggregator, self.run_id), name=f"run-{self.run_id}")
-        return self.run_id
+        aggregator.check_memory(self.model.size, self._max_updates(config))
+        run_id = self.store.start_run(config.to_dict())
+        log.info("run %d started: %s", run_id, config.to_dict())
+        self._launch(config, aggregator, run_id, 0, get_server_opt(config.server_opt))
+        return run_id
+
+    @staticmethod
+    def _max_updates(config: RunConfig) -> int:
+        return config.buffer_size if config.mode == "fedbuff" else math.ceil(config.clients_per_round * config.over_selection)
+
+    def _launch(self, config: RunConfig, aggregator: Aggregator, run_id: int, done: int, opt: ServerOptimizer) -> None:
+        self.run_id, self.run_config, self.run_rounds_done, self._server_opt = run_id, config, done, opt
+        self._runner = asyncio.create_task(self._run(config, aggregator, run_id), name=f"run-{run_id}")
+
+    def resume(self) -> int | None:
+        """Resume the run a crash or restart interrupted (older ones are marked interrupted).
+
+        It continues from its stored config, its count of committed rounds and its
+        server optimizer state as of the last commit; the round that was open is re-run.
+        """
+        runs = self.store.interrupted_runs()
+        for run_id in runs[:-1]:
+            self.store.end_run(run_id, "interrupted")
+        if not runs:
+            return None
+        run_id = runs[-1]
+        try:
+            config = RunConfig.from_json(self.store.run_config(run_id))
+            aggregator = get_aggregator(config.aggregator)
+            opt = get_server_opt(config.server_opt)
+            saved = self.store.server_opt_state(run_id)
+            if saved is not None and saved[0] == self.model_version:
+                opt.load_state(saved[3], self.model.size, saved[2])
+        except ValueError as exc:
+            log.error("run %d cannot be resumed (%s); marked interrupted", run_id, exc)
+            self.store.end_run(run_id, "interrupted")
+            return None
+        done = self.store.rounds_in_run(run_id)
+        log.info("resuming run %d after %d committed round(s) of %d", run_id, done, config.rounds)
+        self._launch(config, aggregator, run_id, done, opt)
+        return run_id
 
     async def stop(self) -> bool:
         """Stop the current run; the open round (if any) is abandoned."""
@@ -321,6 +421,10 @@ class RoundEngine:
     async def _run(self, config: RunConfig, aggregator: Aggregator, run_id: int) -> None:
         status = "failed"
         try:
+            if config.mode == "fedbuff":
+                from .fedbuff import FedBuff
+
+                await FedBuff(self, config, aggregator, run_id).run()
             while self.run_rounds_done < config.rounds:
                 if await self._round(config, aggregator, run_id):
                     self.run_rounds_done += 1
@@ -333,6 +437,7 @@ class RoundEngine:
         except Exception:
             log.exception("run %d failed", run_id)
         finally:
+            self._fedbuff = None
             await self._close_round()
             self._to(RoundState.IDLE)
             self.store.end_run(run_id, status)
@@ -342,13 +447,16 @@ class RoundEngine:
         target = math.ceil(config.clients_per_round * config.over_selection)
         waited_since = asyncio.get_running_loop().time()
         while True:
+            self._wake_waiting()
             ready = sorted(p.id for p in self.peers.values() if p.state is PeerState.READY and self._can_use(p, config.codec))
             waited = asyncio.get_running_loop().time() - waited_since
             if len(ready) >= target or (len(ready) >= config.min_updates and waited >= config.select_timeout_s):
                 break
             await self._wait_change(config.select_timeout_s - waited if len(ready) >= config.min_updates else 1.0)
         rng = np.random.default_rng([self.seed, self.model_version, len(self.history)])
-        return sorted(rng.choice(ready, size=min(target, len(ready)), replace=False).tolist())
+        selected = sorted(rng.choice(ready, size=min(target, len(ready)), replace=False).tolist())
+        await self._steer(sorted(set(ready) - set(selected)), target, config, "not selected for this round")
+        return selected
 
     async def _round(self, config: RunConfig, aggregator: Aggregator, run_id: int) -> bool:
         """One round; True if it committed, False if it was abandoned."""
@@ -366,7 +474,7 @@ class RoundEngine:
                 "round": round_,
                 "model_version": self.model_version,
                 "deadline_s": config.deadline_s,
-                "config": {"epochs": config.local_epochs, "batch_size": config.batch_size, "lr": config.lr, "seed": seed},
+                "config": self.train_config(config, seed),
                 "codec": config.codec,
             }
             frame = encode(Message("task", task))
@@ -380,37 +488,64 @@ class RoundEngine:
             remaining = info.deadline - loop.time()
             if len(open_.submitted) >= config.clients_per_round or not outstanding or remaining <= 0:
                 break
+            # Volunteers ready beyond what the next round selects have nothing to do for a while.
+            self._wake_waiting()
+            ready = sorted(p.id for p in self.peers.values() if p.state is PeerState.READY)
+            target = math.ceil(config.clients_per_round * config.over_selection)
+            await self._steer(ready[target:], target, config, "enough volunteers are ready")
             await self._wait_change(remaining)
         await self._close_round()
         if aggregator.count < config.min_updates:
             aggregator.abort()
             log.warning("round %d abandoned: %d update(s), %d needed; global model unchanged", round_, aggregator.count, config.min_updates)
             return False
+        await self._commit(aggregator, run_id, open_.started, open_.bytes_up, open_.bytes_down)
+        return True
+
+    def train_config(self, config: RunConfig, seed: int) -> dict:
+        """The ``config`` of a ``task`` message."""
+        out = {"epochs": config.local_epochs, "batch_size": config.batch_size, "lr": config.lr, "seed": seed}
+        if config.prox_mu:
+            out["prox_mu"] = config.prox_mu
+        return out
+
+    async def _commit(self, aggregator: Aggregator, run_id: int, started: float, bytes_up: int, bytes_down: int) -> RoundRecord:
+        """Aggregate, step the server optimizer, evaluate, store durably, then broadcast.
+
+        Shared by both run modes. Nothing is sent before the transaction commits, so
+        no volunteer ever holds a model a crash could take back.
+        """
+        round_ = self.model_version + 1
         self._to(RoundState.AGGREGATING)
+        crashpoint("aggregating", round_)
+        participants = aggregator.count
         delta = await asyncio.to_thread(aggregator.finish)
-        params = self.params + delta
+        opt = self._server_opt or get_server_opt("fedavg")
+        params = await asyncio.to_thread(opt.step, self.params, delta)
         loss, accuracy = await asyncio.to_thread(self.model.evaluate, params, self._test_x, self._test_y)
         self._to(RoundState.BROADCASTING)
-        self.params, self.model_version = params, round_
-        frame = self._chain.commit(params, round_, config.downlink, np.random.default_rng([self.seed, round_, 2]))
-        recipients = await self.coordinator.publish(frame)
+        downlink = self.run_config.downlink if self.run_config else "none"
+        frame = self._chain.commit(params, round_, downlink, np.random.default_rng([self.seed, round_, 2]))
         record = RoundRecord(
             round=round_,
             run_id=run_id,
             model_version=round_,
             accuracy=accuracy,
             loss=loss,
-            participants=aggregator.count,
-            bytes_up=open_.bytes_up,
-            bytes_down=open_.bytes_down + recipients * len(frame),
-            duration_s=time.monotonic() - open_.started,
+            participants=participants,
+            bytes_up=bytes_up,
+            bytes_down=bytes_down + len(self.peers) * len(frame),
+            duration_s=time.monotonic() - started,
             committed_at=time.time(),
         )
-        await asyncio.to_thread(self.store.commit_round, record, self.task.name, self.task.model, params)
+        opt_state = (opt.spec, opt.steps, opt.state())
+        await asyncio.to_thread(self.store.commit_round, record, self.task.name, self.task.model, params, opt_state)
+        self.params, self.model_version = params, round_
+        await self.coordinator.publish(frame)
         self.history.append(record)
         await self.coordinator.publish(self.status_frame())
-        log.info("round %d committed: %d update(s), accuracy %.4f, loss %.4f", round_, record.participants, accuracy, loss)
-        return True
+        log.info("round %d committed: %d update(s), accuracy %.4f, loss %.4f", round_, participants, accuracy, loss)
+        return record
 
     async def _close_round(self) -> None:
         if self._open is not None:
@@ -438,6 +573,8 @@ class RoundEngine:
                 "rounds_done": self.run_rounds_done,
                 "config": self.run_config.to_dict() if self.run_config else None,
             },
+            "waits_sent": self.waits_sent,
+            "fedbuff": None if self._fedbuff is None else self._fedbuff.describe(),
             "open_round": None
             if open_ is None
             else {

@@ -127,7 +127,9 @@ export class View {
   on_snapshot({ snapshot }) {
     this.session = snapshot;
     const q = this.q;
-    q("round").textContent = snapshot.round ?? (snapshot.model_version >= 0 ? `model v${snapshot.model_version}` : "—");
+    q("round").textContent = snapshot.round
+      ? `round ${snapshot.round}`
+      : snapshot.model_version >= 0 ? `between rounds (model v${snapshot.model_version})` : "—";
     q("rounds-done").textContent = String(snapshot.rounds_accepted.length);
     q("bytes-up").textContent = format.bytes(snapshot.bytes_up);
     q("bytes-down").textContent = format.bytes(snapshot.bytes_down);
@@ -161,6 +163,11 @@ export class View {
     this.loading.hidden = true;
     this.training.hidden = true;
     this.q("pause").disabled = true;
+    if (!this.session) {
+      // Failed before joining: there are no figures to show, only the message.
+      this.root.querySelector(".facts").hidden = true;
+      this.chartBox.hidden = true;
+    }
     this.setPage("error");
   }
 

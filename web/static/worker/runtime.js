@@ -114,5 +114,8 @@ export async function loadRuntime(config, stage) {
         "Reload the page; if it persists, the server's wheel needs rebuilding (make setup).",
     );
   }
+  // Reachable from devtools and bench/browser.py (Playwright's worker.evaluate); only
+  // this origin's code can reach a dedicated worker, so this exposes nothing new.
+  self.pyodide = pyodide;
   return { pyodide, browser };
 }

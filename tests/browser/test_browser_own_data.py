@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from playwright.sync_api import expect
 
-from conftest import wait_state
+from browser_helpers import wait_state
 from webfl.build.paths import MNIST_NPZ
 from webfl.core.data import load_npz
 
@@ -40,12 +40,13 @@ def test_own_csv_trains_and_never_leaves_the_browser(context, serve, tmp_path):
     page.get_by_test_id("join").click()
     wait_state(page, "idle")
     expect(page.get_by_test_id("data-source")).to_have_text(f"your file my-digits.csv ({ROWS} examples, kept in this tab)")
-    assert server.status()["volunteers"]["ready"] == 1
+    server.wait_for(lambda s: s["volunteers"]["ready"] == 1, timeout=30, what="the volunteer ready")
 
     code, body = server.api("POST", "/api/rounds", {"rounds": 1, "clients_per_round": 1, "local_epochs": 1, "deadline_s": 60})
     assert code == 202, body
     expect(page.get_by_test_id("rounds-done")).to_have_text("1", timeout=60_000)
-    history = server.status()["history"]
+    # A volunteer's round counts once its update is accepted; the commit follows.
+    history = server.wait_for(lambda s: len(s["history"]) == 1, timeout=30, what="the round committed")["history"]
     assert history[0]["participants"] == 1
 
     # Nothing the browser sent holds the file: not its text, not a row's pixels as

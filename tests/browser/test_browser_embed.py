@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import expect
 
-from conftest import wait_state
+from browser_helpers import wait_state
 
 pytestmark = pytest.mark.browser
 
@@ -36,14 +36,15 @@ def test_widget_on_an_allowed_site_completes_a_round(context, serve, host_site):
     frame_element = page.get_by_test_id("embed-frame")
     expect(frame_element).to_be_visible()
     frame = frame_element.element_handle().content_frame()
-    assert frame.url.startswith(server.url + "/embed")
+    frame.wait_for_url(server.url + "/embed?task=mnist")  # the iframe may still be about:blank
     frame.get_by_test_id("join").click()
     wait_state(frame, "idle")
 
     code, body = server.api("POST", "/api/rounds", {"rounds": 1, "clients_per_round": 1, "local_epochs": 1, "deadline_s": 60})
     assert code == 202, body
     expect(frame.get_by_test_id("rounds-done")).to_have_text("1", timeout=60_000)
-    history = server.status()["history"]
+    # A volunteer's round counts once its update is accepted; the commit follows.
+    history = server.wait_for(lambda s: len(s["history"]) == 1, timeout=30, what="the round committed")["history"]
     assert len(history) == 1 and history[0]["participants"] == 1
     # The host page's own script cannot reach into the widget (another origin).
     reach = page.evaluate("() => { try { return document.querySelector('[data-webfl-embed]').shadowRoot.querySelector('iframe').contentWindow.document.title } catch (e) { return e.name } }")
