@@ -181,6 +181,7 @@ def main() -> int:
         return 0
     from playwright.sync_api import sync_playwright
 
+    load_before = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="webfl-bench-"))
     proc, url = start_server(work / "data")
     rows: list[tuple[str, str]] = []
@@ -222,7 +223,9 @@ def main() -> int:
         (f"Main-thread long tasks while training 2 rounds x 2 epochs ({tasks['seconds']:.1f} s)",
          f"{tasks['count']} (longest {tasks['max_ms']:.0f} ms, total {tasks['total_ms']:.0f} ms)"),
     ]
-    print(f"Chromium {CHROMIUM}, {os.cpu_count()} cores, server on 127.0.0.1\n")
+    # Timings scale with whatever else the machine runs: say how busy it was.
+    print(f"Chromium {CHROMIUM}, {os.cpu_count()} cores, server on 127.0.0.1, "
+          f"load average {load_before:.1f} before / {os.getloadavg()[0]:.1f} after\n")
     print("| measure | value |\n|---|---|")
     for name, value in rows:
         print(f"| {name} | {value} |")

@@ -24,6 +24,23 @@ def test_missing_numpy_wheel_is_named(context, serve):
     expect(page.get_by_test_id("pause")).to_be_disabled()
 
 
+def test_a_tampered_core_wheel_never_runs(context, serve):
+    server = serve()
+    page = context.new_page()
+
+    def tampered(route):
+        response = route.fetch()
+        route.fulfill(response=response, body=response.body() + b"\0")
+
+    page.route("**/wheels/webfl-*.whl", tampered)
+    page.goto(server.url)
+    page.get_by_test_id("join").click()
+    wait_state(page, "error")
+    expect(page.get_by_test_id("error")).to_contain_text(
+        "The webfl learning core wheel at /wheels/webfl-0.1.0-py3-none-any.whl is not the file the server announced"
+    )
+
+
 def test_missing_runtime_is_named(context, serve):
     server = serve()
     page = context.new_page()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import re
 
 import httpx
@@ -25,6 +26,9 @@ def test_config_names_runtime_and_wheels_that_exist(http):
     assert config["task"]["name"] == "mnist"
     for url in (config["numpy"]["url"], config["core"]["url"], config["pyodide"]["index_url"] + "pyodide.mjs"):
         assert http.head(url).status_code == 200, url
+    for wheel in ("numpy", "core"):
+        served = http.get(config[wheel]["url"]).content
+        assert hashlib.sha256(served).hexdigest() == config[wheel]["sha256"]
 
 
 def test_pyodide_url_setting_loads_numpy_by_name(tmp_path):
@@ -36,7 +40,7 @@ def test_pyodide_url_setting_loads_numpy_by_name(tmp_path):
     finally:
         server.stop()
     assert config["pyodide"]["index_url"] == "https://pyodide.example/v0.27.7/full/"
-    assert config["numpy"] == {"name": "numpy", "url": None}
+    assert config["numpy"] == {"name": "numpy", "url": None, "sha256": None}
 
 
 def test_wasm_is_served_gzipped_when_accepted(http):

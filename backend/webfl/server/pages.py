@@ -245,13 +245,15 @@ async def client_config(request: Request) -> Response:
         core = json.loads(paths.CORE_WHEEL_INFO.read_text())
     except (OSError, ValueError):
         return JSONResponse({"error": "the learning core wheel is not built; run `make setup` on the server"}, status_code=503)
-    numpy_file = _manifest().get("lock_entries", {}).get("numpy", {}).get("file_name")
+    numpy_lock = _manifest().get("lock_entries", {}).get("numpy", {})
     if settings.pyodide_url:
         # Another index (a full Pyodide distribution or a CDN): NumPy by name, which
         # Pyodide checks against that index's lock file (Subresource Integrity).
-        index_url, numpy = settings.pyodide_url.rstrip("/") + "/", {"name": "numpy", "url": None}
+        index_url, numpy = settings.pyodide_url.rstrip("/") + "/", {"name": "numpy", "url": None, "sha256": None}
     else:
-        index_url, numpy = f"/pyodide/{PYODIDE_VERSION}/", {"name": "numpy", "url": f"/wheels/{numpy_file}"}
+        # By URL from us; the worker checks the sha256 (Pyodide checks only by-name loads).
+        url = f"/wheels/{numpy_lock.get('file_name')}"
+        index_url, numpy = f"/pyodide/{PYODIDE_VERSION}/", {"name": "numpy", "url": url, "sha256": numpy_lock.get("sha256")}
     body = {
         "version": __version__,
         "task": _task(request),
