@@ -122,3 +122,34 @@ def test_a_tab_reconnects_after_the_server_restarts(context, serve, tmp_path):
         expect(page.get_by_test_id("rounds-done")).to_have_text("1", timeout=60_000)
     finally:
         restarted.stop()
+
+
+RECORD_STATES = """
+window.__states = [];
+document.addEventListener("DOMContentLoaded", () => {
+  const badge = document.querySelector('[data-testid="state"]');
+  new MutationObserver(() => window.__states.push(badge.dataset.state)).observe(badge, { attributes: true });
+});
+"""
+
+
+def test_surplus_tabs_honour_the_servers_wait_and_come_back(context, serve):
+    server = serve()
+    context.add_init_script(RECORD_STATES)
+    tabs = [context.new_page() for _ in range(2)]
+    for tab in tabs:
+        join(tab, server.url, wait=False)
+    for tab in tabs:
+        wait_state(tab, "idle")
+    server.wait_for(lambda s: s["volunteers"]["ready"] == 2, timeout=30, what="2 ready volunteers")
+
+    # One volunteer a round, two ready: the other is told to come back later.
+    code, body = server.api("POST", "/api/rounds", {"rounds": 2, "clients_per_round": 1, "local_epochs": 1, "max_wait_s": 2, "deadline_s": 60})
+    assert code == 202, body
+    server.wait_for(lambda s: len(s["history"]) == 2, timeout=90, what="2 rounds")
+    states = [tab.evaluate("() => window.__states") for tab in tabs]
+    assert any("waiting" in s for s in states), states
+    # Whoever waited came back by itself.
+    for tab in tabs:
+        wait_state(tab, "idle", timeout=30_000)
+    server.wait_for(lambda s: s["connected"] == 2, timeout=30, what="both tabs connected again")

@@ -6,7 +6,8 @@
 //
 // Page -> worker: {type: "start", data: {kind: "demo"} | {kind: "csv", file}}, "pause",
 //                 "resume", "leave".
-// Worker -> page: "stage" {label, fraction}, "conn" {state, retry_in_s}, "snapshot"
+// Worker -> page: "stage" {label, fraction}, "conn" {state: connecting|open|reconnecting|
+//                 waiting, retry_in_s}, "snapshot"
 //                 {snapshot}, "progress" {epoch, epochs, batch, batches, loss},
 //                 "error" {message}, "left".
 
@@ -134,7 +135,19 @@ async function restoreResidual() {
 async function handleFrame(socket, buffer) {
   if (socket !== connection.socket) return; // a late frame of a dead connection
   sendAll(socket, bytesOut(session.receive(new Uint8Array(buffer))));
-  if (session.needs_data() && dataChoice.kind === "demo") await useDemoShard(socket);
+  const wait = session.take_wait();
+  if (wait !== undefined && wait !== null) {
+    // Like webfl simulate: leave, and come back when the server expects to need us.
+    connection.away(wait);
+    session.closed();
+    post("conn", { state: "waiting", retry_in_s: wait });
+    postSnapshot();
+    return;
+  }
+  if (session.needs_data() && dataChoice.kind === "demo") {
+    await useDemoShard(socket);
+    if (socket !== connection.socket) return; // dropped while downloading
+  }
   if (session.should_train()) train(socket);
   postSnapshot();
 }
@@ -148,7 +161,6 @@ function wsUrl() {
 function connect() {
   connection = new Connection(wsUrl(), {
     onOpen(socket) {
-      inbox = Promise.resolve();
       post("conn", { state: "open" });
       connection.send(socket, bytesOut(session.hello()));
       postSnapshot();

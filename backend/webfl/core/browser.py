@@ -36,6 +36,8 @@ class BrowserSession:
 
     - Data comes later than the connection: a demo volunteer learns its shard's URL from
       ``welcome``, and a volunteer with a CSV parses it once the task's schema is known.
+    - A ``wait`` (the server has enough volunteers) is the driver's to honour, as in
+      ``webfl.simulate``: disconnect, come back after ``take_wait()`` seconds.
     - Pausing survives reconnects: ``Volunteer.hello()`` starts every connection afresh,
       so a paused tab re-pauses right after ``welcome`` instead of announcing ``ready``.
     """
@@ -64,6 +66,10 @@ class BrowserSession:
 
     def closed(self) -> None:
         self.volunteer.close()
+
+    def take_wait(self) -> float | None:
+        """Seconds the server asked us to stay away (pace steering), once; else None."""
+        return self.volunteer.take_wait()
 
     @property
     def state(self) -> str:
