@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import expect
 
-from conftest import admin_login, join, wait_state
+from browser_helpers import admin_login, join, wait_state
 
 pytestmark = pytest.mark.browser
 
