@@ -203,17 +203,21 @@ const handlers = {
   // Queued behind the frames being handled, so a pause lands between two frames.
   pause() {
     if (!session) return; // not loaded yet: the page keeps the button disabled until then
-    inbox = inbox.then(() => {
-      sendAll(connection.socket, bytesOut(session.pause()));
-      postSnapshot();
-    });
+    inbox = inbox
+      .then(() => {
+        sendAll(connection.socket, bytesOut(session.pause()));
+        postSnapshot();
+      })
+      .catch(fail);
   },
   resume() {
     if (!session) return;
-    inbox = inbox.then(() => {
-      sendAll(connection.socket, bytesOut(session.resume()));
-      postSnapshot();
-    });
+    inbox = inbox
+      .then(() => {
+        sendAll(connection.socket, bytesOut(session.resume()));
+        postSnapshot();
+      })
+      .catch(fail);
   },
   leave() {
     connection?.close(1000, "volunteer left");
