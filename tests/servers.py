@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -29,17 +30,19 @@ class ServerProcess:
     proc: subprocess.Popen
     log_path: Path
     token: str = TOKEN
+    #: Trusts the server's certificate when it serves TLS.
+    ssl_context: ssl.SSLContext | None = None
 
     @property
     def ws_url(self) -> str:
-        return self.url.replace("http://", "ws://") + "/ws"
+        return self.url.replace("http", "ws", 1) + "/ws"
 
     def api(self, method: str, path: str, body: dict | None = None, token: str | None = TOKEN) -> tuple[int, dict]:
         req = urllib.request.Request(self.url + path, method=method, data=None if body is None else json.dumps(body).encode())
         if token:
             req.add_header("Authorization", f"Bearer {token}")
         try:
-            with urllib.request.urlopen(req, timeout=30) as resp:
+            with urllib.request.urlopen(req, timeout=30, context=self.ssl_context) as resp:
                 return resp.status, json.loads(resp.read())
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read() or b"{}")
@@ -67,21 +70,29 @@ class ServerProcess:
             self.proc.wait(timeout=20)
 
 
-def start_server(data_dir: Path, *args: str, port: int | None = None, env: dict | None = None) -> ServerProcess:
+def start_server(
+    data_dir: Path, *args: str, port: int | None = None, env: dict | None = None, tls: tuple[Path, Path] | None = None
+) -> ServerProcess:
+    """``tls`` is ``(certfile, keyfile)``: the server then speaks https and wss."""
     port = port or free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir / f"server-{port}.log"
     cmd = [sys.executable, "-m", "webfl.cli", "serve", "--port", str(port), "--data-dir", str(data_dir), *args]
+    context = None
+    if tls is not None:
+        cmd += ["--ssl-certfile", str(tls[0]), "--ssl-keyfile", str(tls[1])]
+        context = ssl.create_default_context(cafile=str(tls[0]))
     full_env = {**os.environ, "WEBFL_ADMIN_TOKEN": TOKEN, **(env or {})}
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env)
-    server = ServerProcess(f"http://127.0.0.1:{port}", data_dir, proc, log_path)
+    scheme = "https" if tls else "http"
+    server = ServerProcess(f"{scheme}://127.0.0.1:{port}", data_dir, proc, log_path, ssl_context=context)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}:\n{server.log()}")
         try:
-            with urllib.request.urlopen(server.url + "/healthz", timeout=1):
+            with urllib.request.urlopen(server.url + "/healthz", timeout=1, context=context):
                 return server
         except OSError:
             time.sleep(0.1)

@@ -70,6 +70,32 @@ def test_tokens_stop_replays_and_every_rejection_is_counted(server):
     assert rejections == {"token": 4, "nan": 1, "norm": 1}, rejections
 
 
+def test_fedbuff_checks_tokens_and_counts_rejections(server):
+    a, b = Client(server), Client(server)
+    a.join()
+    b.join()
+    before = global_params(server)
+    body = {"rounds": 1, "mode": "fedbuff", "clients_per_round": 2, "buffer_size": 2, "deadline_s": 60, "norm_bound": "1.0"}
+    assert server.api("POST", "/api/rounds", body)[0] == 202
+    ta, tb = a.recv("task"), b.recv("task")
+    assert ta["token"] != tb["token"] and (ta["round"], ta["model_version"]) == (tb["round"], tb["model_version"])
+    rng = np.random.default_rng(2)
+    da, db = rng.normal(0, 0.001, MODEL_SIZE), rng.normal(0, 0.001, MODEL_SIZE)
+    nan = da.copy()
+    nan[0] = np.nan
+    # Same round and model as b's own task, but a's token: refused, and b's task stays open.
+    assert "session token" in b.update(tb, db, token=ta["token"])["reason"]
+    assert "session token" in a.update(ta, da, token="")["reason"]
+    assert "NaN or Inf" in a.update(ta, nan)["reason"]
+    assert "fixed bound" in a.update(ta, da * 1e4)["reason"]
+    np.testing.assert_array_equal(global_params(server), before)
+    assert a.update(ta, da).type == "accept"
+    assert b.update(tb, db).type == "accept"
+    status = server.wait_for(lambda s: len(s["history"]) == 1, timeout=30, what="the FedBuff commit")
+    assert status["rejections"] == {"token": 2, "nan": 1, "norm": 1}, status["rejections"]
+    np.testing.assert_allclose(global_params(server), before + (da + db).astype(np.float32) / 2, atol=1e-6)
+
+
 @pytest.fixture(scope="module")
 def tight(tmp_path_factory):
     env = {"WEBFL_MAX_CONNECTIONS_PER_IP": "3", "WEBFL_CONN_FRAMES_PER_S": "5", "WEBFL_IDLE_TIMEOUT_S": "2",
@@ -159,6 +185,9 @@ def test_security_headers_everywhere(tight):
         assert headers["X-Content-Type-Options"] == "nosniff", path
         assert headers["Referrer-Policy"], path
         assert f"frame-ancestors {ancestors}" in headers["Content-Security-Policy"], path
+    # The worker's script would impose its policy on the worker, which must load Pyodide.
+    with urllib.request.urlopen(tight.url + "/static/worker.js") as resp:
+        assert resp.headers["X-Content-Type-Options"] == "nosniff" and "Content-Security-Policy" not in resp.headers
 
 
 def _browser():

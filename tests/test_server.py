@@ -178,6 +178,8 @@ def test_only_valid_updates_reach_the_model_and_fedavg_is_exact(server):
     for c in (a, b, spectator):
         c.join()
     spectator.send("pause")
+    # The pause travels on the socket, the launch over HTTP: let the server see it first.
+    server.wait_for(lambda s: s["volunteers"]["paused"] == 1, timeout=10, what="the spectator paused")
     assert server.api("POST", "/api/rounds", {"rounds": 1, "clients_per_round": 2, "min_updates": 2, "deadline_s": 30})[0] == 202
     ta, tb = a.recv("task"), b.recv("task")
     assert ta["round"] == tb["round"] == 1 and ta["model_version"] == 0
@@ -230,3 +232,23 @@ def test_round_missing_its_minimum_is_abandoned_and_retried(server):
         c.send("ready", num_examples=100)
     retry = a.recv("task", timeout=10)
     assert retry["round"] == first["round"] == 1 and retry["model_version"] == 0
+
+
+def test_tls_serves_https_and_wss(tmp_path):
+    import subprocess
+
+    from servers import start_server
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )
+    server = start_server(tmp_path / "data", tls=(cert, key))
+    try:
+        assert server.url.startswith("https://") and server.status()["state"] == "idle"
+        welcome, model = Client(server, ssl=server.ssl_context).join()
+        assert welcome.type == "welcome" and model["model_version"] == 0
+    finally:
+        server.stop()

@@ -52,7 +52,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from .simulate import Simulation
+    from .simulate import Behaviour, Simulation
 
     run_config = {
         k: v
@@ -65,7 +65,14 @@ def _simulate(args: argparse.Namespace) -> int:
             "deadline_s": args.deadline_s,
             "min_updates": args.min_updates,
             "codec": args.codec,
+            "downlink": args.downlink,
+            "mode": args.mode,
+            "server_opt": args.server_opt,
+            "prox_mu": args.prox_mu,
+            "buffer_size": args.buffer_size,
+            "over_selection": args.over_selection,
             "aggregator": args.aggregator,
+            "norm_bound": args.norm_bound,
         }.items()
         if v is not None
     }
@@ -75,6 +82,7 @@ def _simulate(args: argparse.Namespace) -> int:
         partition=args.partition,
         seed=args.seed,
         token=os.environ.get("WEBFL_ADMIN_TOKEN"),
+        behaviour=Behaviour(churn=args.churn, speed_spread=args.speed_spread, dropout=args.dropout, away_s=args.away_s),
         malicious=args.malicious,
         attack=args.attack,
     )
@@ -115,11 +123,23 @@ def main(argv: list[str] | None = None) -> int:
     sim.add_argument("--lr", type=float)
     sim.add_argument("--deadline-s", type=float)
     sim.add_argument("--min-updates", type=int)
-    sim.add_argument("--codec")
+    sim.add_argument("--codec", help="update codec: none | [topk:F+][rot+](q1|q2|q4|q8|fp16) | topk:F")
+    sim.add_argument("--downlink", help="model broadcast: none | fp16 | delta:SPEC")
+    sim.add_argument("--mode", choices=["sync", "fedbuff"], help="sync rounds or FedBuff (buffered asynchronous)")
+    sim.add_argument("--server-opt", help="server optimizer: fedavg, fedavgm:lr=1,momentum=0.9, fedadam:lr=0.01, fedyogi:...")
+    sim.add_argument("--prox-mu", type=float, help="FedProx proximal term on the volunteers")
+    sim.add_argument("--buffer-size", type=int, help="FedBuff: commit every K updates")
+    sim.add_argument("--over-selection", type=float)
+    sim.add_argument("--churn", type=float, default=0.0, help="probability a volunteer leaves after a job (or per idle 5 s)")
+    sim.add_argument("--speed-spread", type=float, default=1.0, help="slowdowns drawn log-uniformly in [1, X]")
+    sim.add_argument("--dropout", type=float, default=0.0, help="probability a volunteer vanishes mid-training")
+    sim.add_argument("--away-s", type=float, default=10.0, help="mean time away after leaving")
     sim.add_argument("--aggregator", help="aggregation rule of the run: fedavg, clipped, median, trimmed_mean, multikrum (with parameters)")
     sim.add_argument("--malicious", type=float, default=0.0, help="fraction of the volunteers that attack (with --attack)")
     sim.add_argument("--attack", help="sign-flip[:K] | scale[:K] | gaussian[:SIGMA] | label-flip | backdoor[:TARGET]")
+    sim.add_argument("--norm-bound", help="reject updates whose L2 norm exceeds C (fixed) or x=K (K times the recent median)")
     sim.add_argument("--timeout-s", type=float, default=600.0, help="give up after this long")
+    sim.add_argument("--log-level", default="warning", help="info logs every volunteer's state transitions")
     sim.set_defaults(func=_simulate)
 
     args = parser.parse_args(argv)
@@ -137,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     # that oversubscribe them (spinning OpenBLAS threads slow a loaded machine many-fold).
     # Set before NumPy is first imported.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     return args.func(args)
 
 

@@ -4,6 +4,16 @@ Each simulated volunteer holds its own shard of the task's training split (its
 "device data"), connects to ``/ws`` like a browser does, trains when selected and
 reconnects by itself when the server goes away. Training runs in a thread pool
 (NumPy releases the GIL) so the event loop keeps every socket alive.
+
+A ``wait`` from the server (pace steering) is honoured: the volunteer disconnects and
+comes back after ``retry_after_s``. ``Behaviour`` adds the real world's mess:
+
+* ``churn``: after each job (and every ``churn_period_s`` idle) a volunteer leaves with
+  this probability and comes back after an exponential time (mean ``away_s``);
+* ``speed_spread`` X: each volunteer is slower by a factor drawn log-uniformly from
+  [1, X], applied as a sleep of ``(factor - 1) * training time`` after training;
+* ``dropout`` P: a volunteer given a task vanishes mid-training with probability P: it
+  goes silent (keeps the socket, never answers) for ``away_s`` on average, then leaves.
 """
 
 from __future__ import annotations
@@ -11,10 +21,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import random
 import sys
 import time
+from dataclasses import dataclass
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -24,12 +36,12 @@ import websockets
 
 from . import __version__
 from .build.paths import DATASETS_DIR
+from .core.attacks import make_volunteer
 from .core.data import Dataset, load_npz, partition as split_shards
 from .core.protocol import CLOSE_POLICY, CLOSE_PROTOCOL_ERROR, CLOSE_UNSUPPORTED
-from .core.attacks import make_volunteer
-from .core.volunteer import SessionState, Volunteer
+from .core.volunteer import SessionState, TrainingDiverged, Volunteer
 
-__all__ = ["Simulation", "AdminClient"]
+__all__ = ["AdminClient", "Behaviour", "Simulation"]
 
 log = logging.getLogger("webfl.simulate")
 
@@ -65,6 +77,28 @@ def pick_malicious(clients: int, fraction: float, seed: int) -> list[int]:
     return sorted(random.Random(seed).sample(range(clients), count))
 
 
+@dataclass(frozen=True)
+class Behaviour:
+    churn: float = 0.0
+    speed_spread: float = 1.0
+    dropout: float = 0.0
+    away_s: float = 10.0
+    churn_period_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.churn <= 1 and 0 <= self.dropout <= 1):
+            raise ValueError("churn and dropout are probabilities in [0, 1]")
+        if self.speed_spread < 1:
+            raise ValueError("speed_spread must be >= 1")
+
+
+class _Leave(Exception):
+    """The simulated volunteer leaves for ``seconds``."""
+
+    def __init__(self, seconds: float, why: str) -> None:
+        self.seconds, self.why = seconds, why
+
+
 class Simulation:
     def __init__(
         self,
@@ -75,6 +109,7 @@ class Simulation:
         token: str | None = None,
         task: str = "mnist",
         datasets_dir: Path = DATASETS_DIR,
+        behaviour: Behaviour = Behaviour(),
         malicious: float = 0.0,
         attack: str | None = None,
     ) -> None:
@@ -93,21 +128,69 @@ class Simulation:
         self._pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2)
         self._stopping = asyncio.Event()
         self.seed = seed
+        self.behaviour = behaviour
+        rng = random.Random(seed)
+        self.slowdown = [math.exp(rng.uniform(0, math.log(behaviour.speed_spread))) for _ in self.volunteers]
+        self.events = {"waits": 0, "churned": 0, "dropped": 0}
+
+    async def _session(self, ws, v: Volunteer, index: int, rng: random.Random) -> None:
+        """One connection: returns when the server closes; raises ``_Leave`` to go away."""
+        b, loop = self.behaviour, asyncio.get_running_loop()
+        await ws.send(v.hello())
+        while True:
+            try:
+                timeout = b.churn_period_s if b.churn and v.state is SessionState.IDLE else None
+                frame = await asyncio.wait_for(ws.recv(), timeout)
+            except websockets.ConnectionClosedOK:
+                return
+            except TimeoutError:
+                if rng.random() < b.churn:
+                    self.events["churned"] += 1
+                    raise _Leave(rng.expovariate(1 / b.away_s), "churn") from None
+                continue
+            verdict = v.last_verdict
+            for out in v.receive(frame):
+                await ws.send(out)
+            if (wait := v.take_wait()) is not None:
+                self.events["waits"] += 1
+                raise _Leave(wait, "pace steering")
+            if v.state is SessionState.TRAINING:
+                started = time.monotonic()
+                if rng.random() < b.dropout:
+                    # Vanish mid-training: silent on an open socket, then gone.
+                    self.events["dropped"] += 1
+                    await asyncio.sleep(rng.expovariate(1 / b.away_s))
+                    raise _Leave(rng.expovariate(1 / b.away_s), "dropout")
+                try:
+                    update = await loop.run_in_executor(self._pool, v.train)
+                except TrainingDiverged as exc:
+                    log.warning("volunteer %d: %s", index, exc)
+                    for out in exc.frames:
+                        await ws.send(out)
+                    continue
+                if self.slowdown[index] > 1:
+                    await asyncio.sleep((self.slowdown[index] - 1) * (time.monotonic() - started))
+                await ws.send(update)
+            elif b.churn and v.last_verdict is not verdict:  # a job just ended
+                if rng.random() < b.churn:
+                    self.events["churned"] += 1
+                    raise _Leave(rng.expovariate(1 / b.away_s), "churn")
 
     async def _drive(self, v: Volunteer, index: int) -> None:
         rng = random.Random(self.seed * 7919 + index)
         backoff = 0.2
-        loop = asyncio.get_running_loop()
         while not self._stopping.is_set():
             try:
                 async with websockets.connect(self.ws_url, compression=None, max_size=None, open_timeout=10) as ws:
                     backoff = 0.2
-                    await ws.send(v.hello())
-                    async for frame in ws:
-                        for out in v.receive(frame):
-                            await ws.send(out)
-                        if v.state is SessionState.TRAINING:
-                            await ws.send(await loop.run_in_executor(self._pool, v.train))
+                    try:
+                        await self._session(ws, v, index, rng)
+                    except _Leave as leave:
+                        log.debug("volunteer %d leaves for %.1f s (%s)", index, leave.seconds, leave.why)
+                        await ws.close()
+                        v.close()
+                        await asyncio.sleep(leave.seconds)
+                        continue
             except websockets.ConnectionClosed as exc:
                 if exc.rcvd is not None and exc.rcvd.code in _FATAL_CLOSE:
                     log.error("volunteer %d refused by the server: %s", index, exc.rcvd.reason)
@@ -160,3 +243,4 @@ class Simulation:
                 return 0 if done else 1
             await asyncio.sleep(0.5)
         raise TimeoutError
+

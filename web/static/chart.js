@@ -19,7 +19,8 @@ function loadUplot() {
 export async function lineChart(element, { xLabel, series, scales = {} }) {
   const uPlot = await loadUplot();
   const width = () => Math.max(element.clientWidth, 240);
-  const axes = [{ label: xLabel }];
+  // Rounds are whole numbers: no 1.2, 1.4 ... ticks.
+  const axes = [{ label: xLabel, incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000] }];
   for (const [i, s] of series.entries()) {
     if (i === 0 || s.scale !== series[0].scale) axes.push({ scale: s.scale, label: s.axis ?? s.label, side: i === 0 ? 3 : 1, grid: { show: i === 0 } });
   }
@@ -45,6 +46,8 @@ export async function lineChart(element, { xLabel, series, scales = {} }) {
       if (data[0].length === shown) return;
       shown = data[0].length;
       plot.setData(data);
+      // The canvas can't be read back; this tells tests (and curious people) what is drawn.
+      element.dataset.points = String(shown);
     },
   };
 }

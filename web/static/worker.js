@@ -6,12 +6,14 @@
 //
 // Page -> worker: {type: "start", data: {kind: "demo"} | {kind: "csv", file}}, "pause",
 //                 "resume", "leave".
-// Worker -> page: "stage" {label, fraction}, "conn" {state, retry_in_s}, "snapshot"
+// Worker -> page: "stage" {label, fraction}, "conn" {state: connecting|open|reconnecting|
+//                 waiting, retry_in_s}, "snapshot"
 //                 {snapshot}, "progress" {epoch, epochs, batch, batches, loss},
 //                 "error" {message}, "left".
 
 import { AssetError, loadRuntime } from "./worker/runtime.js";
 import { Connection } from "./worker/connection.js";
+import { loadResidual, saveResidual } from "./worker/residual-store.js";
 
 const PROGRESS_EVERY_MS = 100;
 
@@ -112,12 +114,40 @@ function train(socket) {
   const update = bytesOut(session.train(progress));
   // Sent only on the socket the task came on; after a reconnect it is dropped.
   if (!connection.send(socket, update)) console.info("connection changed during training; update dropped");
+  keepResidual();
+}
+
+// Top-k's error-feedback residual outlives a reload (see worker/residual-store.js).
+const residualKey = () => `${config.task.name}/${config.task.model}`;
+
+function keepResidual() {
+  const spec = session.residual_spec();
+  if (spec) saveResidual(residualKey(), spec, bytesOut(session.residual_bytes()));
+}
+
+async function restoreResidual() {
+  const record = await loadResidual(residualKey());
+  if (!record) return;
+  if (session.load_residual(record.spec, record.bytes)) console.info(`webfl: restored the ${record.spec} error-feedback residual`);
+  else console.info("webfl: the stored residual does not fit; starting afresh");
 }
 
 async function handleFrame(socket, buffer) {
   if (socket !== connection.socket) return; // a late frame of a dead connection
   sendAll(socket, bytesOut(session.receive(new Uint8Array(buffer))));
-  if (session.needs_data() && dataChoice.kind === "demo") await useDemoShard(socket);
+  const wait = session.take_wait();
+  if (wait !== undefined && wait !== null) {
+    // Like webfl simulate: leave, and come back when the server expects to need us.
+    connection.away(wait);
+    session.closed();
+    post("conn", { state: "waiting", retry_in_s: wait });
+    postSnapshot();
+    return;
+  }
+  if (session.needs_data() && dataChoice.kind === "demo") {
+    await useDemoShard(socket);
+    if (socket !== connection.socket) return; // dropped while downloading
+  }
   if (session.should_train()) train(socket);
   postSnapshot();
 }
@@ -131,7 +161,6 @@ function wsUrl() {
 function connect() {
   connection = new Connection(wsUrl(), {
     onOpen(socket) {
-      inbox = Promise.resolve();
       post("conn", { state: "open" });
       connection.send(socket, bytesOut(session.hello()));
       postSnapshot();
@@ -163,6 +192,7 @@ const handlers = {
     const { browser } = await loadRuntime(config, stage);
     session = browser.BrowserSession(`webfl-browser/${config.version}`);
     browser.destroy();
+    await restoreResidual();
     if (data.kind === "csv") {
       stage(`Reading ${data.file.name} (it stays in this tab)`, 0.95);
       await useCsv(data.file);
@@ -173,17 +203,21 @@ const handlers = {
   // Queued behind the frames being handled, so a pause lands between two frames.
   pause() {
     if (!session) return; // not loaded yet: the page keeps the button disabled until then
-    inbox = inbox.then(() => {
-      sendAll(connection.socket, bytesOut(session.pause()));
-      postSnapshot();
-    });
+    inbox = inbox
+      .then(() => {
+        sendAll(connection.socket, bytesOut(session.pause()));
+        postSnapshot();
+      })
+      .catch(fail);
   },
   resume() {
     if (!session) return;
-    inbox = inbox.then(() => {
-      sendAll(connection.socket, bytesOut(session.resume()));
-      postSnapshot();
-    });
+    inbox = inbox
+      .then(() => {
+        sendAll(connection.socket, bytesOut(session.resume()));
+        postSnapshot();
+      })
+      .catch(fail);
   },
   leave() {
     connection?.close(1000, "volunteer left");

@@ -16,7 +16,7 @@ import numpy as np
 
 from .. import __version__
 from .data import Dataset, parse_csv
-from .volunteer import SessionState, Volunteer
+from .volunteer import SessionState, TrainingDiverged, Volunteer
 
 __all__ = ["BrowserSession", "version"]
 
@@ -36,6 +36,8 @@ class BrowserSession:
 
     - Data comes later than the connection: a demo volunteer learns its shard's URL from
       ``welcome``, and a volunteer with a CSV parses it once the task's schema is known.
+    - A ``wait`` (the server has enough volunteers) is the driver's to honour, as in
+      ``webfl.simulate``: disconnect, come back after ``take_wait()`` seconds.
     - Pausing survives reconnects: ``Volunteer.hello()`` starts every connection afresh,
       so a paused tab re-pauses right after ``welcome`` instead of announcing ``ready``.
     """
@@ -64,6 +66,10 @@ class BrowserSession:
 
     def closed(self) -> None:
         self.volunteer.close()
+
+    def take_wait(self) -> float | None:
+        """Seconds the server asked us to stay away (pace steering), once; else None."""
+        return self.volunteer.take_wait()
 
     @property
     def state(self) -> str:
@@ -117,7 +123,37 @@ class BrowserSession:
             if progress is not None:
                 progress(epoch, epochs, batch, batches, float(loss))
 
-        return self.volunteer.train(report)
+        try:
+            return self.volunteer.train(report)
+        except TrainingDiverged as exc:
+            # The volunteer is IDLE again; its ``ready`` goes out in place of an update
+            # and the snapshot's last_metrics says {"diverged": true}.
+            (ready,) = exc.frames
+            return ready
+
+    # -- error-feedback residual (the worker keeps it in IndexedDB) --------------
+
+    def residual_spec(self) -> str:
+        """The codec spec of the residual to persist; "" when there is none."""
+        state = self.volunteer.residual_state()
+        return "" if state is None else state[0]
+
+    def residual_bytes(self) -> bytes:
+        """The residual as little-endian float32 bytes (b"" when there is none)."""
+        state = self.volunteer.residual_state()
+        return b"" if state is None else state[1].astype("<f4").tobytes()
+
+    def load_residual(self, spec: str, data) -> bool:
+        """Restore a persisted residual; False (and nothing changes) if it does not fit."""
+        raw = _as_bytes(data)
+        size = None if self.volunteer.task is None else self.volunteer.task.build_model().size
+        if len(raw) % 4 or (size is not None and len(raw) != 4 * size):
+            return False
+        try:
+            self.volunteer.load_residual_state(spec, np.frombuffer(raw, "<f4"))
+        except ValueError:
+            return False
+        return True
 
     def snapshot(self) -> str:
         """What the page shows, as a JSON string (one copy across the worker boundary)."""
@@ -125,4 +161,5 @@ class BrowserSession:
         snap["paused"] = self.want_paused
         snap["data"] = self.data_source
         snap["rounds_accepted"] = self.rounds_accepted
+        snap["residual"] = self.residual_spec() or None
         return json.dumps(snap)

@@ -57,7 +57,7 @@ DTYPES = frozenset({"<f4", "<f2", "<f8", "|u1", "|i1", "<u2", "<u4", "<i4"})
 _NUM = (int, float)
 SCHEMAS: dict[str, dict[str, tuple]] = {
     # volunteer -> server
-    "hello": {"version": (str,), "codecs": (list,), "agent": (str,)},
+    "hello": {"version": (str,), "codecs": (list,), "agent": (str,), "model_version": (int,), "model_digest": (str,)},
     "ready": {"num_examples": (int,)},
     "pause": {},
     "update": {
@@ -72,7 +72,13 @@ SCHEMAS: dict[str, dict[str, tuple]] = {
     },
     # server -> volunteer
     "welcome": {"version": (str,), "volunteer": (str,), "task": (dict,), "shard": (dict, None)},
-    "model": {"model_version": (int,), "codec": (str,), "codec_params": (dict,)},
+    "model": {
+        "model_version": (int,),
+        "codec": (str,),
+        "codec_params": (dict,),
+        "base_version": (int,),  # present: the payload is a delta from that version
+        "digest": (str,),  # sha256 prefix of the float32 model the frame produces
+    },
     "task": {
         "round": (int,),
         "model_version": (int,),
@@ -83,10 +89,18 @@ SCHEMAS: dict[str, dict[str, tuple]] = {
         "token": (str,),
     },
     "accept": {"round": (int,)},
+    # pace steering: nothing to do now, come back in retry_after_s seconds
+    "wait": {"retry_after_s": _NUM, "reason": (str,)},
     "reject": {"reason": (str,), "round": (int, None)},
     "status": {"state": (str,), "round": (int,), "model_version": (int,), "connected": (int,), "history": (list,)},
 }
-OPTIONAL = {"hello": {"agent"}, "reject": {"round"}, "welcome": {"shard"}}
+OPTIONAL = {
+    "hello": {"agent", "model_version", "model_digest"},
+    "model": {"base_version", "digest"},
+    "reject": {"round"},
+    "wait": {"reason"},
+    "welcome": {"shard"},
+}
 
 
 class ProtocolError(ValueError):

@@ -21,6 +21,8 @@ class TrainConfig:
     batch_size: int = 32
     lr: float = 0.1
     seed: int = 0
+    #: FedProx (Li et al. 2020): adds ``prox_mu * (w - w_global)`` to every gradient.
+    prox_mu: float = 0.0
 
     def __post_init__(self) -> None:
         if not (1 <= self.epochs <= 100):
@@ -29,13 +31,15 @@ class TrainConfig:
             raise ValueError("batch_size must be in 1..10000")
         if not (0.0 < self.lr <= 10.0):
             raise ValueError("lr must be in (0, 10]")
+        if not (0.0 <= self.prox_mu <= 100.0):
+            raise ValueError("prox_mu must be in [0, 100]")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
-        return cls(int(d["epochs"]), int(d["batch_size"]), float(d["lr"]), int(d["seed"]))
+        return cls(int(d["epochs"]), int(d["batch_size"]), float(d["lr"]), int(d["seed"]), float(d.get("prox_mu", 0.0)))
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,8 @@ def local_train(
     rng = np.random.default_rng(config.seed)
     w = params.astype(np.float32, copy=True)
     lr = np.float32(config.lr)
+    mu = np.float32(config.prox_mu)
+    w_global = params.astype(np.float32, copy=True) if mu else None
     n = x.shape[0]
     batches = -(-n // config.batch_size)
     epoch_loss = 0.0
@@ -69,6 +75,8 @@ def local_train(
         for b in range(batches):
             idx = order[b * config.batch_size : (b + 1) * config.batch_size]
             loss, grad = model.loss_and_grad(w, x[idx], y[idx])
+            if w_global is not None:
+                grad = grad + mu * (w - w_global)
             w -= lr * grad
             epoch_loss += loss * len(idx)
             if progress is not None:

@@ -11,6 +11,15 @@ States::
         |                    |   pause() -> PAUSED -resume()-> IDLE |
         |                    +-------------accept/reject------------+
     hello() (on every (re)connect)                      close() -> CLOSED
+
+Training that diverges (a non-finite delta) goes TRAINING -> IDLE: ``train()`` raises
+``TrainingDiverged`` whose ``frames`` (a fresh ``ready``) the driver sends; nothing is
+uploaded for that round and the server's deadline or quorum closes it.
+
+Biased codecs (top-k) encode through an ``ErrorFeedback`` kept per (codec spec, model
+size): what top-k drops is added to the next delta. It survives reconnects (the
+object lives on) and, via ``residual_state()``/``load_residual_state()``, page reloads
+in the browser (IndexedDB). A new spec or model size starts from a zero residual.
 """
 
 from __future__ import annotations
@@ -23,13 +32,14 @@ from enum import Enum
 import numpy as np
 
 from .. import __version__
-from .codecs import CODECS, Encoded, get_codec
+from .codecs import CODECS, ErrorFeedback, get_codec
 from .data import Dataset, features
+from .downlink import apply_model, digest
 from .protocol import Message, ProtocolError, decode, encode
 from .tasks import Task
 from .training import Progress, TrainConfig, local_train
 
-__all__ = ["Job", "SessionState", "Volunteer"]
+__all__ = ["Job", "SessionState", "TrainingDiverged", "Volunteer"]
 
 log = logging.getLogger("webfl.volunteer")
 
@@ -41,6 +51,19 @@ class SessionState(str, Enum):
     SUBMITTED = "submitted"
     PAUSED = "paused"
     CLOSED = "closed"
+
+
+class TrainingDiverged(RuntimeError):
+    """Local training produced NaN/Inf; the volunteer is IDLE again and sends ``frames``."""
+
+    def __init__(self, round_: int, frames: list[bytes]) -> None:
+        super().__init__(f"local training diverged in round {round_} (non-finite weights); no update sent")
+        self.round = round_
+        self.frames = frames
+
+
+def _biased(spec: str) -> bool:
+    return "topk" in get_codec(spec).stages
 
 
 @dataclass(frozen=True)
@@ -77,8 +100,14 @@ class Volunteer:
         self.last_metrics: dict | None = None
         self.bytes_up = 0
         self.bytes_down = 0
+        #: Set by a ``wait`` (pace steering): the server asks us to come back in this
+        #: many seconds. The driver honours it (``take_wait``): it disconnects, sleeps
+        #: and reconnects. A driver that ignores it still works: the server makes the
+        #: volunteer selectable again when the time is up.
+        self.retry_after_s: float | None = None
         self._data: Dataset | None = None
         self._x: np.ndarray | None = None
+        self._feedback: ErrorFeedback | None = None
         if data is not None:
             self._set_dataset(data)
 
@@ -122,7 +151,11 @@ class Volunteer:
         """The first frame on every (re)connection."""
         self.job = None
         self._to(SessionState.CONNECTING)
-        return self._send(Message("hello", {"version": __version__, "codecs": sorted(CODECS), "agent": self.agent}))
+        fields = {"version": __version__, "codecs": sorted(CODECS), "agent": self.agent}
+        if self.params is not None:
+            # Lets the server send only what changed since (see webfl.core.downlink).
+            fields |= {"model_version": self.model_version, "model_digest": digest(self.params)}
+        return self._send(Message("hello", fields))
 
     def _ready(self) -> list[bytes]:
         """Tell the server we can be selected, once we have a model and data."""
@@ -181,9 +214,12 @@ class Volunteer:
     def _on_model(self, msg: Message) -> list[bytes]:
         if self.task is None:
             raise ProtocolError("model before welcome")
-        params = get_codec(msg["codec"]).decode(Encoded(msg["codec_params"], msg.arrays), self.task.build_model().size)
+        params = apply_model(self.params, self.model_version, msg, self.task.build_model().size)
+        if params is None:
+            log.info("volunteer %s: stale model frame for %s ignored (holding %s)", self.volunteer_id, msg["model_version"], self.model_version)
+            return []
         was_ready = self.params is not None
-        self.params, self.model_version = np.array(params, dtype=np.float32), msg["model_version"]
+        self.params, self.model_version = params, msg["model_version"]
         return [] if was_ready else self._ready()
 
     def _on_task(self, msg: Message) -> list[bytes]:
@@ -213,6 +249,16 @@ class Volunteer:
             return self._ready()
         return []
 
+    def _on_wait(self, msg: Message) -> list[bytes]:
+        self.retry_after_s = max(0.0, float(msg["retry_after_s"]))
+        log.info("volunteer %s: asked to come back in %.1f s (%s)", self.volunteer_id, self.retry_after_s, msg.fields.get("reason", ""))
+        return []
+
+    def take_wait(self) -> float | None:
+        """The pending "come back in" delay, if any (cleared once taken)."""
+        t, self.retry_after_s = self.retry_after_s, None
+        return t
+
     def _on_status(self, msg: Message) -> list[bytes]:
         self.history = msg["history"]
         return []
@@ -234,8 +280,19 @@ class Volunteer:
         assert self._data is not None and self._x is not None and self.params is not None
         model = self.task.build_model()
         result = local_train(model, self.params, self._x, self._data.y, job.config, progress)
-        delta = self.craft_delta(result.params - self.params, job)
-        enc = get_codec(job.codec).encode(delta, np.random.default_rng(job.config.seed))
+        delta = result.params - self.params
+        if not np.isfinite(delta).all():
+            self.last_metrics = {"round": job.round, "loss": result.loss, "accuracy": result.accuracy, "diverged": True}
+            self.job = None
+            self._to(SessionState.IDLE)
+            raise TrainingDiverged(job.round, self._ready())
+        delta = self.craft_delta(delta, job)
+        # Its own stream: the same seed also drives the training shuffle.
+        rng = np.random.default_rng([job.config.seed, 1])
+        if _biased(job.codec):
+            enc = self._error_feedback(job.codec, delta.size).encode(delta, rng)
+        else:
+            enc = get_codec(job.codec).encode(delta, rng)
         self.last_metrics = {"round": job.round, "loss": result.loss, "accuracy": result.accuracy}
         fields = {
             "round": job.round,
@@ -249,4 +306,27 @@ class Volunteer:
         }
         self._to(SessionState.SUBMITTED)
         return self._send(Message("update", fields, enc.arrays))
+
+    # -- error feedback ----------------------------------------------------------------
+
+    def _error_feedback(self, spec: str, size: int) -> ErrorFeedback:
+        codec = get_codec(spec)
+        fb = self._feedback
+        if fb is None or fb.codec.spec != codec.spec or fb.residual.size != size:
+            if fb is not None:
+                log.info("volunteer %s: codec now %s; error-feedback residual reset", self.volunteer_id, codec.spec)
+            fb = self._feedback = ErrorFeedback(codec, size)
+        return fb
+
+    def residual_state(self) -> tuple[str, np.ndarray] | None:
+        """(codec spec, residual) to persist, or ``None`` when there is none."""
+        fb = self._feedback
+        return None if fb is None else (fb.codec.spec, fb.state())
+
+    def load_residual_state(self, spec: str, residual: np.ndarray) -> None:
+        """Restore a persisted residual; ``ValueError`` if it is not a valid one."""
+        residual = np.asarray(residual, dtype=np.float32).reshape(-1)
+        fb = ErrorFeedback(get_codec(spec), residual.size)
+        fb.load_state(residual)
+        self._feedback = fb
 

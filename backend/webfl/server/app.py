@@ -68,6 +68,7 @@ def create_app(settings: Settings) -> Starlette:
             settings.logins_per_minute,
         )
         app.state.engine = RoundEngine(task, store, coordinator, shards.test, settings.seed)
+        app.state.engine.resume()  # a run a crash interrupted carries on
         try:
             yield
         finally:

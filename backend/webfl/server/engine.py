@@ -9,8 +9,14 @@
       +---- last round / stop() ---- BROADCASTING <------- AGGREGATING
 
 Updates are folded into the round's aggregator as they arrive and then dropped;
-a commit applies the aggregate, evaluates on the held-out split, stores a
-checkpoint and broadcasts the new model to every connected volunteer.
+a commit steps the run's server optimizer with the aggregate, evaluates on the
+held-out split, stores the round, checkpoint and optimizer state in one
+transaction, and only then broadcasts the new model to every connected volunteer.
+
+``"mode": "fedbuff"`` runs replace the round loop with ``fedbuff.FedBuff`` (no round
+barrier); both modes share ``_commit``. A run interrupted by a crash is resumed at
+start-up (``resume``) from its stored config and its count of committed rounds.
+Surplus ready volunteers get a ``wait`` (pace steering, see ``pacing``).
 """
 
 from __future__ import annotations
@@ -18,8 +24,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import random
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from enum import Enum
 
 import numpy as np
@@ -27,12 +34,16 @@ import numpy as np
 from ..core.aggregation import Aggregator, get_aggregator
 from ..core.codecs import CodecError, Encoded, get_codec
 from ..core.data import Dataset, features
+from ..core.downlink import ModelChain, parse_downlink
 from ..core.protocol import Message, encode
+from ..core.server_opt import ServerOptimizer, get_server_opt
 from ..core.tasks import Task
+from . import pacing
 from .coordinator import Coordinator, RoundInfo
+from .crashpoints import crashpoint
 from .security import TaskTokens
-from .validation import Rejections, classify_update_error, parse_norm_bound
 from .store import RoundRecord, Store
+from .validation import Rejections, classify_update_error, parse_norm_bound
 
 __all__ = ["PeerState", "RoundEngine", "RoundState", "RunActive", "RunConfig", "Verdict"]
 
@@ -56,6 +67,7 @@ class PeerState(str, Enum):
     READY = "ready"  # can be selected
     TRAINING = "training"  # selected; busy until it reports ready again
     PAUSED = "paused"
+    WAITING = "waiting"  # told to come back later (pace steering); ready again at wait_until
 
 
 class RunActive(RuntimeError):
@@ -80,9 +92,25 @@ class RunConfig:
     #: before starting with fewer (but at least ``min_updates``).
     select_timeout_s: float = 5.0
     codec: str = "none"
+    #: How the global model reaches volunteers: none | fp16 | delta:SPEC (core/downlink.py).
+    downlink: str = "none"
     aggregator: str = "fedavg"
     #: Reject updates by L2 norm: "none" (or null), "C" (fixed) or "x=K" (K x recent median).
     norm_bound: str = "none"
+    #: ``sync`` (rounds with a barrier) or ``fedbuff`` (buffered asynchronous).
+    mode: str = "sync"
+    #: Server optimizer on the aggregated delta (``core.server_opt``).
+    server_opt: str = "fedavg"
+    #: FedProx proximal term for the volunteers' local training.
+    prox_mu: float = 0.0
+    #: FedBuff: commit every ``buffer_size`` accepted updates.
+    buffer_size: int = 10
+    #: FedBuff: refuse updates more than this many model versions old.
+    max_staleness: int = 10
+    #: FedBuff: an update ``s`` versions stale weighs ``(1 + s) ** -staleness_exponent``.
+    staleness_exponent: float = 0.5
+    #: Pace steering: the longest "come back in" delay; 0 turns pace steering off.
+    max_wait_s: float = 30.0
 
     _LIMITS = {
         "rounds": (1, 100_000),
@@ -94,6 +122,11 @@ class RunConfig:
         "min_updates": (1, 100_000),
         "over_selection": (1.0, 10.0),
         "select_timeout_s": (0.0, 86_400.0),
+        "prox_mu": (0.0, 100.0),
+        "buffer_size": (1, 100_000),
+        "max_staleness": (0, 1_000_000),
+        "staleness_exponent": (0.0, 10.0),
+        "max_wait_s": (0.0, 3_600.0),
     }
 
     @classmethod
@@ -124,10 +157,15 @@ class RunConfig:
         config = cls(**values)
         if config.min_updates > config.clients_per_round:
             raise ValueError("min_updates cannot exceed clients_per_round")
-        get_codec(config.codec)
-        get_aggregator(config.aggregator)
-        parse_norm_bound(config.norm_bound)
-        return config
+        if config.mode not in ("sync", "fedbuff"):
+            raise ValueError("mode must be 'sync' or 'fedbuff'")
+        config.rule()
+        get_server_opt(config.server_opt)
+        return replace(config, codec=get_codec(config.codec).spec, downlink=parse_downlink(config.downlink))
+
+    def rule(self) -> Aggregator:
+        """A new aggregation rule for this run, with its norm bound; ``ValueError`` if either is bad."""
+        return get_aggregator(self.aggregator, bound=parse_norm_bound(self.norm_bound))
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -141,6 +179,10 @@ class Peer:
     state: PeerState = PeerState.CONNECTED
     num_examples: int = 0
     connected_at: float = field(default_factory=time.time)
+    #: Codec stages the volunteer advertised in ``hello``; None: not said (all assumed).
+    codecs: frozenset[str] | None = None
+    refused_codecs: set[str] = field(default_factory=set, repr=False)  # logged once each
+    wait_until: float = 0.0  # loop time, while WAITING
 
 
 @dataclass(frozen=True)
@@ -149,6 +191,15 @@ class Verdict:
     reason: str | None = None
     #: Short key of the rejection, counted in ``status()["rejections"]`` (see ``validation.REASONS``).
     kind: str | None = None
+
+
+def add_update(aggregator: Aggregator, codec: str, enc: Encoded, weight: float) -> Verdict | None:
+    """Fold one update into ``aggregator`` (which is unchanged if it refuses); ``None`` if it took it."""
+    try:
+        aggregator.add(get_codec(codec), enc, weight)
+    except (CodecError, ValueError) as exc:
+        return Verdict(False, f"invalid update: {exc}", classify_update_error(exc))
+    return None
 
 
 @dataclass
@@ -176,11 +227,12 @@ class RoundEngine:
         self._open: _OpenRound | None = None
         self._changed = asyncio.Event()
         self._runner: asyncio.Task | None = None
-        self._model_frame: bytes | None = None
+        self._server_opt: ServerOptimizer | None = None
+        self._fedbuff = None  # the FedBuff driver while a fedbuff run is on
+        self._pace_rng = random.Random(seed)
+        self.waits_sent = 0
         self.rejections = Rejections()
         self.tokens = TaskTokens()
-        for run_id in store.interrupted_runs():
-            store.end_run(run_id, "interrupted")
         checkpoint = store.latest_checkpoint(task.name, task.model)
         if checkpoint is None:
             self.model_version, self.params = 0, self.model.init(seed)
@@ -188,6 +240,7 @@ class RoundEngine:
         else:
             self.model_version, self.params = checkpoint
         self.history = store.history()
+        self._chain = ModelChain(self.params, self.model_version)
         log.info("global model %s/%s at version %d, %d rounds in history", task.name, task.model, self.model_version, len(self.history))
 
     # -- state machine ------------------------------------------------------------
@@ -213,8 +266,9 @@ class RoundEngine:
 
     # -- volunteers -----------------------------------------------------------------
 
-    def connect(self, peer_id: str, agent: str, address: str) -> Peer:
-        peer = self.peers[peer_id] = Peer(peer_id, agent, address)
+    def connect(self, peer_id: str, agent: str, address: str, codecs: list | None = None) -> Peer:
+        advertised = None if codecs is None else frozenset(c for c in codecs if isinstance(c, str))
+        peer = self.peers[peer_id] = Peer(peer_id, agent, address, codecs=advertised)
         log.info("volunteer %s connected from %s (%s)", peer_id, address, agent)
         self._changed.set()
         return peer
@@ -227,6 +281,8 @@ class RoundEngine:
     def ready(self, peer_id: str, num_examples: int) -> None:
         peer = self.peers[peer_id]
         peer.num_examples = num_examples
+        if peer.state is PeerState.WAITING and asyncio.get_running_loop().time() < peer.wait_until:
+            return
         self._peer_to(peer, PeerState.READY)
 
     def pause(self, peer_id: str) -> None:
@@ -236,8 +292,14 @@ class RoundEngine:
         return sum(p.state is state for p in self.peers.values())
 
     async def submit(self, peer_id: str, msg: Message, nbytes: int) -> Verdict:
-        """Validate one ``update`` and fold it into the open round; rejections are counted."""
-        verdict = self._submit(peer_id, msg, nbytes)
+        """Validate one ``update`` and fold it into the open round (or FedBuff's buffer).
+
+        Rejections are counted per reason in both run modes.
+        """
+        if self._fedbuff is not None:
+            verdict = self._fedbuff.submit(peer_id, msg, nbytes)
+        else:
+            verdict = self._submit(peer_id, msg, nbytes)
         if not verdict.accepted:
             self.rejections.add(verdict.kind or "malformed")
         return verdict
@@ -254,30 +316,74 @@ class RoundEngine:
             return Verdict(False, f"duplicate update for round {round_}", "duplicate")
         if msg["model_version"] != open_.info.model_version:
             return Verdict(False, f"update is based on model {msg['model_version']}, round {round_} trains model {open_.info.model_version}", "model_version")
-        if not self.tokens.check(peer_id, round_, msg["model_version"], msg["token"]):
-            return Verdict(False, "the session token does not match this connection's task", "token")
-        if msg["codec"] != open_.info.codec:
-            return Verdict(False, f"round {round_} uses codec {open_.info.codec!r}, not {msg['codec']!r}", "codec")
-        n = msg["num_examples"]
-        if not 0 < n <= MAX_EXAMPLES_PER_UPDATE:
-            return Verdict(False, f"num_examples must be in 1..{MAX_EXAMPLES_PER_UPDATE}", "num_examples")
-        try:
-            open_.aggregator.add(get_codec(open_.info.codec), Encoded(msg["codec_params"], msg.arrays), float(n))
-        except (CodecError, ValueError) as exc:
-            return Verdict(False, f"invalid update: {exc}", classify_update_error(exc))
+        refused = self.check_update(peer_id, msg, open_.info.codec) or add_update(
+            open_.aggregator, open_.info.codec, Encoded(msg["codec_params"], msg.arrays), float(msg["num_examples"])
+        )
+        if refused is not None:
+            return refused
         open_.submitted.add(peer_id)
         open_.bytes_up += nbytes
         log.info("round %d: update %d/%d from %s accepted", round_, len(open_.submitted), len(open_.info.selected), peer_id)
+        crashpoint("training", round_)
         self._changed.set()
         return Verdict(True)
+
+    def check_update(self, peer_id: str, msg: Message, codec: str) -> Verdict | None:
+        """The checks both run modes make on an update for its task; ``None`` if it passes.
+
+        The caller has matched ``round``/``model_version`` to the volunteer's task, so the
+        token proves the update answers that task on this very connection.
+        """
+        if not self.tokens.check(peer_id, msg["round"], msg["model_version"], msg["token"]):
+            return Verdict(False, "the session token does not match this connection's task", "token")
+        if msg["codec"] != codec:
+            return Verdict(False, f"this round uses codec {codec!r}, not {msg['codec']!r}", "codec")
+        if not 0 < msg["num_examples"] <= MAX_EXAMPLES_PER_UPDATE:
+            return Verdict(False, f"num_examples must be in 1..{MAX_EXAMPLES_PER_UPDATE}", "num_examples")
+        return None
+
+    # -- pace steering ------------------------------------------------------------------
+
+    def _wake_waiting(self) -> None:
+        now = asyncio.get_running_loop().time()
+        for peer in self.peers.values():
+            if peer.state is PeerState.WAITING and now >= peer.wait_until:
+                self._peer_to(peer, PeerState.READY)
+
+    async def _steer(self, peer_ids: list[str], needed: int, config: RunConfig, reason: str) -> None:
+        """Tell ``peer_ids`` (ready, surplus) to come back later, sized to the load."""
+        if config.max_wait_s <= 0 or not peer_ids:
+            return
+        ready = self.count(PeerState.READY) + self.count(PeerState.WAITING)
+        round_s = pacing.round_duration([r.duration_s for r in self.history], min(config.deadline_s, 10.0))
+        now = asyncio.get_running_loop().time()
+        for peer_id in peer_ids:
+            t = pacing.retry_after(ready, needed, round_s, config.max_wait_s, self._pace_rng)
+            if await self.coordinator.publish(encode(Message("wait", {"retry_after_s": t, "reason": reason})), to=[peer_id]):
+                peer = self.peers[peer_id]
+                peer.wait_until = now + t
+                self._peer_to(peer, PeerState.WAITING)
+                self.waits_sent += 1
+        log.info("pace steering: %d volunteer(s) told to come back later (%s)", len(peer_ids), reason)
 
     # -- frames -------------------------------------------------------------------------
 
     def model_frame(self) -> bytes:
-        if self._model_frame is None:
-            msg = Message("model", {"model_version": self.model_version, "codec": "none", "codec_params": {}}, (self.params,))
-            self._model_frame = encode(msg)
-        return self._model_frame
+        """A frame that gives any volunteer the model volunteers hold (see core/downlink.py)."""
+        return self._chain.full_frame()
+
+    def model_frames_for(self, version: int | None, model_digest: str | None) -> list[bytes]:
+        """What a (re)connecting volunteer holding ``version`` needs: a delta chain or the full model."""
+        return self._chain.frames_for(version, model_digest)
+
+    def _can_use(self, peer: Peer, codec: str) -> bool:
+        needed = get_codec(codec).stages
+        if peer.codecs is None or peer.codecs.issuperset(needed):
+            return True
+        if codec not in peer.refused_codecs:
+            peer.refused_codecs.add(codec)
+            log.info("volunteer %s not selectable: codec %s needs %s, it supports %s", peer.id, codec, ", ".join(needed), ", ".join(sorted(peer.codecs)))
+        return False
 
     def status_frame(self) -> bytes:
         fields_ = {
@@ -300,13 +406,48 @@ class RoundEngine:
         if self.running:
             raise RunActive(f"run {self.run_id} is still in progress; stop it first")
         # One rule object for the whole run: adaptive rules learn from earlier rounds.
-        aggregator = get_aggregator(config.aggregator, bound=parse_norm_bound(config.norm_bound))
-        aggregator.check_memory(self.model.size, math.ceil(config.clients_per_round * config.over_selection))
-        self.run_id = self.store.start_run(config.to_dict())
-        self.run_config, self.run_rounds_done = config, 0
-        log.info("run %d started: %s", self.run_id, config.to_dict())
-        self._runner = asyncio.create_task(self._run(config, aggregator, self.run_id), name=f"run-{self.run_id}")
-        return self.run_id
+        aggregator = config.rule()
+        aggregator.check_memory(self.model.size, self._max_updates(config))
+        run_id = self.store.start_run(config.to_dict())
+        log.info("run %d started: %s", run_id, config.to_dict())
+        self._launch(config, aggregator, run_id, 0, get_server_opt(config.server_opt))
+        return run_id
+
+    @staticmethod
+    def _max_updates(config: RunConfig) -> int:
+        return config.buffer_size if config.mode == "fedbuff" else math.ceil(config.clients_per_round * config.over_selection)
+
+    def _launch(self, config: RunConfig, aggregator: Aggregator, run_id: int, done: int, opt: ServerOptimizer) -> None:
+        self.run_id, self.run_config, self.run_rounds_done, self._server_opt = run_id, config, done, opt
+        self._runner = asyncio.create_task(self._run(config, aggregator, run_id), name=f"run-{run_id}")
+
+    def resume(self) -> int | None:
+        """Resume the run a crash or restart interrupted (older ones are marked interrupted).
+
+        It continues from its stored config, its count of committed rounds and its
+        server optimizer state as of the last commit; the round that was open is re-run.
+        """
+        runs = self.store.interrupted_runs()
+        for run_id in runs[:-1]:
+            self.store.end_run(run_id, "interrupted")
+        if not runs:
+            return None
+        run_id = runs[-1]
+        try:
+            config = RunConfig.from_json(self.store.run_config(run_id))
+            aggregator = config.rule()
+            opt = get_server_opt(config.server_opt)
+            saved = self.store.server_opt_state(run_id)
+            if saved is not None and saved[0] == self.model_version:
+                opt.load_state(saved[3], self.model.size, saved[2])
+        except ValueError as exc:
+            log.error("run %d cannot be resumed (%s); marked interrupted", run_id, exc)
+            self.store.end_run(run_id, "interrupted")
+            return None
+        done = self.store.rounds_in_run(run_id)
+        log.info("resuming run %d after %d committed round(s) of %d", run_id, done, config.rounds)
+        self._launch(config, aggregator, run_id, done, opt)
+        return run_id
 
     async def stop(self) -> bool:
         """Stop the current run; the open round (if any) is abandoned."""
@@ -323,6 +464,10 @@ class RoundEngine:
     async def _run(self, config: RunConfig, aggregator: Aggregator, run_id: int) -> None:
         status = "failed"
         try:
+            if config.mode == "fedbuff":
+                from .fedbuff import FedBuff
+
+                await FedBuff(self, config, aggregator, run_id).run()
             while self.run_rounds_done < config.rounds:
                 if await self._round(config, aggregator, run_id):
                     self.run_rounds_done += 1
@@ -335,6 +480,7 @@ class RoundEngine:
         except Exception:
             log.exception("run %d failed", run_id)
         finally:
+            self._fedbuff = None
             await self._close_round()
             self._to(RoundState.IDLE)
             self.store.end_run(run_id, status)
@@ -344,13 +490,16 @@ class RoundEngine:
         target = math.ceil(config.clients_per_round * config.over_selection)
         waited_since = asyncio.get_running_loop().time()
         while True:
-            ready = sorted(p.id for p in self.peers.values() if p.state is PeerState.READY)
+            self._wake_waiting()
+            ready = sorted(p.id for p in self.peers.values() if p.state is PeerState.READY and self._can_use(p, config.codec))
             waited = asyncio.get_running_loop().time() - waited_since
             if len(ready) >= target or (len(ready) >= config.min_updates and waited >= config.select_timeout_s):
                 break
             await self._wait_change(config.select_timeout_s - waited if len(ready) >= config.min_updates else 1.0)
         rng = np.random.default_rng([self.seed, self.model_version, len(self.history)])
-        return sorted(rng.choice(ready, size=min(target, len(ready)), replace=False).tolist())
+        selected = sorted(rng.choice(ready, size=min(target, len(ready)), replace=False).tolist())
+        await self._steer(sorted(set(ready) - set(selected)), target, config, "not selected for this round")
+        return selected
 
     async def _round(self, config: RunConfig, aggregator: Aggregator, run_id: int) -> bool:
         """One round; True if it committed, False if it was abandoned."""
@@ -368,7 +517,7 @@ class RoundEngine:
                 "round": round_,
                 "model_version": self.model_version,
                 "deadline_s": config.deadline_s,
-                "config": {"epochs": config.local_epochs, "batch_size": config.batch_size, "lr": config.lr, "seed": seed},
+                "config": self.train_config(config, seed),
                 "codec": config.codec,
                 # Bound to this connection, round and model: the update must echo it.
                 "token": self.tokens.issue(peer_id, round_, self.model_version),
@@ -384,37 +533,64 @@ class RoundEngine:
             remaining = info.deadline - loop.time()
             if len(open_.submitted) >= config.clients_per_round or not outstanding or remaining <= 0:
                 break
+            # Volunteers ready beyond what the next round selects have nothing to do for a while.
+            self._wake_waiting()
+            ready = sorted(p.id for p in self.peers.values() if p.state is PeerState.READY)
+            target = math.ceil(config.clients_per_round * config.over_selection)
+            await self._steer(ready[target:], target, config, "enough volunteers are ready")
             await self._wait_change(remaining)
         await self._close_round()
         if aggregator.count < config.min_updates:
             aggregator.abort()
             log.warning("round %d abandoned: %d update(s), %d needed; global model unchanged", round_, aggregator.count, config.min_updates)
             return False
+        await self._commit(aggregator, run_id, open_.started, open_.bytes_up, open_.bytes_down)
+        return True
+
+    def train_config(self, config: RunConfig, seed: int) -> dict:
+        """The ``config`` of a ``task`` message."""
+        out = {"epochs": config.local_epochs, "batch_size": config.batch_size, "lr": config.lr, "seed": seed}
+        if config.prox_mu:
+            out["prox_mu"] = config.prox_mu
+        return out
+
+    async def _commit(self, aggregator: Aggregator, run_id: int, started: float, bytes_up: int, bytes_down: int) -> RoundRecord:
+        """Aggregate, step the server optimizer, evaluate, store durably, then broadcast.
+
+        Shared by both run modes. Nothing is sent before the transaction commits, so
+        no volunteer ever holds a model a crash could take back.
+        """
+        round_ = self.model_version + 1
         self._to(RoundState.AGGREGATING)
+        crashpoint("aggregating", round_)
+        participants = aggregator.count
         delta = await asyncio.to_thread(aggregator.finish)
-        params = self.params + delta
+        opt = self._server_opt or get_server_opt("fedavg")
+        params = await asyncio.to_thread(opt.step, self.params, delta)
         loss, accuracy = await asyncio.to_thread(self.model.evaluate, params, self._test_x, self._test_y)
         self._to(RoundState.BROADCASTING)
-        self.params, self.model_version, self._model_frame = params, round_, None
-        frame = self.model_frame()
-        recipients = await self.coordinator.publish(frame)
+        downlink = self.run_config.downlink if self.run_config else "none"
+        frame = self._chain.commit(params, round_, downlink, np.random.default_rng([self.seed, round_, 2]))
         record = RoundRecord(
             round=round_,
             run_id=run_id,
             model_version=round_,
             accuracy=accuracy,
             loss=loss,
-            participants=aggregator.count,
-            bytes_up=open_.bytes_up,
-            bytes_down=open_.bytes_down + recipients * len(frame),
-            duration_s=time.monotonic() - open_.started,
+            participants=participants,
+            bytes_up=bytes_up,
+            bytes_down=bytes_down + len(self.peers) * len(frame),
+            duration_s=time.monotonic() - started,
             committed_at=time.time(),
         )
-        await asyncio.to_thread(self.store.commit_round, record, self.task.name, self.task.model, params)
+        opt_state = (opt.spec, opt.steps, opt.state())
+        await asyncio.to_thread(self.store.commit_round, record, self.task.name, self.task.model, params, opt_state)
+        self.params, self.model_version = params, round_
+        await self.coordinator.publish(frame)
         self.history.append(record)
         await self.coordinator.publish(self.status_frame())
-        log.info("round %d committed: %d update(s), accuracy %.4f, loss %.4f", round_, record.participants, accuracy, loss)
-        return True
+        log.info("round %d committed: %d update(s), accuracy %.4f, loss %.4f", round_, participants, accuracy, loss)
+        return record
 
     async def _close_round(self) -> None:
         if self._open is not None:
@@ -442,6 +618,8 @@ class RoundEngine:
                 "rounds_done": self.run_rounds_done,
                 "config": self.run_config.to_dict() if self.run_config else None,
             },
+            "waits_sent": self.waits_sent,
+            "fedbuff": None if self._fedbuff is None else self._fedbuff.describe(),
             "open_round": None
             if open_ is None
             else {

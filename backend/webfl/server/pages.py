@@ -167,18 +167,27 @@ def _render(name: str, context: dict, *, status_code: int = 200, headers: dict |
     return HTMLResponse(html, status_code=status_code, headers=headers)
 
 
-def _csp(frame_ancestors: str, *, strict_scripts: bool = False) -> str:
-    """A Content-Security-Policy; ``frame-ancestors`` decides who may frame the page."""
-    parts = ["object-src 'none'", "base-uri 'none'", "form-action 'self'", f"frame-ancestors {frame_ancestors}"]
-    if strict_scripts:
-        # The admin page runs no Pyodide, so it can forbid everything but our own files.
-        parts = ["default-src 'self'", "script-src 'self'", "style-src 'self'", "img-src 'self' data:", *parts]
-    return "; ".join(parts)
+def _csp(frame_ancestors: str) -> str:
+    """The pages' Content-Security-Policy: our own files only; ``frame-ancestors`` decides who may frame.
+
+    Pyodide runs in the worker, whose policy comes from its own (static) response, so the
+    pages themselves can forbid inline and foreign scripts altogether.
+    """
+    return "; ".join([
+        "default-src 'self'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self' data:",
+        "object-src 'none'",
+        "base-uri 'none'",
+        "form-action 'self'",
+        f"frame-ancestors {frame_ancestors}",
+    ])
 
 
-def _page_headers(frame_ancestors: str = "'none'", **kw) -> dict:
+def _page_headers(frame_ancestors: str = "'none'") -> dict:
     return {
-        "Content-Security-Policy": _csp(frame_ancestors, **kw),
+        "Content-Security-Policy": _csp(frame_ancestors),
         "Referrer-Policy": "same-origin",
         "X-Content-Type-Options": "nosniff",
         "Cache-Control": "no-cache",
@@ -236,13 +245,15 @@ async def client_config(request: Request) -> Response:
         core = json.loads(paths.CORE_WHEEL_INFO.read_text())
     except (OSError, ValueError):
         return JSONResponse({"error": "the learning core wheel is not built; run `make setup` on the server"}, status_code=503)
-    numpy_file = _manifest().get("lock_entries", {}).get("numpy", {}).get("file_name")
+    numpy_lock = _manifest().get("lock_entries", {}).get("numpy", {})
     if settings.pyodide_url:
         # Another index (a full Pyodide distribution or a CDN): NumPy by name, which
         # Pyodide checks against that index's lock file (Subresource Integrity).
-        index_url, numpy = settings.pyodide_url.rstrip("/") + "/", {"name": "numpy", "url": None}
+        index_url, numpy = settings.pyodide_url.rstrip("/") + "/", {"name": "numpy", "url": None, "sha256": None}
     else:
-        index_url, numpy = f"/pyodide/{PYODIDE_VERSION}/", {"name": "numpy", "url": f"/wheels/{numpy_file}"}
+        # By URL from us; the worker checks the sha256 (Pyodide checks only by-name loads).
+        url = f"/wheels/{numpy_lock.get('file_name')}"
+        index_url, numpy = f"/pyodide/{PYODIDE_VERSION}/", {"name": "numpy", "url": url, "sha256": numpy_lock.get("sha256")}
     body = {
         "version": __version__,
         "task": _task(request),
@@ -263,7 +274,7 @@ def _login_form(request: Request, error: str | None = None, status_code: int = 2
         "admin_login.html",
         {"csrf": csrf, "error": error},
         status_code=status_code,
-        headers=_page_headers(strict_scripts=True),
+        headers=_page_headers(),
     )
     # Double-submit: the form field must equal this cookie, which a cross-site form can't set.
     response.set_cookie(LOGIN_CSRF_COOKIE, csrf, max_age=3600, path="/admin", httponly=True, samesite="strict", secure=request.url.scheme == "https")
@@ -274,7 +285,7 @@ async def admin_page(request: Request) -> Response:
     session = read_session(request)
     if session is None:
         return _login_form(request)
-    return _render("admin.html", {"csrf": session.csrf, "task": _task(request)}, headers=_page_headers(strict_scripts=True))
+    return _render("admin.html", {"csrf": session.csrf, "task": _task(request)}, headers=_page_headers())
 
 
 async def _form(request: Request) -> dict[str, str]:

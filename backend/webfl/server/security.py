@@ -48,6 +48,11 @@ class SecurityHeaders:
     Pages set their own CSP (``pages._page_headers``): ``frame-ancestors 'none'``
     everywhere but ``/embed``, which allows the configured embed origins. This only
     fills gaps, so it never widens a page's policy.
+
+    JavaScript gets no default CSP: on a script a policy only ever applies when the
+    script is a worker's own, and the volunteer's Web Worker (``/static/worker.js``)
+    must fetch its runtime and run WebAssembly, which ``DEFAULT_CSP`` forbids. Nor does a
+    304: the browser would merge its headers into the cached response, script or not.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -64,7 +69,11 @@ class SecurityHeaders:
                 for name, value in DEFAULT_HEADERS.items():
                     if name not in headers:
                         headers[name] = value
-                if "content-security-policy" not in headers:
+                if not (
+                    "content-security-policy" in headers
+                    or message["status"] == 304
+                    or headers.get("content-type", "").startswith("text/javascript")
+                ):
                     headers["content-security-policy"] = DEFAULT_CSP
             await send(message)
 

@@ -70,12 +70,13 @@ async def volunteer_socket(websocket: WebSocket) -> None:
             )
         peer_id = secrets.token_hex(6)
         subscription = app.state.coordinator.subscribe(peer_id)
-        engine.connect(peer_id, hello.fields.get("agent", "?")[:64], address)
+        engine.connect(peer_id, hello.fields.get("agent", "?")[:64], address, hello["codecs"])
         shard = app.state.demo_shards.assign(engine.task.name)
         await websocket.send_bytes(
             encode(Message("welcome", {"version": __version__, "volunteer": peer_id, "task": engine.task.to_dict(), "shard": shard}))
         )
-        await websocket.send_bytes(engine.model_frame())
+        for frame in engine.model_frames_for(hello.fields.get("model_version"), hello.fields.get("model_digest")):
+            await websocket.send_bytes(frame)
         await websocket.send_bytes(engine.status_frame())
         writer = asyncio.create_task(_write(websocket, subscription))
         try:

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .crashpoints import crashpoint
+
 __all__ = ["RoundRecord", "Store"]
 
 _SCHEMA = """
@@ -46,6 +48,13 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     model TEXT NOT NULL,
     params BLOB NOT NULL,
     created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS server_opt_state (
+    run_id INTEGER PRIMARY KEY REFERENCES runs(id),
+    model_version INTEGER NOT NULL,
+    spec TEXT NOT NULL,
+    steps INTEGER NOT NULL,
+    state BLOB
 );
 """
 
@@ -82,11 +91,13 @@ class Store:
         with self._lock:
             self._db.close()
 
-    def _tx(self, statements: list[tuple[str, tuple]]) -> list[sqlite3.Cursor]:
+    def _tx(self, statements: list[tuple[str, tuple]], crash_at: str | None = None, round_: int | None = None) -> list[sqlite3.Cursor]:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 cursors = [self._db.execute(sql, args) for sql, args in statements]
+                if crash_at:
+                    crashpoint(crash_at, round_)
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
@@ -117,23 +128,53 @@ class Store:
 
     def interrupted_runs(self) -> list[int]:
         """Runs still marked running: the server stopped under them."""
-        return [r[0] for r in self._query("SELECT id FROM runs WHERE status = 'running'")]
+        return [r[0] for r in self._query("SELECT id FROM runs WHERE status = 'running' ORDER BY id")]
+
+    def run_config(self, run_id: int) -> dict:
+        return json.loads(self._query("SELECT config FROM runs WHERE id = ?", (run_id,))[0][0])
+
+    def rounds_in_run(self, run_id: int) -> int:
+        return int(self._query("SELECT COUNT(*) FROM rounds WHERE run_id = ?", (run_id,))[0][0])
+
+    def server_opt_state(self, run_id: int) -> tuple[int, str, int, np.ndarray | None] | None:
+        """``(model_version, spec, steps, state)`` as of the run's last commit."""
+        rows = self._query("SELECT model_version, spec, steps, state FROM server_opt_state WHERE run_id = ?", (run_id,))
+        if not rows:
+            return None
+        version, spec, steps, blob = rows[0]
+        return int(version), spec, int(steps), None if blob is None else np.frombuffer(blob, dtype="<f4").copy()
 
     # -- rounds and checkpoints ------------------------------------------------
 
     def save_checkpoint(self, model_version: int, task: str, model: str, params: np.ndarray) -> None:
         self._tx([_checkpoint_sql(model_version, task, model, params)])
 
-    def commit_round(self, record: RoundRecord, task: str, model: str, params: np.ndarray) -> None:
-        """Record a committed round and its new global model atomically."""
+    def commit_round(
+        self,
+        record: RoundRecord,
+        task: str,
+        model: str,
+        params: np.ndarray,
+        server_opt: tuple[str, int, np.ndarray | None] | None = None,
+    ) -> None:
+        """Record a committed round, its new global model and the run's server
+        optimizer state ``(spec, steps, state)`` atomically."""
         cols = ", ".join(record.to_dict())
         marks = ", ".join("?" for _ in record.to_dict())
-        self._tx(
-            [
-                (f"INSERT INTO rounds ({cols}) VALUES ({marks})", tuple(record.to_dict().values())),
-                _checkpoint_sql(record.model_version, task, model, params),
-            ]
-        )
+        statements = [
+            (f"INSERT INTO rounds ({cols}) VALUES ({marks})", tuple(record.to_dict().values())),
+            _checkpoint_sql(record.model_version, task, model, params),
+        ]
+        if server_opt is not None and record.run_id is not None:
+            spec, steps, state = server_opt
+            blob = None if state is None else np.asarray(state, dtype="<f4").tobytes()
+            statements.append(
+                (
+                    "INSERT OR REPLACE INTO server_opt_state (run_id, model_version, spec, steps, state) VALUES (?, ?, ?, ?, ?)",
+                    (record.run_id, record.model_version, spec, steps, blob),
+                )
+            )
+        self._tx(statements, crash_at="checkpoint", round_=record.round)
 
     def latest_checkpoint(self, task: str, model: str) -> tuple[int, np.ndarray] | None:
         rows = self._query(

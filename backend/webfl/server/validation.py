@@ -1,11 +1,14 @@
 """Update validation policy: the norm bound of a run and rejection bookkeeping.
 
 Every refused frame or update is counted under a short reason key (``REASONS``) that the
-admin status shows as ``"rejections"``. The checks themselves run, in this order,
-before anything touches the round's accumulator: round open and matching, volunteer
-selected, one update per volunteer per round, the task's session token, model version,
-codec, example count; then the codec (dtype, shape, finiteness) and the L2 norm bound
-inside ``Aggregator.add`` (which leaves the rule unchanged on failure).
+admin status shows as ``"rejections"``. The checks run, in this order, before anything
+touches the round's accumulator (or FedBuff's buffer): the update matches a task of this
+volunteer (sync: round open, volunteer selected, one update per round, model version;
+FedBuff: an outstanding task of that round and model); then, the same code in both modes
+(``RoundEngine.check_update``), the task's session token, codec and example count
+(FedBuff then refuses stale updates); last, in ``engine.add_update``, the codec (dtype,
+shape, finiteness) and the L2 norm bound inside ``Aggregator.add`` (which leaves the rule
+unchanged on failure).
 """
 
 from __future__ import annotations
@@ -19,10 +22,11 @@ __all__ = ["REASONS", "Rejections", "classify_update_error", "parse_norm_bound"]
 
 REASONS = {
     "round": "the round is not open or the update names another round",
-    "not_selected": "the volunteer was not selected for the round",
+    "not_selected": "the volunteer holds no task for the round (not selected, or its FedBuff task expired)",
     "duplicate": "a second update from one volunteer in one round",
     "token": "missing or wrong session token (replayed or forged update)",
     "model_version": "the update was trained on another model version",
+    "stale": "FedBuff: the update's model is more than max_staleness versions old",
     "codec": "the update uses another codec than the round",
     "num_examples": "example count out of range",
     "nan": "the update holds NaN or Inf",

@@ -25,7 +25,9 @@ async function refresh() {
 
 function settings() {
   const body = {};
-  for (const input of form.querySelectorAll("input")) body[input.name] = Number(input.value);
+  for (const input of form.querySelectorAll("input")) {
+    body[input.name] = input.type === "text" ? input.value.trim() : Number(input.value);
+  }
   for (const select of form.querySelectorAll("select")) body[select.name] = select.value;
   return body;
 }

@@ -31,7 +31,7 @@ export class Dashboard {
     const q = this.q;
     const v = status.volunteers;
     q("connected").textContent = String(status.connected);
-    q("volunteer-states").textContent = `${v.ready} / ${v.training} / ${v.paused}`;
+    q("volunteer-states").textContent = `${v.ready} / ${v.training} / ${v.paused} / ${v.waiting ?? 0}`;
     q("round-state").textContent = status.state;
     const open = status.open_round;
     q("open-round").textContent = open ? `round ${open.round}: ${open.received} of ${open.selected} updates` : "—";

@@ -12,6 +12,7 @@ const HELP = {
   submitted: "Update sent; waiting for the server to confirm it.",
   paused: "Paused: you will not be picked for rounds until you resume.",
   reconnecting: "Connection lost; trying again shortly.",
+  waiting: "The server has enough volunteers for now and asked this tab to come back shortly.",
   closed: "Disconnected.",
   error: "Stopped because of the problem above.",
   left: "You left. Thank you for helping! Reload the page to join again.",
@@ -86,7 +87,7 @@ export class View {
   renderState() {
     let state = this.page;
     if (state === "running") {
-      state = this.conn === "reconnecting" ? "reconnecting" : this.session?.state ?? "connecting";
+      state = ["reconnecting", "waiting"].includes(this.conn) ? this.conn : this.session?.state ?? "connecting";
     }
     const badge = this.q("state");
     badge.textContent = state;
@@ -113,6 +114,7 @@ export class View {
       connecting: "connecting…",
       open: "connected",
       reconnecting: `lost; retrying in ${format.seconds(retry_in_s)}`,
+      waiting: `server busy; back in ${format.seconds(retry_in_s)}`,
     }[state];
     this.q("connection").textContent = text ?? state;
     if (this.page === "loading") {
@@ -127,7 +129,9 @@ export class View {
   on_snapshot({ snapshot }) {
     this.session = snapshot;
     const q = this.q;
-    q("round").textContent = snapshot.round ?? (snapshot.model_version >= 0 ? `model v${snapshot.model_version}` : "—");
+    q("round").textContent = snapshot.round
+      ? `round ${snapshot.round}`
+      : snapshot.model_version >= 0 ? `between rounds (model v${snapshot.model_version})` : "—";
     q("rounds-done").textContent = String(snapshot.rounds_accepted.length);
     q("bytes-up").textContent = format.bytes(snapshot.bytes_up);
     q("bytes-down").textContent = format.bytes(snapshot.bytes_down);
@@ -161,6 +165,11 @@ export class View {
     this.loading.hidden = true;
     this.training.hidden = true;
     this.q("pause").disabled = true;
+    if (!this.session) {
+      // Failed before joining: there are no figures to show, only the message.
+      this.root.querySelector(".facts").hidden = true;
+      this.chartBox.hidden = true;
+    }
     this.setPage("error");
   }
 

@@ -57,6 +57,16 @@ export class Connection {
     return false;
   }
 
+  // The server asked us to come back later (pace steering): not a failure, so the
+  // backoff is untouched and the close of this socket is not reported as a drop.
+  away(seconds) {
+    const socket = this.socket;
+    this.socket = null;
+    socket?.close(1000, "asked to come back later");
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => this.open(), seconds * 1000);
+  }
+
   close(code = 1000, reason = "volunteer left") {
     this.stopped = true;
     clearTimeout(this.timer);

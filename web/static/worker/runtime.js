@@ -46,12 +46,30 @@ async function loadPyodideRuntime(indexURL, version) {
     const why = (await firstFailure([indexURL + "pyodide.mjs"])) || error.message;
     throw new AssetError(`The Python runtime (Pyodide ${version}) could not be loaded (${why}).`);
   }
+  const files = RUNTIME_FILES.map((name) => indexURL + name);
   try {
-    return await module.loadPyodide({ indexURL, stdout: () => {}, stderr: (line) => console.warn(line) });
+    // Some failures (a missing .wasm) make Pyodide abort without rejecting: watch for them.
+    return await watched(module.loadPyodide({ indexURL, stdout: () => {}, stderr: (line) => console.warn(line) }), files);
   } catch (error) {
-    const why = (await firstFailure(RUNTIME_FILES.map((name) => indexURL + name))) || error.message;
+    const why = error instanceof AssetError ? error.message : (await firstFailure(files)) || error.message;
     throw new AssetError(`The Python runtime (Pyodide ${version}) could not be loaded (${why}).`);
   }
+}
+
+const WATCH_EVERY_MS = 4000;
+
+// `promise`, unless one of `urls` turns out to be unloadable while we wait for it.
+function watched(promise, urls) {
+  let timer;
+  const stalled = new Promise((_, reject) => {
+    const check = async () => {
+      const why = await firstFailure(urls);
+      if (why) reject(new AssetError(why));
+      else timer = setTimeout(check, WATCH_EVERY_MS);
+    };
+    timer = setTimeout(check, WATCH_EVERY_MS);
+  });
+  return Promise.race([promise, stalled]).finally(() => clearTimeout(timer));
 }
 
 // Load one package (by URL or by name) and prove it imports; explain if it does not.
@@ -72,6 +90,30 @@ async function loadChecked(pyodide, target, module, what) {
   }
 }
 
+// Fetch `url` and check its sha256 before anything from it runs. Pyodide verifies only
+// packages it loads by name from its lock file, not wheels loaded by URL. The bytes stay
+// in the HTTP cache, so the loadPackage() that follows does not download them again.
+async function verify(pyodide, url, sha256, what) {
+  let response;
+  try {
+    response = await fetch(url);
+  } catch {
+    throw new AssetError(`${what} could not be loaded (no response from ${shortUrl(url)}).`);
+  }
+  if (!response.ok) throw new AssetError(`${what} could not be loaded (HTTP ${response.status} at ${shortUrl(url)}).`);
+  const bytes = new Uint8Array(await response.arrayBuffer());
+  // Hashed in Python: crypto.subtle exists only on https and localhost pages.
+  const digest = pyodide.runPython("import hashlib\nlambda data: hashlib.sha256(data.to_bytes()).hexdigest()");
+  const actual = digest(bytes);
+  digest.destroy();
+  if (actual !== sha256) {
+    throw new AssetError(
+      `${what} at ${shortUrl(url)} is not the file the server announced (sha256 ${actual.slice(0, 12)}… instead of ${sha256.slice(0, 12)}…). ` +
+        "Reload the page; if it persists, the server's files need rebuilding (make setup).",
+    );
+  }
+}
+
 // stage(label, fraction): progress for the page's loading bar.
 export async function loadRuntime(config, stage) {
   checkWebAssembly();
@@ -81,10 +123,13 @@ export async function loadRuntime(config, stage) {
 
   stage("Loading NumPy", 0.55);
   const numpy = config.numpy.url ? absolute(config.numpy.url) : config.numpy.name;
+  if (config.numpy.url) await verify(pyodide, numpy, config.numpy.sha256, "The NumPy wheel");
   await loadChecked(pyodide, numpy, "numpy", "The NumPy wheel");
 
   stage("Loading the webfl learning core", 0.8);
-  await loadChecked(pyodide, absolute(config.core.url), "webfl.core.browser", "The webfl learning core wheel");
+  const core = absolute(config.core.url);
+  await verify(pyodide, core, config.core.sha256, "The webfl learning core wheel");
+  await loadChecked(pyodide, core, "webfl.core.browser", "The webfl learning core wheel");
 
   stage("Checking versions", 0.9);
   const browser = pyodide.pyimport("webfl.core.browser");
@@ -96,5 +141,8 @@ export async function loadRuntime(config, stage) {
         "Reload the page; if it persists, the server's wheel needs rebuilding (make setup).",
     );
   }
+  // Reachable from devtools and bench/browser.py (Playwright's worker.evaluate); only
+  // this origin's code can reach a dedicated worker, so this exposes nothing new.
+  self.pyodide = pyodide;
   return { pyodide, browser };
 }

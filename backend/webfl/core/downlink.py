@@ -1,0 +1,160 @@
+"""Downlink compression: how the global model reaches volunteers.
+
+The admin picks a downlink per run (``"downlink"`` in ``POST /api/rounds``)::
+
+    downlink := "none" | "fp16" | "delta:" SPEC      (SPEC: an update codec, see codecs.py)
+
+Design (the invariant is that the model a volunteer holds is, bit for bit, the one
+the server believes it holds):
+
+- The server keeps its *exact* global model ``params`` (checkpointed, evaluated) and,
+  apart from it, the *held* model ``H``: what every volunteer that followed the
+  broadcasts holds, i.e. the result of the same lossy decoding the volunteers do, in
+  float32, in the same order. ``ModelChain`` is that copy.
+- ``none``: ``H = params``; ``fp16``: ``H = decode(fp16(params))``, a full model frame
+  each commit. Both are deterministic, so everyone holding version v holds the same H.
+- ``delta:SPEC``: at commit v the server encodes ``params_v - H_{v-1}`` once, broadcasts
+  that one frame (``base_version = v-1``) and sets ``H_v = H_{v-1} + decode(frame)``.
+  What the lossy code dropped stays in ``params - H`` and is sent in later rounds
+  (server-side error feedback), so H never drifts away from params.
+- Volunteers train from H and send ``local - H``; the server adds the aggregate of
+  those deltas onto its exact ``params``.
+- A (re)connecting volunteer says in ``hello`` which version it holds and its digest
+  (sha256 of the float32 bytes). If that is one of the last ``keep`` versions of the
+  chain, it gets the chain of delta frames since then; otherwise (a fresh tab, a model
+  from an older chain, a restarted server) the full ``H`` as float32 (``none``), or the
+  fp16 frame itself under ``fp16``. Every model frame carries the digest of the model
+  it produces and the volunteer checks it, so a mismatch cannot go unnoticed.
+- Frames arrive in order on one WebSocket. A delta frame whose base is not the held
+  version but whose target is not newer is stale (a full model raced it) and is
+  ignored; a gap is a protocol error (the volunteer reconnects and catches up).
+
+Memory on the server: one extra float32 copy of the model plus at most ``keep``
+compressed frames.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+
+import numpy as np
+
+from .codecs import Encoded, get_codec
+from .protocol import Message, ProtocolError, encode
+
+__all__ = ["DOWNLINK_GRAMMAR", "ModelChain", "apply_model", "digest", "downlink_stages", "parse_downlink"]
+
+DOWNLINK_GRAMMAR = "none | fp16 | delta:SPEC (SPEC: an update codec such as q8 or topk:0.01+q8)"
+
+
+def parse_downlink(spec: object) -> str:
+    """The canonical form of a downlink spec; ``ValueError`` for an invalid one."""
+    if not isinstance(spec, str):
+        raise ValueError(f"invalid downlink {spec!r}; grammar: {DOWNLINK_GRAMMAR}")
+    text = spec.strip().lower()
+    if text in ("none", "fp16"):
+        return text
+    if text.startswith("delta:"):
+        try:
+            return "delta:" + get_codec(text[6:]).spec
+        except ValueError as exc:
+            raise ValueError(f"invalid downlink {spec!r}: {exc}") from None
+    raise ValueError(f"invalid downlink {spec!r}; grammar: {DOWNLINK_GRAMMAR}")
+
+
+def downlink_stages(spec: str) -> tuple[str, ...]:
+    """The codec stages a volunteer must decode for this downlink."""
+    spec = parse_downlink(spec)
+    return get_codec(spec[6:] if spec.startswith("delta:") else spec).stages
+
+
+def digest(params: np.ndarray) -> str:
+    """A short fingerprint of a float32 model, bit for bit."""
+    return hashlib.sha256(np.ascontiguousarray(params, dtype="<f4").tobytes()).hexdigest()[:32]
+
+
+def apply_model(held: np.ndarray | None, held_version: int, msg: Message, size: int) -> np.ndarray | None:
+    """The model a ``model`` frame produces from the held one; ``None`` if the frame is stale.
+
+    Raises ``ProtocolError`` for a gap in the chain or a digest mismatch.
+    """
+    values = get_codec(msg["codec"]).decode(Encoded(msg["codec_params"], msg.arrays), size)
+    base = msg.fields.get("base_version")
+    if base is None:
+        params = np.array(values, dtype=np.float32)
+    elif held is not None and base == held_version:
+        params = np.add(held, values, dtype=np.float32)
+    elif held is not None and msg["model_version"] <= held_version:
+        return None
+    else:
+        raise ProtocolError(f"model delta from version {base}, but this volunteer holds {held_version}")
+    expected = msg.fields.get("digest")
+    if expected is not None and digest(params) != expected:
+        raise ProtocolError(f"model {msg['model_version']} does not match the server's digest")
+    return params
+
+
+class ModelChain:
+    """The server's copy of the model volunteers hold, and the frames that reproduce it."""
+
+    def __init__(self, params: np.ndarray, version: int, keep: int = 4) -> None:
+        self.keep = keep
+        self._reset(np.array(params, dtype=np.float32), version, None)
+
+    def _reset(self, held: np.ndarray, version: int, frame: bytes | None) -> None:
+        self.held, self.version = held, version
+        self._full = frame  # a frame that reproduces ``held`` exactly, without a base
+        self._digests: OrderedDict[int, str] = OrderedDict({version: digest(held)})
+        self._deltas: dict[int, bytes] = {}  # version -> frame from version - 1
+
+    @property
+    def digest(self) -> str:
+        return self._digests[self.version]
+
+    def full_frame(self) -> bytes:
+        if self._full is None:
+            fields = {"model_version": self.version, "codec": "none", "codec_params": {}, "digest": self.digest}
+            self._full = encode(Message("model", fields, (self.held,)))
+        return self._full
+
+    def commit(self, params: np.ndarray, version: int, downlink: str, rng: np.random.Generator) -> bytes:
+        """Move to the new exact ``params``; returns the frame to broadcast."""
+        downlink = parse_downlink(downlink)
+        if downlink == "none":
+            self._reset(np.array(params, dtype=np.float32), version, None)
+            return self.full_frame()
+        if downlink == "fp16":
+            codec = get_codec("fp16")
+            enc = codec.encode(params, rng)
+            held = codec.decode(enc, params.size).astype(np.float32)
+            fields = {"model_version": version, "codec": codec.spec, "codec_params": enc.params, "digest": digest(held)}
+            self._reset(held, version, encode(Message("model", fields, enc.arrays)))
+            return self._full
+        codec = get_codec(downlink[6:])
+        enc = codec.encode(np.subtract(params, self.held, dtype=np.float32), rng)
+        held = np.add(self.held, codec.decode(enc, params.size), dtype=np.float32)
+        fields = {
+            "model_version": version,
+            "base_version": self.version,
+            "codec": codec.spec,
+            "codec_params": enc.params,
+            "digest": digest(held),
+        }
+        frame = encode(Message("model", fields, enc.arrays))
+        self.held, self.version, self._full = held, version, None
+        self._digests[version] = digest(held)
+        self._deltas[version] = frame
+        while len(self._digests) > self.keep + 1:
+            old, _ = self._digests.popitem(last=False)
+            self._deltas.pop(old, None)
+            self._deltas.pop(min(self._digests), None)  # no base left for the oldest delta
+        return frame
+
+    def frames_for(self, version: int | None, model_digest: str | None) -> list[bytes]:
+        """What a volunteer holding ``version`` (with that digest) needs to hold the current model."""
+        if version is not None and self._digests.get(version) == model_digest:
+            chain = [self._deltas.get(v) for v in range(version + 1, self.version + 1)]
+            if all(f is not None for f in chain):
+                return chain  # empty when already up to date
+        return [self.full_frame()]

@@ -1,0 +1,236 @@
+"""The volunteer page in Debian's Chromium: start-up, bytes, training speed, page responsiveness.
+
+    python3 bench/browser.py [--repeat 3]
+
+Runs a real ``webfl serve`` on a free loopback port and measures:
+
+- time from the consent click until Pyodide + NumPy + the core are ready (the worker
+  reports the "Connecting" stage), with a fresh profile (cold) and again in the same
+  profile (warm: HTTP cache and V8's compiled-wasm cache);
+- bytes the browser downloads for it (response bodies as sent), served gzip-compressed
+  and served plain (requests sent with ``Accept-Encoding: identity``);
+- one local epoch of the 2NN on a 600-example shard (batch 32) in the page's Pyodide
+  worker vs the same code in native CPython on this machine (one BLAS thread, since
+  Pyodide has one), as a ratio;
+- main-thread long tasks (PerformanceObserver "longtask", > 50 ms) while the tab trains.
+
+Prints a markdown table. Needs ``make setup`` (the wheels, node_modules, /usr/bin/chromium).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "backend"))  # the working tree's webfl
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync"]
+TOKEN = "bench-token"
+SHARD = 600
+
+# The same code runs in Pyodide and natively: one epoch of local_train on SHARD examples.
+EPOCH_CODE = """
+import time, numpy as np
+from webfl.core.data import load_npz, features
+from webfl.core.tasks import get_task
+from webfl.core.training import TrainConfig, local_train
+def epoch_times(npz, repeat):
+    import io
+    with np.load(io.BytesIO(npz)) as f:
+        x, y = features(f["x"][:{shard}]), f["y"][:{shard}]
+    model = get_task("mnist", "2nn").build_model()
+    params = model.init(0)
+    config = TrainConfig(epochs=1, batch_size=32, lr=0.1, seed=0)
+    local_train(model, params, x, y, config)  # warm-up
+    out = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        local_train(model, params, x, y, config)
+        out.append(time.perf_counter() - t)
+    return out
+""".replace("{shard}", str(SHARD))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(data_dir: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = {**os.environ, "WEBFL_ADMIN_TOKEN": TOKEN}
+    cmd = [sys.executable, "-m", "webfl.cli", "serve", "--port", str(port), "--data-dir", str(data_dir), "--log-level", "warning"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            urllib.request.urlopen(url + "/healthz", timeout=1)
+            return proc, url
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("server did not start")
+
+
+def admin(url: str, method: str, path: str, body: dict | None = None) -> dict:
+    req = urllib.request.Request(url + path, method=method, data=None if body is None else json.dumps(body).encode())
+    req.add_header("Authorization", f"Bearer {TOKEN}")
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.loads(resp.read())
+
+
+def load_once(context, url: str) -> tuple[float, int, object]:
+    """Open the page, consent, time until the runtime is ready; returns (s, bytes, page)."""
+    received = []
+
+    def on_finished(request):
+        try:
+            sizes = request.sizes()
+            received.append(sizes["responseBodySize"] + sizes["responseHeadersSize"])
+        except Exception:  # a request that failed or was cancelled
+            pass
+
+    context.on("requestfinished", on_finished)
+    page = context.new_page()
+    page.goto(url)
+    page.wait_for_load_state("load")
+    received.clear()  # count what joining costs, not the HTML page itself
+    start = time.perf_counter()
+    page.get_by_test_id("join").click()
+    page.wait_for_function(
+        "() => ['Connecting', 'Downloading your demo data'].includes(document.querySelector('[data-testid=load-stage]').textContent)"
+        " || document.querySelector('[data-testid=state]').dataset.state !== 'loading'",
+        timeout=180_000,
+    )
+    elapsed = time.perf_counter() - start
+    state = page.get_by_test_id("state").text_content()
+    if state == "error":
+        raise RuntimeError(page.get_by_test_id("error").text_content())
+    page.wait_for_function("() => document.querySelector('[data-testid=state]').dataset.state === 'idle'", timeout=60_000)
+    time.sleep(0.5)  # let the last requestfinished events arrive
+    context.remove_listener("requestfinished", on_finished)
+    return elapsed, sum(received), page
+
+
+def native_epochs(npz: bytes, repeat: int) -> list[float]:
+    """Same code, native, in a subprocess with one BLAS thread and the machine's numpy as it runs best."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+    env.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(ROOT / "backend"))
+    with tempfile.NamedTemporaryFile(suffix=".npz") as f:
+        f.write(npz)
+        f.flush()
+        code = EPOCH_CODE + f"\nimport json; print(json.dumps(epoch_times(open({f.name!r}, 'rb').read(), {repeat})))"
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def pyodide_epochs(page, npz: bytes, repeat: int) -> list[float]:
+    worker = next(w for w in page.workers if w.url.endswith("/worker.js"))
+    return worker.evaluate(
+        """async ([code, npz, repeat]) => {
+            const py = self.pyodide;
+            py.runPython(code);
+            const fn = py.globals.get("epoch_times");
+            const out = fn(new Uint8Array(npz), repeat);
+            const times = out.toJs();
+            out.destroy(); fn.destroy();
+            return times;
+        }""",
+        [EPOCH_CODE.replace("npz)", "npz.to_bytes())"), list(npz), repeat],
+    )
+
+
+def long_tasks_while_training(page, url: str, rounds: int) -> dict:
+    page.evaluate(
+        """() => {
+            window.__longtasks = [];
+            new PerformanceObserver((list) => window.__longtasks.push(...list.getEntries().map((e) => e.duration)))
+              .observe({ type: "longtask" });
+        }"""
+    )
+    before = len(admin(url, "GET", "/api/status")["history"])
+    start = time.perf_counter()
+    admin(url, "POST", "/api/rounds", {"rounds": rounds, "clients_per_round": 1, "local_epochs": 2, "deadline_s": 120})
+    while len(admin(url, "GET", "/api/status")["history"]) < before + rounds:
+        time.sleep(0.2)
+    elapsed = time.perf_counter() - start
+    tasks = page.evaluate("() => window.__longtasks")
+    return {"seconds": elapsed, "count": len(tasks), "max_ms": max(tasks, default=0.0), "total_ms": sum(tasks)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3, help="timed epochs per side (median reported)")
+    args = parser.parse_args()
+    if not Path(CHROMIUM).exists():
+        print(f"bench/browser.py: {CHROMIUM} is missing (make setup installs it); skipped")
+        return 0
+    from playwright.sync_api import sync_playwright
+
+    load_before = os.getloadavg()[0]
+    work = Path(tempfile.mkdtemp(prefix="webfl-bench-"))
+    proc, url = start_server(work / "data")
+    rows: list[tuple[str, str]] = []
+    try:
+        npz = urllib.request.urlopen(url + "/data/mnist/shards/0.npz").read()
+        with sync_playwright() as pw:
+            gz = pw.chromium.launch_persistent_context(str(work / "profile-gzip"), executable_path=CHROMIUM, args=ARGS, headless=True)
+            cold_s, cold_bytes, page = load_once(gz, url)
+            page.close()
+            warm_s, warm_bytes, page = load_once(gz, url)
+
+            plain = pw.chromium.launch_persistent_context(
+                str(work / "profile-plain"), executable_path=CHROMIUM, args=ARGS, headless=True,
+                extra_http_headers={"Accept-Encoding": "identity"},
+            )
+            plain_s, plain_bytes, plain_page = load_once(plain, url)
+            plain.close()
+
+            browser_t = statistics.median(pyodide_epochs(page, npz, args.repeat))
+            native_t = statistics.median(native_epochs(npz, args.repeat))
+            tasks = long_tasks_while_training(page, url, rounds=2)
+            gz.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        shutil.rmtree(work, ignore_errors=True)
+
+    mb = lambda n: f"{n / 1e6:.1f} MB"
+    rows = [
+        ("Pyodide + NumPy + core ready, cold (fresh profile, gzip)", f"{cold_s:.2f} s"),
+        ("Pyodide + NumPy + core ready, warm (same profile)", f"{warm_s:.2f} s"),
+        ("Pyodide + NumPy + core ready, cold, served plain", f"{plain_s:.2f} s"),
+        ("Bytes downloaded to join, cold, gzip", mb(cold_bytes)),
+        ("Bytes downloaded to join, cold, plain", mb(plain_bytes)),
+        ("Bytes downloaded to join, warm", mb(warm_bytes)),
+        (f"One 2NN epoch, {SHARD} examples, batch 32: Pyodide worker", f"{browser_t * 1000:.0f} ms"),
+        (f"One 2NN epoch, {SHARD} examples, batch 32: native CPython (1 thread)", f"{native_t * 1000:.0f} ms"),
+        ("Pyodide / native", f"{browser_t / native_t:.1f}x"),
+        (f"Main-thread long tasks while training 2 rounds x 2 epochs ({tasks['seconds']:.1f} s)",
+         f"{tasks['count']} (longest {tasks['max_ms']:.0f} ms, total {tasks['total_ms']:.0f} ms)"),
+    ]
+    # Timings scale with whatever else the machine runs: say how busy it was.
+    print(f"Chromium {CHROMIUM}, {os.cpu_count()} cores, server on 127.0.0.1, "
+          f"load average {load_before:.1f} before / {os.getloadavg()[0]:.1f} after\n")
+    print("| measure | value |\n|---|---|")
+    for name, value in rows:
+        print(f"| {name} | {value} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""Codec encode/decode throughput inside Pyodide (headless Debian Chromium), in MB/s of float32.
+
+Starts a ``webfl serve``, opens its volunteer page and, in the page itself, loads
+Pyodide with NumPy and the core wheel from the server (as the worker does), then times
+every codec on a 2NN-sized delta. Prints a markdown table. Needs /usr/bin/chromium and Playwright.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+from servers import start_server  # noqa: E402
+
+CODE = """
+import time, numpy as np
+from webfl.core.codecs import get_codec
+n = 199210
+x = np.random.default_rng(0).normal(0, 0.01, n).astype(np.float32)
+rows = []
+for spec in SPECS:
+    c = get_codec(spec); rng = np.random.default_rng(1); enc = c.encode(x, rng)
+    te, td = [], []
+    for _ in range(5):
+        t = time.perf_counter(); enc = c.encode(x, rng); te.append(time.perf_counter() - t)
+        t = time.perf_counter(); c.decode(enc, n); td.append(time.perf_counter() - t)
+    rows.append((spec, x.nbytes / 1e6 / float(np.median(te)), x.nbytes / 1e6 / float(np.median(td))))
+repr(rows)
+"""
+
+JS = """async ([code]) => {
+  const config = await (await fetch("/api/config")).json();
+  const base = new URL(config.pyodide.index_url, location.href).href;
+  const { loadPyodide } = await import(base + "pyodide.mjs");
+  const py = await loadPyodide({ indexURL: base });
+  await py.loadPackage(config.numpy.url ? new URL(config.numpy.url, location.href).href : config.numpy.name);
+  await py.loadPackage(new URL(config.core.url, location.href).href);
+  return py.runPython(code);
+}"""
+
+
+def main() -> int:
+    from playwright.sync_api import sync_playwright
+
+    specs = ["fp16", "q8", "q4", "rot+q4", "q2", "rot+q2", "topk:0.05+fp16", "topk:0.01+q8", "topk:0.01"]
+    with tempfile.TemporaryDirectory() as data:
+        server = start_server(__import__("pathlib").Path(data))
+        try:
+            with sync_playwright() as pw:
+                browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox", "--disable-gpu"])
+                page = browser.new_page()
+                page.goto(server.url + "/")
+                rows = eval(page.evaluate(JS, [CODE.replace("SPECS", repr(specs))]))
+                browser.close()
+        finally:
+            server.stop()
+    print("Pyodide 0.27.7 (NumPy 2.0.2, wasm32) in headless Chromium, same delta:\n")
+    print("| codec | encode MB/s | decode MB/s |\n|---|---:|---:|")
+    for spec, enc, dec in rows:
+        print(f"| `{spec}` | {enc:.1f} | {dec:.1f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

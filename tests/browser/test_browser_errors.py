@@ -1,0 +1,84 @@
+"""Assets that fail to load give a specific, human error on the page, not a stall."""
+
+from __future__ import annotations
+
+import pytest
+from playwright.sync_api import expect
+
+from browser_helpers import wait_state
+
+pytestmark = pytest.mark.browser
+
+
+def test_missing_numpy_wheel_is_named(context, serve):
+    server = serve()
+    page = context.new_page()
+    # The worker's requests go through the page's routing too: answer NumPy with a 404.
+    page.route("**/wheels/numpy-*.whl", lambda route: route.fulfill(status=404, body="not here"))
+    page.goto(server.url)
+    page.get_by_test_id("join").click()
+    wait_state(page, "error")
+    expect(page.get_by_test_id("error")).to_have_text(
+        "The NumPy wheel could not be loaded (HTTP 404 at /wheels/numpy-2.0.2-cp312-cp312-pyodide_2024_0_wasm32.whl)."
+    )
+    expect(page.get_by_test_id("pause")).to_be_disabled()
+
+
+def test_a_tampered_core_wheel_never_runs(context, serve):
+    server = serve()
+    page = context.new_page()
+
+    def tampered(route):
+        response = route.fetch()
+        route.fulfill(response=response, body=response.body() + b"\0")
+
+    page.route("**/wheels/webfl-*.whl", tampered)
+    page.goto(server.url)
+    page.get_by_test_id("join").click()
+    wait_state(page, "error")
+    expect(page.get_by_test_id("error")).to_contain_text(
+        "The webfl learning core wheel at /wheels/webfl-0.1.0-py3-none-any.whl is not the file the server announced"
+    )
+
+
+def test_missing_runtime_is_named(context, serve):
+    server = serve()
+    page = context.new_page()
+    page.route("**/pyodide.asm.wasm", lambda route: route.fulfill(status=404, body="not here"))
+    page.goto(server.url)
+    page.get_by_test_id("join").click()
+    wait_state(page, "error")
+    expect(page.get_by_test_id("error")).to_contain_text("The Python runtime (Pyodide 0.27.7) could not be loaded (HTTP 404 at /pyodide/0.27.7/pyodide.asm.wasm)")
+
+
+def test_version_mismatch_is_explained(context, serve):
+    server = serve()
+    page = context.new_page()
+
+    def older_server(route):
+        response = route.fetch()
+        config = response.json()
+        config["version"] = "0.0.1"
+        route.fulfill(response=response, json=config)
+
+    page.route("**/api/config", older_server)
+    page.goto(server.url)
+    page.get_by_test_id("join").click()
+    wait_state(page, "error")
+    expect(page.get_by_test_id("error")).to_contain_text("learning core is version 0.1.0 but the server runs 0.0.1")
+
+
+def test_a_bad_csv_is_explained_and_never_joins(context, serve, tmp_path):
+    server = serve()
+    bad = tmp_path / "digits.csv"
+    bad.write_text("label,a,b\n3,0.5,0.5\n")
+    page = context.new_page()
+    page.goto(server.url)
+    page.get_by_test_id("data-csv").check()
+    page.get_by_test_id("csv-file").set_input_files(str(bad))
+    page.get_by_test_id("join").click()
+    wait_state(page, "error")
+    expect(page.get_by_test_id("error")).to_have_text(
+        "Your file “digits.csv” cannot be used: each row needs a label and 784 features, got 3 columns"
+    )
+    assert server.status()["connected"] == 0

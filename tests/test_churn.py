@@ -1,0 +1,158 @@
+"""Issue 6: crash-safe resumable runs, FedBuff, pace steering, churn in the simulator."""
+
+import asyncio
+import os
+import sqlite3
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from servers import TOKEN, free_port, start_server
+from webfl.core.aggregation import get_aggregator
+from webfl.core.protocol import Message, encode
+from webfl.core.volunteer import Volunteer
+from webfl.server.crashpoints import POINTS
+from webfl.server.engine import RoundEngine, RunConfig
+from webfl.server.fedbuff import FedBuff, _Assignment, staleness_weight
+from webfl.server.security import TaskTokens
+from webfl.server.store import Store
+
+
+def simulator(server, *args: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "webfl.cli", "simulate", "--server", server.url, *args]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "WEBFL_ADMIN_TOKEN": TOKEN})
+
+
+def simulate(server, *args: str, timeout: float = 240) -> str:
+    cmd = [sys.executable, "-m", "webfl.cli", "simulate", "--server", server.url, *args]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, "WEBFL_ADMIN_TOKEN": TOKEN})
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    return done.stdout
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+# -- crash safety -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("point", POINTS)
+def test_kill_9_at_a_crash_point_then_the_restarted_server_resumes_the_run(tmp_path, point):
+    data, port = tmp_path / "data", free_port()
+    first = start_server(data, port=port, env={"WEBFL_CRASHPOINT": f"{point}:3"})
+    volunteers = simulator(first, "--clients", "3")  # stays up across the restart and reconnects by itself
+    second = None
+    try:
+        first.wait_for(lambda s: s["volunteers"]["ready"] == 3, timeout=60, what="3 ready volunteers")
+        config = {"rounds": 4, "clients_per_round": 3, "local_epochs": 1, "server_opt": "fedavgm:lr=1,momentum=0.5"}
+        assert first.api("POST", "/api/rounds", config)[0] == 202
+        assert first.proc.wait(timeout=120) == -9  # SIGKILL from WEBFL_CRASHPOINT
+        assert f"WEBFL_CRASHPOINT={point}:3" in first.log()
+        store = Store(data / "webfl.sqlite3")
+        committed = [r.to_dict() for r in store.history()]
+        store.close()
+        assert [r["round"] for r in committed] == [1, 2]  # round 3 was in flight: not a trace of it
+
+        second = start_server(data, port=port)
+        status = second.wait_for(lambda s: s["run"] and not s["run"]["running"], timeout=180, what="the resumed run to end")
+        assert status["run"]["id"] == 1 and status["run"]["rounds_done"] == 4
+        assert [h["round"] for h in status["history"]] == [1, 2, 3, 4]  # round 3 re-run once
+        assert status["history"][:2] == committed  # committed history intact
+        assert "resuming run 1 after 2 committed round(s) of 4" in second.log()
+        with sqlite3.connect(data / "webfl.sqlite3") as db:
+            assert db.execute("SELECT status FROM runs WHERE id = 1").fetchone() == ("completed",)
+            # The optimizer state was checkpointed with the model (one row, at the last commit).
+            assert db.execute("SELECT model_version, steps, length(state) FROM server_opt_state").fetchall() == [
+                (4, 4, 4 * first_size(second))
+            ]
+    finally:
+        stop(volunteers)
+        first.stop(kill=True)
+        if second is not None:
+            second.stop()
+
+
+def first_size(server) -> int:
+    return sum(int(np.prod(shape)) for shape in [(784, 200), (200,), (200, 200), (200,), (200, 10), (10,)])
+
+
+# -- FedBuff ------------------------------------------------------------------------------
+
+
+def test_fedbuff_weights_updates_by_examples_times_staleness_discount():
+    size = 3
+    engine = SimpleNamespace(model_version=5, _changed=asyncio.Event(), model=SimpleNamespace(size=size), tokens=TaskTokens())
+    engine.check_update = lambda *args: RoundEngine.check_update(engine, *args)
+    config = RunConfig(mode="fedbuff", buffer_size=3, max_staleness=4, staleness_exponent=0.5)
+    fb = FedBuff(engine, config, get_aggregator("fedavg"), run_id=1)
+    fb.aggregator.begin(size, 4)
+    fb._collecting = True
+    updates = {  # peer: (trained on model, num_examples, delta)
+        "a": (5, 100, np.array([1.0, 0.0, 0.0], np.float32)),  # fresh
+        "b": (2, 300, np.array([0.0, 1.0, 0.0], np.float32)),  # 3 versions stale
+        "c": (4, 50, np.array([0.0, 0.0, 1.0], np.float32)),  # 1 version stale
+        "d": (0, 999, np.array([9.0, 9.0, 9.0], np.float32)),  # 5 stale > max 4: rejected
+    }
+    verdicts = {}
+    for peer, (version, n, delta) in updates.items():
+        fb.assigned[peer] = _Assignment(version + 1, version, expires=1e18)
+        msg = Message("update", {"round": version + 1, "model_version": version, "num_examples": n, "loss": 0.0,
+                                 "accuracy": 0.0, "codec": "none", "codec_params": {},
+                                 "token": engine.tokens.issue(peer, version + 1, version)}, (delta,))
+        verdicts[peer] = fb.submit(peer, msg, 0)
+    assert [v.accepted for v in verdicts.values()] == [True, True, True, False]
+    assert "5 model versions stale" in verdicts["d"].reason
+    w = np.array([100 * 1.0, 300 / 2.0, 50 / np.sqrt(2.0)])  # n * (1 + s) ** -0.5 by hand
+    np.testing.assert_allclose(fb.aggregator.finish(), w / w.sum(), rtol=1e-6)
+    assert staleness_weight(0) == 1.0 and staleness_weight(3) == 0.5 and staleness_weight(3, 1.0) == 0.25
+    # Not assigned (or already used): refused.
+    assert not fb.submit("a", msg, 0).accepted
+
+
+def test_fedbuff_run_learns_through_the_real_server(server):
+    out = simulate(server, "--clients", "6", "--clients-per-round", "3", "--rounds", "6", "--mode", "fedbuff",
+                   "--buffer-size", "3", "--local-epochs", "1", "--speed-spread", "4")
+    history = server.status()["history"]
+    assert [h["round"] for h in history] == [1, 2, 3, 4, 5, 6] and "completed" in out
+    assert all(h["participants"] == 3 for h in history)
+    assert history[-1]["accuracy"] > 0.85 and history[-1]["accuracy"] > history[0]["accuracy"], history
+
+
+# -- pace steering ------------------------------------------------------------------------
+
+
+def test_the_volunteer_exposes_a_wait_once():
+    v = Volunteer()
+    assert v.receive(encode(Message("wait", {"retry_after_s": 2.5, "reason": "busy"}))) == []
+    assert v.take_wait() == 2.5 and v.take_wait() is None
+
+
+def test_surplus_volunteers_are_told_to_come_back_later_and_do(server):
+    out = simulate(server, "--clients", "6", "--clients-per-round", "2", "--rounds", "10", "--local-epochs", "1")
+    status = server.status()
+    # Enough rounds to outlast the shortest wait (1 s) on an idle machine, where a round takes ~0.15 s.
+    assert "completed" in out and len(status["history"]) == 10
+    assert status["waits_sent"] >= 4  # 4 of 6 ready were not selected in round 1 alone
+    log = server.log()
+    assert "pace steering" in log
+    # Told to wait, the simulator disconnects and comes back: more connections than volunteers.
+    assert log.count("connected from") > 6
+
+
+# -- churn ----------------------------------------------------------------------------------
+
+
+def test_the_simulator_survives_churn_dropout_and_slow_volunteers(server):
+    out = simulate(server, "--clients", "8", "--clients-per-round", "4", "--rounds", "3", "--local-epochs", "1",
+                   "--deadline-s", "4", "--churn", "0.3", "--dropout", "0.3", "--speed-spread", "5", "--away-s", "1")
+    history = server.status()["history"]
+    assert "completed" in out and [h["round"] for h in history] == [1, 2, 3]
+    assert history[-1]["accuracy"] > 0.5
