@@ -105,8 +105,9 @@ class FedBuff:
         if not 0 < n <= MAX_EXAMPLES_PER_UPDATE:
             return Verdict(False, f"num_examples must be in 1..{MAX_EXAMPLES_PER_UPDATE}")
         item = _Pending(peer_id, msg["codec"], Encoded(msg["codec_params"], msg.arrays), n * staleness_weight(staleness, config.staleness_exponent), nbytes)
-        if not self._collecting:
-            # A commit is running: keep the update for the next buffer (bounded by concurrency).
+        if not self._collecting or self.aggregator.count >= config.buffer_size:
+            # The buffer is full or being committed: keep the update for the next one
+            # (bounded by concurrency), so every commit holds exactly buffer_size.
             self._pending.append(item)
         else:
             error = self._fold(item)
@@ -138,7 +139,9 @@ class FedBuff:
                 self._collecting = True
                 pending, self._pending = self._pending, []
                 for item in pending:
-                    if error := self._fold(item):
+                    if self.aggregator.count >= config.buffer_size:
+                        self._pending.append(item)
+                    elif error := self._fold(item):
                         log.warning("fedbuff: buffered update from %s dropped: %s", item.peer_id, error)
                 engine._to(RoundState.TRAINING)
                 while self.aggregator.count < config.buffer_size:
