@@ -10,7 +10,7 @@ from browser_helpers import admin_login, join, wait_state
 pytestmark = pytest.mark.browser
 
 READ_RESIDUAL = """async () => {
-    const db = await new Promise((ok, ko) => { const r = indexedDB.open("webfl", 1); r.onsuccess = () => ok(r.result); r.onerror = () => ko(r.error); });
+    const db = await new Promise((ok, ko) => { const r = indexedDB.open("webfl"); r.onsuccess = () => ok(r.result); r.onerror = () => ko(r.error); });
     const record = await new Promise((ok) => { const r = db.transaction("residuals").objectStore("residuals").get("mnist/2nn"); r.onsuccess = () => ok(r.result); });
     db.close();
     return record ? {spec: record.spec, bytes: record.bytes.length} : null;
