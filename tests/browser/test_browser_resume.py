@@ -57,7 +57,6 @@ def test_a_reload_resends_the_pending_update_and_it_counts_once(context, serve):
     status = server.wait_for(lambda s: len(s["history"]) == 1, what="the round to commit")
     assert status["history"][0]["participants"] == 1
     wait_state(tab, "idle")
-    assert tab.evaluate("() => document.querySelector('[data-testid=state]').dataset.state") == "idle"
     assert record["volunteer"] in server.log()  # "volunteer <id> resumed"
     proxy.close()
 
@@ -71,8 +70,8 @@ def test_a_resend_for_a_closed_round_is_rejected_and_forgotten(context, serve):
     join(tab, proxy.url)
     assert server.api("POST", "/api/rounds", {**RUN, "clients_per_round": 1})[0] == 202
     wait_state(tab, "training")
-    server.api("POST", "/api/rounds/stop", {})  # the round closes while the update is under way
-    proxy.cut_websockets()
+    proxy.cut_websockets()  # the update will be lost on the way...
+    server.api("POST", "/api/rounds/stop", {})  # ...and its round closes meanwhile
     wait_pending(tab, True)
     join(tab, proxy.url, wait=False)
     wait_state(tab, "idle")
