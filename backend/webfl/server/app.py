@@ -19,6 +19,7 @@ from .config import Settings
 from .coordinator import InProcessCoordinator
 from .datasets import DemoShards
 from .engine import RoundEngine
+from .resume import ResumeTokens
 from .sockets import volunteer_socket
 from .store import Store
 
@@ -58,6 +59,7 @@ def create_app(settings: Settings) -> Starlette:
         app.state.admin_token = token
         app.state.coordinator = coordinator
         app.state.demo_shards = shards
+        app.state.resume_tokens = ResumeTokens()
         app.state.engine = RoundEngine(task, store, coordinator, shards.test, settings.seed)
         app.state.engine.resume()  # a run a crash interrupted carries on
         try:
