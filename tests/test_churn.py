@@ -136,15 +136,22 @@ def test_the_volunteer_exposes_a_wait_once():
 
 
 def test_surplus_volunteers_are_told_to_come_back_later_and_do(server):
-    out = simulate(server, "--clients", "6", "--clients-per-round", "2", "--rounds", "10", "--local-epochs", "1")
-    status = server.status()
-    # Enough rounds to outlast the shortest wait (1 s) on an idle machine, where a round takes ~0.15 s.
-    assert "completed" in out and len(status["history"]) == 10
-    assert status["waits_sent"] >= 4  # 4 of 6 ready were not selected in round 1 alone
-    log = server.log()
-    assert "pace steering" in log
-    # Told to wait, the simulator disconnects and comes back: more connections than volunteers.
-    assert log.count("connected from") > 6
+    sim = subprocess.Popen(
+        [sys.executable, "-m", "webfl.cli", "simulate", "--server", server.url, "--clients", "6"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        server.wait_for(lambda s: s["volunteers"]["ready"] == 6, timeout=60, what="6 ready volunteers")
+        run = {"rounds": 4, "clients_per_round": 2, "local_epochs": 1, "select_timeout_s": 0}
+        assert server.api("POST", "/api/rounds", run)[0] == 202
+        status = server.wait_for(lambda s: len(s["history"]) == 4, timeout=120, what="4 rounds")
+        assert status["waits_sent"] >= 4  # 4 of 6 ready were not selected in round 1 alone
+        assert "pace steering" in server.log()
+        # Told to wait, a simulated volunteer disconnects, and comes back once its time is up.
+        server.wait_for(lambda s: server.log().count("connected from") > 6, timeout=60, what="a waiting volunteer to return")
+    finally:
+        sim.terminate()
+        sim.wait(timeout=20)
 
 
 # -- churn ----------------------------------------------------------------------------------

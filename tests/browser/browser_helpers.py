@@ -6,6 +6,7 @@ that no other test directory uses.
 
 from __future__ import annotations
 
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -70,6 +71,78 @@ class HostSite:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+class LossyProxy:
+    """A TCP proxy in front of a server whose WebSockets can be made to lose what the browser sends.
+
+    ``cut_websockets()`` makes every WebSocket open at that moment swallow the browser's
+    bytes from then on (the frames leave the browser and never arrive), like a network
+    that dies under a tab; connections opened later pass normally.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.websockets: list[dict] = []
+        self.swallowed = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def cut_websockets(self) -> None:
+        for conn in self.websockets:
+            conn["cut"] = True
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            conn = {"cut": False}
+            threading.Thread(target=self._pump, args=(client, upstream, conn, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, conn, False), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, conn: dict, from_browser: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                if from_browser and b"upgrade: websocket" in data[:4096].lower() and conn not in self.websockets:
+                    self.websockets.append(conn)
+                if from_browser and conn["cut"]:
+                    self.swallowed += len(data)
+                    continue
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                s.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def read_record(page, store: str, key: str = "mnist/2nn"):
+    """The IndexedDB record the worker keeps in ``store`` (see web/static/worker/records.js), or None."""
+    return page.evaluate(
+        """async ([store, key]) => {
+            const db = await new Promise((ok, ko) => { const r = indexedDB.open("webfl"); r.onsuccess = () => ok(r.result); r.onerror = () => ko(r.error); });
+            try {
+                if (!db.objectStoreNames.contains(store)) return null;
+                const record = await new Promise((ok) => { const r = db.transaction(store).objectStore(store).get(key); r.onsuccess = () => ok(r.result); });
+                if (!record) return null;
+                const out = {};
+                for (const [k, v] of Object.entries(record)) out[k] = v instanceof Uint8Array ? v.length : v;
+                return out;
+            } finally { db.close(); }
+        }""",
+        [store, key],
+    )
 
 
 def admin_login(page, server: ServerProcess, token: str = TOKEN) -> None:

@@ -5,16 +5,9 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import expect
 
-from browser_helpers import admin_login, join, wait_state
+from browser_helpers import admin_login, join, read_record, wait_state
 
 pytestmark = pytest.mark.browser
-
-READ_RESIDUAL = """async () => {
-    const db = await new Promise((ok, ko) => { const r = indexedDB.open("webfl", 1); r.onsuccess = () => ok(r.result); r.onerror = () => ko(r.error); });
-    const record = await new Promise((ok) => { const r = db.transaction("residuals").objectStore("residuals").get("mnist/2nn"); r.onsuccess = () => ok(r.result); });
-    db.close();
-    return record ? {spec: record.spec, bytes: record.bytes.length} : null;
-}"""
 
 
 def test_a_tab_trains_with_topk_and_q8_and_keeps_its_residual_across_a_reload(context, serve):
@@ -41,8 +34,8 @@ def test_a_tab_trains_with_topk_and_q8_and_keeps_its_residual_across_a_reload(co
     assert history[-1]["accuracy"] > history[0]["accuracy"] > 0.3, history
     assert all(h["bytes_up"] < 0.01 * 199210 * 4 for h in history), history  # vs a float32 update
     expect(tab.get_by_test_id("rounds-done")).to_have_text("2")  # the delta broadcasts decoded, digests checked
-    record = tab.evaluate(READ_RESIDUAL)
-    assert record == {"spec": "topk:0.01+q8", "bytes": 199210 * 4}
+    record = read_record(tab, "residuals")
+    assert (record["spec"], record["bytes"]) == ("topk:0.01+q8", 199210 * 4)
 
     tab.reload()
     join(tab, server.url)

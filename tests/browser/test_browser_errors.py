@@ -13,8 +13,8 @@ pytestmark = pytest.mark.browser
 def test_missing_numpy_wheel_is_named(context, serve):
     server = serve()
     page = context.new_page()
-    # The worker's requests go through the page's routing too: answer NumPy with a 404.
-    page.route("**/wheels/numpy-*.whl", lambda route: route.fulfill(status=404, body="not here"))
+    # The context routes the service worker's requests too (the worker's go through it): NumPy gets a 404.
+    context.route("**/wheels/numpy-*.whl", lambda route: route.fulfill(status=404, body="not here"))
     page.goto(server.url)
     page.get_by_test_id("join").click()
     wait_state(page, "error")
@@ -32,7 +32,7 @@ def test_a_tampered_core_wheel_never_runs(context, serve):
         response = route.fetch()
         route.fulfill(response=response, body=response.body() + b"\0")
 
-    page.route("**/wheels/webfl-*.whl", tampered)
+    context.route("**/wheels/webfl-*.whl", tampered)
     page.goto(server.url)
     page.get_by_test_id("join").click()
     wait_state(page, "error")
@@ -44,7 +44,7 @@ def test_a_tampered_core_wheel_never_runs(context, serve):
 def test_missing_runtime_is_named(context, serve):
     server = serve()
     page = context.new_page()
-    page.route("**/pyodide.asm.wasm", lambda route: route.fulfill(status=404, body="not here"))
+    context.route("**/pyodide.asm.wasm", lambda route: route.fulfill(status=404, body="not here"))
     page.goto(server.url)
     page.get_by_test_id("join").click()
     wait_state(page, "error")

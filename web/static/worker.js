@@ -13,7 +13,7 @@
 
 import { AssetError, loadRuntime } from "./worker/runtime.js";
 import { Connection } from "./worker/connection.js";
-import { loadResidual, saveResidual } from "./worker/residual-store.js";
+import { Records } from "./worker/records.js";
 
 const PROGRESS_EVERY_MS = 100;
 
@@ -21,6 +21,9 @@ let session = null; // Python BrowserSession
 let config = null;
 let connection = null;
 let dataChoice = null;
+const residuals = new Records("residuals", "error-feedback residual");
+const pendingUpdates = new Records("pending", "pending update");
+let pendingKept = ""; // the pending record in IndexedDB, as session.pending_record() said
 // Frames are handled strictly in order, one at a time, even when one needs a fetch.
 let inbox = Promise.resolve();
 
@@ -100,7 +103,7 @@ async function useDemoShard(socket) {
   sendAll(socket, bytesOut(session.use_shard(npz)));
 }
 
-function train(socket) {
+async function train(socket) {
   let last = 0;
   const progress = (epoch, epochs, batch, batches, loss) => {
     const now = performance.now();
@@ -112,29 +115,49 @@ function train(socket) {
   postSnapshot();
   // Synchronous: this worker is busy until the update is ready; the page is not.
   const update = bytesOut(session.train(progress));
-  // Sent only on the socket the task came on; after a reconnect it is dropped.
-  if (!connection.send(socket, update)) console.info("connection changed during training; update dropped");
+  // Durable before it leaves: a reload from here on re-sends it (BrowserSession.receive).
+  await keepPending();
+  // Sent only on the socket the task came on; after a reconnect the session re-sends it.
+  if (!connection.send(socket, update)) console.info("connection changed during training; update kept for the next connection");
   keepResidual();
 }
 
-// Top-k's error-feedback residual outlives a reload (see worker/residual-store.js).
-const residualKey = () => `${config.task.name}/${config.task.model}`;
+// What outlives a reload, per task and model (see worker/records.js).
+const recordKey = () => `${config.task.name}/${config.task.model}`;
 
 function keepResidual() {
   const spec = session.residual_spec();
-  if (spec) saveResidual(residualKey(), spec, bytesOut(session.residual_bytes()));
+  if (spec) residuals.put(recordKey(), { spec, bytes: bytesOut(session.residual_bytes()) });
 }
 
 async function restoreResidual() {
-  const record = await loadResidual(residualKey());
+  const record = await residuals.get(recordKey());
   if (!record) return;
   if (session.load_residual(record.spec, record.bytes)) console.info(`webfl: restored the ${record.spec} error-feedback residual`);
   else console.info("webfl: the stored residual does not fit; starting afresh");
 }
 
+// Mirror the session's pending update into IndexedDB (written only when it changes).
+async function keepPending() {
+  const meta = session.pending_record();
+  if (meta === pendingKept) return;
+  pendingKept = meta;
+  if (meta) await pendingUpdates.put(recordKey(), { ...JSON.parse(meta), frame: bytesOut(session.pending_frame()) });
+  else await pendingUpdates.delete(recordKey());
+}
+
+async function restorePending() {
+  const record = await pendingUpdates.get(recordKey());
+  if (record && session.restore_pending(record.volunteer, record.resume, record.round, record.frame)) {
+    pendingKept = session.pending_record();
+    console.info(`webfl: an update for round ${record.round} awaits its verdict; asking to resume as ${record.volunteer}`);
+  }
+}
+
 async function handleFrame(socket, buffer) {
   if (socket !== connection.socket) return; // a late frame of a dead connection
   sendAll(socket, bytesOut(session.receive(new Uint8Array(buffer))));
+  await keepPending(); // a verdict (or a new volunteer id) ends the pending update
   const wait = session.take_wait();
   if (wait !== undefined && wait !== null) {
     // Like webfl simulate: leave, and come back when the server expects to need us.
@@ -148,7 +171,7 @@ async function handleFrame(socket, buffer) {
     await useDemoShard(socket);
     if (socket !== connection.socket) return; // dropped while downloading
   }
-  if (session.should_train()) train(socket);
+  if (session.should_train()) await train(socket);
   postSnapshot();
 }
 
@@ -193,6 +216,7 @@ const handlers = {
     session = browser.BrowserSession(`webfl-browser/${config.version}`);
     browser.destroy();
     await restoreResidual();
+    await restorePending();
     if (data.kind === "csv") {
       stage(`Reading ${data.file.name} (it stays in this tab)`, 0.95);
       await useCsv(data.file);

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -19,6 +21,8 @@ from .data import Dataset, parse_csv
 from .volunteer import SessionState, TrainingDiverged, Volunteer
 
 __all__ = ["BrowserSession", "version"]
+
+log = logging.getLogger("webfl.browser")
 
 
 def version() -> str:
@@ -31,6 +35,16 @@ def _as_bytes(frame) -> bytes:
     return frame.to_bytes() if hasattr(frame, "to_bytes") else bytes(frame)
 
 
+@dataclass(frozen=True)
+class _Pending:
+    """An update sent (or about to be) whose verdict has not come back yet."""
+
+    volunteer: str
+    resume: str
+    round: int
+    frame: bytes
+
+
 class BrowserSession:
     """One tab's volunteer, plus what only a browser needs.
 
@@ -40,6 +54,13 @@ class BrowserSession:
       ``webfl.simulate``: disconnect, come back after ``take_wait()`` seconds.
     - Pausing survives reconnects: ``Volunteer.hello()`` starts every connection afresh,
       so a paused tab re-pauses right after ``welcome`` instead of announcing ``ready``.
+    - An update outlives its connection and the page: the worker keeps ``pending_record()``
+      and ``pending_frame()`` in IndexedDB until the verdict, and hands them back with
+      ``restore_pending()`` after a reload. When ``welcome`` confirms the same volunteer
+      id (the server honoured ``hello.resume``), ``receive`` re-sends the frame; the
+      server accepts it if its round is still open and this id has not submitted yet,
+      else rejects it, and either verdict ends it. A new id means the server did not
+      let us resume: no round can take the frame any more, so it is dropped.
     """
 
     def __init__(self, agent: str) -> None:
@@ -47,6 +68,7 @@ class BrowserSession:
         self.want_paused = False
         self.data_source: dict | None = None  # {"kind": "demo"|"csv", ...} once data is set
         self.rounds_accepted: list[int] = []
+        self.pending: _Pending | None = None
 
     # -- connection ------------------------------------------------------------
 
@@ -55,14 +77,33 @@ class BrowserSession:
 
     def receive(self, frame) -> list[bytes]:
         v = self.volunteer
+        connecting, verdict = v.state is SessionState.CONNECTING, v.last_verdict
         out = v.receive(_as_bytes(frame))
-        verdict = v.last_verdict
-        if verdict and verdict.get("accepted") and verdict["round"] not in self.rounds_accepted:
-            self.rounds_accepted.append(verdict["round"])
+        resend = self._after_welcome() if connecting and v.state is not SessionState.CONNECTING else []
+        if v.last_verdict is not verdict:
+            self._on_verdict(v.last_verdict)
         if self.want_paused and v.state is SessionState.IDLE:
             # Drop the ``ready`` that welcome/accept just produced: we are not available.
-            return v.pause()
-        return out
+            out = v.pause()
+        return resend + out
+
+    def _after_welcome(self) -> list[bytes]:
+        pending = self.pending
+        if pending is None:
+            return []
+        if pending.volunteer != self.volunteer.volunteer_id:
+            log.info("round %d: the server gave a new volunteer id; the pending update is dropped", pending.round)
+            self.pending = None
+            return []
+        log.info("round %d: re-sending the pending update", pending.round)
+        self.volunteer.bytes_up += len(pending.frame)
+        return [pending.frame]
+
+    def _on_verdict(self, verdict: dict) -> None:
+        if verdict.get("accepted") and verdict["round"] not in self.rounds_accepted:
+            self.rounds_accepted.append(verdict["round"])
+        if self.pending is not None and verdict.get("round") == self.pending.round:
+            self.pending = None
 
     def closed(self) -> None:
         self.volunteer.close()
@@ -124,12 +165,38 @@ class BrowserSession:
                 progress(epoch, epochs, batch, batches, float(loss))
 
         try:
-            return self.volunteer.train(report)
+            update = self.volunteer.train(report)
         except TrainingDiverged as exc:
             # The volunteer is IDLE again; its ``ready`` goes out in place of an update
             # and the snapshot's last_metrics says {"diverged": true}.
             (ready,) = exc.frames
             return ready
+        v = self.volunteer
+        assert job is not None and v.volunteer_id is not None
+        self.pending = _Pending(v.volunteer_id, v.resume_token or "", job.round, update)
+        return update
+
+    # -- the pending update (the worker keeps it in IndexedDB) -------------------
+
+    def pending_record(self) -> str:
+        """JSON ``{volunteer, resume, round}`` of the update awaiting its verdict; "" if none."""
+        p = self.pending
+        return "" if p is None else json.dumps({"volunteer": p.volunteer, "resume": p.resume, "round": p.round})
+
+    def pending_frame(self) -> bytes:
+        return b"" if self.pending is None else self.pending.frame
+
+    def restore_pending(self, volunteer: str, resume: str, round_: int, frame) -> bool:
+        """After a reload: hold a stored update and ask the server for its volunteer id back.
+
+        False (nothing changes) once this session has a connection of its own.
+        """
+        v = self.volunteer
+        if v.volunteer_id is not None or not volunteer or not resume:
+            return False
+        v.volunteer_id, v.resume_token = volunteer, resume
+        self.pending = _Pending(volunteer, resume, int(round_), _as_bytes(frame))
+        return True
 
     # -- error-feedback residual (the worker keeps it in IndexedDB) --------------
 
@@ -162,4 +229,5 @@ class BrowserSession:
         snap["data"] = self.data_source
         snap["rounds_accepted"] = self.rounds_accepted
         snap["residual"] = self.residual_spec() or None
+        snap["pending_round"] = None if self.pending is None else self.pending.round
         return json.dumps(snap)

@@ -57,7 +57,14 @@ DTYPES = frozenset({"<f4", "<f2", "<f8", "|u1", "|i1", "<u2", "<u4", "<i4"})
 _NUM = (int, float)
 SCHEMAS: dict[str, dict[str, tuple]] = {
     # volunteer -> server
-    "hello": {"version": (str,), "codecs": (list,), "agent": (str,), "model_version": (int,), "model_digest": (str,)},
+    "hello": {
+        "version": (str,),
+        "codecs": (list,),
+        "agent": (str,),
+        "model_version": (int,),
+        "model_digest": (str,),
+        "resume": (dict,),  # {"volunteer": id, "token": welcome's resume}: keep that id
+    },
     "ready": {"num_examples": (int,)},
     "pause": {},
     "update": {
@@ -71,7 +78,7 @@ SCHEMAS: dict[str, dict[str, tuple]] = {
         "token": (str,),
     },
     # server -> volunteer
-    "welcome": {"version": (str,), "volunteer": (str,), "task": (dict,), "shard": (dict, None)},
+    "welcome": {"version": (str,), "volunteer": (str,), "task": (dict,), "shard": (dict, None), "resume": (str,)},
     "model": {
         "model_version": (int,),
         "codec": (str,),
@@ -95,11 +102,11 @@ SCHEMAS: dict[str, dict[str, tuple]] = {
     "status": {"state": (str,), "round": (int,), "model_version": (int,), "connected": (int,), "history": (list,)},
 }
 OPTIONAL = {
-    "hello": {"agent", "model_version", "model_digest"},
+    "hello": {"agent", "model_version", "model_digest", "resume"},
     "model": {"base_version", "digest"},
     "reject": {"round"},
     "wait": {"reason"},
-    "welcome": {"shard"},
+    "welcome": {"shard", "resume"},
 }
 
 

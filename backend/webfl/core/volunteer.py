@@ -90,6 +90,8 @@ class Volunteer:
         self.state = SessionState.CLOSED
         self.on_transition = on_transition
         self.volunteer_id: str | None = None
+        #: welcome's credential for keeping ``volunteer_id`` on the next connection.
+        self.resume_token: str | None = None
         self.task: Task | None = None
         self.shard: dict | None = None
         self.params: np.ndarray | None = None
@@ -155,6 +157,8 @@ class Volunteer:
         if self.params is not None:
             # Lets the server send only what changed since (see webfl.core.downlink).
             fields |= {"model_version": self.model_version, "model_digest": digest(self.params)}
+        if self.volunteer_id and self.resume_token:
+            fields["resume"] = {"volunteer": self.volunteer_id, "token": self.resume_token}
         return self._send(Message("hello", fields))
 
     def _ready(self) -> list[bytes]:
@@ -206,6 +210,7 @@ class Volunteer:
 
     def _on_welcome(self, msg: Message) -> list[bytes]:
         self.volunteer_id = msg["volunteer"]
+        self.resume_token = msg.fields.get("resume")
         self.task = Task.from_dict(msg["task"])
         self.shard = msg.fields.get("shard")
         self._to(SessionState.PAUSED if self.state is SessionState.PAUSED else SessionState.IDLE)

@@ -20,9 +20,10 @@ from .config import Settings
 from .coordinator import InProcessCoordinator
 from .datasets import DemoShards
 from .engine import RoundEngine
-from .sockets import volunteer_socket
 from .limits import AddressLimits, FrameRates
+from .resume import ResumeTokens
 from .security import SecurityHeaders
+from .sockets import volunteer_socket
 from .store import Store
 
 __all__ = ["create_app"]
@@ -67,6 +68,7 @@ def create_app(settings: Settings) -> Starlette:
             FrameRates(settings.ip_frames_per_s, settings.ip_frame_burst, settings.ip_bytes_per_s, settings.ip_byte_burst),
             settings.logins_per_minute,
         )
+        app.state.resume_tokens = ResumeTokens()
         app.state.engine = RoundEngine(task, store, coordinator, shards.test, settings.seed)
         app.state.engine.resume()  # a run a crash interrupted carries on
         try:

@@ -88,7 +88,9 @@ class _QueueSubscription(Subscription):
         return frame
 
     def close(self) -> None:
-        self._owner._subscribers.pop(self.volunteer_id, None)
+        # A resumed connection may already hold this id with a subscription of its own.
+        if self._owner._subscribers.get(self.volunteer_id) is self:
+            del self._owner._subscribers[self.volunteer_id]
 
 
 class InProcessCoordinator(Coordinator):

@@ -267,9 +267,18 @@ class RoundEngine:
     # -- volunteers -----------------------------------------------------------------
 
     def connect(self, peer_id: str, agent: str, address: str, codecs: list | None = None) -> Peer:
+        """Register a connection; ``peer_id`` may be a resumed one (see ``sockets``), never a live one.
+
+        A resumed volunteer starts afresh (CONNECTED): it lost its task with the old
+        connection, so the open round does not wait for it, though an update it computed
+        before is still accepted while the round is open (the round lists it by id).
+        """
+        if peer_id in self.peers:
+            raise ValueError(f"volunteer {peer_id} is already connected")
         advertised = None if codecs is None else frozenset(c for c in codecs if isinstance(c, str))
         peer = self.peers[peer_id] = Peer(peer_id, agent, address, codecs=advertised)
-        log.info("volunteer %s connected from %s (%s)", peer_id, address, agent)
+        selected = self._open is not None and peer_id in self._open.info.selected
+        log.info("volunteer %s %s from %s (%s)", peer_id, "resumed" if selected else "connected", address, agent)
         self._changed.set()
         return peer
 
@@ -529,7 +538,9 @@ class RoundEngine:
         log.info("round %d: selected %d volunteer(s) of %d connected", round_, len(selected), len(self.peers))
         self._to(RoundState.TRAINING)
         while True:
-            outstanding = {p for p in info.selected - open_.submitted if p in self.peers}
+            # Only volunteers still training on their task will answer: not one that left,
+            # nor one that came back without it (a reloaded tab, see connect()).
+            outstanding = {p for p in info.selected - open_.submitted if (peer := self.peers.get(p)) and peer.state is PeerState.TRAINING}
             remaining = info.deadline - loop.time()
             if len(open_.submitted) >= config.clients_per_round or not outstanding or remaining <= 0:
                 break

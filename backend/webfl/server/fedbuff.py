@@ -103,8 +103,9 @@ class FedBuff:
             self.rejected_stale += 1
             return Verdict(False, f"update is {staleness} model versions stale (at most {config.max_staleness} accepted)", "stale")
         item = _Pending(peer_id, msg["codec"], Encoded(msg["codec_params"], msg.arrays), msg["num_examples"] * staleness_weight(staleness, config.staleness_exponent), nbytes)
-        if not self._collecting:
-            # A commit is running: keep the update for the next buffer (bounded by concurrency).
+        if not self._collecting or self.aggregator.count >= config.buffer_size:
+            # The buffer is full or being committed: keep the update for the next one
+            # (bounded by concurrency), so every commit holds exactly buffer_size.
             self._pending.append(item)
         elif refused := self._fold(item):
             return refused
@@ -138,7 +139,9 @@ class FedBuff:
                 self._collecting = True
                 pending, self._pending = self._pending, []
                 for item in pending:
-                    if refused := self._fold(item):
+                    if self.aggregator.count >= config.buffer_size:
+                        self._pending.append(item)
+                    elif refused := self._fold(item):
                         # Already accepted, so the volunteer is not told; the count shows it.
                         engine.rejections.add(refused.kind or "malformed")
                         log.warning("fedbuff: buffered update from %s dropped: %s", item.peer_id, refused.reason)

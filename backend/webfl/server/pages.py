@@ -5,6 +5,7 @@
 - ``/api/config`` tells the page's worker where Pyodide, NumPy and the core wheel are
   and which version the server speaks; ``/api/embed/check`` tells ``embed.js`` whether
   the page that includes it may embed the widget (see ``embed_check``).
+- ``/sw.js`` the service worker that caches the runtime for returning volunteers.
 - ``/pyodide/<version>/``, ``/wheels/``, ``/static/``, ``/vendor/uplot/``: files, with
   precompressed gzip where set-up made one and cache headers that fit how each is named.
 
@@ -162,8 +163,14 @@ UPLOT_VERSION: str = _npm_version(paths.UPLOT_DIR.parent)
 templates = Environment(loader=FileSystemLoader(paths.WEB_DIR / "templates"), autoescape=select_autoescape(), auto_reload=True)
 
 
+#: Names this deployment's runtime cache (see ``web/static/sw.js``): a change drops the old one.
+RUNTIME_CACHE_VERSION = f"{__version__}-pyodide-{PYODIDE_VERSION}"
+
+
 def _render(name: str, context: dict, *, status_code: int = 200, headers: dict | None = None) -> HTMLResponse:
-    html = templates.get_template(name).render(version=__version__, uplot=f"/vendor/uplot/{UPLOT_VERSION}", **context)
+    html = templates.get_template(name).render(
+        version=__version__, runtime=RUNTIME_CACHE_VERSION, uplot=f"/vendor/uplot/{UPLOT_VERSION}", **context
+    )
     return HTMLResponse(html, status_code=status_code, headers=headers)
 
 
@@ -236,6 +243,13 @@ async def embed_check(request: Request) -> Response:
         headers["Access-Control-Allow-Origin"] = origin
     task = _task(request)
     return JSONResponse({"allowed": allowed, "origin": origin, "task": task["name"], "title": task["title"]}, headers=headers)
+
+
+async def service_worker(request: Request) -> Response:
+    # From the root, so its default scope is the whole site; no-cache, so a new
+    # deployment's worker is seen on the next visit.
+    headers = {"Cache-Control": "no-cache", "Service-Worker-Allowed": "/", "X-Content-Type-Options": "nosniff"}
+    return FileResponse(paths.WEB_DIR / "static" / "sw.js", media_type="text/javascript", headers=headers)
 
 
 async def client_config(request: Request) -> Response:
@@ -334,6 +348,7 @@ routes = [
     Route("/", volunteer_page),
     Route("/embed", embed_page),
     Route("/embed.js", embed_script),
+    Route("/sw.js", service_worker),
     Route("/api/config", client_config),
     Route("/api/embed/check", embed_check),
     Route("/admin", admin_page),

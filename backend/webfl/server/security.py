@@ -3,9 +3,10 @@
 Session tokens: the ``task`` frame carries ``token = HMAC-SHA256(key, volunteer id | round |
 model version)`` under a key that lives only in this server process (never stored, never
 rendered). The ``update`` must echo it. Volunteer ids are fresh random values per
-connection, so an update (or its token) captured from one connection cannot be replayed
-by another connection, into another round, or against another model version, and a
-restarted server refuses every token of its previous life.
+connection (a reloaded tab may keep its id only with its ``resume`` credential, see
+``resume``), so an update (or its token) captured from one volunteer cannot be replayed
+by another, into another round, or against another model version, and a restarted
+server refuses every token of its previous life.
 """
 
 from __future__ import annotations
@@ -50,8 +51,9 @@ class SecurityHeaders:
     fills gaps, so it never widens a page's policy.
 
     JavaScript gets no default CSP: on a script a policy only ever applies when the
-    script is a worker's own, and the volunteer's Web Worker (``/static/worker.js``)
-    must fetch its runtime and run WebAssembly, which ``DEFAULT_CSP`` forbids. Nor does a
+    script is a worker's own, and the volunteer's Web Worker (``/static/worker.js``) and
+    service worker (``/sw.js``) must fetch the runtime, the worker also run WebAssembly,
+    all of which ``DEFAULT_CSP`` forbids. Nor does a
     304: the browser would merge its headers into the cached response, script or not.
     """
 

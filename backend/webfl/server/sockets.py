@@ -1,7 +1,8 @@
 """``/ws``: one volunteer's connection.
 
 The first frame must be ``hello`` from a matching client version. After it the
-volunteer gets ``welcome``, the current model and status; then one task reads
+volunteer gets ``welcome`` (with a credential to resume its id on a later connection,
+see ``resume``), the current model and status; then one task reads
 frames from the socket and another writes the frames the engine addresses to it.
 Anything malformed ends the connection with a close code and a reason; content
 problems in an ``update`` get a ``reject`` and the connection stays up.
@@ -31,6 +32,7 @@ from .coordinator import SlowConsumer
 from .engine import RoundEngine
 from .limits import ConnectionLimits, RateLimited
 from .origins import origin_allowed
+from .resume import ResumeTokens
 
 __all__ = ["volunteer_socket"]
 
@@ -68,13 +70,14 @@ async def volunteer_socket(websocket: WebSocket) -> None:
                 CLOSE_POLICY,
                 f"client version {hello['version']} does not match server version {__version__}; reload the page",
             )
-        peer_id = secrets.token_hex(6)
+        resume: ResumeTokens = app.state.resume_tokens
+        # No await from the check to connect(): no other connection can take the id between.
+        peer_id = _resumed_id(engine, resume, hello.fields.get("resume")) or secrets.token_hex(6)
         subscription = app.state.coordinator.subscribe(peer_id)
         engine.connect(peer_id, hello.fields.get("agent", "?")[:64], address, hello["codecs"])
         shard = app.state.demo_shards.assign(engine.task.name)
-        await websocket.send_bytes(
-            encode(Message("welcome", {"version": __version__, "volunteer": peer_id, "task": engine.task.to_dict(), "shard": shard}))
-        )
+        welcome = {"version": __version__, "volunteer": peer_id, "task": engine.task.to_dict(), "shard": shard, "resume": resume.issue(peer_id)}
+        await websocket.send_bytes(encode(Message("welcome", welcome)))
         for frame in engine.model_frames_for(hello.fields.get("model_version"), hello.fields.get("model_digest")):
             await websocket.send_bytes(frame)
         await websocket.send_bytes(engine.status_frame())
@@ -104,6 +107,21 @@ async def volunteer_socket(websocket: WebSocket) -> None:
         app.state.address_limits.close(address)
         if peer_id is not None:
             engine.disconnect(peer_id)
+
+
+def _resumed_id(engine: RoundEngine, tokens: ResumeTokens, claim: object) -> str | None:
+    """The id a ``hello.resume`` claim proves, unless a live connection still holds it."""
+    if claim is None:
+        return None
+    peer_id = tokens.claimed_id(claim)
+    if peer_id is None:
+        log.info("resume refused: the credential does not verify")
+    elif peer_id in engine.peers:
+        # Two tabs must not share an id (one could submit the other's round); the old
+        # connection of a reloaded tab is normally gone by the time the new one says hello.
+        log.info("resume of %s refused: it is still connected", peer_id)
+        peer_id = None
+    return peer_id
 
 
 async def _receive(websocket: WebSocket, max_bytes: int, limits: ConnectionLimits) -> Message:

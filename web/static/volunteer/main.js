@@ -32,6 +32,12 @@ function join() {
   client.start(data);
 }
 
+// A returning volunteer gets Pyodide, NumPy and the core from the service worker's cache.
+// Without one (an old browser, a plain-http origin) everything still loads from the network.
+navigator.serviceWorker
+  ?.register(`/sw.js?v=${encodeURIComponent(document.body.dataset.runtime)}`)
+  .catch((error) => console.warn("webfl: no runtime cache (service worker not registered)", error));
+
 if (document.body.dataset.mode !== "embed") view.wireDataChoice();
 view.q("join").addEventListener("click", join);
 view.q("pause").addEventListener("click", () => client?.togglePause());
