@@ -8,11 +8,8 @@ every codec on a 2NN-sized delta. Prints a markdown table. Needs /usr/bin/chromi
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 from servers import start_server  # noqa: E402

@@ -21,8 +21,7 @@ from .coordinator import InProcessCoordinator
 from .datasets import DemoShards
 from .engine import RoundEngine
 from .limits import AddressLimits, FrameRates
-from .resume import ResumeTokens
-from .security import SecurityHeaders
+from .security import ResumeTokens, SecurityHeaders
 from .sockets import volunteer_socket
 from .store import Store
 

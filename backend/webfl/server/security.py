@@ -1,12 +1,18 @@
-"""Per-connection session tokens for tasks, and security headers for every HTTP response.
+"""Signed tokens for volunteers, and security headers for every HTTP response.
 
-Session tokens: the ``task`` frame carries ``token = HMAC-SHA256(key, volunteer id | round |
-model version)`` under a key that lives only in this server process (never stored, never
-rendered). The ``update`` must echo it. Volunteer ids are fresh random values per
-connection (a reloaded tab may keep its id only with its ``resume`` credential, see
-``resume``), so an update (or its token) captured from one volunteer cannot be replayed
-by another, into another round, or against another model version, and a restarted
-server refuses every token of its previous life.
+Tokens are ``HMAC-SHA256(key, parts)`` under a key that lives only in this server process
+(never stored, never rendered), so a restarted server honours none of its previous life.
+
+- Task tokens: the ``task`` frame carries one over (volunteer id, round, model version)
+  and the ``update`` must echo it, so an update (or its token) captured from one
+  connection cannot be replayed by another volunteer, into another round, or against
+  another model version.
+- Resume credentials: ``welcome`` carries one over the volunteer id. Ids are fresh random
+  values per connection unless a reconnecting volunteer (a reloaded tab) proves with this
+  credential that it was given the id; then an update computed before the reload still
+  counts, since the open round lists its sender by id.
+
+Swap in a shared key to run several server processes behind one address.
 """
 
 from __future__ import annotations
@@ -18,21 +24,42 @@ import secrets
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["SecurityHeaders", "TaskTokens"]
+__all__ = ["ResumeTokens", "SecurityHeaders", "Signer", "TaskTokens"]
 
 
-class TaskTokens:
+class Signer:
+    """Short HMAC-SHA256 tags over a sequence of values."""
+
     def __init__(self, key: bytes | None = None) -> None:
         self._key = key or secrets.token_bytes(32)
 
+    def sign(self, *parts: object) -> str:
+        return hmac.new(self._key, "|".join(map(str, parts)).encode(), hashlib.sha256).hexdigest()[:32]
+
+    def verify(self, token: object, *parts: object) -> bool:
+        return isinstance(token, str) and hmac.compare_digest(token.encode(), self.sign(*parts).encode())
+
+
+class TaskTokens(Signer):
     def issue(self, volunteer: str, round_: int, model_version: int) -> str:
-        msg = f"{volunteer}|{round_}|{model_version}".encode()
-        return hmac.new(self._key, msg, hashlib.sha256).hexdigest()[:32]
+        return self.sign(volunteer, round_, model_version)
 
     def check(self, volunteer: str, round_: int, model_version: int, token: object) -> bool:
-        if not isinstance(token, str):
-            return False
-        return hmac.compare_digest(token.encode(), self.issue(volunteer, round_, model_version).encode())
+        return self.verify(token, volunteer, round_, model_version)
+
+
+class ResumeTokens(Signer):
+    def issue(self, volunteer: str) -> str:
+        return self.sign("resume", volunteer)
+
+    def claimed_id(self, claim: object) -> str | None:
+        """The volunteer id a ``hello.resume`` object proves, or None if it proves none."""
+        if not isinstance(claim, dict):
+            return None
+        volunteer, token = claim.get("volunteer"), claim.get("token")
+        if not isinstance(volunteer, str) or not 0 < len(volunteer) <= 64:
+            return None
+        return volunteer if self.verify(token, "resume", volunteer) else None
 
 
 #: For responses that set no policy of their own (JSON, files): nothing may run, nothing may frame them.
@@ -51,9 +78,8 @@ class SecurityHeaders:
     fills gaps, so it never widens a page's policy.
 
     JavaScript gets no default CSP: on a script a policy only ever applies when the
-    script is a worker's own, and the volunteer's Web Worker (``/static/worker.js``) and
-    service worker (``/sw.js``) must fetch the runtime, the worker also run WebAssembly,
-    all of which ``DEFAULT_CSP`` forbids. Nor does a
+    script is a worker's own, and the volunteer's Web Worker (``/static/worker.js``)
+    must fetch its runtime and run WebAssembly, which ``DEFAULT_CSP`` forbids. Nor does a
     304: the browser would merge its headers into the cached response, script or not.
     """
 

@@ -32,7 +32,7 @@ from .coordinator import SlowConsumer
 from .engine import RoundEngine
 from .limits import ConnectionLimits, RateLimited
 from .origins import origin_allowed
-from .resume import ResumeTokens
+from .security import ResumeTokens
 
 __all__ = ["volunteer_socket"]
 
@@ -125,6 +125,7 @@ def _resumed_id(engine: RoundEngine, tokens: ResumeTokens, claim: object) -> str
 
 
 async def _receive(websocket: WebSocket, max_bytes: int, limits: ConnectionLimits) -> Message:
+
     event = await websocket.receive()
     if event["type"] == "websocket.disconnect":
         raise WebSocketDisconnect(event.get("code", 1000))
