@@ -521,20 +521,7 @@ class RoundEngine:
         open_ = self._open = _OpenRound(info, aggregator, time.monotonic())
         await self.coordinator.set_round(info)
         for i, peer_id in enumerate(selected):
-            seed = int(np.random.default_rng([self.seed, round_, i]).integers(2**31))
-            task = {
-                "round": round_,
-                "model_version": self.model_version,
-                "deadline_s": config.deadline_s,
-                "config": self.train_config(config, seed),
-                "codec": config.codec,
-                # Bound to this connection, round and model: the update must echo it.
-                "token": self.tokens.issue(peer_id, round_, self.model_version),
-            }
-            frame = encode(Message("task", task))
-            if await self.coordinator.publish(frame, to=[peer_id]):
-                open_.bytes_down += len(frame)
-                self._peer_to(self.peers[peer_id], PeerState.TRAINING)
+            open_.bytes_down += await self.send_task(peer_id, config, int(np.random.default_rng([self.seed, round_, i]).integers(2**31)))
         log.info("round %d: selected %d volunteer(s) of %d connected", round_, len(selected), len(self.peers))
         self._to(RoundState.TRAINING)
         while True:
@@ -557,6 +544,24 @@ class RoundEngine:
             return False
         await self._commit(aggregator, run_id, open_.started, open_.bytes_up, open_.bytes_down)
         return True
+
+    async def send_task(self, peer_id: str, config: RunConfig, seed: int) -> int:
+        """Give ``peer_id`` a task on the current model; the frame's size, or 0 if it was not queued."""
+        round_ = self.model_version + 1
+        task = {
+            "round": round_,
+            "model_version": self.model_version,
+            "deadline_s": config.deadline_s,
+            "config": self.train_config(config, seed),
+            "codec": config.codec,
+            # Bound to this connection, round and model: the update must echo it.
+            "token": self.tokens.issue(peer_id, round_, self.model_version),
+        }
+        frame = encode(Message("task", task))
+        if not await self.coordinator.publish(frame, to=[peer_id]):
+            return 0
+        self._peer_to(self.peers[peer_id], PeerState.TRAINING)
+        return len(frame)
 
     def train_config(self, config: RunConfig, seed: int) -> dict:
         """The ``config`` of a ``task`` message."""

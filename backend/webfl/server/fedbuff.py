@@ -32,7 +32,7 @@ import numpy as np
 
 from ..core.aggregation import Aggregator
 from ..core.codecs import Encoded
-from ..core.protocol import Message, encode
+from ..core.protocol import Message
 from .crashpoints import crashpoint
 from .engine import PeerState, RoundEngine, RoundState, RunConfig, Verdict, add_update
 
@@ -173,18 +173,7 @@ class FedBuff:
             round_ = engine.model_version + 1
             self._tasks_sent += 1
             seed = int(np.random.default_rng([engine.seed, round_, self._tasks_sent]).integers(2**31))
-            task = {
-                "round": round_,
-                "model_version": engine.model_version,
-                "deadline_s": config.deadline_s,
-                "config": engine.train_config(config, seed),
-                "codec": config.codec,
-                # Bound to this connection, round and model, like a sync round's task.
-                "token": engine.tokens.issue(peer_id, round_, engine.model_version),
-            }
-            frame = encode(Message("task", task))
-            if await engine.coordinator.publish(frame, to=[peer_id]):
-                self._bytes_down += len(frame)
+            if sent := await engine.send_task(peer_id, config, seed):
+                self._bytes_down += sent
                 self.assigned[peer_id] = _Assignment(round_, engine.model_version, now + config.deadline_s)
-                engine._peer_to(engine.peers[peer_id], PeerState.TRAINING)
         await engine._steer(ready[free:], self.concurrency, config, "all training slots are taken")
