@@ -104,6 +104,10 @@ def fmt(x, unit="") -> str:
     return "not reached" if x is None else f"{x:.0f}{unit}" if isinstance(x, float) else f"{x}{unit}"
 
 
+def ratio(x, base) -> str:
+    return "" if x is None or base is None else f"{x / base:.2f}x"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", choices=["time", "rounds", "all"], default="all")
@@ -125,8 +129,7 @@ def main() -> None:
         print("| run (30% vanish, 10x speed spread) | time to target | vs sync FedAvg | commits to target | best accuracy | waits sent |")
         print("|---|---:|---:|---:|---:|---:|")
         for name, r in rows:
-            ratio = "" if r["seconds"] is None or base is None else f"{r['seconds'] / base:.2f}x"
-            print(f"| {name} | {fmt(r['seconds'], ' s')} | {ratio} | {fmt(r['rounds'])} | {r['best']:.4f} | {r['waits']} |", flush=True)
+            print(f"| {name} | {fmt(r['seconds'], ' s')} | {ratio(r['seconds'], base)} | {fmt(r['rounds'])} | {r['best']:.4f} | {r['waits']} |", flush=True)
         print()
     if args.part in ("rounds", "all"):
         rows = [(name, one_run({"mode": "sync", "server_opt": spec, "rounds": args.max_rounds, "deadline_s": 30}, [], target, args.cap_s, args.clients))
@@ -135,8 +138,7 @@ def main() -> None:
         print("| server optimizer | rounds to target | vs FedAvg | best accuracy |")
         print("|---|---:|---:|---:|")
         for name, r in rows:
-            ratio = "" if r["rounds"] is None or base is None else f"{r['rounds'] / base:.2f}x"
-            print(f"| {name} | {fmt(r['rounds'])} | {ratio} | {r['best']:.4f} |", flush=True)
+            print(f"| {name} | {fmt(r['rounds'])} | {ratio(r['rounds'], base)} | {r['best']:.4f} |", flush=True)
 
 
 if __name__ == "__main__":

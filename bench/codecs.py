@@ -13,64 +13,40 @@ Prints markdown tables (the README's "Compression" section). Not part of the tes
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 
-TOKEN = "bench-admin-token"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from servers import TOKEN, start_server  # noqa: E402
 CODECS = ["none", "fp16", "q8", "q4", "rot+q4", "q2", "rot+q2", "topk:0.05+fp16", "topk:0.01+q8", "topk:0.01"]
 # Downlink variants, run with the q8 uplink (IID only).
 DOWNLINKS = ["fp16", "delta:q8", "delta:topk:0.05+q8"]
 PARTITIONS = [("iid", "IID"), ("dirichlet:0.5", "Dirichlet(0.5)")]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def api(url: str, path: str) -> dict:
-    req = urllib.request.Request(url + path, headers={"Authorization": f"Bearer {TOKEN}"})
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        return json.loads(resp.read())
-
-
 def run(partition: str, codec: str, downlink: str, rounds: int, clients: int) -> dict:
     env = {**os.environ, "WEBFL_ADMIN_TOKEN": TOKEN, "OPENBLAS_NUM_THREADS": "1"}
     with tempfile.TemporaryDirectory(prefix="webfl-bench-") as data:
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        cmd = [sys.executable, "-m", "webfl.cli", "serve", "--port", str(port), "--data-dir", data, "--log-level", "warning"]
-        server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        server = start_server(Path(data) / "data", "--log-level", "warning")
         try:
-            for _ in range(300):
-                try:
-                    urllib.request.urlopen(url + "/healthz", timeout=1).close()
-                    break
-                except OSError:
-                    time.sleep(0.1)
             started = time.monotonic()
             sim = [
-                sys.executable, "-m", "webfl.cli", "simulate", "--server", url, "--clients", str(clients),
+                sys.executable, "-m", "webfl.cli", "simulate", "--server", server.url, "--clients", str(clients),
                 "--partition", partition, "--seed", "0", "--rounds", str(rounds), "--local-epochs", "1",
                 "--codec", codec, "--downlink", downlink, "--deadline-s", "600", "--timeout-s", "3000",
             ]
             done = subprocess.run(sim, env=env, capture_output=True, text=True)
             if done.returncode != 0:
                 raise RuntimeError(f"simulate failed for {codec}/{downlink}:\n{done.stderr[-2000:]}")
-            history = api(url, "/api/status")["history"]
+            history = server.status()["history"]
         finally:
-            server.terminate()
-            server.wait(timeout=30)
+            server.stop()
     return {
         "codec": codec,
         "downlink": downlink,

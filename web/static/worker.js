@@ -206,6 +206,19 @@ function connect() {
   connection.open();
 }
 
+// Pause and resume queue behind the frames being handled, so they land between two
+// frames. Before the runtime is loaded there is no session: the page keeps the buttons
+// disabled until then.
+function control(action) {
+  if (!session) return;
+  inbox = inbox
+    .then(() => {
+      sendAll(connection.socket, bytesOut(session[action]()));
+      postSnapshot();
+    })
+    .catch(fail);
+}
+
 const handlers = {
   async start({ data }) {
     dataChoice = data;
@@ -224,24 +237,11 @@ const handlers = {
     stage("Connecting", 1);
     connect();
   },
-  // Queued behind the frames being handled, so a pause lands between two frames.
   pause() {
-    if (!session) return; // not loaded yet: the page keeps the button disabled until then
-    inbox = inbox
-      .then(() => {
-        sendAll(connection.socket, bytesOut(session.pause()));
-        postSnapshot();
-      })
-      .catch(fail);
+    control("pause");
   },
   resume() {
-    if (!session) return;
-    inbox = inbox
-      .then(() => {
-        sendAll(connection.socket, bytesOut(session.resume()));
-        postSnapshot();
-      })
-      .catch(fail);
+    control("resume");
   },
   leave() {
     connection?.close(1000, "volunteer left");
