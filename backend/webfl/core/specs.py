@@ -23,7 +23,7 @@ class SpecError(ValueError):
 
     def __init__(self, what: str, text: object, part: str, why: str, grammar: str) -> None:
         super().__init__(f"bad {what} {_show(text)}: {part}: {why}; grammar: {grammar}")
-        self.what, self.part, self.why = what, part, why
+        self.what, self.part, self.why, self.grammar = what, part, why, grammar
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,9 @@ class Params:
     def text_of(self, key: str) -> str | None:
         return self._raw.pop(key, None)
 
-    def number(self, key: str, lo: float, hi: float, *, open_lo: bool = False, open_hi: bool = False) -> float | None:
+    def number(
+        self, key: str, lo: float, hi: float = math.inf, *, open_lo: bool = False, open_hi: bool = False
+    ) -> float | None:
         """The finite number under ``key`` in the range, or ``None`` if absent."""
         raw = self._raw.pop(key, None)
         if raw is None:
