@@ -32,7 +32,7 @@ def test_syntax_errors_name_the_part(text, part, why):
     with pytest.raises(SpecError) as err:
         parse_spec(text, what="thing spec", grammar=G)
     assert err.value.part == part and why in err.value.why
-    assert str(err.value).startswith("bad thing spec") and str(err.value).endswith(f"grammar: {G}")
+    assert str(err.value).startswith("invalid thing spec") and str(err.value).endswith(f"grammar: {G}")
 
 
 def test_params_read_typed_values_in_range_and_refuse_leftovers():

@@ -49,7 +49,7 @@ from .specs import Params, SpecError, parse_spec
 __all__ = ["DOWNLINK_GRAMMAR", "Downlink", "ModelChain", "apply_model", "digest", "get_downlink", "parse_downlink"]
 
 DOWNLINK_GRAMMAR = "none | fp16 | delta:SPEC (SPEC: an update codec such as q8 or topk:0.01+q8)"
-WHAT = "downlink spec"
+WHAT = "downlink"
 
 
 @dataclass(frozen=True)

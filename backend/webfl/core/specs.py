@@ -22,7 +22,7 @@ class SpecError(ValueError):
     """A spec that does not parse; ``part`` is the offending piece of it."""
 
     def __init__(self, what: str, text: object, part: str, why: str, grammar: str) -> None:
-        super().__init__(f"bad {what} {_show(text)}: {part}: {why}; grammar: {grammar}")
+        super().__init__(f"invalid {what} {_show(text)}: {part}: {why}; grammar: {grammar}")
         self.what, self.part, self.why, self.grammar = what, part, why, grammar
 
 

@@ -36,7 +36,7 @@ def get_aggregator(
     parsed = parse_spec(spec, what=WHAT, grammar=GRAMMAR)
     cls = AGGREGATORS.get(parsed.name)
     if cls is None:
-        raise SpecError(WHAT, spec, parsed.name, f"unknown rule; known: {', '.join(AGGREGATORS)}", GRAMMAR)
+        raise SpecError(WHAT, spec, parsed.name, f"unknown aggregator; known: {', '.join(AGGREGATORS)}", GRAMMAR)
     params = Params(parsed, spec, what=WHAT, grammar=GRAMMAR, positional=cls.positional)
     kwargs = cls.from_params(params)
     params.done()
