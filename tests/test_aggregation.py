@@ -23,7 +23,6 @@ from webfl.core.aggregation import (
     TrimmedMean,
     UpdateRejected,
     get_aggregator,
-    parse_norm_bound,
 )
 from webfl.core.codecs import Codec, CodecError, Encoded, get_codec
 
