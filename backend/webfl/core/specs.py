@@ -120,13 +120,12 @@ class Params:
     def error(self, part: str, why: str) -> SpecError:
         return SpecError(self.what, self.text, part, why, self.grammar)
 
-    def has(self, key: str) -> bool:
-        return key in self._raw
-
     def keys(self) -> set[str]:
+        """The keys not read yet."""
         return set(self._raw)
 
     def text_of(self, key: str) -> str | None:
+        """The raw text under ``key`` (for a nested spec), or ``None`` if absent."""
         return self._raw.pop(key, None)
 
     def number(

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..specs import Params, Spec, parse_params
+from ..specs import Params, Spec, SpecError, parse_params
 
 __all__ = [
     "MAX_WINDOW",
@@ -195,7 +195,7 @@ def parse_norm_bound(spec: str | None) -> NormBound | None:
     kwargs = dict(parsed.kwargs)
     for a in shorthand:  # "3x" is x=3
         if "x" in kwargs:
-            raise Params(parsed, spec, what=what, grammar=grammar).error("x", "given twice")
+            raise SpecError(what, spec, "x", "given twice", grammar)
         kwargs["x"] = a[:-1]
         args.remove(a)
     p = Params(Spec("", tuple(args), tuple(kwargs.items())), spec, what=what, grammar=grammar, positional=("c",))
