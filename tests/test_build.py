@@ -68,8 +68,10 @@ def test_core_wheel_imports_alone_without_server(core_wheel: Path, tmp_path: Pat
     code = f"""
 import sys
 sys.path[:0] = [{str(core_wheel)!r}, {numpy_home!r}]
-import webfl.core.models, webfl.core.volunteer
-assert webfl.core.models.__file__.startswith({str(core_wheel)!r}), webfl.core.models.__file__
+import webfl.core.models, webfl.core.volunteer, webfl.core.aggregation, webfl.core.codecs.rotation
+# The core's sub-packages travel in the wheel too (the browser imports nothing else).
+for mod in (webfl.core.models, webfl.core.aggregation.multikrum, webfl.core.codecs.rotation):
+    assert mod.__file__.startswith({str(core_wheel)!r}), mod.__file__
 for missing in ("webfl.server", "webfl.build", "webfl.cli"):
     try:
         __import__(missing)

@@ -10,7 +10,7 @@ import zlib
 import numpy as np
 import pytest
 
-from webfl.core import codecs
+from webfl.core.codecs import index as index_coding, rotation
 from webfl.core.aggregation import FedAvg
 from webfl.core.codecs import BLOCK, CODECS, Codec, CodecError, Encoded, ErrorFeedback, get_codec
 from webfl.core.protocol import Message, decode, encode
@@ -176,7 +176,7 @@ def test_rotated_quantization_error_is_below_one_step_in_the_rotated_basis(bits)
     x = gaussian(3000, seed=bits)
     codec = get_codec(f"rot+q{bits}")
     enc = codec.encode(x, np.random.default_rng(bits))
-    rotated = codecs._rotate(x, enc.params["seed"])
+    rotated = rotation.rotate(x, enc.params["seed"])
     bound = math.sqrt(np.sum(block_steps(rotated, bits) ** 2))  # the rotation keeps L2 norms
     error = np.linalg.norm(codec.decode(enc, x.size).astype(np.float64) - x)
     assert error <= bound * (1 + 1e-4)
@@ -184,19 +184,19 @@ def test_rotated_quantization_error_is_below_one_step_in_the_rotated_basis(bits)
 
 def test_rotation_is_orthonormal_and_spreads_outliers():
     x = gaussian(199_210, seed=3)
-    y = codecs._rotate(x, 12)
+    y = rotation.rotate(x, 12)
     assert y.size == x.size  # no padding to a power of two
     assert np.linalg.norm(y) == pytest.approx(np.linalg.norm(x), rel=1e-5)
-    np.testing.assert_allclose(codecs._rotate(y, 12, inverse=True), x, atol=1e-8)
+    np.testing.assert_allclose(rotation.rotate(y, 12, inverse=True), x, atol=1e-8)
     spiky = np.zeros(4096, np.float32)
     spiky[::512] = 1.0
-    assert np.abs(codecs._rotate(spiky, 5)).max() < 0.2
+    assert np.abs(rotation.rotate(spiky, 5)).max() < 0.2
 
 
 def test_rotation_signs_are_pinned_to_the_raw_pcg64_stream():
     # Browser and server must draw the same signs whatever their NumPy version.
     expected = [-1, 1, -1, -1, -1, 1, 1, -1, -1, 1, 1, 1, 1, 1, -1, -1]
-    assert codecs._signs(12345, 16).tolist() == expected
+    assert rotation.signs(12345, 16).tolist() == expected
 
 
 def test_rotation_lowers_quantization_error_on_isolated_outliers():
@@ -279,7 +279,7 @@ def test_index_encoding_is_the_smaller_one_and_both_decode(spec, index):
     codec = get_codec(spec)
     params, arrays = plain(codec, x)
     assert params["index"] == index
-    varint = codecs._varint_encode(np.sort(np.argsort(-np.abs(x))[: codec.k(n)]))
+    varint = index_coding.varint_encode(np.sort(np.argsort(-np.abs(x))[: codec.k(n)]))
     assert arrays[0].size == min(varint.size, -(-n // 8))
     out = codec.decode(codec.encode(x, np.random.default_rng(0)), n)
     assert np.count_nonzero(out) == codec.k(n)
@@ -288,9 +288,9 @@ def test_index_encoding_is_the_smaller_one_and_both_decode(spec, index):
 def test_varints_round_trip_every_byte_length():
     gaps = np.array([0, 127, 128, 2**14 - 1, 2**14, 2**21, 2**28, 0, 2**29])  # each coded less one
     idx = np.cumsum(gaps + 1) - 1
-    buf = codecs._varint_encode(idx)
+    buf = index_coding.varint_encode(idx)
     assert buf.size == 1 + 1 + 2 + 2 + 3 + 4 + 5 + 1 + 5
-    np.testing.assert_array_equal(codecs._varint_indices(buf, idx.size, 2**31 - 1), idx)
+    np.testing.assert_array_equal(index_coding.varint_indices(buf, idx.size, 2**31 - 1), idx)
 
 
 def test_any_index_stream_decodes_to_increasing_indices_or_is_refused():
@@ -458,7 +458,7 @@ def topk_payload(index_bytes: list[int]) -> tuple[dict, list[np.ndarray]]:
 
 
 def single_varints(gaps: list[int]) -> list[int]:
-    return list(codecs._varint_encode(np.cumsum(np.array(gaps) + 1) - 1))
+    return list(index_coding.varint_encode(np.cumsum(np.array(gaps) + 1) - 1))
 
 
 def bitmap_with(bits: list[int]) -> list[np.ndarray]:

@@ -37,36 +37,56 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
-from .codecs import Encoded, get_codec
+from .codecs import Codec, Encoded, get_codec
 from .protocol import Message, ProtocolError, encode
+from .specs import Params, SpecError, parse_spec
 
-__all__ = ["DOWNLINK_GRAMMAR", "ModelChain", "apply_model", "digest", "downlink_stages", "parse_downlink"]
+__all__ = ["DOWNLINK_GRAMMAR", "Downlink", "ModelChain", "apply_model", "digest", "get_downlink", "parse_downlink"]
 
 DOWNLINK_GRAMMAR = "none | fp16 | delta:SPEC (SPEC: an update codec such as q8 or topk:0.01+q8)"
+WHAT = "downlink"
+
+
+@dataclass(frozen=True)
+class Downlink:
+    """A parsed downlink: ``kind`` and, for ``fp16`` and ``delta``, the codec of its frames."""
+
+    kind: Literal["none", "fp16", "delta"]
+    codec: Codec | None = None
+
+    @property
+    def spec(self) -> str:
+        """The canonical spec: ``get_downlink(d.spec) == d`` up to the codec instance."""
+        return f"delta:{self.codec.spec}" if self.kind == "delta" else self.kind
+
+
+def get_downlink(spec: object) -> Downlink:
+    """The downlink a spec names; ``SpecError`` (a ``ValueError``) naming the bad part."""
+    parsed = parse_spec(spec, what=WHAT, grammar=DOWNLINK_GRAMMAR)
+    p = Params(parsed, spec, what=WHAT, grammar=DOWNLINK_GRAMMAR, positional=("codec",) if parsed.name == "delta" else ())
+    if parsed.name in ("none", "fp16"):
+        p.done()
+        return Downlink(parsed.name, None if parsed.name == "none" else get_codec("fp16"))
+    if parsed.name != "delta":
+        raise p.error(parsed.name, "unknown downlink")
+    text = p.text_of("codec")
+    p.done()
+    if text is None:
+        raise p.error("delta", "needs an update codec, e.g. delta:q8")
+    try:
+        return Downlink("delta", get_codec(text))
+    except SpecError as exc:
+        raise p.error(exc.part, f"{exc.why} (codec grammar: {exc.grammar})") from None
 
 
 def parse_downlink(spec: object) -> str:
-    """The canonical form of a downlink spec; ``ValueError`` for an invalid one."""
-    if not isinstance(spec, str):
-        raise ValueError(f"invalid downlink {spec!r}; grammar: {DOWNLINK_GRAMMAR}")
-    text = spec.strip().lower()
-    if text in ("none", "fp16"):
-        return text
-    if text.startswith("delta:"):
-        try:
-            return "delta:" + get_codec(text[6:]).spec
-        except ValueError as exc:
-            raise ValueError(f"invalid downlink {spec!r}: {exc}") from None
-    raise ValueError(f"invalid downlink {spec!r}; grammar: {DOWNLINK_GRAMMAR}")
-
-
-def downlink_stages(spec: str) -> tuple[str, ...]:
-    """The codec stages a volunteer must decode for this downlink."""
-    spec = parse_downlink(spec)
-    return get_codec(spec[6:] if spec.startswith("delta:") else spec).stages
+    """The canonical form of a downlink spec; ``SpecError`` (a ``ValueError``) for an invalid one."""
+    return get_downlink(spec).spec
 
 
 def digest(params: np.ndarray) -> str:
@@ -118,20 +138,23 @@ class ModelChain:
             self._full = encode(Message("model", fields, (self.held,)))
         return self._full
 
-    def commit(self, params: np.ndarray, version: int, downlink: str, rng: np.random.Generator) -> bytes:
-        """Move to the new exact ``params``; returns the frame to broadcast."""
-        downlink = parse_downlink(downlink)
-        if downlink == "none":
+    def commit(self, params: np.ndarray, version: int, downlink: Downlink | str, rng: np.random.Generator) -> bytes:
+        """Move to the new exact ``params``; returns the frame to broadcast.
+
+        Pass the run's ``Downlink`` (parsed once); a spec string is parsed here.
+        """
+        if isinstance(downlink, str):
+            downlink = get_downlink(downlink)
+        codec = downlink.codec
+        if downlink.kind == "none":
             self._reset(np.array(params, dtype=np.float32), version, None)
             return self.full_frame()
-        if downlink == "fp16":
-            codec = get_codec("fp16")
+        if downlink.kind == "fp16":
             enc = codec.encode(params, rng)
             held = codec.decode(enc, params.size).astype(np.float32)
             fields = {"model_version": version, "codec": codec.spec, "codec_params": enc.params, "digest": digest(held)}
             self._reset(held, version, encode(Message("model", fields, enc.arrays)))
             return self._full
-        codec = get_codec(downlink[6:])
         enc = codec.encode(np.subtract(params, self.held, dtype=np.float32), rng)
         held = np.add(self.held, codec.decode(enc, params.size), dtype=np.float32)
         fields = {

@@ -21,9 +21,21 @@ from typing import ClassVar
 
 import numpy as np
 
+from .specs import Params, SpecError, parse_spec
+
 __all__ = ["FedAdam", "FedAvg", "FedAvgM", "FedYogi", "ServerOptimizer", "SERVER_OPTIMIZERS", "get_server_opt"]
 
 GRAMMAR = "server_opt spec: fedavg[:lr=X] | fedavgm[:lr=X,momentum=M] | fedadam[:lr=X,b1=B,b2=B,tau=T] | fedyogi[:...]"
+WHAT = "server optimizer spec"
+
+#: Each parameter's range: (low, high, low excluded, high excluded).
+RANGES: dict[str, tuple[float, float, bool, bool]] = {
+    "lr": (0.0, 100.0, True, False),
+    "momentum": (0.0, 1.0, False, True),
+    "b1": (0.0, 1.0, False, True),
+    "b2": (0.0, 1.0, False, True),
+    "tau": (0.0, 1.0, True, False),
+}
 
 
 class ServerOptimizer:
@@ -37,13 +49,10 @@ class ServerOptimizer:
         if unknown:
             raise ValueError(f"{self.name}: unknown parameter(s) {', '.join(sorted(unknown))}; {GRAMMAR}")
         self.params = {**self.defaults, **{k: float(v) for k, v in params.items()}}
-        if not 0 < self.params["lr"] <= 100:
-            raise ValueError(f"{self.name}: lr must be in (0, 100]")
-        for k in ("momentum", "b1", "b2"):
-            if k in self.params and not 0 <= self.params[k] < 1:
-                raise ValueError(f"{self.name}: {k} must be in [0, 1)")
-        if "tau" in self.params and not 0 < self.params["tau"] <= 1:
-            raise ValueError(f"{self.name}: tau must be in (0, 1]")
+        for key, value in self.params.items():
+            lo, hi, open_lo, open_hi = RANGES[key]
+            if not ((value > lo if open_lo else value >= lo) and (value < hi if open_hi else value <= hi)):
+                raise ValueError(f"{self.name}: {key} must be in {'(' if open_lo else '['}{lo:g}, {hi:g}{')' if open_hi else ']'}")
         self._state: np.ndarray | None = None  # (slots, size) float32
         self.steps = 0
 
@@ -134,18 +143,17 @@ SERVER_OPTIMIZERS: dict[str, type[ServerOptimizer]] = {c.name: c for c in (FedAv
 
 
 def get_server_opt(spec: str) -> ServerOptimizer:
-    """Parse ``name[:k=v,...]``; ``ValueError`` names the grammar."""
-    name, _, args = spec.strip().partition(":")
-    cls = SERVER_OPTIMIZERS.get(name.strip().lower())
+    """Parse ``name[:k=v,...]``; ``SpecError`` (a ``ValueError``) names the bad part and the grammar."""
+    parsed = parse_spec(spec, what=WHAT, grammar=GRAMMAR)
+    cls = SERVER_OPTIMIZERS.get(parsed.name)
     if cls is None:
-        raise ValueError(f"unknown server optimizer {name!r}; {GRAMMAR}")
-    params: dict[str, float] = {}
-    for part in filter(None, (p.strip() for p in args.split(","))):
-        key, eq, value = part.partition("=")
-        try:
-            if not eq:
-                raise ValueError
-            params[key.strip()] = float(value)
-        except ValueError:
-            raise ValueError(f"bad server_opt parameter {part!r}; {GRAMMAR}") from None
-    return cls(**params)
+        raise SpecError(WHAT, spec, parsed.name, f"unknown server optimizer; known: {', '.join(SERVER_OPTIMIZERS)}", GRAMMAR)
+    p = Params(parsed, spec, what=WHAT, grammar=GRAMMAR)
+    values = {}
+    for key in cls.defaults:
+        lo, hi, open_lo, open_hi = RANGES[key]
+        value = p.number(key, lo, hi, open_lo=open_lo, open_hi=open_hi)
+        if value is not None:
+            values[key] = value
+    p.done()
+    return cls(**values)
