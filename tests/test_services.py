@@ -1,0 +1,112 @@
+"""Smoke tests of the real services the scale-out builds on (tests/services.py), and of
+``deploy/nginx/webfl.conf`` in front of a real ``webfl serve``."""
+
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+
+import psycopg
+import pytest
+import redis
+import websockets.sync.client as ws_client
+
+from servers import TOKEN, start_server
+from webfl import __version__
+from webfl.core.protocol import Message, decode, encode
+
+
+def test_redis_answers_ping_set_get_and_pubsub(redis_server):
+    client = redis.Redis.from_url(redis_server.url)
+    assert client.ping() is True
+    assert client.set("webfl:model:digest", b"\x00\x01abc") is True
+    assert client.get("webfl:model:digest") == b"\x00\x01abc"
+    assert client.set("webfl:leader", "a", nx=True, px=15000) and not client.set("webfl:leader", "b", nx=True, px=15000)
+    sub = client.pubsub()
+    sub.subscribe("webfl:models")
+    assert sub.get_message(timeout=5)["type"] == "subscribe"
+    assert client.publish("webfl:models", b"v2") == 1
+    assert sub.get_message(timeout=5)["data"] == b"v2"
+    client.close()
+
+
+def test_stopping_redis_removes_its_folder(redis_server):
+    root = redis_server.root
+    assert root.is_dir()
+    redis_server.stop()
+    assert not root.exists() and redis_server.proc.poll() is not None
+
+
+def test_postgres_stores_and_returns_a_checkpoint_in_one_transaction(postgres_server):
+    blob = bytes(range(256)) * 4
+    with psycopg.connect(postgres_server.url, connect_timeout=10) as conn:
+        conn.execute("CREATE TABLE checkpoints (model_version INTEGER PRIMARY KEY, params BYTEA NOT NULL)")
+        with conn.transaction():
+            conn.execute("INSERT INTO checkpoints VALUES (%s, %s)", (1, blob))
+        with pytest.raises(psycopg.errors.UniqueViolation), conn.transaction():
+            conn.execute("INSERT INTO checkpoints VALUES (%s, %s)", (2, blob))
+            conn.execute("INSERT INTO checkpoints VALUES (%s, %s)", (1, blob))  # rolls back version 2 too
+        rows = conn.execute("SELECT model_version, params FROM checkpoints ORDER BY 1").fetchall()
+    assert rows == [(1, blob)]
+
+
+def test_postgres_refuses_a_wrong_password(postgres_server):
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        psycopg.connect(postgres_server.url.replace(postgres_server.password, "wrong"), connect_timeout=10)
+
+
+# -- nginx with deploy/nginx/webfl.conf in front of one member ---------------------------
+
+
+@pytest.fixture
+def proxied(tmp_path, nginx_proxy):
+    member = start_server(tmp_path / "data")
+    proxy = nginx_proxy([member.url.removeprefix("http://")])
+    yield member, proxy
+    member.stop()
+
+
+def get(url: str, headers: dict | None = None, data: bytes | None = None) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, data=data, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def test_nginx_proxies_http_and_forwards_the_client_address(proxied):
+    member, proxy = proxied
+    assert get(proxy.url + "/healthz", {"X-Forwarded-For": "203.0.113.9"})[0] == 200
+    code, body = get(proxy.url + "/api/status", {"Authorization": f"Bearer {TOKEN}"})
+    assert code == 200 and b'"state"' in body
+    # uvicorn trusts X-Forwarded-For from the loopback proxy: the member logs the client's address.
+    assert '203.0.113.9:0 - "GET /healthz' in member.log()
+
+
+def test_nginx_refuses_a_large_http_body_before_it_reaches_the_member(proxied):
+    member, proxy = proxied
+    code, _ = get(proxy.url + "/api/rounds", {"Authorization": f"Bearer {TOKEN}"}, data=b"{" + b" " * 200_000 + b"}")
+    assert code == 413
+    assert "/api/rounds" not in member.log()
+
+
+def test_a_websocket_through_nginx_speaks_the_protocol(proxied):
+    _, proxy = proxied
+    with ws_client.connect(proxy.url.replace("http", "ws", 1) + "/ws", compression=None, max_size=None, open_timeout=10) as ws:
+        ws.send(encode(Message("hello", {"version": __version__, "codecs": ["none"], "agent": "test"})))
+        welcome = decode(ws.recv(timeout=10))
+        assert welcome.type == "welcome" and welcome["volunteer"]
+
+
+def test_simulated_volunteers_join_through_nginx_and_complete_rounds(proxied):
+    member, proxy = proxied
+    cmd = [sys.executable, "-m", "webfl.cli", "simulate", "--server", proxy.url, "--clients", "3", "--rounds", "2", "--local-epochs", "1"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "WEBFL_ADMIN_TOKEN": TOKEN})
+    assert done.returncode == 0, done.stdout + done.stderr + proxy.log()
+    history = member.status()["history"]
+    assert [h["round"] for h in history] == [1, 2] and all(h["participants"] == 3 for h in history)
+    # The model went down the proxied sockets: every volunteer got each broadcast.
+    assert all(h["bytes_down"] > 3 * 199_210 * 4 for h in history)
+    assert proxy.log("access.log").count('"GET /ws HTTP/1.1" 101') >= 3
