@@ -6,14 +6,14 @@ A real server runs in a subprocess on loopback; ``--procs`` generator processes
 precomputed q8 updates of the 2NN. In one run, in order:
 
 1. **baseline**: 10 volunteers alone run ``--rounds`` rounds of 10 (q8);
-2. **1,000 updates**: ``--round-updates`` volunteers, one round that selects them all:
-   time from the first task received to the commit;
-3. **capacity**: connections stepped up through ``--steps``; at each, ``/api/status``
+2. **capacity**: connections stepped up through ``--steps``; at each, ``/api/status``
    latency (``--samples`` sequential requests) and the server's RSS from ``/proc``;
    it stops at the first step whose p99 exceeds ``--p99-limit-s``;
-4. **idle + 10**: with the last step's volunteers connected, ``--rounds`` rounds of 10:
-   bytes received per commit and the round time, against the baseline, and
-   ``/api/status`` latency while those rounds run.
+3. **idle + 10**: with the last step held, ``--rounds`` rounds of 10: bytes received
+   per commit and the round time against the baseline, and ``/api/status`` latency
+   while those rounds run;
+4. **1,000 updates**: one round that selects ``--round-updates`` of the volunteers
+   connected: time from the first task received to the commit.
 
     .venv/bin/python bench/load.py                                  # ~2-3 minutes
     .venv/bin/python bench/load.py --steps 1000,2000,5000,10000     # the 10k run
@@ -123,6 +123,16 @@ def rss_bytes(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for {pid}")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` so far (fields 14 and 15 of /proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def load_average() -> str:
+    return Path("/proc/loadavg").read_text().split()[0]
+
+
 def status_latency(server: ServerProcess) -> float:
     req = urllib.request.Request(server.url + "/api/status", headers={"Authorization": f"Bearer {TOKEN}"})
     started = time.perf_counter()
@@ -162,6 +172,7 @@ class Sampler:
 def run_rounds(server: ServerProcess, gens: Generators, config: dict, timeout_s: float) -> dict:
     """Launch a run, wait for all its commits; bytes the volunteers received meanwhile."""
     before = gens.stats(clear=True)
+    cpu_before = cpu_seconds(server.proc.pid)
     launched = time.time()
     code, started = server.api("POST", "/api/rounds", {**RUN, **config})
     if code != 202:
@@ -182,6 +193,7 @@ def run_rounds(server: ServerProcess, gens: Generators, config: dict, timeout_s:
     if len(mine) != config["rounds"]:
         raise RuntimeError(f"run {run_id} committed {len(mine)} of {config['rounds']} rounds")
     received = after["count"].get("bytes in", 0) - before["count"].get("bytes in", 0)
+    server_cpu = cpu_seconds(server.proc.pid) - cpu_before
     return {
         "rounds": mine,
         "launched": launched,
@@ -191,6 +203,8 @@ def run_rounds(server: ServerProcess, gens: Generators, config: dict, timeout_s:
         "first_task_at": after["first_task_at"],
         "accepted": after["count"].get("accept", 0) - before["count"].get("accept", 0),
         "dropped": after["dropped"] - before["dropped"],
+        "server_cpu_s": server_cpu,
+        "wall_s": time.time() - launched,
     }
 
 
@@ -220,7 +234,7 @@ def main() -> int:
     timer.daemon = True
     timer.start()
 
-    results: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}", "steps": []}
+    results: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}", "steps": [], "load": [load_average()]}
     with tempfile.TemporaryDirectory(prefix="webfl-load-") as tmp:
         server = start_server(Path(tmp) / "data", "--log-level", "warning", env=SERVER_ENV)
         gens = Generators(server.url.replace("http", "ws", 1) + "/ws", args.procs)
@@ -233,18 +247,8 @@ def main() -> int:
             gens.grow(10, 60)
             results["baseline"] = run_rounds(server, gens, {"rounds": args.rounds, "clients_per_round": 10}, 300)
 
-            n = args.round_updates
-            print(f"[load] one round of {n} q8 updates", flush=True)
-            grown = gens.grow(n, 300)
-            if grown["joined"] < n:
-                raise RuntimeError(f"only {grown['joined']} of {n} volunteers joined: {grown['closes']}")
-            big = run_rounds(server, gens, {"rounds": 1, "clients_per_round": n, "min_updates": n, "select_timeout_s": 60}, 600)
-            commit = big["rounds"][0]
-            big["first_task_to_commit_s"] = commit["committed_at"] - big["first_task_at"]
-            results["round"] = big
-
             held = None
-            previous = (grown["joined"], rss_bytes(server.proc.pid))
+            previous = (10, rss_bytes(server.proc.pid))
             for target in steps:
                 print(f"[load] holding {target} connections", flush=True)
                 grown = gens.grow(target, 600)
@@ -281,7 +285,19 @@ def main() -> int:
             loaded["status_p50"] = statistics.median(sampler.samples) if sampler.samples else None
             loaded["status_p99"] = percentile(sampler.samples, 0.99) if sampler.samples else None
             results["loaded"] = loaded
+            # Last: ingesting 1,000 updates leaves the server's heap larger, which would
+            # blur the RSS per connection measured above.
+            n = args.round_updates
+            print(f"[load] one round of {n} q8 updates ({max(n, held):,} connected)", flush=True)
+            grown = gens.grow(max(n, held), 300)
+            if grown["joined"] < n:
+                raise RuntimeError(f"only {grown['joined']} of {n} volunteers joined: {grown['closes']}")
+            big = run_rounds(server, gens, {"rounds": 1, "clients_per_round": n, "min_updates": n, "select_timeout_s": 60}, 600)
+            big["first_task_to_commit_s"] = big["rounds"][0]["committed_at"] - big["first_task_at"]
+            big["connected"] = grown["joined"]
+            results["round"] = big
             results["final"] = gens.stats()
+            results["load"].append(load_average())
         finally:
             gens.stop()
             server.stop()
@@ -294,7 +310,8 @@ def main() -> int:
 def report(r: dict, args: argparse.Namespace) -> str:
     mb = 1e6
     lines = [
-        f"{r['machine']}; server and {args.procs} generator processes on one machine, loopback; server RSS at rest {r['rss0'] / mb:.0f} MB.",
+        f"{r['machine']}; server and {args.procs} generator processes on one machine, loopback; load average "
+        f"{r['load'][0]} at the start, {r['load'][-1]} at the end (the machine is shared); server RSS at rest {r['rss0'] / mb:.0f} MB.",
         "",
         "| connections | joined | refused | dropped | time to connect | `/api/status` p50 | p99 | server RSS | RSS over rest, per connection | per added connection |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -308,22 +325,24 @@ def report(r: dict, args: argparse.Namespace) -> str:
     c = big["rounds"][0]
     lines += [
         "",
-        f"One round of {c['participants']:,} q8 updates of the 2NN ({big['accepted']:,} accepted): "
+        f"One round of {c['participants']:,} q8 updates of the 2NN ({big['accepted']:,} accepted, {big['connected']:,} connected): "
         f"{big['first_task_to_commit_s']:.2f} s from the first task received to the commit "
         f"({c['participants'] / big['first_task_to_commit_s']:.0f} updates/s; the server's round time {c['duration_s']:.2f} s, "
-        f"{c['bytes_up'] / mb:.0f} MB up).",
+        f"{c['bytes_up'] / mb:.0f} MB up; the server used {big['server_cpu_s']:.1f} s of CPU in the {big['wall_s']:.1f} s the run took).",
         "",
     ]
     base, loaded = r["baseline"], r["loaded"]
     lines += [
-        f"| {args.rounds} rounds of 10 (q8 up, float32 model down) | connected | bytes received per commit | server's bytes_down per commit | round time | `/api/status` p99 during the rounds |",
-        "|---|---:|---:|---:|---:|---:|",
-        f"| 10 alone | 10 | {base['bytes_in_per_commit'] / mb:.1f} MB | {base['server_bytes_down_per_commit'] / mb:.1f} MB | {base['round_s']:.2f} s | – |",
+        f"| {args.rounds} rounds of 10 (q8 up, float32 model down) | connected | bytes received per commit | server's bytes_down per commit | round time | server CPU per round | `/api/status` p99 during the rounds |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+        f"| 10 alone | 10 | {base['bytes_in_per_commit'] / mb:.1f} MB | {base['server_bytes_down_per_commit'] / mb:.1f} MB | {base['round_s']:.2f} s "
+        f"| {base['server_cpu_s'] / args.rounds:.2f} s | – |",
         f"| {loaded['connected'] - 10:,} idle + 10 | {loaded['connected']:,} | {loaded['bytes_in_per_commit'] / mb:,.1f} MB "
-        f"| {loaded['server_bytes_down_per_commit'] / mb:,.1f} MB | {loaded['round_s']:.2f} s | "
+        f"| {loaded['server_bytes_down_per_commit'] / mb:,.1f} MB | {loaded['round_s']:.2f} s | {loaded['server_cpu_s'] / args.rounds:.2f} s | "
         f"{'–' if loaded['status_p99'] is None else format(loaded['status_p99'] * 1e3, '.0f') + ' ms'} |",
         f"| ratio | | {loaded['bytes_in_per_commit'] / base['bytes_in_per_commit']:,.0f}x | "
-        f"{loaded['server_bytes_down_per_commit'] / base['server_bytes_down_per_commit']:,.0f}x | {loaded['round_s'] / base['round_s']:.2f}x | |",
+        f"{loaded['server_bytes_down_per_commit'] / base['server_bytes_down_per_commit']:,.0f}x | {loaded['round_s'] / base['round_s']:.2f}x "
+        f"| {loaded['server_cpu_s'] / base['server_cpu_s']:.1f}x | |",
     ]
     closes = r["final"]["closes"]
     if closes:
