@@ -36,6 +36,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,12 +134,36 @@ def load_average() -> str:
     return Path("/proc/loadavg").read_text().split()[0]
 
 
-def status_latency(server: ServerProcess) -> float:
+#: How long one ``/api/status`` may take before it counts as unanswered: a commit that
+#: pushes the model to 10,000 sockets can hold the server's event loop that long.
+STATUS_TIMEOUT_S = 120.0
+
+
+def get_status(server: ServerProcess) -> tuple[dict | None, float]:
+    """``/api/status`` and its latency; ``None`` if it timed out (latency = the timeout)."""
     req = urllib.request.Request(server.url + "/api/status", headers={"Authorization": f"Bearer {TOKEN}"})
     started = time.perf_counter()
-    with urllib.request.urlopen(req, timeout=60) as resp:
-        resp.read()
-    return time.perf_counter() - started
+    try:
+        with urllib.request.urlopen(req, timeout=STATUS_TIMEOUT_S) as resp:
+            body = json.loads(resp.read())
+    except TimeoutError:
+        return None, STATUS_TIMEOUT_S
+    except urllib.error.URLError as exc:
+        if isinstance(exc.reason, TimeoutError):
+            return None, STATUS_TIMEOUT_S
+        raise
+    return body, time.perf_counter() - started
+
+
+def status_latency(server: ServerProcess) -> float:
+    return get_status(server)[1]
+
+
+def peak_rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmHWM for {pid}")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -179,10 +204,14 @@ def run_rounds(server: ServerProcess, gens: Generators, config: dict, timeout_s:
         raise RuntimeError(f"POST /api/rounds: {code} {started}")
     run_id = started["run"]
 
-    def finished(status: dict) -> bool:
-        return status["run"]["id"] == run_id and not status["run"]["running"]
-
-    status = server.wait_for(finished, timeout=timeout_s, what=f"run {run_id} to end")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status, _ = get_status(server)
+        if status is not None and status["run"]["id"] == run_id and not status["run"]["running"]:
+            break
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"run {run_id} did not end in {timeout_s:g} s")
+        time.sleep(0.5)
     # The last commit's model is queued, not yet delivered, when the run ends: wait until
     # every volunteer connected has received one model frame per commit (or gives up).
     expected = before["count"].get("model frames", 0) + config["rounds"] * status["connected"]
@@ -239,79 +268,92 @@ def main() -> int:
         server = start_server(Path(tmp) / "data", "--log-level", "warning", env=SERVER_ENV)
         gens = Generators(server.url.replace("http", "ws", 1) + "/ws", args.procs)
         try:
-            time.sleep(1.0)
-            rss0 = rss_bytes(server.proc.pid)
-            results["rss0"] = rss0
-
-            print("[load] baseline: 10 volunteers alone", flush=True)
-            gens.grow(10, 60)
-            results["baseline"] = run_rounds(server, gens, {"rounds": args.rounds, "clients_per_round": 10}, 300)
-
-            held = None
-            previous = (10, rss_bytes(server.proc.pid))
-            for target in steps:
-                print(f"[load] holding {target} connections", flush=True)
-                grown = gens.grow(target, 600)
-                time.sleep(2.0)
-                latencies = [status_latency(server) for _ in range(args.samples)]
-                rss = rss_bytes(server.proc.pid)
-                step = {
-                    "target": target,
-                    "joined": grown["joined"],
-                    "failed": grown["failed"],
-                    "dropped": grown["dropped"],
-                    "grow_s": grown["seconds"],
-                    "p50": statistics.median(latencies),
-                    "p99": percentile(latencies, 0.99),
-                    "rss": rss,
-                    "rss_per_conn_all": (rss - rss0) / max(1, grown["joined"]),
-                    # The slope from the previous point: what one more connection costs.
-                    "rss_per_conn": (rss - previous[1]) / (grown["joined"] - previous[0]) if grown["joined"] > previous[0] else None,
-                    "closes": grown["closes"],
-                }
-                results["steps"].append(step)
-                previous = (grown["joined"], rss)
-                print(f"[load]   {json.dumps({k: v for k, v in step.items() if k != 'closes'})}", flush=True)
-                if step["p99"] > args.p99_limit_s or grown["joined"] < target:
-                    break
-                held = target
-            if held is None:
-                raise RuntimeError("not even the first step was held")
-
-            print(f"[load] {held} connected (~{held - 10} idle), rounds of 10", flush=True)
-            with Sampler(server) as sampler:
-                loaded = run_rounds(server, gens, {"rounds": args.rounds, "clients_per_round": 10}, 900)
-            loaded["connected"] = server.status()["connected"]
-            loaded["status_p50"] = statistics.median(sampler.samples) if sampler.samples else None
-            loaded["status_p99"] = percentile(sampler.samples, 0.99) if sampler.samples else None
-            results["loaded"] = loaded
-            # Last: ingesting 1,000 updates leaves the server's heap larger, which would
-            # blur the RSS per connection measured above.
-            n = args.round_updates
-            print(f"[load] one round of {n} q8 updates ({max(n, held):,} connected)", flush=True)
-            grown = gens.grow(max(n, held), 300)
-            if grown["joined"] < n:
-                raise RuntimeError(f"only {grown['joined']} of {n} volunteers joined: {grown['closes']}")
-            big = run_rounds(server, gens, {"rounds": 1, "clients_per_round": n, "min_updates": n, "select_timeout_s": 60}, 600)
-            big["first_task_to_commit_s"] = big["rounds"][0]["committed_at"] - big["first_task_at"]
-            big["connected"] = grown["joined"]
-            results["round"] = big
-            results["final"] = gens.stats()
-            results["load"].append(load_average())
+            phases(server, gens, args, steps, results)
+        except Exception as exc:  # report what was measured, and why the rest was not
+            results["error"] = f"{type(exc).__name__}: {exc}"
         finally:
+            results["load"].append(load_average())
+            if server.proc.poll() is None:
+                results["peak_rss"] = peak_rss_bytes(server.proc.pid)
+            results["final"] = gens.stats() if all(p.is_alive() for p in gens.procs) else None
             gens.stop()
             server.stop()
     print(report(results, args))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1, default=str))
-    return 0
+    return 1 if "error" in results else 0
+
+
+def phases(server: ServerProcess, gens: Generators, args: argparse.Namespace, steps: list[int], results: dict) -> None:
+    """The four phases of the docstring, in order; ``results`` fills in as they end."""
+    time.sleep(1.0)
+    rss0 = results["rss0"] = rss_bytes(server.proc.pid)
+
+    print("[load] baseline: 10 volunteers alone", flush=True)
+    gens.grow(10, 60)
+    results["baseline"] = run_rounds(server, gens, {"rounds": args.rounds, "clients_per_round": 10}, 300)
+
+    held = None
+    previous = (10, rss_bytes(server.proc.pid))
+    for target in steps:
+        print(f"[load] holding {target} connections", flush=True)
+        grown = gens.grow(target, 600)
+        time.sleep(2.0)
+        latencies = [status_latency(server) for _ in range(args.samples)]
+        rss = rss_bytes(server.proc.pid)
+        step = {
+            "target": target,
+            "joined": grown["joined"],
+            "failed": grown["failed"],
+            "dropped": grown["dropped"],
+            "grow_s": grown["seconds"],
+            "p50": statistics.median(latencies),
+            "p99": percentile(latencies, 0.99),
+            "rss": rss,
+            "rss_per_conn_all": (rss - rss0) / max(1, grown["joined"]),
+            # The slope from the previous point: what one more connection costs.
+            "rss_per_conn": (rss - previous[1]) / (grown["joined"] - previous[0]) if grown["joined"] > previous[0] else None,
+            "closes": grown["closes"],
+        }
+        results["steps"].append(step)
+        previous = (grown["joined"], rss)
+        print(f"[load]   {json.dumps({k: v for k, v in step.items() if k != 'closes'})}", flush=True)
+        if step["p99"] > args.p99_limit_s or grown["joined"] < target:
+            break
+        held = target
+    if held is None:
+        raise RuntimeError("not even the first step was held")
+
+    print(f"[load] {held} connected (~{held - 10} idle), rounds of 10", flush=True)
+    with Sampler(server) as sampler:
+        loaded = run_rounds(server, gens, {"rounds": args.rounds, "clients_per_round": 10}, 1200)
+    loaded["connected"] = gens.stats()["joined"]
+    loaded["status_p50"] = statistics.median(sampler.samples) if sampler.samples else None
+    loaded["status_p99"] = percentile(sampler.samples, 0.99) if sampler.samples else None
+    loaded["status_max"] = max(sampler.samples, default=None)
+    loaded["status_timeouts"] = sum(x >= STATUS_TIMEOUT_S for x in sampler.samples)
+    loaded["peak_rss"] = peak_rss_bytes(server.proc.pid)
+    results["loaded"] = loaded
+
+    # Last: ingesting 1,000 updates leaves the server's heap larger, which would blur
+    # the RSS per connection measured above.
+    n = args.round_updates
+    print(f"[load] one round of {n} q8 updates ({max(n, held):,} connected)", flush=True)
+    grown = gens.grow(max(n, held), 300)
+    if grown["joined"] < n:
+        raise RuntimeError(f"only {grown['joined']} of {n} volunteers joined: {grown['closes']}")
+    big = run_rounds(server, gens, {"rounds": 1, "clients_per_round": n, "min_updates": n, "select_timeout_s": 60}, 1200)
+    big["first_task_to_commit_s"] = big["rounds"][0]["committed_at"] - big["first_task_at"]
+    big["connected"] = grown["joined"]
+    results["round"] = big
 
 
 def report(r: dict, args: argparse.Namespace) -> str:
     mb = 1e6
     lines = [
         f"{r['machine']}; server and {args.procs} generator processes on one machine, loopback; load average "
-        f"{r['load'][0]} at the start, {r['load'][-1]} at the end (the machine is shared); server RSS at rest {r['rss0'] / mb:.0f} MB.",
+        f"{r['load'][0]} at the start, {r['load'][-1]} at the end (the machine is shared); server RSS at rest "
+        f"{r.get('rss0', 0) / mb:.0f} MB, peak {r.get('peak_rss', 0) / mb:.0f} MB.",
         "",
         "| connections | joined | refused | dropped | time to connect | `/api/status` p50 | p99 | server RSS | RSS over rest, per connection | per added connection |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -319,34 +361,43 @@ def report(r: dict, args: argparse.Namespace) -> str:
     for s in r["steps"]:
         lines.append(
             f"| {s['target']:,} | {s['joined']:,} | {s['failed']:,} | {s['dropped']:,} | {s['grow_s']:.1f} s | {s['p50'] * 1e3:.0f} ms "
-            f"| {s['p99'] * 1e3:.0f} ms | {s['rss'] / mb:.0f} MB | {s['rss_per_conn_all'] / 1024:.1f} KiB | {'–' if s['rss_per_conn'] is None else format(s['rss_per_conn'] / 1024, '.1f') + ' KiB'} |"
+            f"| {s['p99'] * 1e3:.0f} ms | {s['rss'] / mb:.0f} MB | {s['rss_per_conn_all'] / 1024:.1f} KiB | "
+            f"{'–' if s['rss_per_conn'] is None else format(s['rss_per_conn'] / 1024, '.1f') + ' KiB'} |"
         )
-    big = r["round"]
-    c = big["rounds"][0]
-    lines += [
-        "",
-        f"One round of {c['participants']:,} q8 updates of the 2NN ({big['accepted']:,} accepted, {big['connected']:,} connected): "
-        f"{big['first_task_to_commit_s']:.2f} s from the first task received to the commit "
-        f"({c['participants'] / big['first_task_to_commit_s']:.0f} updates/s; the server's round time {c['duration_s']:.2f} s, "
-        f"{c['bytes_up'] / mb:.0f} MB up; the server used {big['server_cpu_s']:.1f} s of CPU in the {big['wall_s']:.1f} s the run took).",
-        "",
-    ]
-    base, loaded = r["baseline"], r["loaded"]
-    lines += [
-        f"| {args.rounds} rounds of 10 (q8 up, float32 model down) | connected | bytes received per commit | server's bytes_down per commit | round time | server CPU per round | `/api/status` p99 during the rounds |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-        f"| 10 alone | 10 | {base['bytes_in_per_commit'] / mb:.1f} MB | {base['server_bytes_down_per_commit'] / mb:.1f} MB | {base['round_s']:.2f} s "
-        f"| {base['server_cpu_s'] / args.rounds:.2f} s | – |",
-        f"| {loaded['connected'] - 10:,} idle + 10 | {loaded['connected']:,} | {loaded['bytes_in_per_commit'] / mb:,.1f} MB "
-        f"| {loaded['server_bytes_down_per_commit'] / mb:,.1f} MB | {loaded['round_s']:.2f} s | {loaded['server_cpu_s'] / args.rounds:.2f} s | "
-        f"{'–' if loaded['status_p99'] is None else format(loaded['status_p99'] * 1e3, '.0f') + ' ms'} |",
-        f"| ratio | | {loaded['bytes_in_per_commit'] / base['bytes_in_per_commit']:,.0f}x | "
-        f"{loaded['server_bytes_down_per_commit'] / base['server_bytes_down_per_commit']:,.0f}x | {loaded['round_s'] / base['round_s']:.2f}x "
-        f"| {loaded['server_cpu_s'] / base['server_cpu_s']:.1f}x | |",
-    ]
-    closes = r["final"]["closes"]
-    if closes:
-        lines += ["", "Connections ended or updates refused during the run: " + ", ".join(f"{k} ({v})" for k, v in sorted(closes.items()))]
+    base, loaded = r.get("baseline"), r.get("loaded")
+    if base:
+        lines += [
+            "",
+            f"| {args.rounds} rounds of 10 (q8 up, float32 model down) | connected | bytes received per commit | server's bytes_down per commit "
+            "| round time | server CPU per round | `/api/status` p99 (max) during the rounds |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+            f"| 10 alone | 10 | {base['bytes_in_per_commit'] / mb:.1f} MB | {base['server_bytes_down_per_commit'] / mb:.1f} MB | {base['round_s']:.2f} s "
+            f"| {base['server_cpu_s'] / args.rounds:.2f} s | – |",
+        ]
+    if base and loaded:
+        timeouts = f", {loaded['status_timeouts']} over {STATUS_TIMEOUT_S:g} s" if loaded["status_timeouts"] else ""
+        during = "–" if loaded["status_p99"] is None else f"{loaded['status_p99']:.1f} s ({loaded['status_max']:.1f} s{timeouts})"
+        lines += [
+            f"| {loaded['connected'] - 10:,} idle + 10 | {loaded['connected']:,} | {loaded['bytes_in_per_commit'] / mb:,.1f} MB "
+            f"| {loaded['server_bytes_down_per_commit'] / mb:,.1f} MB | {loaded['round_s']:.2f} s | {loaded['server_cpu_s'] / args.rounds:.2f} s | "
+            f"{during} |",
+            f"| ratio | | {loaded['bytes_in_per_commit'] / base['bytes_in_per_commit']:,.0f}x | "
+            f"{loaded['server_bytes_down_per_commit'] / base['server_bytes_down_per_commit']:,.0f}x | {loaded['round_s'] / base['round_s']:.2f}x "
+            f"| {loaded['server_cpu_s'] / base['server_cpu_s']:.1f}x | |",
+        ]
+    if big := r.get("round"):
+        c = big["rounds"][0]
+        lines += [
+            "",
+            f"One round of {c['participants']:,} q8 updates of the 2NN ({big['accepted']:,} accepted, {big['connected']:,} connected): "
+            f"{big['first_task_to_commit_s']:.2f} s from the first task received to the commit "
+            f"({c['participants'] / big['first_task_to_commit_s']:.0f} updates/s; the server's round time {c['duration_s']:.2f} s, "
+            f"{c['bytes_up'] / mb:.0f} MB up; the server used {big['server_cpu_s']:.1f} s of CPU in the {big['wall_s']:.1f} s the run took).",
+        ]
+    if r.get("final") and r["final"]["closes"]:
+        lines += ["", "Connections ended or updates refused: " + ", ".join(f"{k} ({v})" for k, v in sorted(r["final"]["closes"].items()))]
+    if "error" in r:
+        lines += ["", f"Stopped early: {r['error']}"]
     return "\n".join(lines)
 
 
