@@ -12,10 +12,10 @@ from __future__ import annotations
 import glob
 import os
 import pwd
-import re
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -26,6 +26,8 @@ import psycopg
 from servers import free_port
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+sys.path.insert(0, str(DEPLOY))
+from nginx_site import standalone_config  # noqa: E402
 
 
 class Missing(Exception):
@@ -177,45 +179,14 @@ class Nginx:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    @staticmethod
-    def site_config(members: list[str], port: int) -> str:
-        """The deploy configuration with only its member list and listen port changed."""
-        site = (DEPLOY / "nginx" / "webfl.conf").read_text()
-        block = re.search(r"upstream webfl_members \{\n.*?\n\}", site, re.S)
-        assert block, "deploy/nginx/webfl.conf: upstream webfl_members not found"
-        kept = [line for line in block.group(0).splitlines() if not re.match(r"\s*#?\s*server ", line)]
-        upstream = "\n".join([*kept[:-1], *(f"    server {m};" for m in members), kept[-1]])
-        site = site.replace(block.group(0), upstream)
-        site, n = re.subn(r"listen \d+;", f"listen 127.0.0.1:{port};", site)
-        assert n == 1, "deploy/nginx/webfl.conf: listen not found"
-        return site
-
     @classmethod
     def start(cls, members: list[str]) -> Nginx:
         binary = _binary("nginx", "/usr/sbin/nginx")
         root, port = Path(tempfile.mkdtemp(prefix="webfl-nginx-")), free_port()
         os.chmod(root, 0o755)
-        for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
-            (root / sub).mkdir(mode=0o777)
-            os.chmod(root / sub, 0o777)  # the workers (nobody when the master is root) write here
-        (root / "webfl.conf").write_text(cls.site_config(members, port))
-        # The main file of a stock nginx.conf, reduced to what the site needs, all in root.
-        (root / "nginx.conf").write_text(
-            f"""worker_processes 1;
-pid {root}/nginx.pid;
-error_log {root}/error.log info;
-events {{ worker_connections 4096; }}
-http {{
-    access_log {root}/access.log;
-    client_body_temp_path {root}/client_body;
-    proxy_temp_path {root}/proxy;
-    fastcgi_temp_path {root}/fastcgi;
-    uwsgi_temp_path {root}/uwsgi;
-    scgi_temp_path {root}/scgi;
-    include {root}/webfl.conf;
-}}
-"""
-        )
+        (root / "temp").mkdir(mode=0o777)
+        os.chmod(root / "temp", 0o777)  # the workers (nobody when the master is root) write here
+        (root / "nginx.conf").write_text(standalone_config(members, f"127.0.0.1:{port}", root))
         log = root / "error.log"
         log.touch()
         cmd = [binary, "-p", str(root), "-c", str(root / "nginx.conf"), "-g", "daemon off;"]
