@@ -39,8 +39,8 @@ system:
 	  echo "[setup] chromium: $(CHROMIUM) missing and not root, skipped;" \
 	       "the browser tests need it (apt-get install chromium)" >&2; \
 	fi
-	@# Real Redis, PostgreSQL and nginx for the scale-out tests (tests/services.py starts
-	@# them on loopback itself; Debian's policy-rc.d keeps the packages from starting any).
+	@# Real Redis, PostgreSQL and nginx for the scale-out tests: tests/services.py starts
+	@# its own on loopback and never uses a system-wide instance the packages may start.
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	[ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
