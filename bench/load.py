@@ -252,7 +252,7 @@ def main() -> int:
     steps = [int(s) for s in args.steps.split(",")]
     if max(steps + [args.round_updates]) > args.max_connections:
         parser.error(f"steps above --max-connections {args.max_connections}")
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     need = max(steps + [args.round_updates]) + 1024
     if hard < need:
         parser.error(f"the open-files limit is {hard}; {need} are needed")

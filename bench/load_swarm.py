@@ -110,6 +110,8 @@ class Swarm:
             self.closes[f"{exc.rcvd.code} {exc.rcvd.reason}" if exc.rcvd else "closed without a close frame"] += 1
         except (OSError, TimeoutError, websockets.InvalidHandshake) as exc:
             self.closes[f"connect: {type(exc).__name__}: {exc}"[:120]] += 1
+        except Exception as exc:  # a frame the generator cannot answer: reported in the table, not lost
+            self.closes[f"generator error: {type(exc).__name__}: {exc}"[:120]] += 1
         finally:
             if joined:
                 self.joined -= 1
@@ -157,6 +159,6 @@ class Swarm:
 
 def main(conn: Connection, url: str, seed: int) -> None:
     """Entry point of a generator process (``multiprocessing`` target)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     asyncio.run(Swarm(url, seed).serve(conn))

@@ -34,7 +34,7 @@ class Missing(Exception):
     """The service's binary is not installed."""
 
 
-def _binary(name: str, *candidates: str) -> str:
+def find_binary(name: str, *candidates: str) -> str:
     for path in (*candidates, shutil.which(name)):
         if path and os.access(path, os.X_OK):
             return path
@@ -85,7 +85,7 @@ class Redis:
 
     @classmethod
     def start(cls) -> Redis:
-        binary = _binary("redis-server", "/usr/bin/redis-server")
+        binary = find_binary("redis-server", "/usr/bin/redis-server")
         root, port = Path(tempfile.mkdtemp(prefix="webfl-redis-")), free_port()
         log = root / "redis.log"
         # No persistence, loopback only, no config file: the test owns every setting.
@@ -117,7 +117,7 @@ class Postgres:
         return f"postgresql://webfl:{self.password}@127.0.0.1:{self.port}/webfl"
 
     @staticmethod
-    def _bindir() -> Path:
+    def find_bindir() -> Path:
         found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]))
         initdb = found[-1] if found else shutil.which("initdb")
         if not initdb:
@@ -133,7 +133,7 @@ class Postgres:
 
     @classmethod
     def start(cls) -> Postgres:
-        bindir = cls._bindir()
+        bindir = cls.find_bindir()
         user = "postgres" if os.geteuid() == 0 else None
         root = Path(tempfile.mkdtemp(prefix="webfl-pg-"))
         pg = cls(free_port(), root, bindir, user)
@@ -181,7 +181,7 @@ class Nginx:
 
     @classmethod
     def start(cls, members: list[str]) -> Nginx:
-        binary = _binary("nginx", "/usr/sbin/nginx")
+        binary = find_binary("nginx", "/usr/sbin/nginx")
         root, port = Path(tempfile.mkdtemp(prefix="webfl-nginx-")), free_port()
         os.chmod(root, 0o755)
         (root / "temp").mkdir(mode=0o777)

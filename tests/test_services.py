@@ -17,6 +17,8 @@ import redis
 import websockets.sync.client as ws_client
 
 from servers import TOKEN, free_port, start_server
+from services import DEPLOY, Missing, Postgres, find_binary  # also puts deploy/ on sys.path
+from nginx_site import SITE, site_config  # noqa: I001 - needs the line above
 from webfl import __version__
 from webfl.core.protocol import Message, decode, encode
 
@@ -61,6 +63,19 @@ def test_postgres_refuses_a_wrong_password(postgres_server):
 
 
 # -- nginx with deploy/nginx/webfl.conf in front of one member ---------------------------
+
+
+def test_the_site_renderer_changes_only_the_members_and_the_listen_line():
+    committed = SITE.read_text()
+    rendered = site_config(["10.0.0.1:8001", "10.0.0.2:8001"], "127.0.0.1:9000")
+    upstream = rendered[rendered.index("upstream webfl_members") : rendered.index("}")]
+    assert [line.split()[1] for line in upstream.splitlines() if line.strip().startswith("server ")] == ["10.0.0.1:8001;", "10.0.0.2:8001;"]
+    assert "# server" not in upstream and "least_conn;" in upstream and "keepalive 32;" in upstream
+    assert "listen 127.0.0.1:9000;" in rendered and rendered.count("listen ") == 1
+    after = lambda text: text[text.index("map $http_upgrade") :].replace("listen 8080;", "listen 127.0.0.1:9000;")  # noqa: E731
+    assert rendered[rendered.index("map $http_upgrade") :] == after(committed)  # the rest is the file as committed
+    with pytest.raises(ValueError, match="at least one member"):
+        site_config([], "8080")
 
 
 @pytest.fixture
@@ -121,10 +136,8 @@ def test_simulated_volunteers_join_through_nginx_and_complete_rounds(proxied):
 
 @pytest.fixture
 def local_stack():
-    from services import DEPLOY, Missing, Postgres, _binary
-
     try:
-        _binary("redis-server", "/usr/bin/redis-server"), _binary("nginx", "/usr/sbin/nginx"), Postgres._bindir()
+        find_binary("redis-server", "/usr/bin/redis-server"), find_binary("nginx", "/usr/sbin/nginx"), Postgres.find_bindir()
     except Missing as exc:
         if os.geteuid() != 0:
             pytest.skip(f"{exc}; not root, so set-up could not install it")
