@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -190,3 +191,30 @@ def test_local_sh_starts_the_stack_idempotently_and_stops_it(local_stack):
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     assert not any(listening(p) for p in ports.values())
     assert (folder / "postgres" / "data" / "PG_VERSION").exists() and (folder / "member-1" / "webfl.sqlite3").exists()  # data stays
+
+
+def test_the_simulator_rides_out_a_member_restart_behind_nginx(tmp_path, nginx_proxy):
+    """Through the proxy a dead member is a 502, not a refused connection: still ridden out."""
+    member = start_server(tmp_path / "data", env={"WEBFL_CRASHPOINT": "training:2"})  # kill -9 mid-round 2
+    port = int(member.url.rsplit(":", 1)[1])
+    proxy = nginx_proxy([f"127.0.0.1:{port}"])
+    cmd = [sys.executable, "-m", "webfl.cli", "simulate", "--server", proxy.url, "--clients", "3", "--rounds", "3",
+           "--local-epochs", "1", "--timeout-s", "240"]
+    sim = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "WEBFL_ADMIN_TOKEN": TOKEN})
+    restarted = None
+    try:
+        assert member.proc.wait(timeout=120) == -9
+        time.sleep(1.0)
+        restarted = start_server(tmp_path / "data", port=port)
+        out, err = sim.communicate(timeout=240)
+        assert sim.returncode == 0, out + err
+        assert [h["round"] for h in restarted.status()["history"]] == [1, 2, 3]
+    finally:
+        if sim.poll() is None:
+            sim.kill()
+            sim.communicate()
+        if restarted is not None:
+            restarted.stop()
+        member.stop(kill=True)
+    assert "HTTP 502" in err and "server back after" in err
+    assert [line.split()[1] for line in out.splitlines() if line.startswith("round ")] == ["1", "2", "3"]
