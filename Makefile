@@ -39,6 +39,23 @@ system:
 	  echo "[setup] chromium: $(CHROMIUM) missing and not root, skipped;" \
 	       "the browser tests need it (apt-get install chromium)" >&2; \
 	fi
+	@# Real Redis, PostgreSQL and nginx for the scale-out tests: tests/services.py starts
+	@# its own on loopback and never uses a system-wide instance the packages may start.
+	@missing=""; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	[ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	if [ -z "$$missing" ]; then \
+	  echo "[setup] redis-server, postgresql, nginx: present"; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  echo "[setup] installing Debian's$$missing ..."; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get -o DPkg::Lock::Timeout=300 update; \
+	  apt-get -o DPkg::Lock::Timeout=300 install -y $$missing; \
+	else \
+	  echo "[setup]$$missing missing and not root, skipped;" \
+	       "the scale-out service tests skip without them" >&2; \
+	fi
 
 venv:
 	@if ! $(PY) -c '' 2>/dev/null; then \

@@ -1,3 +1,4 @@
+import os
 import sys
 from pathlib import Path
 
@@ -13,3 +14,51 @@ def server(tmp_path: Path):
     proc: ServerProcess = start_server(tmp_path / "data")
     yield proc
     proc.stop()
+
+
+# -- real Redis, PostgreSQL and nginx on loopback (tests/services.py) --------------------
+
+
+def _service(start):
+    from services import Missing
+
+    try:
+        return start()
+    except Missing as exc:
+        if os.geteuid() != 0:
+            pytest.skip(f"{exc}; not root, so set-up could not install it")
+        raise
+
+
+@pytest.fixture
+def redis_server():
+    from services import Redis
+
+    service = _service(Redis.start)
+    yield service
+    service.stop()
+
+
+@pytest.fixture
+def postgres_server():
+    from services import Postgres
+
+    service = _service(Postgres.start)
+    yield service
+    service.stop()
+
+
+@pytest.fixture
+def nginx_proxy():
+    """Starts nginx with the deploy configuration in front of the given members."""
+    from services import Nginx
+
+    started = []
+
+    def start(members: list[str]) -> Nginx:
+        started.append(_service(lambda: Nginx.start(members)))
+        return started[-1]
+
+    yield start
+    for service in started:
+        service.stop()

@@ -19,6 +19,7 @@ comes back after ``retry_after_s``. ``Behaviour`` adds the real world's mess:
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import logging
 import math
@@ -41,12 +42,20 @@ from .core.data import Dataset, load_npz, partition as split_shards
 from .core.protocol import CLOSE_POLICY, CLOSE_PROTOCOL_ERROR, CLOSE_UNSUPPORTED
 from .core.volunteer import SessionState, TrainingDiverged, Volunteer
 
-__all__ = ["AdminClient", "Behaviour", "Simulation"]
+__all__ = ["AdminClient", "Behaviour", "ServerUnreachable", "Simulation", "call", "launch_once"]
 
 log = logging.getLogger("webfl.simulate")
 
 # The server refused us for good: reconnecting would be refused again.
 _FATAL_CLOSE = {CLOSE_POLICY, CLOSE_PROTOCOL_ERROR, CLOSE_UNSUPPORTED}
+
+
+class ServerUnreachable(Exception):
+    """The admin API did not answer: no connection, a broken one, or a 5xx from a proxy.
+
+    The server may be restarting or failing over; the request may or may not have
+    reached it.
+    """
 
 
 class AdminClient:
@@ -56,6 +65,7 @@ class AdminClient:
         self.server, self.token = server.rstrip("/"), token
 
     def request(self, method: str, path: str, body: dict | None = None) -> dict:
+        """One attempt; raises ``ServerUnreachable`` for what a retry may cure, ``RuntimeError`` otherwise."""
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.server + path, data=data, method=method)
         req.add_header("Content-Type", "application/json")
@@ -66,7 +76,61 @@ class AdminClient:
                 return json.loads(resp.read())
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode(errors="replace")
+            if exc.code >= 500:  # a proxy in front of a server that is down, or a server error
+                raise ServerUnreachable(f"{method} {path}: HTTP {exc.code}: {detail}") from None
             raise RuntimeError(f"{method} {path}: HTTP {exc.code}: {detail}") from None
+        except (OSError, http.client.HTTPException, json.JSONDecodeError) as exc:
+            # URLError (refused), resets, timeouts, a body cut short by a kill -9.
+            raise ServerUnreachable(f"{method} {path}: {exc}") from None
+
+
+async def call(admin: AdminClient, method: str, path: str, body: dict | None, deadline: float) -> dict:
+    """An admin request retried with jittered exponential backoff while the server is
+    unreachable (a restart or a failover), until ``deadline`` (``time.monotonic()``).
+
+    Only for requests that are safe to repeat: launching a run is not (``launch_once``).
+    """
+    backoff, down_since = 0.2, None
+    rng = random.Random()
+    while True:
+        try:
+            reply = await asyncio.to_thread(admin.request, method, path, body)
+        except ServerUnreachable as exc:
+            if down_since is None:
+                down_since = time.monotonic()
+                print(f"webfl simulate: server unreachable ({exc}); retrying", file=sys.stderr, flush=True)
+            if time.monotonic() + backoff > deadline:
+                raise TimeoutError from None
+            await asyncio.sleep(backoff * (0.5 + rng.random()))
+            backoff = min(backoff * 2, 5.0)
+            continue
+        if down_since is not None:
+            print(f"webfl simulate: server back after {time.monotonic() - down_since:.1f} s", file=sys.stderr, flush=True)
+        return reply
+
+
+async def launch_once(admin: AdminClient, run_config: dict, deadline: float) -> tuple[int, dict]:
+    """Start a run exactly once, even if the server goes away mid-request; returns its
+    id and config.
+
+    A ``POST /api/rounds`` that got no answer may have started the run (a restarted
+    server then resumes it by itself), so it is never blindly repeated: the status is
+    read again, and a run other than the one shown before the POST is ours.
+    """
+    status = await call(admin, "GET", "/api/status", None, deadline)
+    before = status["run"]["id"] if status["run"] else None
+    while True:
+        try:
+            started = await asyncio.to_thread(admin.request, "POST", "/api/rounds", run_config)
+            return started["run"], started["config"]
+        except ServerUnreachable as exc:
+            print(f"webfl simulate: launching the run: {exc}; checking whether it started", file=sys.stderr, flush=True)
+        status = await call(admin, "GET", "/api/status", None, deadline)
+        if status["run"] and status["run"]["id"] != before:
+            return status["run"]["id"], status["run"]["config"]
+        if time.monotonic() > deadline:
+            raise TimeoutError
+        await asyncio.sleep(0.5)  # it never reached the server: launching again is safe
 
 
 def pick_malicious(clients: int, fraction: float, seed: int) -> list[int]:
@@ -221,26 +285,32 @@ class Simulation:
             self._pool.shutdown(wait=False, cancel_futures=True)
 
     async def _run_rounds(self, run_config: dict, timeout_s: float) -> int:
-        seen = len((await asyncio.to_thread(self.admin.request, "GET", "/api/status"))["history"])
-        started = await asyncio.to_thread(self.admin.request, "POST", "/api/rounds", run_config)
-        run_id = started["run"]
-        print(f"webfl simulate: run {run_id} started with {len(self.volunteers)} volunteers: {started['config']}", flush=True)
+        """Launch a run and follow it to its end; committed rounds are counted by the
+        history (entries of this run), which survives a server restart."""
         deadline = time.monotonic() + timeout_s
+        run_id, config = await launch_once(self.admin, run_config, deadline)
+        print(f"webfl simulate: run {run_id} started with {len(self.volunteers)} volunteers: {config}", flush=True)
+        wanted, printed = run_config.get("rounds", 1), set()
         while time.monotonic() < deadline:
-            status = await asyncio.to_thread(self.admin.request, "GET", "/api/status")
-            for entry in status["history"][seen:]:
+            status = await call(self.admin, "GET", "/api/status", None, deadline)
+            mine = [entry for entry in status["history"] if entry["run_id"] == run_id]
+            for entry in mine:
+                if entry["round"] in printed:
+                    continue
+                printed.add(entry["round"])
                 print(
                     f"round {entry['round']:>4}  accuracy {entry['accuracy']:.4f}  loss {entry['loss']:.4f}  "
                     f"participants {entry['participants']:>3}  up {entry['bytes_up'] / 1e6:.2f} MB  "
                     f"down {entry['bytes_down'] / 1e6:.2f} MB  {entry['duration_s']:.2f} s",
                     flush=True,
                 )
-            seen = len(status["history"])
             run = status["run"]
-            if run and run["id"] == run_id and not run["running"]:
-                done = run["rounds_done"] >= run_config.get("rounds", 1)
-                print(f"webfl simulate: run {run_id} {'completed' if done else 'ended early'}", flush=True)
+            # A restarted server resumes an interrupted run at start-up, before it answers;
+            # if it shows no run or another one, ours ended (stopped, failed or not resumable).
+            ours_running = run is not None and run["id"] == run_id and run["running"]
+            if len(mine) >= wanted or not ours_running:
+                done = len(mine) >= wanted
+                print(f"webfl simulate: run {run_id} {'completed' if done else 'ended early'} with {len(mine)} round(s)", flush=True)
                 return 0 if done else 1
             await asyncio.sleep(0.5)
         raise TimeoutError
-
