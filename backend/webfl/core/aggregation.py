@@ -323,7 +323,7 @@ def _l2norm(u: np.ndarray) -> float:
     if math.isfinite(sq):
         return math.sqrt(sq)
     if not np.isfinite(u).all():
-        raise CodecError("update contains NaN or Inf")
+        raise CodecError("update contains NaN or Inf", "nan")
     return float(np.linalg.norm(u.astype(np.float64)))  # finite, but float32 squares overflowed
 
 

@@ -49,7 +49,15 @@ Layout = list[tuple[str, tuple[int, ...]]]
 
 
 class CodecError(ValueError):
-    """A payload that does not decode to a valid update of the expected size."""
+    """A payload that does not decode to a valid update of the expected size.
+
+    ``kind`` is how the server counts the rejection: ``"nan"`` for NaN or Inf values,
+    ``"malformed"`` for anything else.
+    """
+
+    def __init__(self, message: str, kind: str = "malformed") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclass(frozen=True)
@@ -166,7 +174,7 @@ def _inflate(arrays: object, layout: Layout) -> list[np.ndarray]:
 
 def _check_finite(values: np.ndarray) -> np.ndarray:
     if not np.isfinite(values).all():
-        raise CodecError("update contains NaN or Inf")
+        raise CodecError("update contains NaN or Inf", "nan")
     return values
 
 
@@ -268,7 +276,7 @@ class _Quant(_Values):
     def decode(self, p, arrays, n):
         packed, scales = arrays
         if not np.isfinite(scales).all():
-            raise CodecError("quantization scales contain NaN or Inf")
+            raise CodecError("quantization scales contain NaN or Inf", "nan")
         if (scales[:, 1] < 0).any():
             raise CodecError("quantization steps must not be negative")
         tail = n * self.bits % 8
