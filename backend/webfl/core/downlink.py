@@ -37,36 +37,43 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
+from dataclasses import dataclass
 
 import numpy as np
 
-from .codecs import Encoded, get_codec
+from .codecs import Codec, Encoded, get_codec
 from .protocol import Message, ProtocolError, encode
 
-__all__ = ["DOWNLINK_GRAMMAR", "ModelChain", "apply_model", "digest", "downlink_stages", "parse_downlink"]
+__all__ = ["DOWNLINK_GRAMMAR", "ChainStep", "Downlink", "ModelChain", "apply_model", "digest", "parse_downlink"]
 
 DOWNLINK_GRAMMAR = "none | fp16 | delta:SPEC (SPEC: an update codec such as q8 or topk:0.01+q8)"
 
 
-def parse_downlink(spec: object) -> str:
-    """The canonical form of a downlink spec; ``ValueError`` for an invalid one."""
+@dataclass(frozen=True)
+class Downlink:
+    """A parsed downlink: ``kind`` is none, fp16 or delta; ``codec`` codes the frames."""
+
+    kind: str
+    codec: Codec
+
+    @property
+    def spec(self) -> str:
+        return f"delta:{self.codec.spec}" if self.kind == "delta" else self.kind
+
+
+def parse_downlink(spec: object) -> Downlink:
+    """Parse a downlink spec once; ``ValueError`` for an invalid one."""
     if not isinstance(spec, str):
         raise ValueError(f"invalid downlink {spec!r}; grammar: {DOWNLINK_GRAMMAR}")
     text = spec.strip().lower()
     if text in ("none", "fp16"):
-        return text
+        return Downlink(text, get_codec(text))
     if text.startswith("delta:"):
         try:
-            return "delta:" + get_codec(text[6:]).spec
+            return Downlink("delta", get_codec(text[6:]))
         except ValueError as exc:
             raise ValueError(f"invalid downlink {spec!r}: {exc}") from None
     raise ValueError(f"invalid downlink {spec!r}; grammar: {DOWNLINK_GRAMMAR}")
-
-
-def downlink_stages(spec: str) -> tuple[str, ...]:
-    """The codec stages a volunteer must decode for this downlink."""
-    spec = parse_downlink(spec)
-    return get_codec(spec[6:] if spec.startswith("delta:") else spec).stages
 
 
 def digest(params: np.ndarray) -> str:
@@ -95,6 +102,16 @@ def apply_model(held: np.ndarray | None, held_version: int, msg: Message, size: 
     return params
 
 
+@dataclass(frozen=True)
+class ChainStep:
+    """One prepared commit of a ``ModelChain``: the new held model and its frame."""
+
+    held: np.ndarray
+    version: int
+    frame: bytes | None  # None: the full float32 model, built on demand
+    base_version: int | None  # set for a delta frame
+
+
 class ModelChain:
     """The server's copy of the model volunteers hold, and the frames that reproduce it."""
 
@@ -118,38 +135,39 @@ class ModelChain:
             self._full = encode(Message("model", fields, (self.held,)))
         return self._full
 
-    def commit(self, params: np.ndarray, version: int, downlink: str, rng: np.random.Generator) -> bytes:
-        """Move to the new exact ``params``; returns the frame to broadcast."""
-        downlink = parse_downlink(downlink)
-        if downlink == "none":
-            self._reset(np.array(params, dtype=np.float32), version, None)
+    def prepare(self, params: np.ndarray, version: int, downlink: Downlink, rng: np.random.Generator) -> ChainStep:
+        """The frame that moves volunteers to the new exact ``params``; the chain is unchanged
+        until ``advance``, so a commit that fails after this leaves it as it was."""
+        if downlink.kind == "none":
+            held = np.array(params, dtype=np.float32)
+            return ChainStep(held, version, None, None)
+        codec = downlink.codec
+        base = None if downlink.kind == "fp16" else self.version
+        x = params if base is None else np.subtract(params, self.held, dtype=np.float32)
+        enc = codec.encode(x, rng)
+        values = codec.decode(enc, params.size)
+        held = values.astype(np.float32) if base is None else np.add(self.held, values, dtype=np.float32)
+        fields = {"model_version": version, "codec": codec.spec, "codec_params": enc.params, "digest": digest(held)}
+        if base is not None:
+            fields["base_version"] = base
+        return ChainStep(held, version, encode(Message("model", fields, enc.arrays)), base)
+
+    def advance(self, step: ChainStep) -> bytes:
+        """Move to ``step`` (from ``prepare`` on this very chain state); the frame to broadcast."""
+        if step.base_version is None:
+            self._reset(step.held, step.version, step.frame)
             return self.full_frame()
-        if downlink == "fp16":
-            codec = get_codec("fp16")
-            enc = codec.encode(params, rng)
-            held = codec.decode(enc, params.size).astype(np.float32)
-            fields = {"model_version": version, "codec": codec.spec, "codec_params": enc.params, "digest": digest(held)}
-            self._reset(held, version, encode(Message("model", fields, enc.arrays)))
-            return self._full
-        codec = get_codec(downlink[6:])
-        enc = codec.encode(np.subtract(params, self.held, dtype=np.float32), rng)
-        held = np.add(self.held, codec.decode(enc, params.size), dtype=np.float32)
-        fields = {
-            "model_version": version,
-            "base_version": self.version,
-            "codec": codec.spec,
-            "codec_params": enc.params,
-            "digest": digest(held),
-        }
-        frame = encode(Message("model", fields, enc.arrays))
-        self.held, self.version, self._full = held, version, None
-        self._digests[version] = digest(held)
-        self._deltas[version] = frame
+        if step.base_version != self.version:
+            raise ValueError(f"step is a delta from version {step.base_version}, the chain is at {self.version}")
+        assert step.frame is not None
+        self.held, self.version, self._full = step.held, step.version, None
+        self._digests[step.version] = digest(step.held)
+        self._deltas[step.version] = step.frame
         while len(self._digests) > self.keep + 1:
             old, _ = self._digests.popitem(last=False)
             self._deltas.pop(old, None)
             self._deltas.pop(min(self._digests), None)  # no base left for the oldest delta
-        return frame
+        return step.frame
 
     def frames_for(self, version: int | None, model_digest: str | None) -> list[bytes]:
         """What a volunteer holding ``version`` (with that digest) needs to hold the current model."""
