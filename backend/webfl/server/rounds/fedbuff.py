@@ -1,19 +1,18 @@
 """Buffered asynchronous aggregation (FedBuff, Nguyen et al. 2022): no round barrier.
 
-Every ready volunteer (up to ``ceil(clients_per_round * over_selection)`` at a time)
-is given a task on the current model as soon as it is ready; a volunteer that
-finishes gets the next task at once. Accepted updates go into a buffer (the run's
-aggregator); every ``buffer_size`` of them the server commits, exactly like a
-synchronous round (``RoundEngine._commit``), and the commit becomes a round in the
-history. An update trained on model ``v`` arriving when the model is at ``V`` is
-``V - v`` versions stale; it weighs ``num_examples * (1 + staleness) ** -a`` and is
-rejected beyond ``max_staleness``.
+Every eligible ready volunteer (up to ``ceil(clients_per_round * over_selection)`` at a
+time) is given a task on the current model as soon as it is ready; a volunteer that
+finishes gets the next task at once. Accepted updates go into a buffer (the run's rule);
+every ``buffer_size`` of them the server commits exactly like a synchronous round, and
+the commit becomes a round in the history. An update trained on model ``v`` arriving
+when the model is at ``V`` is ``V - v`` versions stale; it weighs
+``num_examples * (1 + staleness) ** -a`` and is rejected beyond ``max_staleness``.
 
-States (``RoundEngine.state``)::
+States (``RoundState``)::
 
     TRAINING --buffer holds buffer_size updates--> AGGREGATING --> BROADCASTING --+
        ^   (dispatch tasks to ready volunteers;                                    |
-       |    updates arriving meanwhile wait in ``_pending``)                       |
+       |    updates arriving meanwhile wait for the next buffer)                   |
        +-----------------------------------------------------------------------------+
 
 A task expires after ``deadline_s`` (its volunteer vanished or is too slow): the slot
@@ -24,21 +23,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from dataclasses import dataclass
 
-import numpy as np
-
-from ..core.aggregation import Aggregator
-from ..core.codecs import Encoded
-from ..core.protocol import Message
-from .crashpoints import crashpoint
-from .engine import PeerState, RoundEngine, RoundState, RunConfig, Verdict, add_update
+from ...core.codecs import Encoded
+from ...core.protocol import Message
+from ..crashpoints import crashpoint
+from .config import RunConfig
+from .mode import RunMode
+from .seeds import task_seed
+from .selection import target
+from .state import RoundState
+from .validation import ACCEPTED, Verdict, fold, payload
 
 __all__ = ["FedBuff", "staleness_weight"]
 
 log = logging.getLogger("webfl.fedbuff")
+
+#: How often the dispatcher looks again without a change (expired tasks, waits over).
+POLL_S = 1.0
 
 
 def staleness_weight(staleness: int, exponent: float = 0.5) -> float:
@@ -47,38 +50,35 @@ def staleness_weight(staleness: int, exponent: float = 0.5) -> float:
 
 
 @dataclass
-class _Assignment:
-    round: int
-    model_version: int
-    expires: float  # loop time
-
-
-@dataclass
 class _Pending:
     peer_id: str
-    codec: str
     enc: Encoded
     weight: float
     nbytes: int
 
 
-class FedBuff:
-    def __init__(self, engine: RoundEngine, config: RunConfig, aggregator: Aggregator, run_id: int) -> None:
-        self.engine, self.config, self.aggregator, self.run_id = engine, config, aggregator, run_id
-        self.concurrency = math.ceil(config.clients_per_round * config.over_selection)
-        self.assigned: dict[str, _Assignment] = {}
-        self._pending: list[_Pending] = []  # accepted while a commit is in progress
+class FedBuff(RunMode):
+    name = "fedbuff"
+
+    def __init__(self, services, run) -> None:
+        super().__init__(services, run)
+        self.concurrency = target(self.config)
+        self._pending: list[_Pending] = []  # accepted while the buffer is full or being committed
         self._collecting = False
         self._bytes_up = self._bytes_down = 0
         self._tasks_sent = 0
         self.accepted = self.rejected_stale = 0
         self.staleness_sum = 0
 
+    @staticmethod
+    def max_updates(config: RunConfig) -> int:
+        return config.buffer_size
+
     def describe(self) -> dict:
         return {
-            "buffer": self.aggregator.count if self._collecting else 0,
+            "buffer": self.run.rule.count if self._collecting else 0,
             "buffer_size": self.config.buffer_size,
-            "in_flight": len(self.assigned),
+            "in_flight": len(self.services.tasks),
             "accepted": self.accepted,
             "rejected_stale": self.rejected_stale,
             "mean_staleness": self.staleness_sum / self.accepted if self.accepted else 0.0,
@@ -87,93 +87,80 @@ class FedBuff:
     # -- updates --------------------------------------------------------------------
 
     def submit(self, peer_id: str, msg: Message, nbytes: int) -> Verdict:
-        engine, config = self.engine, self.config
-        job = self.assigned.get(peer_id)
-        if job is None:
-            return Verdict(False, "no task outstanding for this volunteer (expired or never given)", "not_selected")
-        if msg["round"] != job.round or msg["model_version"] != job.model_version:
-            return Verdict(False, f"update for round {msg['round']}/model {msg['model_version']} does not match the task (round {job.round}, model {job.model_version})", "round")
+        s, config = self.services, self.config
         # Refused here, the task stays open (as a sync round's selection does): a valid
         # update may still answer it, and a forged one cannot cancel it.
-        if refused := engine.check_update(peer_id, msg, config.codec):
-            return refused
-        staleness = engine.model_version - job.model_version
+        job = s.tasks.vet(peer_id, msg, config.codec)
+        if isinstance(job, Verdict):
+            return job
+        staleness = s.commits.model_version - job.model_version
         if staleness > config.max_staleness:
-            self._release(peer_id)
+            s.tasks.answered(peer_id)
             self.rejected_stale += 1
             return Verdict(False, f"update is {staleness} model versions stale (at most {config.max_staleness} accepted)", "stale")
-        item = _Pending(peer_id, msg["codec"], Encoded(msg["codec_params"], msg.arrays), msg["num_examples"] * staleness_weight(staleness, config.staleness_exponent), nbytes)
-        if not self._collecting or self.aggregator.count >= config.buffer_size:
+        item = _Pending(peer_id, payload(msg), msg["num_examples"] * staleness_weight(staleness, config.staleness_exponent), nbytes)
+        if not self._collecting or self.run.rule.count >= config.buffer_size:
             # The buffer is full or being committed: keep the update for the next one
             # (bounded by concurrency), so every commit holds exactly buffer_size.
             self._pending.append(item)
         elif refused := self._fold(item):
             return refused
-        self._release(peer_id)
+        s.tasks.answered(peer_id)
+        s.phase.changed()  # a slot is free for the next ready volunteer
         self.accepted += 1
         self.staleness_sum += staleness
         log.info("fedbuff: update from %s accepted (staleness %d, weight %.1f)", peer_id, staleness, item.weight)
-        crashpoint("training", engine.model_version + 1)
-        return Verdict(True)
-
-    def _release(self, peer_id: str) -> None:
-        """The task is answered: its slot is free for the next ready volunteer."""
-        del self.assigned[peer_id]
-        self.engine._changed.set()
+        crashpoint("training", s.commits.model_version + 1)
+        return ACCEPTED
 
     def _fold(self, item: _Pending) -> Verdict | None:
-        refused = add_update(self.aggregator, item.codec, item.enc, item.weight)
+        refused = fold(self.run.rule, self.config.codec, item.enc, item.weight)
         if refused is None:
             self._bytes_up += item.nbytes
         return refused
 
     # -- the loop ---------------------------------------------------------------------
 
-    async def run(self) -> None:
-        engine, config = self.engine, self.config
-        engine._fedbuff = self
+    async def drive(self) -> None:
+        s, config, rule = self.services, self.config, self.run.rule
         try:
-            while engine.run_rounds_done < config.rounds:
+            while not self.run.finished:
                 started = time.monotonic()
-                self.aggregator.begin(engine.model.size, config.buffer_size + self.concurrency)
+                rule.begin(s.commits.model.size, config.buffer_size + self.concurrency)
                 self._collecting = True
                 pending, self._pending = self._pending, []
                 for item in pending:
-                    if self.aggregator.count >= config.buffer_size:
+                    if rule.count >= config.buffer_size:
                         self._pending.append(item)
                     elif refused := self._fold(item):
                         # Already accepted, so the volunteer is not told; the count shows it.
-                        engine.rejections.add(refused.kind or "malformed")
+                        s.rejections.add(refused.kind or "malformed")
                         log.warning("fedbuff: buffered update from %s dropped: %s", item.peer_id, refused.reason)
-                engine._to(RoundState.TRAINING)
-                while self.aggregator.count < config.buffer_size:
+                s.phase.to(RoundState.TRAINING)
+                while rule.count < config.buffer_size:
                     await self._dispatch()
-                    await engine._wait_change(1.0)
+                    await s.phase.wait_change(POLL_S)
                 self._collecting = False
-                await engine._commit(self.aggregator, self.run_id, started, self._bytes_up, self._bytes_down)
-                self._bytes_up = self._bytes_down = 0
-                engine.run_rounds_done += 1
+                if await s.commits.commit(self.run, rule, started, self._bytes_up, self._bytes_down) is not None:
+                    self._bytes_up = self._bytes_down = 0
+                # Stale tasks stay answerable; rounds without a task left close.
+                s.tasks.close(keep=s.commits.model_version + 1)
         finally:
             self._collecting = False
-            if self.aggregator.count:
-                self.aggregator.abort()
-            engine._fedbuff = None
+            if rule.count:
+                rule.abort()
+            s.tasks.close()
 
     async def _dispatch(self) -> None:
-        """Expire overdue tasks, give every free slot to a ready volunteer, steer the rest."""
-        engine, config = self.engine, self.config
+        """Expire overdue tasks, give every free slot to an eligible volunteer, steer the rest."""
+        s, config = self.services, self.config
         now = asyncio.get_running_loop().time()
-        for peer_id, job in list(self.assigned.items()):
-            if peer_id not in engine.peers or now > job.expires:
-                del self.assigned[peer_id]
-        engine._wake_waiting()
-        ready = sorted(p.id for p in engine.peers.values() if p.state is PeerState.READY)
-        free = max(0, self.concurrency - len(self.assigned))
+        s.tasks.expire(now)
+        ready = s.selection.eligible(config.codec)
+        free = max(0, self.concurrency - len(s.tasks))
+        version = s.commits.model_version
         for peer_id in ready[:free]:
-            round_ = engine.model_version + 1
             self._tasks_sent += 1
-            seed = int(np.random.default_rng([engine.seed, round_, self._tasks_sent]).integers(2**31))
-            if sent := await engine.send_task(peer_id, config, seed):
-                self._bytes_down += sent
-                self.assigned[peer_id] = _Assignment(round_, engine.model_version, now + config.deadline_s)
-        await engine._steer(ready[free:], self.concurrency, config, "all training slots are taken")
+            seed = task_seed(s.seed, version + 1, self._tasks_sent)
+            self._bytes_down += await s.tasks.send(peer_id, config, version + 1, version, seed, now + config.deadline_s)
+        await s.selection.steer(ready[free:], self.concurrency, config, "all training slots are taken")

@@ -1,24 +1,27 @@
-"""Update validation policy: the norm bound of a run and rejection bookkeeping.
+"""Update validation: the verdict on one update, and rejection bookkeeping.
 
 Every refused frame or update is counted under a short reason key (``REASONS``) that the
 admin status shows as ``"rejections"``. The checks run, in this order, before anything
 touches the round's accumulator (or FedBuff's buffer): the update matches a task of this
-volunteer (sync: round open, volunteer selected, one update per round, model version;
-FedBuff: an outstanding task of that round and model); then, the same code in both modes
-(``RoundEngine.check_update``), the task's session token, codec and example count
-(FedBuff then refuses stale updates); last, in ``engine.add_update``, the codec (dtype,
-shape, finiteness) and the L2 norm bound inside ``Aggregator.add`` (which leaves the rule
-unchanged on failure).
+volunteer (``TaskBook.match``: round open, a task of that round, one update per round,
+model version); then ``check``: the task's session token, codec and example count (a
+mode's own policy, FedBuff's staleness, comes next); last ``fold``: the codec (dtype,
+shape, finiteness) and the L2 norm bound inside ``Aggregator.add``, which leaves the rule
+unchanged on failure. The kind of a refused fold is carried by the exception.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 
-from ..core.aggregation import NormBound, UpdateRejected
-from ..core.codecs import CodecError
+from ...core.aggregation import Aggregator, UpdateRejected
+from ...core.codecs import Codec, CodecError, Encoded
+from ...core.protocol import Message
 
-__all__ = ["REASONS", "Rejections", "classify_update_error", "parse_norm_bound"]
+__all__ = ["ACCEPTED", "MAX_EXAMPLES_PER_UPDATE", "REASONS", "Rejections", "Verdict", "check", "fold", "payload"]
+
+MAX_EXAMPLES_PER_UPDATE = 10_000_000
 
 REASONS = {
     "round": "the round is not open or the update names another round",
@@ -39,37 +42,47 @@ REASONS = {
 }
 
 
-def parse_norm_bound(spec: str | None) -> NormBound | None:
-    """``None``/``"none"``: no bound; ``"5.0"``: fixed; ``"x=5"`` or ``"5x"``: 5 times the recent median norm.
+@dataclass(frozen=True)
+class Verdict:
+    accepted: bool
+    reason: str | None = None
+    #: Short key of the rejection, counted in ``status()["rejections"]`` (see ``REASONS``).
+    kind: str | None = None
 
-    ``"5.0,x=3"`` gives both (the smaller applies). ``ValueError`` for anything else.
+
+ACCEPTED = Verdict(True)
+
+
+def check(tokens_ok: bool, msg: Message, codec: Codec) -> Verdict | None:
+    """The checks every mode makes on an update for its task; ``None`` if it passes.
+
+    ``tokens_ok``: the update echoes the token of the task it matched, which proves it
+    answers that task on this very connection.
     """
-    if spec is None:
-        return None
-    s = spec.strip().lower()
-    if s in ("", "none"):
-        return None
-    max_norm = factor = None
+    if not tokens_ok:
+        return Verdict(False, "the session token does not match this connection's task", "token")
+    if msg["codec"] != codec.spec:
+        return Verdict(False, f"this round uses codec {codec.spec!r}, not {msg['codec']!r}", "codec")
+    if not 0 < msg["num_examples"] <= MAX_EXAMPLES_PER_UPDATE:
+        return Verdict(False, f"num_examples must be in 1..{MAX_EXAMPLES_PER_UPDATE}", "num_examples")
+    return None
+
+
+def payload(msg: Message) -> Encoded:
+    return Encoded(msg["codec_params"], msg.arrays)
+
+
+def fold(aggregator: Aggregator, codec: Codec, enc: Encoded, weight: float) -> Verdict | None:
+    """Fold one update into ``aggregator`` (unchanged if it refuses); ``None`` if it took it."""
     try:
-        for part in s.split(","):
-            part = part.strip()
-            if part.startswith("x="):
-                factor = float(part[2:])
-            elif part.endswith("x"):
-                factor = float(part[:-1])
-            else:
-                max_norm = float(part)
-        return NormBound(max_norm=max_norm, factor=factor)
-    except ValueError:
-        raise ValueError(f"bad norm_bound {spec!r}: use null, a number C (fixed bound) or x=K (K times the recent median norm)") from None
-
-
-def classify_update_error(exc: Exception) -> str:
-    if isinstance(exc, UpdateRejected):
-        return "norm"
-    if isinstance(exc, CodecError) and "nan" in str(exc).lower():
-        return "nan"
-    return "malformed"
+        aggregator.add(codec, enc, weight)
+    except UpdateRejected as exc:
+        return Verdict(False, f"invalid update: {exc}", "norm")
+    except CodecError as exc:
+        return Verdict(False, f"invalid update: {exc}", exc.kind)
+    except ValueError as exc:
+        return Verdict(False, f"invalid update: {exc}", "malformed")
+    return None
 
 
 class Rejections(Counter):
