@@ -123,15 +123,15 @@ class CommitPipeline:
         except BaseException:
             _restore(run, before)
             raise
-        # Committed: from here on nothing may fail between the store and the live model.
+        # Committed: the live model follows at once, with no await in between.
         self.chain.advance(step)
         frame = self.chain.full_frame() if step.frame is None else step.frame
         self.params, self.model_version = params, round_
         run.rounds_done += 1
-        sent = await self._coordinator.publish(frame)
-        record = replace(record, bytes_down=bytes_down + sent * len(frame))
-        self.store.set_bytes_down(round_, record.bytes_down)
         self.history.append(record)
+        sent = await self._coordinator.publish(frame)
+        record = self.history[-1] = replace(record, bytes_down=bytes_down + sent * len(frame))
+        await asyncio.to_thread(self.store.set_bytes_down, round_, record.bytes_down)
         await self._coordinator.publish(self.status_frame())
         log.info("round %d committed: %d update(s), accuracy %.4f, loss %.4f", round_, participants, accuracy, loss)
         if stopped:
