@@ -3,6 +3,7 @@ the checkpoint transaction, and restored on resume."""
 
 import asyncio
 import sqlite3
+import time
 
 import numpy as np
 from rounds_harness import TASK, Volunteer, held_out, make_engine, small, until
@@ -131,3 +132,32 @@ def test_a_store_from_0_1_0_keeps_its_optimizer_state(tmp_path):
     np.testing.assert_array_equal(state["vector"], np.arange(4, dtype=np.float32))
     store.close()
     assert Store(path).component_states(1)["server_opt"][0] == 3  # migrated once, still there
+
+
+def test_a_stop_during_the_transaction_waits_for_it_and_the_live_model_follows_the_store(tmp_path):
+    async def main():
+        engine, coord = make_engine(tmp_path)
+        a = Volunteer(engine, coord, "a")
+        a.ready()
+        real, entered = engine.store.commit_round, asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def slow_commit(*args, **kwargs):
+            loop.call_soon_threadsafe(entered.set)
+            time.sleep(0.3)  # the stop arrives while the transaction is on its way
+            real(*args, **kwargs)
+
+        engine.store.commit_round = slow_commit
+        engine.start(RunConfig.from_json({"rounds": 2, "clients_per_round": 1, "deadline_s": 30}))
+        await until(lambda: a.task() is not None, what="a task")
+        assert (await a.update(small(0))).accepted
+        await entered.wait()
+        assert await engine.stop()
+        assert engine.store.latest_checkpoint(TASK.name, TASK.model)[0] == engine.model_version == 1
+        assert [r.round for r in engine.history] == [1] == [r.round for r in engine.store.history()]
+        assert [m["model_version"] for m in a.of("model")] == [1]
+        np.testing.assert_array_equal(decode(engine.model_frame()).arrays[0], engine.store.latest_checkpoint(TASK.name, TASK.model)[1])
+        with sqlite3.connect(tmp_path / "webfl.sqlite3") as db:
+            assert db.execute("SELECT status FROM runs").fetchone() == ("stopped",)
+
+    asyncio.run(main())
