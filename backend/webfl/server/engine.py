@@ -56,8 +56,7 @@ class RoundEngine:
         self.peers = Peers(self.phase)
         self.rejections = Rejections()
         self.tokens = TaskTokens()
-        self.commits = CommitPipeline(task, self.model, store, coordinator, self.phase, test, seed)
-        self.commits.status_frame = self.status_frame
+        self.commits = CommitPipeline(task, self.model, store, coordinator, self.phase, test, seed, self.status_frame)
         self.selection = Selection(self.peers, self.phase, coordinator, seed, lambda: [r.duration_s for r in self.commits.history])
         self.tasks = TaskBook(self.peers, coordinator, self.tokens)
         self.services = Services(self.phase, self.peers, self.selection, self.tasks, self.commits, self.rejections, seed)

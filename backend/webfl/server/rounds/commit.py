@@ -86,8 +86,13 @@ class Run:
 class CommitPipeline:
     """Owns the global model (``params``, ``model_version``, ``history``) and its downlink chain."""
 
-    def __init__(self, task: Task, model: MLP, store: Store, coordinator: Coordinator, phase: Phase, test: Dataset, seed: int) -> None:
+    def __init__(
+        self, task: Task, model: MLP, store: Store, coordinator: Coordinator, phase: Phase, test: Dataset, seed: int,
+        status_frame: Callable[[], bytes],
+    ) -> None:
+        """``status_frame``: the status frame broadcast after every commit."""
         self.task, self.model, self.store, self._coordinator, self._phase, self._seed = task, model, store, coordinator, phase, seed
+        self.status_frame = status_frame
         self._test_x, self._test_y = features(test.x), test.y
         checkpoint = store.latest_checkpoint(task.name, task.model)
         if checkpoint is None:
@@ -97,8 +102,6 @@ class CommitPipeline:
             self.model_version, self.params = checkpoint
         self.history = store.history()
         self.chain = ModelChain(self.params, self.model_version)
-        #: Set by the engine: the status frame broadcast after every commit.
-        self.status_frame: Callable[[], bytes] = lambda: b""
 
     async def commit(self, run: Run, aggregator: Aggregator, started: float, bytes_up: int, bytes_down: int) -> RoundRecord | None:
         """Commit ``aggregator``'s round; ``None`` if the aggregate was refused (nothing changed)."""
