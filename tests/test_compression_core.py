@@ -5,7 +5,7 @@ import pytest
 from test_volunteer import DATA, MODEL, joined, server, welcome
 
 from webfl.core.codecs import Encoded, get_codec
-from webfl.core.downlink import ModelChain, apply_model, digest, parse_downlink
+from webfl.core.downlink import ModelChain, apply_model, digest, get_downlink
 from webfl.core.protocol import ProtocolError, decode
 from webfl.core.volunteer import SessionState, TrainingDiverged, Volunteer
 from webfl.server.engine import RunConfig
@@ -103,11 +103,12 @@ def test_diverged_training_returns_to_idle_and_says_so(monkeypatch):
 
 def test_run_config_keeps_canonical_specs():
     config = RunConfig.from_json({"codec": " TopK:0.010+Q8 ", "downlink": "Delta:ROT+q4"})
-    assert config.codec == "topk:0.01+q8" and config.downlink == "delta:rot+q4"
-    assert RunConfig.from_json({}).downlink == "none"
+    assert config.codec.spec == "topk:0.01+q8" and config.downlink.spec == "delta:rot+q4"
+    assert config.to_dict()["codec"] == "topk:0.01+q8" and config.to_dict()["downlink"] == "delta:rot+q4"
+    assert RunConfig.from_json({}).downlink.spec == "none"
     for bad in ("gzip", "delta:", "delta:zip", "fp32", "topk:0.1"):
         with pytest.raises(ValueError, match="downlink"):
-            parse_downlink(bad)
+            get_downlink(bad)
 
 
 # -- downlink: what volunteers hold is what the server believes, bit for bit ---------------
@@ -140,7 +141,9 @@ def test_broadcasts_keep_volunteers_bit_exact_with_the_server(downlink):
     held, version = follow([chain.full_frame()])
     snapshots = {0: (held, version)}
     for v, params in enumerate(models(6), 1):
-        frame = chain.commit(params, v, downlink, np.random.default_rng(v))
+        step = chain.prepare(params, v, get_downlink(downlink), np.random.default_rng(v))
+        assert chain.version == v - 1  # prepared, not applied: a failed commit leaves the chain alone
+        frame = chain.advance(step)
         held, version = follow([frame], held, version)
         assert version == v and held.tobytes() == chain.held.tobytes()
         snapshots[v] = (held, version)
@@ -164,8 +167,12 @@ def test_broadcasts_keep_volunteers_bit_exact_with_the_server(downlink):
 def test_delta_frames_that_do_not_fit_are_ignored_or_refused():
     chain = ModelChain(MODEL.init(0), 0)
     held, _ = follow([chain.full_frame()])
-    first = chain.commit(models(1)[0], 1, "delta:q8", np.random.default_rng(1))
-    second = chain.commit(models(2)[1], 2, "delta:q8", np.random.default_rng(2))
+    q8 = get_downlink("delta:q8")
+    first = chain.advance(chain.prepare(models(1)[0], 1, q8, np.random.default_rng(1)))
+    stale = chain.prepare(models(2)[1], 2, q8, np.random.default_rng(2))
+    second = chain.advance(chain.prepare(models(2)[1], 2, q8, np.random.default_rng(2)))
+    with pytest.raises(ValueError, match="chain is at 2"):
+        chain.advance(stale)  # prepared on version 1: applying it twice would fork the chain
     # A full model for version 2 raced the delta 0 -> 1: the delta is stale, not an error.
     latest, _ = follow([chain.full_frame()])
     assert apply_model(latest, 2, decode(first), MODEL.size) is None

@@ -21,16 +21,16 @@ from websockets.exceptions import ConnectionClosed
 from webfl import __version__
 from webfl.core.protocol import Message, encode
 from webfl.server.engine import RunConfig
-from webfl.server.validation import parse_norm_bound
+from webfl.server.rounds.config import NormSpec
 
 
 def test_norm_bound_in_run_config():
-    assert RunConfig.from_json({"norm_bound": "x=5"}).norm_bound == "x=5"
-    assert RunConfig.from_json({"norm_bound": None}).norm_bound == "none"
-    assert parse_norm_bound("5.0").max_norm == 5.0 and parse_norm_bound("3x").factor == 3.0
-    assert parse_norm_bound("2.5,x=4").factor == 4.0 and parse_norm_bound("none") is None
+    assert RunConfig.from_json({"norm_bound": "x=5"}).to_dict()["norm_bound"] == "x=5"
+    assert RunConfig.from_json({"norm_bound": None}).to_dict()["norm_bound"] == "none"
+    assert NormSpec.parse("5.0").build().max_norm == 5.0 and NormSpec.parse("3x").build().factor == 3.0
+    assert NormSpec.parse("2.5,x=4").build().factor == 4.0 and NormSpec.parse("none").build() is None
     for bad in ("x=-1", "lots", "x=nan", 5):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="norm_bound"):
             RunConfig.from_json({"norm_bound": bad})
 
 

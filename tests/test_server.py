@@ -7,6 +7,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
+from servers import start_server
 from webfl import __version__
 from webfl.core.protocol import Message, decode, encode
 from webfl.core.tasks import get_task
@@ -68,10 +69,19 @@ def global_params(server) -> np.ndarray:
 # -- admin API -------------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def refusing(tmp_path_factory):
+    """One server for the tests whose every request is refused: none of them can change it,
+    so they need not pay a server start each."""
+    proc = start_server(tmp_path_factory.mktemp("refusing") / "data")
+    yield proc
+    proc.stop()
+
+
 @pytest.mark.parametrize(("method", "path"), [("GET", "/api/status"), ("GET", "/api/model"), ("POST", "/api/rounds"), ("POST", "/api/rounds/stop")])
 @pytest.mark.parametrize("token", [None, "wrong-token"])
-def test_admin_api_needs_the_token(server, method, path, token):
-    code, body = server.api(method, path, {} if method == "POST" else None, token=token)
+def test_admin_api_needs_the_token(refusing, method, path, token):
+    code, body = refusing.api(method, path, {} if method == "POST" else None, token=token)
     assert code == 401 and "token" in body["error"]
 
 
@@ -91,10 +101,10 @@ def test_admin_api_needs_the_token(server, method, path, token):
         ([1, 2], "JSON object"),
     ],
 )
-def test_bad_run_configs_get_400_with_a_message(server, body, message):
-    code, reply = server.api("POST", "/api/rounds", body)
+def test_bad_run_configs_get_400_with_a_message(refusing, body, message):
+    code, reply = refusing.api("POST", "/api/rounds", body)
     assert code == 400 and message in reply["error"]
-    assert server.status()["run"] is None
+    assert refusing.status()["run"] is None
 
 
 def test_a_second_run_is_refused_while_one_is_active_and_stop_ends_it(server):

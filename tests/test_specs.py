@@ -7,7 +7,7 @@ import pytest
 
 from webfl.core.aggregation import get_aggregator, parse_norm_bound
 from webfl.core.codecs import get_codec
-from webfl.core.downlink import Downlink, ModelChain, get_downlink, parse_downlink
+from webfl.core.downlink import Downlink, ModelChain, get_downlink
 from webfl.core.server_opt import get_server_opt
 from webfl.core.specs import Params, Spec, SpecError, parse_chain, parse_params, parse_spec
 
@@ -60,8 +60,8 @@ def test_params_read_typed_values_in_range_and_refuse_leftovers():
         (get_codec, "q3", "q3"), (get_codec, "topk", "topk"),
         (get_aggregator, "trimmed_mean:0.7", "beta=0.7"), (get_aggregator, "clipped:window=0", "window=0"),
         (parse_norm_bound, "x=-2", "x=-2"),
-        (parse_downlink, "delta:q3", "q3"), (parse_downlink, "delta:topk:1e9", "f=1e9"), (parse_downlink, "delta", "delta"),
-        (parse_downlink, "gzip", "gzip"), (parse_downlink, "fp16:1", "1"),
+        (get_downlink, "delta:q3", "q3"), (get_downlink, "delta:topk:1e9", "f=1e9"), (get_downlink, "delta", "delta"),
+        (get_downlink, "gzip", "gzip"), (get_downlink, "fp16:1", "1"),
         (get_server_opt, "fedadam:tau=0", "tau=0"), (get_server_opt, "fedavgm:momentum=1", "momentum=1"),
         (get_server_opt, "fedavg:lr=1e400", "lr=1e400"), (get_server_opt, "fedavg:beta=2", "beta=2"),
         (get_server_opt, "adam", "adam"), (get_server_opt, "fedavg:2", "2"),
@@ -79,11 +79,10 @@ def test_downlinks_are_typed_and_the_chain_takes_them_parsed():
     assert get_downlink("delta:rot+q4").spec == "delta:rot+q4" and get_downlink("none") == Downlink("none")
     assert get_downlink("fp16").codec.spec == "fp16"
     params = np.linspace(-1, 1, 300, dtype=np.float32)
-    frames = []
-    for downlink in (get_downlink("delta:q8"), "delta:q8"):
-        chain = ModelChain(np.zeros(300, np.float32), 0)
-        frames.append(chain.commit(params, 1, downlink, np.random.default_rng(3)))
-    assert frames[0] == frames[1]
+    chain = ModelChain(np.zeros(300, np.float32), 0)
+    step = chain.prepare(params, 1, get_downlink("delta:q8"), np.random.default_rng(3))
+    assert step.base_version == 0 and chain.version == 0  # prepared, not yet advanced
+    assert chain.advance(step) == step.frame and chain.version == 1
 
 
 def test_server_optimizer_specs_keep_their_canonical_form():

@@ -46,7 +46,7 @@ from .codecs import Codec, Encoded, get_codec
 from .protocol import Message, ProtocolError, encode
 from .specs import Params, SpecError, parse_spec
 
-__all__ = ["DOWNLINK_GRAMMAR", "Downlink", "ModelChain", "apply_model", "digest", "get_downlink", "parse_downlink"]
+__all__ = ["DOWNLINK_GRAMMAR", "ChainStep", "Downlink", "ModelChain", "apply_model", "digest", "get_downlink"]
 
 DOWNLINK_GRAMMAR = "none | fp16 | delta:SPEC (SPEC: an update codec such as q8 or topk:0.01+q8)"
 WHAT = "downlink"
@@ -84,11 +84,6 @@ def get_downlink(spec: object) -> Downlink:
         raise p.error(exc.part, f"{exc.why} (codec grammar: {exc.grammar})") from None
 
 
-def parse_downlink(spec: object) -> str:
-    """The canonical form of a downlink spec; ``SpecError`` (a ``ValueError``) for an invalid one."""
-    return get_downlink(spec).spec
-
-
 def digest(params: np.ndarray) -> str:
     """A short fingerprint of a float32 model, bit for bit."""
     return hashlib.sha256(np.ascontiguousarray(params, dtype="<f4").tobytes()).hexdigest()[:32]
@@ -115,6 +110,16 @@ def apply_model(held: np.ndarray | None, held_version: int, msg: Message, size: 
     return params
 
 
+@dataclass(frozen=True)
+class ChainStep:
+    """One prepared commit of a ``ModelChain``: the new held model and its frame."""
+
+    held: np.ndarray
+    version: int
+    frame: bytes | None  # None: the full float32 model, built on demand
+    base_version: int | None  # set for a delta frame
+
+
 class ModelChain:
     """The server's copy of the model volunteers hold, and the frames that reproduce it."""
 
@@ -138,41 +143,39 @@ class ModelChain:
             self._full = encode(Message("model", fields, (self.held,)))
         return self._full
 
-    def commit(self, params: np.ndarray, version: int, downlink: Downlink | str, rng: np.random.Generator) -> bytes:
-        """Move to the new exact ``params``; returns the frame to broadcast.
-
-        Pass the run's ``Downlink`` (parsed once); a spec string is parsed here.
-        """
-        if isinstance(downlink, str):
-            downlink = get_downlink(downlink)
-        codec = downlink.codec
+    def prepare(self, params: np.ndarray, version: int, downlink: Downlink, rng: np.random.Generator) -> ChainStep:
+        """The frame that moves volunteers to the new exact ``params``; the chain is unchanged
+        until ``advance``, so a commit that fails after this leaves it as it was."""
         if downlink.kind == "none":
-            self._reset(np.array(params, dtype=np.float32), version, None)
+            held = np.array(params, dtype=np.float32)
+            return ChainStep(held, version, None, None)
+        codec = downlink.codec
+        base = None if downlink.kind == "fp16" else self.version
+        x = params if base is None else np.subtract(params, self.held, dtype=np.float32)
+        enc = codec.encode(x, rng)
+        values = codec.decode(enc, params.size)
+        held = values.astype(np.float32) if base is None else np.add(self.held, values, dtype=np.float32)
+        fields = {"model_version": version, "codec": codec.spec, "codec_params": enc.params, "digest": digest(held)}
+        if base is not None:
+            fields["base_version"] = base
+        return ChainStep(held, version, encode(Message("model", fields, enc.arrays)), base)
+
+    def advance(self, step: ChainStep) -> bytes:
+        """Move to ``step`` (from ``prepare`` on this very chain state); the frame to broadcast."""
+        if step.base_version is None:
+            self._reset(step.held, step.version, step.frame)
             return self.full_frame()
-        if downlink.kind == "fp16":
-            enc = codec.encode(params, rng)
-            held = codec.decode(enc, params.size).astype(np.float32)
-            fields = {"model_version": version, "codec": codec.spec, "codec_params": enc.params, "digest": digest(held)}
-            self._reset(held, version, encode(Message("model", fields, enc.arrays)))
-            return self._full
-        enc = codec.encode(np.subtract(params, self.held, dtype=np.float32), rng)
-        held = np.add(self.held, codec.decode(enc, params.size), dtype=np.float32)
-        fields = {
-            "model_version": version,
-            "base_version": self.version,
-            "codec": codec.spec,
-            "codec_params": enc.params,
-            "digest": digest(held),
-        }
-        frame = encode(Message("model", fields, enc.arrays))
-        self.held, self.version, self._full = held, version, None
-        self._digests[version] = digest(held)
-        self._deltas[version] = frame
+        if step.base_version != self.version:
+            raise ValueError(f"step is a delta from version {step.base_version}, the chain is at {self.version}")
+        assert step.frame is not None
+        self.held, self.version, self._full = step.held, step.version, None
+        self._digests[step.version] = digest(step.held)
+        self._deltas[step.version] = step.frame
         while len(self._digests) > self.keep + 1:
             old, _ = self._digests.popitem(last=False)
             self._deltas.pop(old, None)
             self._deltas.pop(min(self._digests), None)  # no base left for the oldest delta
-        return frame
+        return step.frame
 
     def frames_for(self, version: int | None, model_digest: str | None) -> list[bytes]:
         """What a volunteer holding ``version`` (with that digest) needs to hold the current model."""

@@ -9,10 +9,29 @@ import numpy as np
 
 from .models import MLP
 
-__all__ = ["TrainConfig", "TrainResult", "local_train"]
+__all__ = ["BOUNDS", "TrainConfig", "TrainResult", "describe_bounds", "in_bounds", "local_train"]
 
 #: ``progress(epoch, batch, batches_per_epoch, loss)``, called after every batch.
 Progress = Callable[[int, int, int, float], None]
+
+
+#: The accepted range of each training setting: ``(low, high, low end included)``. The
+#: server checks a run's settings against these, so a task never carries one a volunteer refuses.
+BOUNDS: dict[str, tuple[float, float, bool]] = {
+    "epochs": (1, 100, True),
+    "batch_size": (1, 10_000, True),
+    "lr": (0.0, 10.0, False),
+    "prox_mu": (0.0, 100.0, True),
+}
+
+
+def in_bounds(value: float, lo: float, hi: float, closed: bool) -> bool:
+    """``lo <= value <= hi`` (``lo < value`` unless ``closed``); False for NaN."""
+    return (lo <= value if closed else lo < value) and value <= hi
+
+
+def describe_bounds(lo: float, hi: float, closed: bool) -> str:
+    return f"{'[' if closed else '('}{lo:g}, {hi:g}]"
 
 
 @dataclass(frozen=True)
@@ -25,14 +44,9 @@ class TrainConfig:
     prox_mu: float = 0.0
 
     def __post_init__(self) -> None:
-        if not (1 <= self.epochs <= 100):
-            raise ValueError("epochs must be in 1..100")
-        if not (1 <= self.batch_size <= 10_000):
-            raise ValueError("batch_size must be in 1..10000")
-        if not (0.0 < self.lr <= 10.0):
-            raise ValueError("lr must be in (0, 10]")
-        if not (0.0 <= self.prox_mu <= 100.0):
-            raise ValueError("prox_mu must be in [0, 100]")
+        for name, (lo, hi, closed) in BOUNDS.items():
+            if not in_bounds(getattr(self, name), lo, hi, closed):
+                raise ValueError(f"{name} must be in {describe_bounds(lo, hi, closed)}")
 
     def to_dict(self) -> dict:
         return asdict(self)

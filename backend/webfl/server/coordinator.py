@@ -1,10 +1,10 @@
 """Coordination between the round engine and the volunteer connections.
 
 Everything that crosses from the engine to a connection goes through this one
-small interface: the open round, and frames published to all volunteers or to
-chosen ones. ``InProcessCoordinator`` serves a single server process; a
-multi-process deployment swaps in a Redis-backed one (pub/sub channels per
-volunteer plus a key for the round) without touching the engine or the sockets.
+small interface: frames published to all volunteers or to chosen ones.
+``InProcessCoordinator`` serves a single server process; a multi-process
+deployment swaps in a Redis-backed one (a pub/sub channel per volunteer) without
+touching the engine or the sockets.
 """
 
 from __future__ import annotations
@@ -13,22 +13,10 @@ import asyncio
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
-from dataclasses import dataclass
 
-__all__ = ["Coordinator", "InProcessCoordinator", "RoundInfo", "SlowConsumer", "Subscription"]
+__all__ = ["Coordinator", "InProcessCoordinator", "SlowConsumer", "Subscription"]
 
 log = logging.getLogger("webfl.coordinator")
-
-
-@dataclass(frozen=True)
-class RoundInfo:
-    """The round that is open for updates."""
-
-    round: int
-    model_version: int
-    codec: str
-    deadline: float  # loop time
-    selected: frozenset[str]
 
 
 class SlowConsumer(Exception):
@@ -53,12 +41,6 @@ class Coordinator(ABC):
     @abstractmethod
     async def publish(self, frame: bytes, to: Iterable[str] | None = None) -> int:
         """Queue ``frame`` for the given volunteers (all if ``None``); returns how many."""
-
-    @abstractmethod
-    async def set_round(self, info: RoundInfo | None) -> None: ...
-
-    @abstractmethod
-    async def current_round(self) -> RoundInfo | None: ...
 
 
 class _QueueSubscription(Subscription):
@@ -97,7 +79,6 @@ class InProcessCoordinator(Coordinator):
     def __init__(self, queue_size: int = 16) -> None:
         self._queue_size = queue_size
         self._subscribers: dict[str, _QueueSubscription] = {}
-        self._round: RoundInfo | None = None
 
     def subscribe(self, volunteer_id: str) -> Subscription:
         sub = _QueueSubscription(self, volunteer_id, self._queue_size)
@@ -107,9 +88,3 @@ class InProcessCoordinator(Coordinator):
     async def publish(self, frame: bytes, to: Iterable[str] | None = None) -> int:
         targets = self._subscribers.values() if to is None else [s for v in to if (s := self._subscribers.get(v))]
         return sum(sub.offer(frame) for sub in list(targets))
-
-    async def set_round(self, info: RoundInfo | None) -> None:
-        self._round = info
-
-    async def current_round(self) -> RoundInfo | None:
-        return self._round

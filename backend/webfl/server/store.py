@@ -1,5 +1,6 @@
-"""Durable state in SQLite: runs, committed rounds with their metrics, and a
-checkpoint of the global model at every commit.
+"""Durable state in SQLite: runs, committed rounds with their metrics, a checkpoint
+of the global model at every commit, and the named states of a run's components (the
+server optimizer, the rule, ...) as of its last commit.
 
 Individual updates are never stored: they are folded into the round's aggregate
 as they arrive. Each commit is one transaction, so a crash leaves either the old
@@ -8,6 +9,7 @@ round or the new one, never half of it.
 
 from __future__ import annotations
 
+import io
 import json
 import sqlite3
 import threading
@@ -22,7 +24,6 @@ from .crashpoints import crashpoint
 __all__ = ["RoundRecord", "Store"]
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY,
     config TEXT NOT NULL,
@@ -49,12 +50,13 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     params BLOB NOT NULL,
     created_at REAL NOT NULL
 );
-CREATE TABLE IF NOT EXISTS server_opt_state (
-    run_id INTEGER PRIMARY KEY REFERENCES runs(id),
+CREATE TABLE IF NOT EXISTS component_state (
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    name TEXT NOT NULL,
     model_version INTEGER NOT NULL,
-    spec TEXT NOT NULL,
-    steps INTEGER NOT NULL,
-    state BLOB
+    fields TEXT NOT NULL,
+    arrays BLOB,
+    PRIMARY KEY (run_id, name)
 );
 """
 
@@ -86,6 +88,7 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        self._migrate()
 
     def close(self) -> None:
         with self._lock:
@@ -108,15 +111,6 @@ class Store:
         with self._lock:
             return self._db.execute(sql, args).fetchall()
 
-    # -- meta ------------------------------------------------------------------
-
-    def get_meta(self, key: str) -> str | None:
-        rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
-        return rows[0][0] if rows else None
-
-    def set_meta(self, key: str, value: str) -> None:
-        self._tx([("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))])
-
     # -- runs ------------------------------------------------------------------
 
     def start_run(self, config: dict) -> int:
@@ -136,45 +130,57 @@ class Store:
     def rounds_in_run(self, run_id: int) -> int:
         return int(self._query("SELECT COUNT(*) FROM rounds WHERE run_id = ?", (run_id,))[0][0])
 
-    def server_opt_state(self, run_id: int) -> tuple[int, str, int, np.ndarray | None] | None:
-        """``(model_version, spec, steps, state)`` as of the run's last commit."""
-        rows = self._query("SELECT model_version, spec, steps, state FROM server_opt_state WHERE run_id = ?", (run_id,))
-        if not rows:
-            return None
-        version, spec, steps, blob = rows[0]
-        return int(version), spec, int(steps), None if blob is None else np.frombuffer(blob, dtype="<f4").copy()
+    def component_states(self, run_id: int) -> dict[str, tuple[int, dict]]:
+        """Each component's ``(model_version, state)`` as of the run's last commit."""
+        rows = self._query("SELECT name, model_version, fields, arrays FROM component_state WHERE run_id = ?", (run_id,))
+        return {name: (int(version), _unpack(fields, blob)) for name, version, fields, blob in rows}
 
     # -- rounds and checkpoints ------------------------------------------------
 
     def save_checkpoint(self, model_version: int, task: str, model: str, params: np.ndarray) -> None:
         self._tx([_checkpoint_sql(model_version, task, model, params)])
 
-    def commit_round(
-        self,
-        record: RoundRecord,
-        task: str,
-        model: str,
-        params: np.ndarray,
-        server_opt: tuple[str, int, np.ndarray | None] | None = None,
-    ) -> None:
-        """Record a committed round, its new global model and the run's server
-        optimizer state ``(spec, steps, state)`` atomically."""
+    def commit_round(self, record: RoundRecord, task: str, model: str, params: np.ndarray, components: dict[str, dict] | None = None) -> None:
+        """Record a committed round, its new global model and the run's component states atomically."""
         cols = ", ".join(record.to_dict())
         marks = ", ".join("?" for _ in record.to_dict())
         statements = [
             (f"INSERT INTO rounds ({cols}) VALUES ({marks})", tuple(record.to_dict().values())),
             _checkpoint_sql(record.model_version, task, model, params),
         ]
-        if server_opt is not None and record.run_id is not None:
-            spec, steps, state = server_opt
-            blob = None if state is None else np.asarray(state, dtype="<f4").tobytes()
+        if record.run_id is not None:
+            for name, state in (components or {}).items():
+                fields, blob = _pack(state)
+                statements.append(
+                    (
+                        "INSERT OR REPLACE INTO component_state (run_id, name, model_version, fields, arrays) VALUES (?, ?, ?, ?, ?)",
+                        (record.run_id, name, record.model_version, fields, blob),
+                    )
+                )
+        self._tx(statements, crash_at="checkpoint", round_=record.round)
+
+    def set_bytes_down(self, round_: int, bytes_down: int) -> None:
+        """The bytes actually queued for a committed round (known only after its broadcast)."""
+        self._tx([("UPDATE rounds SET bytes_down = ? WHERE round = ?", (bytes_down, round_))])
+
+    def _migrate(self) -> None:
+        """0.1.0 kept only the server optimizer's state, in a table of its own."""
+        if not self._query("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'server_opt_state'"):
+            return
+        rows = self._query("SELECT run_id, model_version, spec, steps, state FROM server_opt_state")
+        statements = []
+        for run_id, version, spec, steps, blob in rows:
+            state: dict = {"spec": spec, "steps": steps}
+            if blob is not None:
+                state["vector"] = np.frombuffer(blob, dtype="<f4").copy()
+            fields, arrays = _pack(state)
             statements.append(
                 (
-                    "INSERT OR REPLACE INTO server_opt_state (run_id, model_version, spec, steps, state) VALUES (?, ?, ?, ?, ?)",
-                    (record.run_id, record.model_version, spec, steps, blob),
+                    "INSERT OR REPLACE INTO component_state (run_id, name, model_version, fields, arrays) VALUES (?, 'server_opt', ?, ?, ?)",
+                    (run_id, version, fields, arrays),
                 )
             )
-        self._tx(statements, crash_at="checkpoint", round_=record.round)
+        self._tx([*statements, ("DROP TABLE server_opt_state", ())])
 
     def latest_checkpoint(self, task: str, model: str) -> tuple[int, np.ndarray] | None:
         rows = self._query(
@@ -196,3 +202,22 @@ def _checkpoint_sql(model_version: int, task: str, model: str, params: np.ndarra
         "INSERT OR REPLACE INTO checkpoints (model_version, task, model, params, created_at) VALUES (?, ?, ?, ?, ?)",
         (model_version, task, model, np.asarray(params, dtype="<f4").tobytes(), time.time()),
     )
+
+
+def _pack(state: dict) -> tuple[str, bytes | None]:
+    """A component state as JSON fields plus its arrays in one ``.npz`` blob."""
+    arrays = {k: np.asarray(v) for k, v in state.items() if isinstance(v, np.ndarray)}
+    fields = json.dumps({k: v for k, v in state.items() if k not in arrays}, allow_nan=False)
+    if not arrays:
+        return fields, None
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return fields, buf.getvalue()
+
+
+def _unpack(fields: str, blob: bytes | None) -> dict:
+    state = json.loads(fields)
+    if blob is not None:
+        with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
+            state.update({k: npz[k] for k in npz.files})
+    return state

@@ -1,0 +1,1 @@
+"""The round, in parts: see ``server/engine.py`` for the map."""

@@ -1,0 +1,181 @@
+"""The global model and the pipeline that advances it, all or nothing.
+
+A commit: aggregate -> server optimizer -> sanity checks -> evaluate on the held-out
+split -> one store transaction (round record, checkpoint, every component's state) ->
+only then advance the downlink chain, adopt the model and broadcast. An aggregate that
+is non-finite or explodes, or a model that evaluates to NaN, is refused before anything
+is applied; a transaction that fails leaves the live model, the chain and the
+components exactly as the store has them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Protocol
+
+import numpy as np
+
+from ...core.aggregation import Aggregator
+from ...core.data import Dataset, features
+from ...core.downlink import ModelChain
+from ...core.models import MLP
+from ...core.server_opt import ServerOptimizer
+from ...core.tasks import Task
+from ..coordinator import Coordinator
+from ..crashpoints import crashpoint
+from ..store import RoundRecord, Store
+from .config import RunConfig
+from .seeds import downlink_rng
+from .state import Phase, RoundState
+
+__all__ = ["MAX_PARAM_ABS", "CommitPipeline", "Component", "OptimizerState", "Run"]
+
+log = logging.getLogger("webfl.engine")
+
+#: A parameter beyond this is a diverged (or poisoned) step, not learning: the models
+#: here keep weights of order one, and float32 activations overflow long before 1e19.
+MAX_PARAM_ABS = 1e6
+
+
+class Component(Protocol):
+    """Something a run must carry across a crash: its state goes into every checkpoint.
+
+    ``state()`` holds JSON values and NumPy arrays; ``load_state(state())`` restores it.
+    """
+
+    def state(self) -> dict: ...
+
+    def load_state(self, state: dict) -> None: ...
+
+
+class OptimizerState:
+    """The server optimizer as a ``Component``."""
+
+    def __init__(self, opt: ServerOptimizer, size: int) -> None:
+        self.opt, self.size = opt, size
+
+    def state(self) -> dict:
+        vector = self.opt.state()
+        out: dict = {"spec": self.opt.spec, "steps": self.opt.steps}
+        if vector is not None:
+            out["vector"] = vector.copy()  # a copy: the optimizer updates its own in place
+        return out
+
+    def load_state(self, state: dict) -> None:
+        self.opt.load_state(state.get("vector"), self.size, int(state["steps"]))
+
+
+class Run:
+    """One run: its settings, rule, optimizer and components, and how many rounds it committed."""
+
+    def __init__(self, run_id: int, config: RunConfig, rule: Aggregator, opt: ServerOptimizer, size: int, rounds_done: int = 0) -> None:
+        self.id, self.config, self.rule, self.opt = run_id, config, rule, opt
+        # The rule learns across rounds (norm histories): resuming without it would reopen
+        # the window in which an adaptive bound is still on its prior.
+        self.components: dict[str, Component] = {"server_opt": OptimizerState(opt, size), "rule": rule}
+        self.rounds_done = rounds_done
+
+    @property
+    def finished(self) -> bool:
+        return self.rounds_done >= self.config.rounds
+
+
+class CommitPipeline:
+    """Owns the global model (``params``, ``model_version``, ``history``) and its downlink chain."""
+
+    def __init__(
+        self, task: Task, model: MLP, store: Store, coordinator: Coordinator, phase: Phase, test: Dataset, seed: int,
+        status_frame: Callable[[], bytes],
+    ) -> None:
+        """``status_frame``: the status frame broadcast after every commit."""
+        self.task, self.model, self.store, self._coordinator, self._phase, self._seed = task, model, store, coordinator, phase, seed
+        self.status_frame = status_frame
+        self._test_x, self._test_y = features(test.x), test.y
+        checkpoint = store.latest_checkpoint(task.name, task.model)
+        if checkpoint is None:
+            self.model_version, self.params = 0, model.init(seed)
+            store.save_checkpoint(0, task.name, task.model, self.params)
+        else:
+            self.model_version, self.params = checkpoint
+        self.history = store.history()
+        self.chain = ModelChain(self.params, self.model_version)
+
+    async def commit(self, run: Run, aggregator: Aggregator, started: float, bytes_up: int, bytes_down: int) -> RoundRecord | None:
+        """Commit ``aggregator``'s round; ``None`` if the aggregate was refused (nothing changed)."""
+        round_ = self.model_version + 1
+        self._phase.to(RoundState.AGGREGATING)
+        crashpoint("aggregating", round_)
+        participants = aggregator.count
+        delta = await asyncio.to_thread(aggregator.finish)
+        before = {name: c.state() for name, c in run.components.items()}
+        try:
+            params = await asyncio.to_thread(run.opt.step, self.params, delta)
+            loss, accuracy = await asyncio.to_thread(self._evaluate, params)
+            if (refusal := _refusal(delta, params, loss)) is not None:
+                _restore(run, before)
+                log.error("round %d refused: %s; the model stays at version %d", round_, refusal, self.model_version)
+                return None
+            self._phase.to(RoundState.BROADCASTING)
+            step = self.chain.prepare(params, round_, run.config.downlink, downlink_rng(self._seed, round_))
+            record = RoundRecord(round_, run.id, round_, accuracy, loss, participants, bytes_up, bytes_down, time.monotonic() - started, time.time())
+            states = {name: c.state() for name, c in run.components.items()}
+            stopped = await _uninterrupted(asyncio.to_thread(self.store.commit_round, record, self.task.name, self.task.model, params, states))
+        except BaseException:
+            _restore(run, before)
+            raise
+        # Committed: the live model follows at once, with no await in between.
+        self.chain.advance(step)
+        frame = self.chain.full_frame() if step.frame is None else step.frame
+        self.params, self.model_version = params, round_
+        run.rounds_done += 1
+        self.history.append(record)
+        sent = await self._coordinator.publish(frame)
+        record = self.history[-1] = replace(record, bytes_down=bytes_down + sent * len(frame))
+        await asyncio.to_thread(self.store.set_bytes_down, round_, record.bytes_down)
+        await self._coordinator.publish(self.status_frame())
+        log.info("round %d committed: %d update(s), accuracy %.4f, loss %.4f", round_, participants, accuracy, loss)
+        if stopped:
+            raise asyncio.CancelledError
+        return record
+
+    def _evaluate(self, params: np.ndarray) -> tuple[float, float]:
+        with np.errstate(all="ignore"):  # overflow shows up as a non-finite loss, refused above
+            return self.model.evaluate(params, self._test_x, self._test_y)
+
+
+def _refusal(delta: np.ndarray, params: np.ndarray, loss: float) -> str | None:
+    if not np.isfinite(delta).all():
+        return "the aggregate holds NaN or Inf"
+    if not np.isfinite(params).all() or float(np.abs(params).max()) > MAX_PARAM_ABS:
+        return f"the step would move a parameter beyond {MAX_PARAM_ABS:g} (an exploding aggregate)"
+    if not math.isfinite(loss):
+        return f"the new model evaluates to a loss of {loss}"
+    return None
+
+
+def _restore(run: Run, states: dict[str, dict]) -> None:
+    for name, state in states.items():
+        run.components[name].load_state(state)
+
+
+async def _uninterrupted(aw) -> bool:
+    """Await ``aw`` to its end even if the run is stopped meanwhile; True if it was.
+
+    A transaction that commits in its thread must be followed by the live model, so the
+    caller adopts the commit first and only then honours the stop."""
+    fut = asyncio.ensure_future(aw)
+    cancelled = False
+    while True:
+        try:
+            await asyncio.shield(fut)
+            break
+        except asyncio.CancelledError:
+            if fut.cancelled():
+                raise
+            cancelled = True
+    return cancelled

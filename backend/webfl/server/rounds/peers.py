@@ -1,0 +1,102 @@
+"""The connected volunteers as the server sees them: one ``PeerState`` machine each."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from enum import Enum
+
+from .state import Phase
+
+__all__ = ["Peer", "PeerState", "Peers"]
+
+log = logging.getLogger("webfl.engine")
+
+
+class PeerState(str, Enum):
+    CONNECTED = "connected"  # said hello; no model or no data yet
+    READY = "ready"  # can be selected
+    TRAINING = "training"  # given a task; busy until it reports ready again
+    PAUSED = "paused"
+    WAITING = "waiting"  # told to come back later (pace steering); ready again at wait_until
+
+
+@dataclass
+class Peer:
+    id: str
+    agent: str
+    address: str
+    #: Codec stages the volunteer advertised in ``hello`` (the protocol requires the list).
+    codecs: frozenset[str]
+    state: PeerState = PeerState.CONNECTED
+    num_examples: int = 0
+    connected_at: float = field(default_factory=time.time)
+    refused_codecs: set[str] = field(default_factory=set, repr=False)  # logged once each
+    wait_until: float = 0.0  # loop time, while WAITING
+
+
+class Peers:
+    """The registry of live connections; every state change signals the ``Phase``."""
+
+    def __init__(self, phase: Phase) -> None:
+        self._phase = phase
+        self._peers: dict[str, Peer] = {}
+
+    def __contains__(self, peer_id: object) -> bool:
+        return peer_id in self._peers
+
+    def __len__(self) -> int:
+        return len(self._peers)
+
+    def __iter__(self) -> Iterator[Peer]:
+        return iter(list(self._peers.values()))
+
+    def get(self, peer_id: str) -> Peer | None:
+        return self._peers.get(peer_id)
+
+    def add(self, peer_id: str, agent: str, address: str, codecs: list) -> Peer:
+        if peer_id in self._peers:
+            raise ValueError(f"volunteer {peer_id} is already connected")
+        peer = self._peers[peer_id] = Peer(peer_id, agent, address, frozenset(c for c in codecs if isinstance(c, str)))
+        self._phase.changed()
+        return peer
+
+    def remove(self, peer_id: str) -> bool:
+        if self._peers.pop(peer_id, None) is None:
+            return False
+        log.info("volunteer %s disconnected", peer_id)
+        self._phase.changed()
+        return True
+
+    def to(self, peer: Peer, new: PeerState) -> None:
+        if new is not peer.state:
+            log.info("volunteer %s: %s -> %s", peer.id, peer.state.value, new.value)
+            peer.state = new
+            self._phase.changed()
+
+    def ready(self, peer_id: str, num_examples: int, now: float) -> None:
+        """A volunteer reports ready; one told to wait stays WAITING until its time is up."""
+        peer = self._peers[peer_id]
+        peer.num_examples = num_examples
+        if peer.state is PeerState.WAITING and now < peer.wait_until:
+            return
+        self.to(peer, PeerState.READY)
+
+    def wait(self, peer_id: str, until: float) -> None:
+        peer = self._peers[peer_id]
+        peer.wait_until = until
+        self.to(peer, PeerState.WAITING)
+
+    def wake(self, now: float) -> None:
+        """Volunteers whose wait is over are ready again."""
+        for peer in self:
+            if peer.state is PeerState.WAITING and now >= peer.wait_until:
+                self.to(peer, PeerState.READY)
+
+    def count(self, state: PeerState) -> int:
+        return sum(p.state is state for p in self._peers.values())
+
+    def in_state(self, state: PeerState) -> list[str]:
+        return sorted(p.id for p in self._peers.values() if p.state is state)

@@ -1,0 +1,83 @@
+"""Who trains next: the ready volunteers that can use the run's codec, how many to pick,
+and pace steering for the rest (``wait``, see ``server/pacing.py``). Both run modes pick
+through here, so they agree on the codec check and on ``ceil(clients_per_round * over_selection)``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+from collections.abc import Callable, Sequence
+
+from ...core.codecs import Codec
+from ...core.protocol import Message, encode
+from .. import pacing
+from ..coordinator import Coordinator
+from .config import RunConfig
+from .peers import Peer, PeerState, Peers
+from .seeds import selection_rng
+from .state import Phase
+
+__all__ = ["Selection", "target"]
+
+log = logging.getLogger("webfl.engine")
+
+
+def target(config: RunConfig) -> int:
+    """How many volunteers train at once: selected per sync round, in flight under FedBuff."""
+    return math.ceil(config.clients_per_round * config.over_selection)
+
+
+class Selection:
+    def __init__(self, peers: Peers, phase: Phase, coordinator: Coordinator, seed: int, durations: Callable[[], Sequence[float]]) -> None:
+        self._peers, self._phase, self._coordinator, self._seed = peers, phase, coordinator, seed
+        self._durations = durations  # of the committed rounds, for pace steering
+        self._pace_rng = random.Random(seed)
+        self.waits_sent = 0
+
+    def eligible(self, codec: Codec) -> list[str]:
+        """Ready volunteers (after waking those whose wait is over) that can decode ``codec``."""
+        self._peers.wake(asyncio.get_running_loop().time())
+        return [p for p in self._peers.in_state(PeerState.READY) if self._can_use(self._peers.get(p), codec)]
+
+    def _can_use(self, peer: Peer | None, codec: Codec) -> bool:
+        if peer is None:
+            return False
+        if peer.codecs.issuperset(codec.stages):
+            return True
+        if codec.spec not in peer.refused_codecs:
+            peer.refused_codecs.add(codec.spec)
+            log.info("volunteer %s not selectable: codec %s needs %s, it supports %s", peer.id, codec.spec, ", ".join(codec.stages), ", ".join(sorted(peer.codecs)))
+        return False
+
+    async def select(self, config: RunConfig, model_version: int, rounds_committed: int) -> list[str]:
+        """A sync round's cohort: wait up to ``select_timeout_s`` for ``target`` eligible
+        volunteers (never fewer than ``min_updates``), pick at random, steer the surplus."""
+        want = target(config)
+        loop = asyncio.get_running_loop()
+        since = loop.time()
+        while True:
+            ready = self.eligible(config.codec)
+            waited = loop.time() - since
+            if len(ready) >= want or (len(ready) >= config.min_updates and waited >= config.select_timeout_s):
+                break
+            await self._phase.wait_change(config.select_timeout_s - waited if len(ready) >= config.min_updates else 1.0)
+        rng = selection_rng(self._seed, model_version, rounds_committed)
+        selected = sorted(rng.choice(ready, size=min(want, len(ready)), replace=False).tolist())
+        await self.steer(sorted(set(ready) - set(selected)), want, config, "not selected for this round")
+        return selected
+
+    async def steer(self, peer_ids: list[str], needed: int, config: RunConfig, reason: str) -> None:
+        """Tell ``peer_ids`` (ready, surplus) to come back later, sized to the load."""
+        if config.max_wait_s <= 0 or not peer_ids:
+            return
+        ready = self._peers.count(PeerState.READY) + self._peers.count(PeerState.WAITING)
+        round_s = pacing.round_duration(list(self._durations()), min(config.deadline_s, 10.0))
+        now = asyncio.get_running_loop().time()
+        for peer_id in peer_ids:
+            t = pacing.retry_after(ready, needed, round_s, config.max_wait_s, self._pace_rng)
+            if await self._coordinator.publish(encode(Message("wait", {"retry_after_s": t, "reason": reason})), to=[peer_id]):
+                self._peers.wait(peer_id, now + t)
+                self.waits_sent += 1
+        log.info("pace steering: %d volunteer(s) told to come back later (%s)", len(peer_ids), reason)

@@ -1,0 +1,59 @@
+"""What the engine reports: the admin status (``GET /api/status``) and the volunteers' ``status`` frame."""
+
+from __future__ import annotations
+
+import asyncio
+
+from ...core.protocol import Message, encode
+from ...core.tasks import Task
+from .commit import CommitPipeline, Run
+from .mode import RunMode
+from .peers import PeerState, Peers
+from .selection import Selection
+from .state import Phase
+from .validation import Rejections
+
+__all__ = ["status", "status_frame"]
+
+
+def status(
+    task: Task, phase: Phase, peers: Peers, commits: CommitPipeline, selection: Selection, rejections: Rejections,
+    run: Run | None, running: bool, mode: RunMode | None,
+) -> dict:
+    open_ = mode.open_round() if mode else None
+    now = asyncio.get_running_loop().time()
+    return {
+        "state": phase.state.value,
+        "task": task.to_dict(),
+        "model_version": commits.model_version,
+        "round": open_["round"] if open_ else None,
+        "connected": len(peers),
+        "volunteers": {s.value: peers.count(s) for s in PeerState},
+        "run": None
+        if run is None
+        else {"id": run.id, "running": running, "rounds_done": run.rounds_done, "config": run.config.to_dict()},
+        "waits_sent": selection.waits_sent,
+        "fedbuff": mode.describe() if mode else None,
+        "open_round": None
+        if open_ is None
+        else {
+            "round": open_["round"],
+            "selected": open_["selected"],
+            "received": open_["received"],
+            "deadline_in_s": max(0.0, open_["deadline"] - now),
+        },
+        "rejections": rejections.to_dict(),
+        "history": [r.to_dict() for r in commits.history],
+    }
+
+
+def status_frame(phase: Phase, peers: Peers, commits: CommitPipeline, mode: RunMode | None) -> bytes:
+    open_ = mode.open_round() if mode else None
+    fields = {
+        "state": phase.state.value,
+        "round": open_["round"] if open_ else commits.model_version,
+        "model_version": commits.model_version,
+        "connected": len(peers),
+        "history": [[r.round, r.accuracy] for r in commits.history[-200:]],
+    }
+    return encode(Message("status", fields))

@@ -1,0 +1,126 @@
+"""Synchronous rounds (FedAvg, McMahan et al. 2017): select, train, close, commit.
+
+A round selects up to ``ceil(clients_per_round * over_selection)`` eligible volunteers,
+gives each a task, and closes at ``clients_per_round`` accepted updates, when no selected
+volunteer is still training, or at ``deadline_s``. With ``min_updates`` it commits;
+with fewer (or a refused aggregate) it is abandoned, the model unchanged, and retried.
+Surplus ready volunteers are steered away (``wait``) while it trains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+from ...core.protocol import Message
+from ..crashpoints import crashpoint
+from .config import RunConfig
+from .mode import RunMode
+from .peers import PeerState
+from .seeds import task_seed
+from .selection import target
+from .state import RoundState
+from .validation import ACCEPTED, Verdict, fold, payload
+
+__all__ = ["SyncRounds"]
+
+log = logging.getLogger("webfl.engine")
+
+#: Pause between an abandoned round and its retry.
+RETRY_S = 0.5
+
+
+@dataclass
+class _OpenRound:
+    round: int
+    deadline: float  # loop time
+    selected: frozenset[str]
+    started: float = field(default_factory=time.monotonic)
+    received: int = 0
+    bytes_up: int = 0
+    bytes_down: int = 0
+
+
+class SyncRounds(RunMode):
+    name = "sync"
+
+    def __init__(self, services, run) -> None:
+        super().__init__(services, run)
+        self._open: _OpenRound | None = None
+
+    @staticmethod
+    def max_updates(config: RunConfig) -> int:
+        return target(config)
+
+    @staticmethod
+    def cohort(config: RunConfig) -> tuple[int, int]:
+        return config.clients_per_round, config.min_updates
+
+    async def drive(self) -> None:
+        try:
+            while not self.run.finished:
+                if not await self._round():
+                    await asyncio.sleep(RETRY_S)
+        finally:
+            self._close()
+
+    async def _round(self) -> bool:
+        """One round; True if it committed, False if it was abandoned."""
+        s, config, rule = self.services, self.config, self.run.rule
+        s.phase.to(RoundState.SELECTING)
+        version = s.commits.model_version
+        selected = await s.selection.select(config, version, len(s.commits.history))
+        loop = asyncio.get_running_loop()
+        round_ = version + 1
+        open_ = self._open = _OpenRound(round_, loop.time() + config.deadline_s, frozenset(selected))
+        rule.begin(s.commits.model.size, len(selected))
+        s.tasks.open(round_)
+        for i, peer_id in enumerate(selected):
+            open_.bytes_down += await s.tasks.send(peer_id, config, round_, version, task_seed(s.seed, round_, i), open_.deadline)
+        log.info("round %d: selected %d volunteer(s) of %d connected", round_, len(selected), len(s.peers))
+        s.phase.to(RoundState.TRAINING)
+        want = target(config)
+        while True:
+            # Only volunteers still training on their task will answer: not one that left,
+            # nor one that came back without it (a reloaded tab, see engine.connect).
+            training = {p for p in s.tasks.outstanding() if (peer := s.peers.get(p)) and peer.state is PeerState.TRAINING}
+            remaining = open_.deadline - loop.time()
+            if open_.received >= config.clients_per_round or not training or remaining <= 0:
+                break
+            # Volunteers ready beyond what the next round selects have nothing to do for a while.
+            await s.selection.steer(s.selection.eligible(config.codec)[want:], want, config, "enough volunteers are ready")
+            await s.phase.wait_change(remaining)
+        self._close()
+        if rule.count < config.min_updates:
+            rule.abort()
+            log.warning("round %d abandoned: %d update(s), %d needed; global model unchanged", round_, rule.count, config.min_updates)
+            return False
+        return await s.commits.commit(self.run, rule, open_.started, open_.bytes_up, open_.bytes_down) is not None
+
+    def _close(self) -> None:
+        self._open = None
+        self.services.tasks.close()
+
+    def submit(self, peer_id: str, msg: Message, nbytes: int) -> Verdict:
+        s, open_ = self.services, self._open
+        job = s.tasks.vet(peer_id, msg, self.config.codec)
+        if isinstance(job, Verdict):
+            return job
+        assert open_ is not None and job.round == open_.round  # the book only holds this round's tasks
+        if refused := fold(self.run.rule, self.config.codec, payload(msg), float(msg["num_examples"])):
+            return refused  # the task stays open: a valid update may still answer it
+        s.tasks.answered(peer_id)
+        open_.received += 1
+        open_.bytes_up += nbytes
+        log.info("round %d: update %d/%d from %s accepted", open_.round, open_.received, len(open_.selected), peer_id)
+        crashpoint("training", open_.round)
+        s.phase.changed()
+        return ACCEPTED
+
+    def open_round(self) -> dict | None:
+        open_ = self._open
+        if open_ is None:
+            return None
+        return {"round": open_.round, "selected": len(open_.selected), "received": open_.received, "deadline": open_.deadline}

@@ -1,0 +1,146 @@
+"""Sync rounds in process: selection, over-selection, select timeout, deadline, abandon
+and retry, min_updates, pace steering and the codec-capability check."""
+
+import asyncio
+
+import numpy as np
+from rounds_harness import Volunteer, make_engine, small, until
+
+from webfl.server.engine import PeerState, RunConfig
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_over_selection_picks_the_cohort_steers_the_rest_and_closes_at_clients_per_round(tmp_path):
+    async def main():
+        engine, coord = make_engine(tmp_path)
+        vs = [Volunteer(engine, coord, f"v{i}") for i in range(5)]
+        for v in vs:
+            v.ready()
+        engine.start(RunConfig.from_json(dict(rounds=1, clients_per_round=2, over_selection=1.5, deadline_s=30)))
+        await until(lambda: sum(v.task() is not None for v in vs) == 3, what="3 tasks")
+        chosen = [v for v in vs if v.task() is not None]
+        others = [v for v in vs if v.task() is None]
+        assert all(v.of("wait") and engine.peers.get(v.id).state is PeerState.WAITING for v in others)
+        assert engine.status()["open_round"]["selected"] == 3 and engine.status()["waits_sent"] == 2
+        before = engine.params.copy()
+        for i, v in enumerate(chosen[:2]):
+            assert (await v.update(small(i))).accepted
+        await until(lambda: not engine.running, what="the run to end")  # closed at 2 of 3: no wait for the third
+        late = await chosen[2].update(small(9))
+        assert not late.accepted and late.kind == "round"
+        (record,) = engine.history
+        assert record.participants == 2 and engine.model_version == 1
+        np.testing.assert_allclose(engine.params, before + (small(0) + small(1)) / 2, atol=1e-6)
+        # Every connected volunteer got the committed model, and bytes_down counts those frames.
+        model_frames = [m for v in vs for m in v.of("model")]
+        assert len(model_frames) == 5 and {m["model_version"] for m in model_frames} == {1}
+        assert record.bytes_down == engine.store.history()[0].bytes_down > 5 * engine.model.size * 4
+
+    run(main())
+
+
+def test_select_timeout_starts_with_fewer_but_never_below_min_updates(tmp_path):
+    async def main():
+        engine, coord = make_engine(tmp_path)
+        a = Volunteer(engine, coord, "a")
+        a.ready()
+        engine.start(RunConfig.from_json(dict(rounds=1, clients_per_round=3, min_updates=2, select_timeout_s=0.05, deadline_s=30)))
+        await asyncio.sleep(0.3)  # well past the select timeout: one is below min_updates
+        assert engine.state.value == "selecting" and a.task() is None
+        b = Volunteer(engine, coord, "b")
+        b.ready()
+        await until(lambda: a.task() is not None and b.task() is not None, what="a round of 2")
+        assert engine.status()["open_round"]["selected"] == 2
+        await engine.stop()
+
+    run(main())
+
+
+def test_deadline_abandons_a_round_below_min_updates_and_retries_it(tmp_path):
+    async def main():
+        engine, coord = make_engine(tmp_path)
+        a, b = Volunteer(engine, coord, "a"), Volunteer(engine, coord, "b")
+        a.ready()
+        b.ready()
+        before = engine.params.copy()
+        engine.start(RunConfig.from_json(dict(rounds=1, clients_per_round=2, min_updates=2, deadline_s=0.2, max_wait_s=0)))
+        await until(lambda: a.task() and b.task(), what="tasks")
+        first = a.task()
+        assert (await a.update(small(0))).accepted  # b never answers
+        await until(lambda: engine.state.value == "selecting", what="the round to be abandoned")
+        np.testing.assert_array_equal(engine.params, before)
+        assert engine.history == [] and engine.store.history() == []
+        late = await b.update(small(1), task=b.task())
+        assert not late.accepted and "not open" in late.reason
+        a.ready()
+        b.ready()
+        await until(lambda: len(a.of("task")) == 2 and len(b.of("task")) == 2, what="the retry")
+        assert a.task()["round"] == first["round"] == 1 and a.task()["token"] == first["token"]  # same round, same model
+        assert (await a.update(small(2))).accepted and (await b.update(small(3))).accepted
+        await until(lambda: not engine.running, what="the retried round to commit")
+        assert [r.round for r in engine.history] == [1]
+
+    run(main())
+
+
+def test_a_volunteer_that_leaves_does_not_hold_the_round_to_its_deadline(tmp_path):
+    async def main():
+        engine, coord = make_engine(tmp_path)
+        a, b = Volunteer(engine, coord, "a"), Volunteer(engine, coord, "b")
+        a.ready()
+        b.ready()
+        engine.start(RunConfig.from_json(dict(rounds=1, clients_per_round=2, min_updates=1, deadline_s=60)))
+        await until(lambda: a.task() and b.task(), what="tasks")
+        assert (await a.update(small(0))).accepted
+        b.leave()
+        await until(lambda: not engine.running, timeout=5, what="the round to close without b")
+        assert engine.history[0].participants == 1
+
+    run(main())
+
+
+def test_rejections_are_classified_by_kind_and_leave_the_round_alone(tmp_path):
+    async def main():
+        engine, coord = make_engine(tmp_path)
+        a, spectator = Volunteer(engine, coord, "a"), Volunteer(engine, coord, "s")
+        a.ready()
+        engine.start(RunConfig.from_json(dict(rounds=1, clients_per_round=1, norm_bound="1.0", deadline_s=30)))
+        await until(lambda: a.task() is not None, what="a task")
+        nan = small(0)
+        nan[3] = np.nan
+        verdicts = [
+            await a.update(nan),
+            await a.update(small(0) * 1e4),
+            await a.update(small(0), token="0" * 32),
+            await a.update(small(0), model_version=7),
+            await a.update(small(0), n=0),
+            await a.update(small(0), codec="q8"),
+            await a.update(np.zeros(10)),
+            await spectator.update(small(0), task=a.task()),
+        ]
+        assert [v.kind for v in verdicts] == ["nan", "norm", "token", "model_version", "num_examples", "codec", "malformed", "not_selected"]
+        assert (await a.update(small(0))).accepted
+        dup = await a.update(small(0))
+        assert dup.kind == "duplicate" and dup.reason == "duplicate update for round 1"
+        await until(lambda: not engine.running, what="the commit")
+        assert engine.status()["rejections"] == {k: 1 for k in ["codec", "duplicate", "malformed", "model_version", "nan", "norm", "not_selected", "num_examples", "token"]}
+
+    run(main())
+
+
+def test_sync_selects_only_volunteers_that_can_decode_the_codec(tmp_path):
+    async def main():
+        engine, coord = make_engine(tmp_path)
+        old, new = Volunteer(engine, coord, "old", codecs=["none"]), Volunteer(engine, coord, "new", codecs=["none", "q8"])
+        old.ready()
+        new.ready()
+        engine.start(RunConfig.from_json(dict(rounds=1, clients_per_round=2, codec="q8", select_timeout_s=0.05, deadline_s=30)))
+        await until(lambda: new.task() is not None, what="a task for the q8 volunteer")
+        assert old.task() is None and new.task()["codec"] == "q8"
+        assert (await new.update(small(0), codec="q8")).accepted
+        await until(lambda: not engine.running, what="the commit")
+
+    run(main())
