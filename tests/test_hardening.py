@@ -4,11 +4,13 @@ and no secret in any page."""
 
 import base64
 import http.cookiejar
+import json
 import os
 import re
 import socket
 import struct
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 
@@ -263,3 +265,299 @@ def test_session_posts_need_the_csrf_token_and_frames_are_refused_elsewhere(serv
         assert "frame-ancestors 'self'" in resp.headers["Content-Security-Policy"]
     with opener.open(server.url + "/admin") as resp:
         assert "frame-ancestors 'none'" in resp.headers["Content-Security-Policy"]
+
+
+# -- issue 16, items 3-12: each attack through a real `webfl serve` ---------------------
+
+
+def _rss_kb(pid: int, field: str = "VmHWM") -> int:
+    """Peak (VmHWM) or current (VmRSS) resident memory of a process, from /proc."""
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} for {pid}")
+
+
+def _stream_post(url: str, path: str, total: int, chunked: bool, token: str = "") -> tuple[int, bytes]:
+    """POST ``total`` bytes of body as fast as the server takes them; the bytes sent and its answer."""
+    parts = urllib.parse.urlsplit(url)
+    s = socket.create_connection((parts.hostname, parts.port), timeout=20)
+    length = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {total}"
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
+    s.sendall(f"POST {path} HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+              f"{auth}{length}\r\n\r\n".encode())
+    block, sent = b"a" * (1 << 20), 0
+    chunk = b"%x\r\n%s\r\n" % (len(block), block) if chunked else block
+    try:
+        while sent < total:
+            s.sendall(chunk)
+            sent += len(block)
+    except OSError:
+        pass  # the server answered and closed: the rest of the body is never read
+    answer = b""
+    try:
+        while chunk := s.recv(65536):
+            answer += chunk
+    except OSError:
+        pass
+    s.close()
+    return sent, answer
+
+
+@pytest.mark.parametrize("path", ["/admin/login", "/admin/logout", "/api/rounds"])
+def test_bodies_are_bounded_while_they_stream(server, path):
+    """Issue 16.3: a 350 MB body, declared or chunked, gets 413 and leaves the server's memory flat."""
+    pid = server.proc.pid
+    before = _rss_kb(pid)
+    for chunked in (False, True):
+        # The API is read only once the token checks out; the forms by anyone.
+        sent, answer = _stream_post(server.url, path, 350 << 20, chunked, server.token if path.startswith("/api") else "")
+        assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+        assert b"request body too large" in answer
+    grown_mb = (_rss_kb(pid) - before) / 1024
+    print(f"{path}: peak RSS grew by {grown_mb:.1f} MB over two 350 MB bodies")
+    assert grown_mb < 40, grown_mb
+    assert server.status()["state"] == "idle"  # still serving
+
+
+BAD_JSON = [
+    b'{"rounds": 1e400}',
+    b'{"rounds": Infinity}',
+    b'{"lr": -Infinity}',
+    b'{"lr": NaN}',
+    b"[" * 100_000 + b"]" * 100_000,
+    b'{"rounds": 1' + b"0" * 5000 + b"}",
+    b'{"aggregator": "clipped:window=1' + b"0" * 400 + b'"}',
+    b'{"norm_bound": "x=1e400"}',
+    b'{"codec": "topk:1e400"}',
+    b"\xff\xfe{",
+    b'{"rounds": ',
+    b"[1, 2]",
+    b'"rounds"',
+]
+
+
+def test_bad_json_is_a_400_with_a_message(server):
+    """Issue 16.4: every one of these used to be (or could be) a 500."""
+    for body in BAD_JSON:
+        req = urllib.request.Request(server.url + "/api/rounds", data=body, method="POST",
+                                     headers={"Authorization": f"Bearer {server.token}"})
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(req, timeout=30)
+        answer = json.loads(info.value.read())
+        assert info.value.code == 400 and answer["error"], (body[:60], answer)
+    status = server.status()
+    assert status["run"] is None and status["model_version"] == 0  # nothing started
+
+
+def _session_cookie(jar) -> str:
+    return next(c.value for c in jar if c.name == "webfl_admin")
+
+
+def _with_cookie(url: str, cookie: str, method: str = "GET", csrf: str | None = None) -> int:
+    headers = {"Cookie": f"webfl_admin={cookie}"}
+    if csrf:
+        headers["X-CSRF-Token"] = csrf
+    req = urllib.request.Request(url, method=method, data=b"{}" if method == "POST" else None, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_logout_revokes_the_session_server_side(tmp_path):
+    """Issue 16.5: a copy of the cookie stops working at sign-out, also after a restart."""
+    server = start_server(tmp_path / "data")
+    try:
+        opener, jar = _browser()
+        status, page = _login(opener, server.url, server.token)
+        assert status == 200
+        cookie, csrf = _session_cookie(jar), re.search(r'name="csrf-token" content="([^"]+)"', page).group(1)
+        assert _with_cookie(server.url + "/api/status", cookie) == 200
+        assert _with_cookie(server.url + "/api/rounds/stop", cookie, "POST", csrf) == 200
+        form = urllib.parse.urlencode({"csrf": csrf}).encode()
+        with opener.open(server.url + "/admin/logout", data=form) as resp:
+            assert 'name="token"' in resp.read().decode()  # back at the sign-in form
+        assert _with_cookie(server.url + "/api/status", cookie) == 401
+        assert _with_cookie(server.url + "/api/rounds/stop", cookie, "POST", csrf) == 401
+        server.stop()
+        server = start_server(tmp_path / "data")
+        assert _with_cookie(server.url + "/api/status", cookie) == 401
+        # A new sign-in is a new session and works.
+        opener, jar = _browser()
+        assert _login(opener, server.url, server.token)[0] == 200
+        assert _with_cookie(server.url + "/api/status", _session_cookie(jar)) == 200
+    finally:
+        server.stop()
+
+
+def _raw_handshake(url: str, host: str | None = None, origin: str | None = None, rcvbuf: int | None = None) -> tuple[socket.socket, bytes]:
+    parts = urllib.parse.urlsplit(url)
+    s = socket.socket()
+    if rcvbuf:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.settimeout(20)
+    s.connect((parts.hostname, parts.port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    extra = f"Origin: {origin}\r\n" if origin else ""
+    s.sendall(f"GET /ws HTTP/1.1\r\nHost: {host or parts.netloc}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+              f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        byte = s.recv(1)
+        if not byte:
+            break
+        head += byte
+    return s, head.split(b"\r\n")[0]
+
+
+@pytest.fixture(scope="module")
+def stalling(tmp_path_factory):
+    env = {"WEBFL_MAX_CONNECTIONS_PER_IP": "2", "WEBFL_SEND_TIMEOUT_S": "2"}
+    proc = start_server(tmp_path_factory.mktemp("stall") / "data", "--header-timeout-s", "2", "--keep-alive-s", "1", env=env)
+    yield proc
+    proc.stop()
+
+
+def test_a_client_that_never_reads_is_dropped_and_its_slot_freed(stalling):
+    """Issue 16.6: a volunteer that never reads while models are broadcast. Once the
+    kernel's buffers (about 4 MB here) are full the server's writer is stuck in
+    send_bytes; the send timeout (2 s here, 30 s by default) aborts the transport."""
+    s, status_line = _raw_handshake(stalling.url, rcvbuf=4096)
+    assert b" 101 " in status_line
+    s.sendall(_masked(encode(Message("hello", {"version": __version__, "codecs": ["none"], "agent": "never-reads"}))))
+    stalling.wait_for(lambda st: st["connected"] == 1, timeout=10, what="the stalled volunteer to connect")
+    honest = Client(stalling)
+    honest.join()
+    body = {"rounds": 12, "clients_per_round": 1, "min_updates": 1, "deadline_s": 30}
+    assert stalling.api("POST", "/api/rounds", body)[0] == 202
+    for _ in range(12):  # each commit broadcasts the 0.8 MB model to both
+        task = honest.recv("task")
+        assert honest.update(task, np.zeros(MODEL_SIZE)).type == "accept"
+        honest.recv("model")
+        honest.send("ready", num_examples=100)
+    done = time.monotonic()
+    stalling.wait_for(lambda st: st["connected"] == 1, timeout=15, what="the stalled volunteer to be dropped")
+    assert time.monotonic() - done < 10
+    assert "aborting a WebSocket whose peer took no bytes for 2 s" in stalling.log()
+    stalling.api("POST", "/api/rounds/stop")
+    honest.ws.close()
+    s.close()
+    # Both slots of the address (max 2) are free again.
+    again = [Client(stalling), Client(stalling)]
+    for c in again:
+        c.join()
+        c.ws.close()
+
+
+def test_slowloris_headers_and_idle_keep_alive_are_bounded(stalling):
+    """Issue 16.7: 300 connections dribbling header bytes are all closed by the header
+    timeout (2 s here, 10 s by default) while the server keeps answering."""
+    parts = urllib.parse.urlsplit(stalling.url)
+    socks = []
+    for _ in range(300):
+        s = socket.create_connection((parts.hostname, parts.port), timeout=5)
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        s.setblocking(False)
+        socks.append(s)
+    started, open_ = time.monotonic(), set(range(len(socks)))
+    while open_ and time.monotonic() - started < 15:
+        for i in list(open_):
+            try:
+                if socks[i].recv(1024) == b"":
+                    open_.discard(i)
+                    continue
+            except BlockingIOError:
+                pass
+            except OSError:
+                open_.discard(i)
+                continue
+            try:
+                socks[i].send(b"X")  # one more header byte, forever
+            except OSError:
+                open_.discard(i)
+        time.sleep(0.25)
+    elapsed = time.monotonic() - started
+    for s in socks:
+        s.close()
+    assert not open_, f"{len(open_)} of 300 slowloris connections still open after {elapsed:.1f} s"
+    assert elapsed < 8, elapsed
+    with urllib.request.urlopen(stalling.url + "/healthz", timeout=5) as resp:
+        assert resp.status == 200
+    # An idle keep-alive connection is closed after --keep-alive-s (1 s here, 5 s by default).
+    s = socket.create_connection((parts.hostname, parts.port), timeout=10)
+    s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    started, data = time.monotonic(), b""
+    while chunk := s.recv(65536):
+        data += chunk
+    assert data.startswith(b"HTTP/1.1 200") and time.monotonic() - started < 5
+    s.close()
+
+
+def test_websocket_origin_is_checked_against_the_public_origins(server, tmp_path):
+    """Issue 16.8: DNS rebinding (Host and Origin both the attacker's name) and a scheme
+    mismatch are refused; the listening origin and its loopback aliases are not."""
+    port = urllib.parse.urlsplit(server.url).port
+    refused = [("evil.example", "http://evil.example"), (f"evil.example:{port}", f"http://evil.example:{port}"),
+               (None, f"https://127.0.0.1:{port}"), (None, "null"), (None, f"http://127.0.0.1:{port + 1}")]
+    for host, origin in refused:
+        s, line = _raw_handshake(server.url, host=host, origin=origin)
+        s.close()
+        assert b" 403 " in line, (host, origin, line)
+    for origin in (f"http://127.0.0.1:{port}", f"http://localhost:{port}", f"HTTP://LOCALHOST:{port}/"):
+        s, line = _raw_handshake(server.url, origin=origin)
+        s.close()
+        assert b" 101 " in line, (origin, line)
+    # Configured public origins replace the defaults; embed origins add to them.
+    other = start_server(tmp_path / "other", "--public-origin", "https://webfl.example",
+                         "--public-origin", "https://mirror.example:8443", "--embed-origins", "https://blog.example")
+    try:
+        for origin, expected in [("https://webfl.example", b" 101 "), ("https://webfl.example:443", b" 101 "),
+                                 ("https://mirror.example:8443", b" 101 "), ("https://blog.example", b" 101 "),
+                                 ("http://webfl.example", b" 403 "), (other.url, b" 403 ")]:
+            s, line = _raw_handshake(other.url, origin=origin)
+            s.close()
+            assert expected in line, (origin, line)
+    finally:
+        other.stop()
+
+
+def _login_from(url: str, forwarded_for: str, token: str = "wrong") -> int:
+    opener, _ = _browser()
+    page = opener.open(url + "/admin").read().decode()
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+    req = urllib.request.Request(url + "/admin/login", data=urllib.parse.urlencode({"csrf": csrf, "token": token}).encode(),
+                                 headers={"X-Forwarded-For": forwarded_for})
+    try:
+        with opener.open(req) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_forwarded_for_is_trusted_only_from_configured_proxies(tight, tmp_path):
+    """Issue 16.9: rotating X-Forwarded-For from loopback no longer buys fresh sign-in attempts."""
+    codes = [_login_from(tight.url, f"203.0.113.{i}") for i in range(5)]
+    assert codes[:3] == [401, 401, 401] and codes[-1] == 429, codes
+    # Behind a configured proxy (here loopback is the proxy), the forwarded address counts.
+    proxied = start_server(tmp_path / "data", "--forwarded-allow-ips", "127.0.0.1", env={"WEBFL_LOGINS_PER_MINUTE": "3"})
+    try:
+        assert [_login_from(proxied.url, f"198.51.100.{i}") for i in range(5)] == [401] * 5
+        assert [_login_from(proxied.url, "198.51.100.200") for _ in range(4)][-1] == 429
+    finally:
+        proxied.stop()
+
+
+def test_untrusted_text_cannot_forge_log_lines(server):
+    """Issue 16.10: a newline in hello.agent used to start a forged line in the server's log."""
+    forged = "12:00:00 INFO webfl.engine: FORGED run 99"  # the agent is cut at 64 characters
+    c = Client(server)
+    c.send("hello", version=__version__, codecs=["none"], agent="evil\n" + forged + "\r\x1b[2K")
+    c.recv("welcome")
+    c.ws.close()
+    server.wait_for(lambda st: st["connected"] == 0, timeout=10, what="the volunteer to leave")
+    log = server.log()
+    assert "FORGED" in log  # it was logged, on the line it belongs to
+    assert not any(line.startswith(forged) for line in log.splitlines())
+    assert "evil\\n12:00:00" in log and "\x1b" not in log
