@@ -561,3 +561,89 @@ def test_untrusted_text_cannot_forge_log_lines(server):
     assert "FORGED" in log  # it was logged, on the line it belongs to
     assert not any(line.startswith(forged) for line in log.splitlines())
     assert "evil\\n12:00:00" in log and "\x1b" not in log
+
+
+def _database_with_rounds(path) -> None:
+    """A real database of a few hundred pages: checkpoints of the 2NN model, as commits write them."""
+    from webfl.server.store import RoundRecord, Store
+
+    store = Store(path)
+    rng = np.random.default_rng(0)
+    for version in range(1, 4):
+        record = RoundRecord(version, None, version, 0.5, 1.0, 2, 10, 10, 1.0, time.time())
+        store.commit_round(record, "mnist", "2nn", rng.normal(size=MODEL_SIZE).astype(np.float32))
+    store.close()
+
+
+def _corrupt(kind: str, data: bytes) -> bytes:
+    if kind == "truncated":
+        return data[: len(data) // 2 + 100]
+    if kind == "bad header":
+        return b"not a database!!" + data[16:]
+    # The last page: a checkpoint's overflow page, including the link to the next one.
+    return data[:-4096] + bytes(range(256)) * 16
+
+
+@pytest.mark.parametrize("kind", ["truncated", "bad header", "last page damaged"])
+def test_a_corrupt_database_stops_start_up_with_a_clear_message(tmp_path, kind):
+    """Issue 16.11: no traceback, a non-zero exit, what is wrong and what to do; the file untouched."""
+    import hashlib
+    import subprocess
+    import sys
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    db = data_dir / "webfl.sqlite3"
+    _database_with_rounds(db)
+    db.write_bytes(_corrupt(kind, db.read_bytes()))
+    digest = hashlib.sha256(db.read_bytes()).hexdigest()
+    proc = subprocess.run([sys.executable, "-m", "webfl.cli", "serve", "--port", "0", "--data-dir", str(data_dir)],
+                          capture_output=True, text=True, timeout=60, env={**os.environ, "WEBFL_ADMIN_TOKEN": "t"})
+    assert proc.returncode != 0
+    assert f"the database {db} is damaged" in proc.stderr and "move it aside" in proc.stderr and "Restore" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert hashlib.sha256(db.read_bytes()).hexdigest() == digest
+    assert not (data_dir / "webfl.sqlite3-wal").exists()
+
+
+def test_the_data_folder_is_private(tmp_path):
+    """Issue 16.12: 0700 for the folder, 0600 for the database, its WAL and SHM, the secrets."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir(mode=0o755)
+    (data_dir / "notes.txt").write_text("left by an operator")
+    (data_dir / "notes.txt").chmod(0o644)
+    server = start_server(data_dir, env={"WEBFL_ADMIN_TOKEN": ""})  # the token is generated and kept
+    try:
+        opener, _ = _browser()
+        token = (data_dir / "admin_token").read_text().strip()
+        status, page = _login(opener, server.url, token)
+        csrf = re.search(r'name="csrf-token" content="([^"]+)"', page).group(1)
+        opener.open(server.url + "/admin/logout", data=urllib.parse.urlencode({"csrf": csrf}).encode()).read()
+        assert oct(data_dir.stat().st_mode & 0o777) == "0o700"
+        names = ["webfl.sqlite3", "webfl.sqlite3-wal", "webfl.sqlite3-shm", "admin_token", "session_secret",
+                 "revoked_sessions", "notes.txt"]
+        modes = {name: oct((data_dir / name).stat().st_mode & 0o777) for name in names}
+        assert modes == dict.fromkeys(names, "0o600"), modes
+    finally:
+        server.stop()
+
+
+def test_checkpoints_are_pruned_to_the_last_n_and_every_kth(tmp_path):
+    """Issue 16.12: about 0.8 MB a round used to be kept forever."""
+    import sqlite3
+
+    from webfl.server.store import RoundRecord, Store
+
+    store = Store(tmp_path / "db.sqlite3", keep_last=3, keep_every=10)
+    params = np.zeros(10, dtype=np.float32)
+    store.save_checkpoint(0, "mnist", "2nn", params)
+    for version in range(1, 26):
+        record = RoundRecord(version, None, version, 0.5, 1.0, 2, 10, 10, 1.0, time.time())
+        store.commit_round(record, "mnist", "2nn", params + version)
+    latest, latest_params = store.latest_checkpoint("mnist", "2nn")
+    store.close()
+    assert latest == 25 and latest_params[0] == 25
+    kept = [r[0] for r in sqlite3.connect(tmp_path / "db.sqlite3").execute("SELECT model_version FROM checkpoints ORDER BY 1")]
+    assert kept == [0, 10, 20, 23, 24, 25]
+    with pytest.raises(ValueError):
+        Store(tmp_path / "other.sqlite3", keep_last=0)

@@ -100,9 +100,12 @@ def _damage(path: Path) -> str | None:
     pages = int.from_bytes(header[28:32], "big")
     if page_size < 512 or size % page_size or size < pages * page_size:
         return f"it is truncated ({size} bytes; its header describes {pages} pages of {page_size})"
+    # Read-only: checking must never change the file. Without a WAL to replay, immutable
+    # also keeps SQLite from creating -wal and -shm files beside a damaged database.
+    wal = path.with_name(path.name + "-wal")
+    flags = "mode=ro" if wal.exists() and wal.stat().st_size else "mode=ro&immutable=1"
     try:
-        # Read-only: checking must never change the file.
-        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?{flags}", uri=True)
         try:
             problems = [row[0] for row in db.execute("PRAGMA quick_check(5)")]
         finally:
