@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from servers import start_server
 from test_server import MODEL_SIZE, Client, global_params
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from webfl import __version__
 from webfl.core.protocol import Message, encode
@@ -647,3 +647,34 @@ def test_checkpoints_are_pruned_to_the_last_n_and_every_kth(tmp_path):
     assert kept == [0, 10, 20, 23, 24, 25]
     with pytest.raises(ValueError):
         Store(tmp_path / "other.sqlite3", keep_last=0)
+
+
+def test_over_tls_the_cookie_is_secure_and_origins_are_https(tmp_path):
+    """Over https the session cookie is Secure, and the default public origin is the https
+    one: an http Origin for the same host and port is refused (the scheme matters)."""
+    import ssl
+    import subprocess
+
+    import httpx
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    server = start_server(tmp_path / "data", tls=(cert, key))
+    try:
+        with httpx.Client(base_url=server.url, verify=ssl.create_default_context(cafile=str(cert))) as http:
+            csrf = re.search(r'name="csrf" value="([^"]+)"', http.get("/admin").text).group(1)
+            answer = http.post("/admin/login", data={"token": server.token, "csrf": csrf})
+            cookie = next(v for k, v in answer.headers.multi_items() if k == "set-cookie" and v.startswith("webfl_admin="))
+            assert "secure" in cookie.lower().replace(" ", "").split(";")
+        port = urllib.parse.urlsplit(server.url).port
+        for origin, expected in [(f"https://127.0.0.1:{port}", 101), (f"http://127.0.0.1:{port}", 403)]:
+            try:
+                Client(server, ssl=server.ssl_context, origin=origin).ws.close()
+                got = 101
+            except InvalidStatus as exc:
+                got = exc.response.status_code
+            assert got == expected, (origin, got)
+    finally:
+        server.stop()
