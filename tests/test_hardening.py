@@ -682,3 +682,34 @@ def test_over_tls_the_cookie_is_secure_and_origins_are_https(tmp_path):
             assert got == expected, (origin, got)
     finally:
         server.stop()
+
+
+# -- the helpers behind them, in-process ------------------------------------------------
+
+
+def test_origins_are_normalised_as_browsers_send_them():
+    from webfl.server.origins import default_public_origins, normalise_origin, origin_allowed, parse_origins
+
+    assert normalise_origin("HTTPS://Example.ORG:443/") == "https://example.org"
+    assert normalise_origin("http://[::1]:8000") == "http://[::1]:8000"
+    for bad in ("null", "example.org", "ftp://example.org", "https://example.org/path", "https://u@example.org", "http://x:99999"):
+        with pytest.raises(ValueError):
+            normalise_origin(bad)
+    assert parse_origins(["https://a.example,https://b.example", "https://a.example:443"]) == ("https://a.example", "https://b.example")
+    assert default_public_origins("http", "0.0.0.0", 80) == ("http://0.0.0.0", "http://localhost", "http://127.0.0.1", "http://[::1]")
+    assert default_public_origins("https", "webfl.example", 8443) == ("https://webfl.example:8443",)
+    allowed = default_public_origins("http", "127.0.0.1", 8000)
+    assert origin_allowed(None, allowed) and origin_allowed("http://localhost:8000", allowed)
+    assert not origin_allowed("https://localhost:8000", allowed) and not origin_allowed("null", allowed)
+
+
+def test_untrusted_text_is_one_escaped_line():
+    import logging
+
+    from webfl.server.logsafe import EscapingFilter, untrusted
+
+    assert untrusted("a\nb\r\x1b[2K\u2028\\n é") == "a\\nb\\r\\x1b[2K\\u2028\\\\n é"
+    assert untrusted("x" * 500, limit=10) == "x" * 10
+    record = logging.LogRecord("t", logging.INFO, __file__, 1, "agent %s said %s (%d)", ("a\nb", ValueError("c\nd"), 3), None)
+    EscapingFilter().filter(record)
+    assert record.getMessage() == "agent a\\nb said c\\nd (3)"
