@@ -1,8 +1,9 @@
 """HMAC-SHA256 signing (one helper for every signed value), and the volunteers' tokens.
 
 ``Signer`` also signs the admin page's session cookies (``auth.py``), under a key kept
-in the data folder so that sessions survive a restart. Volunteer tokens are ``HMAC-SHA256(key, parts)`` under a key that lives only in this server process
-(never stored, never rendered), so a restarted server honours none of its previous life.
+in the data folder so that sessions survive a restart. Volunteer tokens are
+``HMAC-SHA256(key, parts)`` under a key that lives only in this server process (never
+stored, never rendered), so a restarted server honours none of its previous life.
 
 - Task tokens: the ``task`` frame carries one over (volunteer id, round, model version)
   and the ``update`` must echo it, so an update (or its token) captured from one
