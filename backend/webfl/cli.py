@@ -53,6 +53,9 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"webfl serve: {exc}", file=sys.stderr)
         return 2
     overrides["public_origins"] = public or default_public_origins(scheme, args.host, args.port)
+    if not public and args.host in ("0.0.0.0", "::"):
+        print("webfl serve: listening on all interfaces; browsers that reach this server by another name "
+              "or address are refused on /ws unless it is given with --public-origin", file=sys.stderr, flush=True)
     if args.pyodide_url is not None:
         overrides["pyodide_url"] = args.pyodide_url
     settings = Settings(**overrides)
