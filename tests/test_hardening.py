@@ -449,6 +449,12 @@ def test_a_client_that_never_reads_is_dropped_and_its_slot_freed(stalling):
     for c in again:
         c.join()
         c.ws.close()
+    # Twelve commits under the default pruning (last 5, every 50th): versions 0 and 8-12 remain.
+    import sqlite3
+
+    db = sqlite3.connect(f"{(stalling.data_dir / 'webfl.sqlite3').as_uri()}?mode=ro", uri=True)
+    assert [r[0] for r in db.execute("SELECT model_version FROM checkpoints ORDER BY 1")] == [0, 8, 9, 10, 11, 12]
+    db.close()
 
 
 def test_slowloris_headers_and_idle_keep_alive_are_bounded(stalling):
@@ -713,3 +719,16 @@ def test_untrusted_text_is_one_escaped_line():
     record = logging.LogRecord("t", logging.INFO, __file__, 1, "agent %s said %s (%d)", ("a\nb", ValueError("c\nd"), 3), None)
     EscapingFilter().filter(record)
     assert record.getMessage() == "agent a\\nb said c\\nd (3)"
+
+
+def test_a_csrf_form_field_is_not_accepted_on_the_api(server):
+    """Issue 16.12: as auth.py says, /api takes the CSRF token only in X-CSRF-Token."""
+    opener, jar = _browser()
+    status, page = _login(opener, server.url, server.token)
+    csrf = re.search(r'name="csrf-token" content="([^"]+)"', page).group(1)
+    req = urllib.request.Request(server.url + "/api/rounds/stop", method="POST", data=urllib.parse.urlencode({"csrf": csrf}).encode(),
+                                 headers={"Cookie": f"webfl_admin={_session_cookie(jar)}",
+                                          "Content-Type": "application/x-www-form-urlencoded"})
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(req, timeout=30)
+    assert info.value.code == 403 and "X-CSRF-Token" in json.loads(info.value.read())["error"]
