@@ -20,6 +20,7 @@ import os
 import struct
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 
 import numpy as np
@@ -256,3 +257,138 @@ def test_fuzzing_a_live_server_during_honest_rounds(live):
     rejections = status["rejections"]
     assert rejections.get("protocol", 0) > 0.2 * fuzzer.sent and sum(rejections.values()) > 0.5 * fuzzer.sent, rejections
     print(f"\nfuzz: {fuzzer.sent} frames in {fuzz_s:.0f} s, RSS {rss_before} -> {rss_after} kB, rejections {rejections}")
+
+
+# -- the admin HTTP API ------------------------------------------------------------------
+
+API_PATHS = ["/api/rounds", "/api/rounds/stop", "/api/status", "/api/model", "/api/config", "/api/embed/check",
+             "/admin", "/admin/login", "/admin/logout", "/", "/embed", "/healthz", "/api/nothing", "/static/../admin"]
+printable = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=60)
+json_numbers = st.sampled_from([b"1e400", b"-1e400", b"NaN", b"Infinity", b"-Infinity", b"1" + b"0" * 5000, b"-0", b"1e-400"])
+
+
+@st.composite
+def bodies(draw) -> bytes:
+    kind = draw(st.sampled_from(["json", "run", "valid_run", "valid_run", "number", "deep", "mutated", "form", "random", "huge", "empty"]))
+    if kind == "valid_run":
+        return json.dumps({"rounds": draw(st.integers(1, 5)), "clients_per_round": draw(st.integers(1, 5)), "min_updates": 1}).encode()
+    if kind == "huge":  # over the 1 MiB body limit
+        return b'{"x": "' + b"a" * draw(st.integers(1 << 20, 3 << 20)) + b'"}'
+    if kind == "json":
+        return json.dumps(draw(json_values)).encode()
+    if kind == "run":  # a run config with some fields right, some wrong
+        names = ["rounds", "clients_per_round", "lr", "deadline_s", "min_updates", "codec", "aggregator", "norm_bound",
+                 "mode", "buffer_size", "server_opt", "downlink", "select_timeout_s", "bogus"]
+        fields_ = draw(st.dictionaries(st.sampled_from(names), json_values | st.sampled_from(
+            ["clipped:window=100000000000000000000", "multikrum:f=10", "topk:0.1+q8", "fedadam:lr=1e400", "x=5"]), max_size=5))
+        return json.dumps(fields_).encode()
+    if kind == "number":
+        return b'{"%s": %s}' % (draw(st.sampled_from([b"rounds", b"lr", b"deadline_s"])), draw(json_numbers))
+    if kind == "deep":
+        depth = draw(st.integers(1, 200_000))
+        return b"[" * depth + b"]" * draw(st.integers(0, depth))
+    if kind == "mutated":
+        base = bytearray(json.dumps({"rounds": 1, "clients_per_round": 2, "aggregator": "median"}).encode())
+        for pos in draw(st.lists(st.integers(0, len(base) - 1), min_size=1, max_size=6)):
+            base[pos] = draw(st.integers(0, 255))
+        return bytes(base)
+    if kind == "form":
+        return urllib.parse.urlencode(draw(st.dictionaries(st.sampled_from(["csrf", "token", "x"]), printable, max_size=3))).encode()
+    if kind == "random":
+        return draw(st.binary(max_size=2048))
+    return b""
+
+
+@st.composite
+def admin_requests(draw, auth: dict) -> tuple[str, str, dict, bytes]:
+    path = draw(st.sampled_from(API_PATHS + ["/api/rounds"] * 4))  # the parser most worth fuzzing
+    usual = "POST" if path in ("/api/rounds", "/api/rounds/stop", "/admin/login", "/admin/logout") else "GET"
+    method = draw(st.sampled_from([usual] * 6 + ["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS"]))
+    headers = {}
+    bearer = draw(st.sampled_from(["none", "valid", "valid", "wrong", "garbage"]))
+    if bearer != "none":
+        headers["Authorization"] = {"valid": f"Bearer {auth['token']}", "wrong": "Bearer nope"}.get(bearer) or draw(printable)
+    cookie = draw(st.sampled_from(["none", "session", "forged", "garbage"]))
+    if cookie == "session":
+        headers["Cookie"] = f"webfl_admin={auth['cookie']}; webfl_login_csrf={auth['login_csrf']}"
+    elif cookie == "forged":
+        value = auth["cookie"]
+        pos = draw(st.integers(0, len(value) - 1))
+        headers["Cookie"] = "webfl_admin=" + value[:pos] + draw(st.sampled_from("A_-.x")) + value[pos + 1:]
+    elif cookie == "garbage":
+        headers["Cookie"] = draw(printable)
+    if draw(st.booleans()):
+        headers["X-CSRF-Token"] = draw(st.sampled_from([auth["csrf"], auth["csrf"], "forged"]) | printable)
+    for name in ("Content-Type", "Origin", "X-Forwarded-For", "Accept-Encoding", "Content-Length"):
+        if draw(st.integers(0, 6)) == 0:
+            headers[name] = draw(st.sampled_from(["application/json", "null", "http://evil.example", "-1", "9" * 30]) | printable)
+    return method, path, headers, draw(bodies())
+
+
+def _admin_session(server) -> dict:
+    import re
+
+    import httpx
+
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        page = client.get("/admin").text
+        login_csrf = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+        answer = client.post("/admin/login", data={"csrf": login_csrf, "token": server.token}, follow_redirects=True)
+        csrf = re.search(r'name="csrf-token" content="([^"]+)"', answer.text).group(1)
+        return {"token": server.token, "cookie": client.cookies["webfl_admin"], "csrf": csrf, "login_csrf": login_csrf}
+
+
+def test_fuzzing_the_admin_http_api(tmp_path):
+    """Bodies, headers and cookies against every HTTP endpoint: never a 500, the server
+    alive and its memory bounded, the model unchanged (no volunteer is connected, so no
+    run that a valid request starts can commit)."""
+    import socket
+
+    server = start_server(tmp_path / "data", env={"WEBFL_LOGINS_PER_MINUTE": "1e6"})
+    try:
+        auth = _admin_session(server)
+        before = global_params(server)
+        rss_before = rss_kb(server.proc.pid)
+        host, port = server.url.removeprefix("http://").split(":")
+        seen: dict[int, int] = {}
+
+        def send(method, path, headers, body):
+            # A raw request: no client library second-guesses the headers or the body.
+            lines = [f"{method} {path} HTTP/1.1", f"Host: {host}:{port}", "Connection: close"]
+            if "Content-Length" not in headers:
+                lines.append(f"Content-Length: {len(body)}")
+            lines += [f"{k}: {v}" for k, v in headers.items()]
+            with socket.create_connection((host, int(port)), timeout=30) as s:
+                s.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+                answer = b""
+                try:
+                    while chunk := s.recv(65536):
+                        answer += chunk
+                except OSError:
+                    pass
+            return int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/1.1 ") else 0
+
+        @settings(max_examples=int(os.environ.get("WEBFL_FUZZ_HTTP", 1500)), deadline=None, database=None,
+                  derandomize=True, phases=[Phase.generate], suppress_health_check=list(HealthCheck))
+        @given(admin_requests(auth))
+        def fuzz(request):
+            code = send(*request)
+            seen[code] = seen.get(code, 0) + 1
+            assert code < 500, (code, request[:3], request[3][:200])
+            assert server.proc.poll() is None, "the server died"
+
+        started = time.monotonic()
+        fuzz()
+        fuzz_s = time.monotonic() - started
+        server.api("POST", "/api/rounds/stop")
+        assert server.api("GET", "/healthz", token=None)[0] == 200
+        status = server.status()
+        assert status["model_version"] == 0 and status["history"] == []
+        np.testing.assert_array_equal(global_params(server), before)
+        rss_after = rss_kb(server.proc.pid)
+        assert rss_after - rss_before < 100 * 1024, f"RSS grew from {rss_before} kB to {rss_after} kB"
+        assert "Traceback" not in server.log()
+        assert {400, 401, 403, 413}.issubset(seen) and seen.get(202, 0) > 0, str(sorted(seen.items()))
+        print(f"\nadmin API fuzz: {sum(seen.values())} requests in {fuzz_s:.0f} s, statuses {dict(sorted(seen.items()))}")
+    finally:
+        server.stop()

@@ -12,11 +12,27 @@ from pathlib import Path
 __all__ = ["main"]
 
 
+def _log_config() -> dict:
+    """uvicorn's own logging set-up, with every handler escaping untrusted text."""
+    import copy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["filters"] = {"escape": {"()": "webfl.server.logsafe.EscapingFilter"}}
+    for handler in config["handlers"].values():
+        handler["filters"] = ["escape"]
+    return config
+
+
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .server.app import create_app
     from .server.config import Settings
+    from .server.origins import default_public_origins, parse_origins
+    from .server.store import CorruptDatabase, check_database
+    from .server.timeouts import http_protocol, ws_protocol
 
     overrides = {
         "data_dir": Path(args.data_dir),
@@ -25,21 +41,46 @@ def _serve(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "demo_partition": args.demo_partition,
         "demo_shards": args.demo_shards,
+        "keep_checkpoints": args.keep_checkpoints,
+        "checkpoint_every": args.checkpoint_every,
     }
-    if args.embed_origins is not None:
-        overrides["embed_origins"] = tuple(o.strip().rstrip("/") for o in args.embed_origins.split(",") if o.strip())
+    scheme = "https" if args.ssl_certfile else "http"
+    try:
+        if args.embed_origins is not None:
+            overrides["embed_origins"] = parse_origins(args.embed_origins)
+        public = parse_origins(args.public_origin or os.environ.get("WEBFL_PUBLIC_ORIGINS"))
+    except ValueError as exc:
+        print(f"webfl serve: {exc}", file=sys.stderr)
+        return 2
+    overrides["public_origins"] = public or default_public_origins(scheme, args.host, args.port)
+    if not public and args.host in ("0.0.0.0", "::"):
+        print("webfl serve: listening on all interfaces; browsers that reach this server by another name "
+              "or address are refused on /ws unless it is given with --public-origin", file=sys.stderr, flush=True)
     if args.pyodide_url is not None:
         overrides["pyodide_url"] = args.pyodide_url
     settings = Settings(**overrides)
+    try:
+        check_database(settings.data_dir / "webfl.sqlite3")
+    except CorruptDatabase as exc:
+        print(f"webfl serve: {exc}", file=sys.stderr, flush=True)
+        return 3
     app = create_app(settings)
-    scheme = "https" if args.ssl_certfile else "http"
-    print(f"webfl: serving on {scheme}://{args.host}:{args.port} (data in {settings.data_dir})", flush=True)
+    print(f"webfl: serving on {scheme}://{args.host}:{args.port} (data in {settings.data_dir}); "
+          f"browsers may connect from {', '.join(settings.public_origins)}", flush=True)
     uvicorn.run(
         app,
         host=args.host,
         port=args.port,
         ssl_certfile=args.ssl_certfile,
         ssl_keyfile=args.ssl_keyfile,
+        http=http_protocol(args.header_timeout_s),
+        ws=ws_protocol(settings.send_timeout_s),
+        timeout_keep_alive=args.keep_alive_s,
+        # X-Forwarded-For/-Proto only from these proxies: from anyone else they would let a
+        # client pick the address that per-address limits and the sign-in throttle count.
+        proxy_headers=bool(args.forwarded_allow_ips),
+        forwarded_allow_ips=args.forwarded_allow_ips or "",
+        log_config=_log_config(),
         # Float payloads barely compress and permessage-deflate costs 15-34x throughput.
         ws_per_message_deflate=False,
         # Slightly above our own limit, so an oversized frame is read whole and refused by
@@ -105,6 +146,15 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--demo-partition", default="iid", help="how demo shards split the data: iid, noniid, dirichlet:A")
     serve.add_argument("--demo-shards", type=int, default=10)
     serve.add_argument("--embed-origins", help="comma-separated origins allowed to embed (default: $WEBFL_EMBED_ORIGINS)")
+    serve.add_argument("--public-origin", action="append",
+                       help="origin browsers reach this server at (repeatable or comma list; default: "
+                            "$WEBFL_PUBLIC_ORIGINS, else scheme://host:port it listens on, plus localhost aliases)")
+    serve.add_argument("--forwarded-allow-ips", default=os.environ.get("WEBFL_FORWARDED_ALLOW_IPS", ""),
+                       help="comma-separated proxy addresses whose X-Forwarded-For is trusted (default: none)")
+    serve.add_argument("--header-timeout-s", type=float, default=10.0, help="close a connection whose request headers take longer")
+    serve.add_argument("--keep-alive-s", type=int, default=5, help="close an idle keep-alive connection after this long")
+    serve.add_argument("--keep-checkpoints", type=int, default=5, help="keep the last N checkpoints")
+    serve.add_argument("--checkpoint-every", type=int, default=50, help="and every K-th model version (0: none)")
     serve.add_argument("--pyodide-url", help="load Pyodide from this index URL instead of this server")
     serve.add_argument("--ssl-certfile")
     serve.add_argument("--ssl-keyfile")
@@ -143,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     sim.set_defaults(func=_simulate)
 
     args = parser.parse_args(argv)
+    if args.command == "serve" and (args.keep_checkpoints < 1 or args.checkpoint_every < 0):
+        parser.error("--keep-checkpoints must be at least 1 and --checkpoint-every at least 0")
     if args.command == "simulate":
         if args.malicious and not args.attack:
             parser.error("--malicious needs --attack")
@@ -158,6 +210,11 @@ def main(argv: list[str] | None = None) -> int:
     # Set before NumPy is first imported.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if args.command == "serve":
+        from .server.logsafe import EscapingFilter
+
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(EscapingFilter())
     return args.func(args)
 
 

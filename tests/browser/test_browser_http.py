@@ -188,3 +188,15 @@ def test_sessions_end_when_the_token_changes(tmp_path):
                 assert again.get("/api/status").status_code == 401
         finally:
             server.stop()
+
+
+def test_session_cookie_is_httponly_strict_and_expires(http):
+    """The threat model's claims about the cookie, as the browser receives it."""
+    form = http.get("/admin")
+    csrf = re.search(r'name="csrf" value="([^"]+)"', form.text).group(1)
+    answer = http.post("/admin/login", data={"token": TOKEN, "csrf": csrf})
+    cookie = next(v for k, v in answer.headers.multi_items() if k == "set-cookie" and v.startswith("webfl_admin="))
+    attributes = {part.strip().split("=")[0].lower(): part.strip() for part in cookie.split(";")[1:]}
+    assert {"httponly", "samesite", "max-age", "path"} <= attributes.keys(), cookie
+    assert attributes["samesite"].lower() == "samesite=strict" and attributes["max-age"] == "Max-Age=28800"
+    assert "secure" not in attributes  # plain http here; over https: test_hardening.py::test_over_tls_the_cookie_is_secure_and_origins_are_https

@@ -1,4 +1,8 @@
-"""The Starlette application: volunteers on ``/ws``, operators on ``/api``."""
+"""The Starlette application: volunteers on ``/ws``, operators on ``/api``, pages and files.
+
+The lifespan builds one ``Services`` object (engine, store, settings, signers, limits)
+that every handler reads through ``web.services.services``.
+"""
 
 from __future__ import annotations
 
@@ -14,16 +18,20 @@ from starlette.routing import Route, WebSocketRoute
 
 from .. import __version__
 from ..core.tasks import get_task
-from . import admin, pages
-from .auth import load_admin_token
+from .auth import AdminAuth, load_admin_token
 from .config import Settings
 from .coordinator import InProcessCoordinator
+from .datadir import prepare_data_dir
 from .datasets import DemoShards
 from .engine import RoundEngine
 from .limits import AddressLimits, FrameRates
-from .security import ResumeTokens, SecurityHeaders
+from .security import ResumeTokens
 from .sockets import volunteer_socket
 from .store import Store
+from .web import admin_api, assets, config_api, pages, signin
+from .web.bodies import BodyLimit
+from .web.headers import SecurityHeaders
+from .web.services import Services, services
 
 __all__ = ["create_app"]
 
@@ -31,11 +39,11 @@ log = logging.getLogger("webfl.app")
 
 
 async def shard(request: Request) -> Response:
-    shards: DemoShards = request.app.state.demo_shards
-    if request.path_params["task"] != request.app.state.engine.task.name:
+    svc = services(request)
+    if request.path_params["task"] != svc.engine.task.name:
         return PlainTextResponse("unknown task", status_code=404)
     try:
-        data = shards.shard_npz(request.path_params["index"])
+        data = svc.demo_shards.shard_npz(request.path_params["index"])
     except IndexError:
         return PlainTextResponse("no such shard", status_code=404)
     return Response(data, media_type="application/octet-stream", headers={"Cache-Control": "public, max-age=86400"})
@@ -45,43 +53,55 @@ async def health(request: Request) -> Response:
     return JSONResponse({"ok": True, "version": __version__})
 
 
+def _limits(settings: Settings) -> AddressLimits:
+    return AddressLimits(
+        settings.max_connections_per_ip,
+        FrameRates(settings.conn_frames_per_s, settings.conn_frame_burst, settings.conn_bytes_per_s, settings.conn_byte_burst),
+        FrameRates(settings.ip_frames_per_s, settings.ip_frame_burst, settings.ip_bytes_per_s, settings.ip_byte_burst),
+        settings.logins_per_minute,
+    )
+
+
 def create_app(settings: Settings) -> Starlette:
     task = get_task(settings.task, settings.model)
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    async def lifespan(app: Starlette) -> AsyncIterator[dict]:
+        prepare_data_dir(settings.data_dir)
         token, created = load_admin_token(settings.admin_token, settings.data_dir)
         if created:
             print(f"webfl: admin token (kept in {settings.data_dir / 'admin_token'}): {token}", flush=True)
-        store = Store(settings.data_dir / "webfl.sqlite3")
+        store = Store(settings.data_dir / "webfl.sqlite3", keep_last=settings.keep_checkpoints, keep_every=settings.checkpoint_every)
         shards = DemoShards(settings.datasets_dir / f"{task.name}.npz", settings.demo_partition, settings.demo_shards, settings.seed)
         coordinator = InProcessCoordinator(settings.send_queue)
-        app.state.settings = settings
-        app.state.admin_token = token
-        app.state.coordinator = coordinator
-        app.state.demo_shards = shards
-        app.state.address_limits = AddressLimits(
-            settings.max_connections_per_ip,
-            FrameRates(settings.conn_frames_per_s, settings.conn_frame_burst, settings.conn_bytes_per_s, settings.conn_byte_burst),
-            FrameRates(settings.ip_frames_per_s, settings.ip_frame_burst, settings.ip_bytes_per_s, settings.ip_byte_burst),
-            settings.logins_per_minute,
+        engine = RoundEngine(task, store, coordinator, shards.test, settings.seed)
+        svc = Services(
+            settings=settings,
+            engine=engine,
+            store=store,
+            coordinator=coordinator,
+            demo_shards=shards,
+            admin=AdminAuth(token, settings.data_dir),
+            resume_tokens=ResumeTokens(),
+            limits=_limits(settings),
         )
-        app.state.resume_tokens = ResumeTokens()
-        app.state.engine = RoundEngine(task, store, coordinator, shards.test, settings.seed)
-        app.state.engine.resume()  # a run a crash interrupted carries on
+        engine.resume()  # a run a crash interrupted carries on
         try:
-            yield
+            yield {"services": svc}
         finally:
-            await app.state.engine.stop()
+            await engine.stop()
             store.close()
 
     routes = [
         WebSocketRoute("/ws", volunteer_socket),
         Route("/healthz", health),
         Route("/data/{task}/shards/{index:int}.npz", shard),
-        *admin.routes,
-        # Pages, static files and the browser's runtime (after the API: it mounts prefixes).
+        *admin_api.routes,
+        *config_api.routes,
+        *signin.routes,
         *pages.routes,
+        # Files last: they mount prefixes.
+        *assets.routes,
     ]
-    return Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(SecurityHeaders)])
+    middleware = [Middleware(SecurityHeaders), Middleware(BodyLimit, max_bytes=settings.max_body_bytes)]
+    return Starlette(routes=routes, lifespan=lifespan, middleware=middleware)

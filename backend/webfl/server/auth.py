@@ -1,46 +1,44 @@
 """Admin authentication: a bearer token for scripts, a signed session cookie for the admin page.
 
-Two ways in, one gate (``is_admin``):
+Two ways in, one gate (``AdminAuth.is_admin``, which ``web.admin_api`` applies):
 
 - ``Authorization: Bearer <token>``, compared in constant time (scripts, the simulator).
 - The ``webfl_admin`` cookie the admin page's login form sets: HttpOnly, SameSite=Strict,
-  expiring, and signed (HMAC-SHA256) with a secret kept in the data dir, so the server
-  stores no sessions. It carries a tag of the admin token, so changing the token ends
-  every session. Requests that change anything (POST) must also send the session's CSRF
-  token in ``X-CSRF-Token`` (fetch) or a ``csrf`` form field: SameSite=Strict already stops
-  cross-site requests from carrying the cookie, the token covers same-site attackers
-  (another port on the same host is the same *site*).
+  expiring, and signed (``security.Signer``) with a secret kept in the data dir. It
+  carries a tag of the admin token, so changing the token ends every session; signing
+  out revokes that one session server-side (its id is kept, in the data dir, until it
+  would have expired). On ``/api``, requests that change anything (POST) must also send
+  the session's CSRF token in the ``X-CSRF-Token`` header; a ``csrf`` form field is read
+  only by the sign-out form (``/admin/logout``), the one form a session posts.
+  SameSite=Strict already stops cross-site requests from carrying the cookie; the
+  token covers same-site attackers (another port on the same host is the same *site*).
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 import json
 import logging
 import secrets
+import threading
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from functools import wraps
 from pathlib import Path
 
 from starlette.requests import HTTPConnection, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
+
+from .datadir import write_private
+from .security import Signer
 
 __all__ = [
     "CSRF_HEADER",
     "SESSION_COOKIE",
+    "AdminAuth",
     "Session",
-    "admin_only",
-    "clear_session",
-    "is_admin",
     "load_admin_token",
     "load_session_secret",
-    "read_session",
-    "start_session",
-    "token_matches",
 ]
 
 log = logging.getLogger("webfl.auth")
@@ -49,12 +47,6 @@ SESSION_COOKIE = "webfl_admin"
 CSRF_HEADER = "x-csrf-token"
 SESSION_TTL_S = 8 * 3600
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-
-
-def _create_private(path: Path, content: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.touch(mode=0o600)
-    path.write_text(content)
 
 
 def load_admin_token(configured: str | None, data_dir: Path) -> tuple[str, bool]:
@@ -69,7 +61,7 @@ def load_admin_token(configured: str | None, data_dir: Path) -> tuple[str, bool]
     if path.exists():
         return path.read_text().strip(), False
     token = secrets.token_urlsafe(32)
-    _create_private(path, token + "\n")
+    write_private(path, token + "\n")
     return token, True
 
 
@@ -79,16 +71,8 @@ def load_session_secret(data_dir: Path) -> bytes:
     if path.exists():
         return bytes.fromhex(path.read_text().strip())
     key = secrets.token_bytes(32)
-    _create_private(path, key.hex() + "\n")
+    write_private(path, key.hex() + "\n")
     return key
-
-
-def token_matches(conn: HTTPConnection, supplied: str) -> bool:
-    expected: str = conn.app.state.admin_token
-    return hmac.compare_digest(supplied.strip().encode(), expected.encode())
-
-
-# -- sessions ---------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -106,98 +90,102 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def _secret(conn: HTTPConnection) -> bytes:
-    state = conn.app.state
-    # Loaded on first use so the app's lifespan needs no extra step.
-    if getattr(state, "session_secret", None) is None:
-        state.session_secret = load_session_secret(state.settings.data_dir)
-    return state.session_secret
+class RevokedSessions:
+    """Ids of signed-out sessions until they would have expired, kept in one private file.
+
+    Only a signed-in admin can add one (sign-out needs the session and its CSRF token),
+    so the file stays small; expired ids are dropped at every write.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._lock = threading.Lock()
+        self._ids: dict[str, int] = {}
+        try:
+            for line in path.read_text().splitlines():
+                sid, _, expires = line.partition(" ")
+                self._ids[sid] = int(expires)
+        except (OSError, ValueError):
+            pass  # no file yet; a damaged one revokes what it still lists
+
+    def revoke(self, session: Session) -> None:
+        now = time.time()
+        with self._lock:
+            self._ids = {sid: exp for sid, exp in self._ids.items() if exp >= now}
+            self._ids[session.id] = session.expires
+            write_private(self._path, "".join(f"{sid} {exp}\n" for sid, exp in self._ids.items()))
+
+    def __contains__(self, sid: str) -> bool:
+        return sid in self._ids
 
 
-def _mac(conn: HTTPConnection, purpose: bytes, data: bytes) -> bytes:
-    return hmac.new(_secret(conn), purpose + b"\0" + data, hashlib.sha256).digest()
+class AdminAuth:
+    """The admin token, the session signer and the revoked sessions of one server."""
 
+    def __init__(self, token: str, data_dir: Path) -> None:
+        self._token = token
+        self._signer = Signer(load_session_secret(data_dir))
+        self._revoked = RevokedSessions(data_dir / "revoked_sessions")
+        self._token_tag = _b64(self._signer.mac("token", token)[:12])
 
-def _token_tag(conn: HTTPConnection) -> str:
-    return _b64(_mac(conn, b"token", conn.app.state.admin_token.encode())[:12])
+    def token_matches(self, supplied: str) -> bool:
+        return hmac.compare_digest(supplied.strip().encode(), self._token.encode())
 
+    def _session(self, sid: str, expires: int) -> Session:
+        return Session(sid, expires, _b64(self._signer.mac("csrf", sid)))
 
-def _session(conn: HTTPConnection, sid: str, expires: int) -> Session:
-    return Session(sid, expires, _b64(_mac(conn, b"csrf", sid.encode())))
+    def start_session(self, request: Request, response: Response) -> Session:
+        """Log the browser in: set a fresh signed session cookie on ``response``."""
+        session = self._session(secrets.token_urlsafe(16), int(time.time()) + SESSION_TTL_S)
+        payload = _b64(json.dumps({"sid": session.id, "exp": session.expires, "tag": self._token_tag}).encode())
+        value = f"{payload}.{_b64(self._signer.mac('session', payload))}"
+        response.set_cookie(
+            SESSION_COOKIE,
+            value,
+            max_age=SESSION_TTL_S,
+            path="/",
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+        )
+        return session
 
+    def end_session(self, session: Session | None, response: Response) -> None:
+        """Sign out: the cookie is cleared and, since a copy of it may live on, revoked."""
+        if session is not None:
+            self._revoked.revoke(session)
+        response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
 
-def start_session(request: Request, response: Response) -> Session:
-    """Log the browser in: set a fresh signed session cookie on ``response``."""
-    session = _session(request, secrets.token_urlsafe(16), int(time.time()) + SESSION_TTL_S)
-    payload = _b64(json.dumps({"sid": session.id, "exp": session.expires, "tag": _token_tag(request)}).encode())
-    value = f"{payload}.{_b64(_mac(request, b'session', payload.encode()))}"
-    response.set_cookie(
-        SESSION_COOKIE,
-        value,
-        max_age=SESSION_TTL_S,
-        path="/",
-        httponly=True,
-        samesite="strict",
-        secure=request.url.scheme == "https",
-    )
-    return session
-
-
-def clear_session(response: Response) -> None:
-    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
-
-
-def read_session(conn: HTTPConnection) -> Session | None:
-    """The valid, unexpired session of this request's cookie, if any."""
-    value = conn.cookies.get(SESSION_COOKIE)
-    if not value or value.count(".") != 1:
-        return None
-    payload, sig = value.split(".")
-    try:
-        if not hmac.compare_digest(_unb64(sig), _mac(conn, b"session", payload.encode())):
+    def read_session(self, conn: HTTPConnection) -> Session | None:
+        """The valid, unexpired, unrevoked session of this request's cookie, if any."""
+        value = conn.cookies.get(SESSION_COOKIE)
+        if not value or value.count(".") != 1:
             return None
-        data = json.loads(_unb64(payload))
-        sid, expires, tag = str(data["sid"]), int(data["exp"]), str(data["tag"])
-    except (ValueError, KeyError, TypeError):
-        return None
-    if expires < time.time() or not hmac.compare_digest(tag, _token_tag(conn)):
-        return None
-    return _session(conn, sid, expires)
+        payload, sig = value.split(".")
+        try:
+            if not hmac.compare_digest(_unb64(sig), self._signer.mac("session", payload)):
+                return None
+            data = json.loads(_unb64(payload))
+            sid, expires, tag = str(data["sid"]), int(data["exp"]), str(data["tag"])
+        except (ValueError, KeyError, TypeError):
+            return None
+        if expires < time.time() or not hmac.compare_digest(tag, self._token_tag) or sid in self._revoked:
+            return None
+        return self._session(sid, expires)
 
+    @staticmethod
+    def csrf_ok(session: Session, supplied: str | None) -> bool:
+        return supplied is not None and hmac.compare_digest(supplied.encode(), session.csrf.encode())
 
-def csrf_ok(session: Session, supplied: str | None) -> bool:
-    return supplied is not None and hmac.compare_digest(supplied.encode(), session.csrf.encode())
+    def _bearer(self, request: Request) -> bool:
+        scheme, _, supplied = request.headers.get("authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and self.token_matches(supplied)
 
-
-# -- the gate ------------------------------------------------------------------------
-
-
-def _bearer(request: Request) -> bool:
-    scheme, _, supplied = request.headers.get("authorization", "").partition(" ")
-    return scheme.lower() == "bearer" and token_matches(request, supplied)
-
-
-def is_admin(request: Request) -> bool:
-    """Bearer token, or a session cookie (plus its CSRF header on unsafe methods)."""
-    if _bearer(request):
-        return True
-    session = read_session(request)
-    if session is None:
-        return False
-    return request.method in SAFE_METHODS or csrf_ok(session, request.headers.get(CSRF_HEADER))
-
-
-def admin_only(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
-    @wraps(handler)
-    async def guarded(request: Request) -> Response:
-        if not is_admin(request):
-            if read_session(request) is not None:
-                return JSONResponse({"error": "missing or wrong CSRF token: send the X-CSRF-Token header"}, status_code=403)
-            return JSONResponse(
-                {"error": "admin token required: send Authorization: Bearer <token>, or sign in at /admin"},
-                status_code=401,
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-        return await handler(request)
-
-    return guarded
+    def is_admin(self, request: Request) -> bool:
+        """Bearer token, or a session cookie (plus its CSRF header on unsafe methods)."""
+        if self._bearer(request):
+            return True
+        session = self.read_session(request)
+        if session is None:
+            return False
+        return request.method in SAFE_METHODS or self.csrf_ok(session, request.headers.get(CSRF_HEADER))

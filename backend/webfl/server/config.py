@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..build.paths import DATASETS_DIR
+from .origins import parse_origins
 
 __all__ = ["Settings"]
 
@@ -15,8 +16,8 @@ def _env_num(name: str, default: float) -> float:
     return float(os.environ.get(name) or default)
 
 
-def _env_list(name: str) -> tuple[str, ...]:
-    return tuple(o.strip().rstrip("/") for o in os.environ.get(name, "").split(",") if o.strip())
+def _env_origins(name: str) -> tuple[str, ...]:
+    return parse_origins(os.environ.get(name, ""))
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,11 @@ class Settings:
     #: Set the admin token explicitly; otherwise one is generated and kept in ``data_dir``.
     admin_token: str | None = field(default_factory=lambda: os.environ.get("WEBFL_ADMIN_TOKEN") or None)
     #: Origins (scheme://host[:port]) allowed to embed the widget and open ``/ws`` from a browser.
-    embed_origins: tuple[str, ...] = field(default_factory=lambda: _env_list("WEBFL_EMBED_ORIGINS"))
+    embed_origins: tuple[str, ...] = field(default_factory=lambda: _env_origins("WEBFL_EMBED_ORIGINS"))
+    #: This server's own origin(s) as browsers see it; ``webfl serve`` defaults it to the
+    #: address it listens on (plus loopback aliases). Only these and ``embed_origins`` may
+    #: open ``/ws`` from a browser (DNS rebinding sends a matching Host, so Host proves nothing).
+    public_origins: tuple[str, ...] = field(default_factory=lambda: _env_origins("WEBFL_PUBLIC_ORIGINS"))
     #: Where the page loads Pyodide from; empty means this server's own copy.
     pyodide_url: str = field(default_factory=lambda: os.environ.get("WEBFL_PYODIDE_URL", ""))
     #: How the demo task's training split is divided among browser volunteers.
@@ -55,5 +60,15 @@ class Settings:
     ip_frame_burst: float = 2000.0
     ip_bytes_per_s: float = field(default_factory=lambda: _env_num("WEBFL_IP_BYTES_PER_S", 256 * 2**20))
     ip_byte_burst: float = 1024 * 2**20
+    #: Largest HTTP request body (login forms, admin JSON); larger ones get 413 while they
+    #: stream, before they are held in memory.
+    max_body_bytes: int = field(default_factory=lambda: int(_env_num("WEBFL_MAX_BODY_BYTES", 1024 * 1024)))
+    #: A volunteer's socket that accepts no bytes for this long (its send buffer full) is
+    #: aborted and its slot freed: a client that never reads cannot hold a connection.
+    send_timeout_s: float = field(default_factory=lambda: _env_num("WEBFL_SEND_TIMEOUT_S", 30.0))
+    #: Checkpoints kept: the last ``keep_checkpoints`` and every ``checkpoint_every``-th
+    #: model version (0 keeps none beyond the last ones).
+    keep_checkpoints: int = 5
+    checkpoint_every: int = 50
     #: Admin sign-in attempts per address per minute.
     logins_per_minute: float = field(default_factory=lambda: _env_num("WEBFL_LOGINS_PER_MINUTE", 5.0))

@@ -31,8 +31,10 @@ from ..core.protocol import (
 from .coordinator import SlowConsumer
 from .engine import RoundEngine
 from .limits import ConnectionLimits, RateLimited
+from .logsafe import untrusted
 from .origins import origin_allowed
 from .security import ResumeTokens
+from .web.services import services
 
 __all__ = ["volunteer_socket"]
 
@@ -46,16 +48,15 @@ class _Closed(Exception):
 
 
 async def volunteer_socket(websocket: WebSocket) -> None:
-    app = websocket.app
-    engine: RoundEngine = app.state.engine
-    settings = app.state.settings
-    if not origin_allowed(websocket.headers, settings.embed_origins):
+    svc = services(websocket)
+    engine, settings = svc.engine, svc.settings
+    if not origin_allowed(websocket.headers.get("origin"), svc.browser_origins):
         # Refuse before accepting: the browser sees a failed handshake (HTTP 403).
         await websocket.close(code=CLOSE_POLICY, reason="origin not allowed")
         return
     await websocket.accept()
     address = websocket.client.host if websocket.client else "?"
-    limits = app.state.address_limits.open(address)
+    limits = svc.limits.open(address)
     if limits is None:
         engine.rejections.add("connections")
         await _close(websocket, CLOSE_TRY_LATER, f"too many connections from {address}; try again later")
@@ -70,12 +71,12 @@ async def volunteer_socket(websocket: WebSocket) -> None:
                 CLOSE_POLICY,
                 f"client version {hello['version']} does not match server version {__version__}; reload the page",
             )
-        resume: ResumeTokens = app.state.resume_tokens
+        resume = svc.resume_tokens
         # No await from the check to connect(): no other connection can take the id between.
         peer_id = _resumed_id(engine, resume, hello.fields.get("resume")) or secrets.token_hex(6)
-        subscription = app.state.coordinator.subscribe(peer_id)
+        subscription = svc.coordinator.subscribe(peer_id)
         engine.connect(peer_id, hello.fields.get("agent", "?")[:64], address, hello["codecs"])
-        shard = app.state.demo_shards.assign(engine.task.name)
+        shard = svc.demo_shards.assign(engine.task.name)
         welcome = {"version": __version__, "volunteer": peer_id, "task": engine.task.to_dict(), "shard": shard, "resume": resume.issue(peer_id)}
         await websocket.send_bytes(encode(Message("welcome", welcome)))
         for frame in engine.model_frames_for(hello.fields.get("model_version"), hello.fields.get("model_digest")):
@@ -104,7 +105,7 @@ async def volunteer_socket(websocket: WebSocket) -> None:
     except WebSocketDisconnect:
         pass
     finally:
-        app.state.address_limits.close(address)
+        svc.limits.close(address)
         if peer_id is not None:
             engine.disconnect(peer_id)
 
@@ -176,7 +177,7 @@ async def _write(websocket: WebSocket, subscription) -> None:
 
 
 async def _close(websocket: WebSocket, code: int, reason: str) -> None:
-    log.info("closing volunteer socket: %d %s", code, reason)
+    log.info("closing volunteer socket: %d %s", code, untrusted(reason))
     try:
         await websocket.close(code=code, reason=reason[:120])
     except (RuntimeError, WebSocketDisconnect):

@@ -4,13 +4,17 @@ server optimizer, the rule, ...) as of its last commit.
 
 Individual updates are never stored: they are folded into the round's aggregate
 as they arrive. Each commit is one transaction, so a crash leaves either the old
-round or the new one, never half of it.
+round or the new one, never half of it. Old checkpoints are pruned in that same
+transaction: the last ``keep_last`` and every ``keep_every``-th model version stay.
+
+A damaged file stops the server before anything writes to it (``CorruptDatabase``).
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -21,7 +25,9 @@ import numpy as np
 
 from .crashpoints import crashpoint
 
-__all__ = ["RoundRecord", "Store"]
+__all__ = ["CorruptDatabase", "RoundRecord", "Store", "check_database"]
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -78,13 +84,72 @@ class RoundRecord:
         return asdict(self)
 
 
+class CorruptDatabase(Exception):
+    """The database file is damaged; the message says how and what the operator can do."""
+
+
+def _damage(path: Path) -> str | None:
+    """What is wrong with an existing database file, or None if it reads as sound."""
+    size = path.stat().st_size
+    if size == 0:
+        return None  # created but never written: an empty database
+    with open(path, "rb") as f:
+        header = f.read(100)
+    if len(header) < 100 or not header.startswith(_SQLITE_MAGIC):
+        return "it does not start with an SQLite header"
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    pages = int.from_bytes(header[28:32], "big")
+    if page_size < 512 or size % page_size or size < pages * page_size:
+        return f"it is truncated ({size} bytes; its header describes {pages} pages of {page_size})"
+    # Read-only: checking must never change the file. Without a WAL to replay, immutable
+    # also keeps SQLite from creating -wal and -shm files beside a damaged database.
+    wal = path.with_name(path.name + "-wal")
+    flags = "mode=ro" if wal.exists() and wal.stat().st_size else "mode=ro&immutable=1"
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?{flags}", uri=True)
+        try:
+            problems = [row[0] for row in db.execute("PRAGMA quick_check(5)")]
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as exc:
+        return f"SQLite cannot read it: {exc}"
+    if problems != ["ok"]:
+        return "SQLite's integrity check failed: " + "; ".join(problems)
+    return None
+
+
+def check_database(path: Path) -> None:
+    """Raise ``CorruptDatabase`` if the file at ``path`` exists and is damaged."""
+    if not path.exists():
+        return
+    what = _damage(path)
+    if what is not None:
+        raise CorruptDatabase(
+            f"the database {path} is damaged: {what}. webfl has not changed it and will not start on it. "
+            f"Restore it (and any {path.name}-wal file) from a backup, or move it aside "
+            f"(mv {path} {path}.damaged; the same for {path.name}-wal and {path.name}-shm if present) "
+            "to start with an empty history and a fresh model."
+        )
+
+
+def _open(path: Path) -> sqlite3.Connection:
+    """Open (creating, mode 0600) the database; SQLite gives its -wal and -shm files the same mode."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    check_database(path)
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    return sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+
+
 class Store:
     """One SQLite file in the data folder (WAL mode: readers never block the commit)."""
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, path: Path, keep_last: int = 5, keep_every: int = 50) -> None:
+        if keep_last < 1 or keep_every < 0:
+            raise ValueError("keep at least the last checkpoint (keep_last >= 1, keep_every >= 0)")
+        self._keep_last, self._keep_every = keep_last, keep_every
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db = _open(path)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
@@ -147,6 +212,7 @@ class Store:
         statements = [
             (f"INSERT INTO rounds ({cols}) VALUES ({marks})", tuple(record.to_dict().values())),
             _checkpoint_sql(record.model_version, task, model, params),
+            self._prune_sql(record.model_version),
         ]
         if record.run_id is not None:
             for name, state in (components or {}).items():
@@ -181,6 +247,14 @@ class Store:
                 )
             )
         self._tx([*statements, ("DROP TABLE server_opt_state", ())])
+
+    def _prune_sql(self, latest: int) -> tuple[str, tuple]:
+        """Drop checkpoints older than the last ``keep_last``, except every ``keep_every``-th."""
+        every = self._keep_every
+        return (
+            "DELETE FROM checkpoints WHERE model_version <= ? AND (? = 0 OR model_version % ? != 0)",
+            (latest - self._keep_last, every, every or 1),
+        )
 
     def latest_checkpoint(self, task: str, model: str) -> tuple[int, np.ndarray] | None:
         rows = self._query(

@@ -1,0 +1,97 @@
+"""The admin JSON API: launch and stop runs, watch status, download the model.
+
+Every endpoint is behind ``admin_only``. Bodies are bounded (``bodies.BodyLimit``) and
+parsed strictly; anything wrong with a run's settings, however it fails to parse (a
+``ValueError`` or ``OverflowError`` from the settings or a spec's parser), is a 400
+with the reason, never a 500, and never starts a run.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Awaitable, Callable
+from functools import wraps
+
+import numpy as np
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ..engine import RunActive, RunConfig
+from .bodies import read_json
+from .services import services
+
+__all__ = ["admin_only", "routes"]
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def admin_only(handler: Handler) -> Handler:
+    """401 without credentials, 403 for a session without its CSRF header; else ``handler``."""
+
+    @wraps(handler)
+    async def guarded(request: Request) -> Response:
+        auth = services(request).admin
+        if not auth.is_admin(request):
+            if auth.read_session(request) is not None:
+                return JSONResponse({"error": "missing or wrong CSRF token: send the X-CSRF-Token header"}, status_code=403)
+            return JSONResponse(
+                {"error": "admin token required: send Authorization: Bearer <token>, or sign in at /admin"},
+                status_code=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        return await handler(request)
+
+    return guarded
+
+
+def _bad(exc: Exception) -> Response:
+    return JSONResponse({"error": str(exc)[:500] or type(exc).__name__}, status_code=400)
+
+
+@admin_only
+async def start_rounds(request: Request) -> Response:
+    engine = services(request).engine
+    try:
+        config = RunConfig.from_json(await read_json(request))
+    except (ValueError, OverflowError) as exc:
+        return _bad(exc)
+    try:
+        run_id = engine.start(config)
+    except RunActive as exc:
+        return JSONResponse({"error": str(exc)}, status_code=409)
+    except (ValueError, OverflowError) as exc:
+        return _bad(exc)
+    return JSONResponse({"run": run_id, "config": config.to_dict()}, status_code=202)
+
+
+@admin_only
+async def stop_rounds(request: Request) -> Response:
+    return JSONResponse({"stopped": await services(request).engine.stop()})
+
+
+@admin_only
+async def status(request: Request) -> Response:
+    return JSONResponse(services(request).engine.status())
+
+
+@admin_only
+async def model(request: Request) -> Response:
+    engine = services(request).engine
+    buf = io.BytesIO()
+    views = engine.model.views(engine.params)
+    np.savez(buf, params=engine.params, model_version=np.int64(engine.model_version), **views)
+    name = f"webfl-{engine.task.name}-{engine.task.model}-v{engine.model_version}.npz"
+    return Response(
+        buf.getvalue(),
+        media_type="application/octet-stream",
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )
+
+
+routes = [
+    Route("/api/rounds", start_rounds, methods=["POST"]),
+    Route("/api/rounds/stop", stop_rounds, methods=["POST"]),
+    Route("/api/status", status, methods=["GET"]),
+    Route("/api/model", model, methods=["GET"]),
+]

@@ -1,0 +1,47 @@
+"""``/api/config`` (public): where the page's worker gets Pyodide, NumPy and the core
+wheel, with their hashes, and which version this server speaks."""
+
+from __future__ import annotations
+
+import json
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ... import __version__
+from ...build import paths
+from .assets import PYODIDE_VERSION, manifest
+from .services import services
+
+__all__ = ["routes"]
+
+
+async def client_config(request: Request) -> Response:
+    """Where the worker gets its runtime, and what version it must be (public)."""
+    settings = services(request).settings
+    try:
+        core = json.loads(paths.CORE_WHEEL_INFO.read_text())
+    except (OSError, ValueError):
+        return JSONResponse({"error": "the learning core wheel is not built; run `make setup` on the server"}, status_code=503)
+    numpy_lock = manifest().get("lock_entries", {}).get("numpy", {})
+    if settings.pyodide_url:
+        # Another index (a full Pyodide distribution or a CDN): NumPy by name, which
+        # Pyodide checks against that index's lock file (Subresource Integrity).
+        index_url, numpy = settings.pyodide_url.rstrip("/") + "/", {"name": "numpy", "url": None, "sha256": None}
+    else:
+        # By URL from us; the worker checks the sha256 (Pyodide checks only by-name loads).
+        url = f"/wheels/{numpy_lock.get('file_name')}"
+        index_url, numpy = f"/pyodide/{PYODIDE_VERSION}/", {"name": "numpy", "url": url, "sha256": numpy_lock.get("sha256")}
+    body = {
+        "version": __version__,
+        "task": services(request).engine.task.to_dict(),
+        "pyodide": {"version": PYODIDE_VERSION, "index_url": index_url},
+        "numpy": numpy,
+        "core": {"url": f"/wheels/{core['file']}", "version": core["version"], "sha256": core["sha256"]},
+        "ws_path": "/ws",
+    }
+    return JSONResponse(body, headers={"Cache-Control": "no-cache"})
+
+
+routes = [Route("/api/config", client_config)]
