@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 from pathlib import Path
+
+from .server.logs import LOG_FORMATS, configure_logging
 
 __all__ = ["main"]
 
@@ -30,6 +31,8 @@ def _serve(args: argparse.Namespace) -> int:
         overrides["embed_origins"] = tuple(o.strip().rstrip("/") for o in args.embed_origins.split(",") if o.strip())
     if args.pyodide_url is not None:
         overrides["pyodide_url"] = args.pyodide_url
+    if args.metrics_port is not None:
+        overrides["metrics_host"], overrides["metrics_port"] = args.metrics_host, args.metrics_port
     settings = Settings(**overrides)
     app = create_app(settings)
     scheme = "https" if args.ssl_certfile else "http"
@@ -47,6 +50,8 @@ def _serve(args: argparse.Namespace) -> int:
         # uvicorn cuts the connection.
         ws_max_size=settings.max_frame_bytes + 1024 * 1024,
         log_level=args.log_level,
+        # JSON logs: uvicorn's loggers go through ours instead of its own text handlers.
+        **({"log_config": None} if args.log_format == "json" else {}),
     )
     return 0
 
@@ -109,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--ssl-certfile")
     serve.add_argument("--ssl-keyfile")
     serve.add_argument("--log-level", default="info")
+    serve.add_argument("--log-format", choices=LOG_FORMATS, default="text", help="json: one JSON object per line")
+    serve.add_argument("--metrics-host", default="127.0.0.1", help="with --metrics-port: bind address of the unauthenticated /metrics")
+    serve.add_argument("--metrics-port", type=int, help="also serve /metrics WITHOUT the admin token on this port (keep it on loopback)")
     serve.set_defaults(func=_serve)
 
     sim = sub.add_parser("simulate", help="run Python volunteers against a server")
@@ -140,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     sim.add_argument("--norm-bound", help="reject updates whose L2 norm exceeds C (fixed) or x=K (K times the recent median)")
     sim.add_argument("--timeout-s", type=float, default=600.0, help="give up after this long")
     sim.add_argument("--log-level", default="warning", help="info logs every volunteer's state transitions")
+    sim.add_argument("--log-format", choices=LOG_FORMATS, default="text", help="json: one JSON object per line")
     sim.set_defaults(func=_simulate)
 
     args = parser.parse_args(argv)
@@ -157,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     # that oversubscribe them (spinning OpenBLAS threads slow a loaded machine many-fold).
     # Set before NumPy is first imported.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    configure_logging(args.log_level, args.log_format)
     return args.func(args)
 
 

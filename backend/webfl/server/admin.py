@@ -1,11 +1,9 @@
-"""The admin JSON API: launch and stop runs, watch status, download the model."""
+"""The admin JSON API: launch and stop runs, watch status (downloads are in ``export``)."""
 
 from __future__ import annotations
 
-import io
 import json
 
-import numpy as np
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -46,23 +44,8 @@ async def status(request: Request) -> Response:
     return JSONResponse(_engine(request).status())
 
 
-@admin_only
-async def model(request: Request) -> Response:
-    engine = _engine(request)
-    buf = io.BytesIO()
-    views = engine.model.views(engine.params)
-    np.savez(buf, params=engine.params, model_version=np.int64(engine.model_version), **views)
-    name = f"webfl-{engine.task.name}-{engine.task.model}-v{engine.model_version}.npz"
-    return Response(
-        buf.getvalue(),
-        media_type="application/octet-stream",
-        headers={"Content-Disposition": f'attachment; filename="{name}"'},
-    )
-
-
 routes = [
     Route("/api/rounds", start_rounds, methods=["POST"]),
     Route("/api/rounds/stop", stop_rounds, methods=["POST"]),
     Route("/api/status", status, methods=["GET"]),
-    Route("/api/model", model, methods=["GET"]),
 ]

@@ -14,7 +14,7 @@ from starlette.routing import Route, WebSocketRoute
 
 from .. import __version__
 from ..core.tasks import get_task
-from . import admin, pages
+from . import admin, export, metrics, pages, run_settings
 from .auth import load_admin_token
 from .config import Settings
 from .coordinator import InProcessCoordinator
@@ -71,7 +71,8 @@ def create_app(settings: Settings) -> Starlette:
         app.state.engine = RoundEngine(task, store, coordinator, shards.test, settings.seed)
         app.state.engine.resume()  # a run a crash interrupted carries on
         try:
-            yield
+            async with metrics.separate_listener(app, settings.metrics_host, settings.metrics_port):
+                yield
         finally:
             await app.state.engine.stop()
             store.close()
@@ -81,6 +82,9 @@ def create_app(settings: Settings) -> Starlette:
         Route("/healthz", health),
         Route("/data/{task}/shards/{index:int}.npz", shard),
         *admin.routes,
+        *export.routes,
+        *run_settings.routes,
+        *metrics.routes,
         # Pages, static files and the browser's runtime (after the API: it mounts prefixes).
         *pages.routes,
     ]

@@ -55,5 +55,9 @@ class Settings:
     ip_frame_burst: float = 2000.0
     ip_bytes_per_s: float = field(default_factory=lambda: _env_num("WEBFL_IP_BYTES_PER_S", 256 * 2**20))
     ip_byte_burst: float = 1024 * 2**20
+    #: With a port, ``/metrics`` is also served WITHOUT authentication on this address
+    #: (for a Prometheus on the same host or a private network).
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = None
     #: Admin sign-in attempts per address per minute.
     logins_per_minute: float = field(default_factory=lambda: _env_num("WEBFL_LOGINS_PER_MINUTE", 5.0))
