@@ -39,23 +39,27 @@ def _record(round_: int, run_id: int, duration_s: float, bytes_up: int, particip
     return RoundRecord(round_, run_id, round_, 0.5 + round_ / 100, 1.0 / round_, participants, bytes_up, 7 * bytes_up, duration_s, 1e9 + round_)
 
 
-@pytest.fixture
-def seeded(tmp_path: Path) -> tuple[Path, list[RoundRecord]]:
-    """A data dir with two finished runs: run 1 stopped by the operator after 2 rounds (q8),
-    run 2 completed with 1 round (no codec)."""
-    task = get_task("mnist", MODEL)
+def seed_history(data_dir: Path, model: str = MODEL) -> list[RoundRecord]:
+    """Two finished runs in ``data_dir``'s store: run 1 stopped by the operator after 2
+    of 5 (q8), run 2 completed with its 1 round (no codec)."""
+    task = get_task("mnist", model)
     params = task.build_model().init(0)
-    store = Store(tmp_path / "webfl.sqlite3")
+    store = Store(data_dir / "webfl.sqlite3")
     records = []
-    for codec, status, rounds in (("q8", "stopped", [(0.4, 1000), (3.0, 1100)]), ("none", "completed", [(70.0, 4000)])):
-        run_id = store.start_run(RunConfig.from_json({"codec": codec}).to_dict())
+    for codec, status, total, rounds in (("q8", "stopped", 5, [(0.4, 1000), (3.0, 1100)]), ("none", "completed", 1, [(70.0, 4000)])):
+        run_id = store.start_run(RunConfig.from_json({"codec": codec, "rounds": total}).to_dict())
         for duration, up in rounds:
             record = _record(len(records) + 1, run_id, duration, up)
             store.commit_round(record, task.name, task.model, params)
             records.append(record)
         store.end_run(run_id, status)
     store.close()
-    return tmp_path, records
+    return records
+
+
+@pytest.fixture
+def seeded(tmp_path: Path) -> tuple[Path, list[RoundRecord]]:
+    return tmp_path, seed_history(tmp_path)
 
 
 # -- auth ----------------------------------------------------------------------------
