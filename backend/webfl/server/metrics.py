@@ -11,8 +11,10 @@ unauthenticated on its own bind address (keep that on loopback or a private netw
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import threading
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator
 
@@ -134,10 +136,6 @@ async def metrics(request: Request) -> Response:
     return _exposition(request)
 
 
-async def open_metrics(request: Request) -> Response:
-    return _exposition(request)
-
-
 routes = [Route("/metrics", metrics, methods=["GET"])]
 
 
@@ -145,19 +143,33 @@ routes = [Route("/metrics", metrics, methods=["GET"])]
 async def separate_listener(main: Starlette, host: str, port: int | None) -> AsyncIterator[None]:
     """While open, serve ``/metrics`` without authentication on ``host:port`` (none if ``port`` is None).
 
-    It runs in the main server's event loop and reads the main app's engine.
+    The listener runs in a thread of its own (a second uvicorn in the main thread would take
+    over the main server's signal handlers); each scrape is computed on the main event loop,
+    where the engine lives, so the collector never reads the engine from another thread.
     """
     if port is None:
         yield
         return
+    loop = asyncio.get_running_loop()
+
+    async def exposition() -> bytes:
+        return generate_latest(registry_for(main.state.engine))
+
+    async def open_metrics(request: Request) -> Response:
+        body = await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(exposition(), loop))
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
     app = Starlette(routes=[Route("/metrics", open_metrics)])
-    app.state.engine = main.state.engine
-    config = uvicorn.Config(app, host=host, port=port, lifespan="off", access_log=False, log_config=None)
-    config.load()
-    server = uvicorn.Server(config)
-    await server.startup()  # exits the process, as uvicorn does, if the address is taken
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, lifespan="off", access_log=False, log_config=None))
+    thread = threading.Thread(target=server.run, name="webfl-metrics", daemon=True)
+    thread.start()
+    while not server.started:
+        if not thread.is_alive():
+            raise OSError(f"cannot serve metrics on {host}:{port} (see the error above)")
+        await asyncio.sleep(0.02)
     log.info("metrics served without authentication on http://%s:%d/metrics", host, port)
     try:
         yield
     finally:
-        await server.shutdown()
+        server.should_exit = True
+        await asyncio.to_thread(thread.join, 10.0)
