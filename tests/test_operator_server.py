@@ -102,5 +102,6 @@ def test_metrics_exports_and_json_logs_after_a_round_with_a_rejected_update(tmp_
     loggers = {e["logger"] for e in events}
     assert "webfl.engine" in loggers and "uvicorn.error" in loggers and "webfl.metrics" in loggers
     assert any("run 1 completed" in e["message"] for e in events if e["logger"] == "webfl.engine")
+    assert not [e for e in events if e["level"] in ("ERROR", "CRITICAL")]  # the metrics listener stopped cleanly too
     other = [line for line in server.log().splitlines() if line and not line.startswith("{")]
     assert all(line.startswith("webfl:") for line in other), other  # only the CLI's own prints
