@@ -4,25 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 from pathlib import Path
 
+from .server.logs import LOG_FORMATS, configure_logging
+
 __all__ = ["main"]
-
-
-def _log_config() -> dict:
-    """uvicorn's own logging set-up, with every handler escaping untrusted text."""
-    import copy
-
-    from uvicorn.config import LOGGING_CONFIG
-
-    config = copy.deepcopy(LOGGING_CONFIG)
-    config["filters"] = {"escape": {"()": "webfl.server.logsafe.EscapingFilter"}}
-    for handler in config["handlers"].values():
-        handler["filters"] = ["escape"]
-    return config
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -58,6 +46,8 @@ def _serve(args: argparse.Namespace) -> int:
               "or address are refused on /ws unless it is given with --public-origin", file=sys.stderr, flush=True)
     if args.pyodide_url is not None:
         overrides["pyodide_url"] = args.pyodide_url
+    if args.metrics_port is not None:
+        overrides["metrics_host"], overrides["metrics_port"] = args.metrics_host, args.metrics_port
     settings = Settings(**overrides)
     try:
         check_database(settings.data_dir / "webfl.sqlite3")
@@ -80,7 +70,6 @@ def _serve(args: argparse.Namespace) -> int:
         # client pick the address that per-address limits and the sign-in throttle count.
         proxy_headers=bool(args.forwarded_allow_ips),
         forwarded_allow_ips=args.forwarded_allow_ips or "",
-        log_config=_log_config(),
         # Float payloads barely compress and permessage-deflate costs 15-34x throughput.
         ws_per_message_deflate=False,
         # Slightly above our own limit, so an oversized frame is read whole and refused by
@@ -88,6 +77,9 @@ def _serve(args: argparse.Namespace) -> int:
         # uvicorn cuts the connection.
         ws_max_size=settings.max_frame_bytes + 1024 * 1024,
         log_level=args.log_level,
+        # uvicorn's loggers go through ours (configure_logging), which escapes untrusted
+        # text and writes JSON lines when asked, instead of its own handlers.
+        log_config=None,
     )
     return 0
 
@@ -159,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--ssl-certfile")
     serve.add_argument("--ssl-keyfile")
     serve.add_argument("--log-level", default="info")
+    serve.add_argument("--log-format", choices=LOG_FORMATS, default="text", help="json: one JSON object per line")
+    serve.add_argument("--metrics-host", default="127.0.0.1", help="with --metrics-port: bind address of the unauthenticated /metrics")
+    serve.add_argument("--metrics-port", type=int, help="also serve /metrics WITHOUT the admin token on this port (keep it on loopback)")
     serve.set_defaults(func=_serve)
 
     sim = sub.add_parser("simulate", help="run Python volunteers against a server")
@@ -190,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     sim.add_argument("--norm-bound", help="reject updates whose L2 norm exceeds C (fixed) or x=K (K times the recent median)")
     sim.add_argument("--timeout-s", type=float, default=600.0, help="give up after this long")
     sim.add_argument("--log-level", default="warning", help="info logs every volunteer's state transitions")
+    sim.add_argument("--log-format", choices=LOG_FORMATS, default="text", help="json: one JSON object per line")
     sim.set_defaults(func=_simulate)
 
     args = parser.parse_args(argv)
@@ -209,12 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     # that oversubscribe them (spinning OpenBLAS threads slow a loaded machine many-fold).
     # Set before NumPy is first imported.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    if args.command == "serve":
-        from .server.logsafe import EscapingFilter
-
-        for handler in logging.getLogger().handlers:
-            handler.addFilter(EscapingFilter())
+    configure_logging(args.log_level, args.log_format)
     return args.func(args)
 
 

@@ -22,8 +22,8 @@ def test_a_tab_trains_with_topk_and_q8_and_keeps_its_residual_across_a_reload(co
     admin.get_by_test_id("connected").filter(has_text="1").wait_for()
     for name, value in dict(rounds=2, clients_per_round=1, min_updates=1, local_epochs=1, deadline_s=60, select_timeout_s=5).items():
         admin.get_by_test_id(f"cfg-{name}").fill(str(value))
-    admin.get_by_test_id("codec").fill("topk:0.01+q8")
-    admin.get_by_test_id("downlink").fill("delta:q8")
+    admin.get_by_test_id("cfg-codec").fill("topk:0.01+q8")
+    admin.get_by_test_id("cfg-downlink").fill("delta:q8")
     admin.get_by_test_id("launch").click()
     expect(admin.get_by_test_id("history-row")).to_have_count(2, timeout=120_000)
 

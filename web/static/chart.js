@@ -15,9 +15,32 @@ function loadUplot() {
   return loading;
 }
 
-// series: [{label, stroke, scale, format}]; data is [xs, ys1, ys2, ...].
+// Dashed vertical lines with a label at the top, at x values (the admin page marks runs).
+function drawMarkers(u, markers) {
+  const { ctx } = u;
+  const { top, height } = u.bbox;
+  ctx.save();
+  ctx.strokeStyle = "#6b7280";
+  ctx.fillStyle = "#374151";
+  ctx.setLineDash([4, 4]);
+  ctx.lineWidth = devicePixelRatio;
+  ctx.font = `${11 * devicePixelRatio}px system-ui, sans-serif`;
+  for (const { x, label } of markers) {
+    const px = u.valToPos(x, "x", true);
+    ctx.beginPath();
+    ctx.moveTo(px, top);
+    ctx.lineTo(px, top + height);
+    ctx.stroke();
+    ctx.fillText(label, px + 3 * devicePixelRatio, top + 12 * devicePixelRatio);
+  }
+  ctx.restore();
+}
+
+// series: [{label, stroke, scale, format}]; data is [xs, ys1, ys2, ...];
+// markers (optional, in update) are [{x, label}].
 export async function lineChart(element, { xLabel, series, scales = {} }) {
   const uPlot = await loadUplot();
+  let markers = [];
   const width = () => Math.max(element.clientWidth, 240);
   // Rounds are whole numbers: no 1.2, 1.4 ... ticks.
   const axes = [{ label: xLabel, incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000] }];
@@ -29,6 +52,7 @@ export async function lineChart(element, { xLabel, series, scales = {} }) {
       width: width(),
       height: 220,
       scales: { x: { time: false }, ...scales },
+      hooks: { draw: [(u) => drawMarkers(u, markers)] },
       axes,
       series: [
         { label: xLabel },
@@ -41,13 +65,15 @@ export async function lineChart(element, { xLabel, series, scales = {} }) {
   new ResizeObserver(() => plot.setSize({ width: width(), height: 220 })).observe(element);
   let shown = -1;
   return {
-    update(data) {
+    update(data, newMarkers = []) {
       // Redraw only when a round was added: polling must not make the chart flicker.
       if (data[0].length === shown) return;
       shown = data[0].length;
+      markers = newMarkers;
       plot.setData(data);
       // The canvas can't be read back; this tells tests (and curious people) what is drawn.
       element.dataset.points = String(shown);
+      if (markers.length) element.dataset.markers = markers.map((m) => m.label).join(",");
     },
   };
 }

@@ -28,7 +28,7 @@ from .limits import AddressLimits, FrameRates
 from .security import ResumeTokens
 from .sockets import volunteer_socket
 from .store import Store
-from .web import admin_api, assets, config_api, pages, signin
+from .web import admin_api, assets, config_api, export, metrics, pages, run_settings, signin
 from .web.bodies import BodyLimit
 from .web.headers import SecurityHeaders
 from .web.services import Services, services
@@ -87,7 +87,8 @@ def create_app(settings: Settings) -> Starlette:
         )
         engine.resume()  # a run a crash interrupted carries on
         try:
-            yield {"services": svc}
+            async with metrics.separate_listener(engine, settings.metrics_host, settings.metrics_port):
+                yield {"services": svc}
         finally:
             await engine.stop()
             store.close()
@@ -97,6 +98,9 @@ def create_app(settings: Settings) -> Starlette:
         Route("/healthz", health),
         Route("/data/{task}/shards/{index:int}.npz", shard),
         *admin_api.routes,
+        *export.routes,
+        *run_settings.routes,
+        *metrics.routes,
         *config_api.routes,
         *signin.routes,
         *pages.routes,

@@ -70,5 +70,9 @@ class Settings:
     #: model version (0 keeps none beyond the last ones).
     keep_checkpoints: int = 5
     checkpoint_every: int = 50
+    #: With a port, ``/metrics`` is also served WITHOUT authentication on this address
+    #: (for a Prometheus on the same host or a private network).
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = None
     #: Admin sign-in attempts per address per minute.
     logins_per_minute: float = field(default_factory=lambda: _env_num("WEBFL_LOGINS_PER_MINUTE", 5.0))

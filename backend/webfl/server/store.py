@@ -192,6 +192,12 @@ class Store:
     def run_config(self, run_id: int) -> dict:
         return json.loads(self._query("SELECT config FROM runs WHERE id = ?", (run_id,))[0][0])
 
+    def runs(self) -> list[dict]:
+        """Every run, oldest first: ``id``, ``status`` (running, completed, stopped, failed,
+        interrupted), ``started_at``, ``ended_at`` and ``config``."""
+        rows = self._query("SELECT id, status, started_at, ended_at, config FROM runs ORDER BY id")
+        return [{"id": i, "status": st, "started_at": t0, "ended_at": t1, "config": json.loads(c)} for i, st, t0, t1, c in rows]
+
     def rounds_in_run(self, run_id: int) -> int:
         return int(self._query("SELECT COUNT(*) FROM rounds WHERE run_id = ?", (run_id,))[0][0])
 

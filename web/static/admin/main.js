@@ -1,12 +1,17 @@
 // The admin page: launch and stop runs, and a live view polled every second.
 
 import { SignedOut, call } from "./api.js";
+import { LaunchForm } from "./form.js";
 import { Dashboard } from "./view.js";
 
 const POLL_MS = 1000;
 const dashboard = new Dashboard(document);
 const form = document.querySelector('[data-testid="launch-form"]');
 const result = document.querySelector('[data-testid="launch-result"]');
+const launchForm = new LaunchForm(document, form);
+// What /api/history was last fetched for: runs change status only when a run starts or
+// ends, and rounds only when one commits.
+let historyKey = null;
 
 function signedOut() {
   // The session expired or the token changed: the server shows the sign-in form.
@@ -15,7 +20,13 @@ function signedOut() {
 
 async function refresh() {
   try {
-    dashboard.render(await call("GET", "/api/status"));
+    const status = await call("GET", "/api/status");
+    const key = `${status.run?.id}:${status.run?.running}:${status.history.length}`;
+    if (key !== historyKey) {
+      dashboard.renderRuns(await call("GET", "/api/history"));
+      historyKey = key;
+    }
+    dashboard.render(status);
     dashboard.error(null);
   } catch (error) {
     if (error instanceof SignedOut) return signedOut();
@@ -23,27 +34,36 @@ async function refresh() {
   }
 }
 
-function settings() {
-  const body = {};
-  for (const input of form.querySelectorAll("input")) {
-    body[input.name] = input.type === "text" ? input.value.trim() : Number(input.value);
+async function buildForm() {
+  try {
+    const { settings } = await call("GET", "/api/run-settings");
+    launchForm.build(settings, (preset) => {
+      result.textContent = `Preset “${preset.name}” filled in: ${preset.about}`;
+    });
+    dashboard.formReady = true;
+  } catch (error) {
+    if (error instanceof SignedOut) return signedOut();
+    dashboard.error(`Cannot get the run settings: ${error.message}`);
   }
-  for (const select of form.querySelectorAll("select")) body[select.name] = select.value;
-  return body;
 }
 
 form.addEventListener("submit", async (event) => {
   event.preventDefault();
-  if (!form.reportValidity()) return;
+  if (!launchForm.validate()) return;
   result.textContent = "Launching…";
   try {
-    const started = await call("POST", "/api/rounds", settings());
+    const started = await call("POST", "/api/rounds", launchForm.values());
     result.textContent = `Run ${started.run} started: ${started.config.rounds} round(s).`;
   } catch (error) {
     if (error instanceof SignedOut) return signedOut();
     result.textContent = `Not launched: ${error.message}`;
   }
   refresh();
+});
+
+document.querySelector('[data-testid="reset-defaults"]').addEventListener("click", () => {
+  launchForm.apply();
+  result.textContent = "Every setting is back to the API's default.";
 });
 
 document.querySelector('[data-testid="stop"]').addEventListener("click", async () => {
@@ -65,4 +85,4 @@ async function poll() {
 }
 
 dashboard.initChart();
-poll();
+buildForm().then(poll);

@@ -3,12 +3,29 @@
 import * as format from "../format.js";
 import { lineChart } from "../chart.js";
 
+// How each end status of a run (the store's) reads: "stopped" is the operator's doing,
+// "completed" means every round committed.
+const RUN_STATUS = {
+  running: "running",
+  completed: "completed",
+  stopped: "stopped by the operator",
+  failed: "failed (see the server log)",
+  interrupted: "interrupted (server restarted)",
+};
+
+function when(t) {
+  return t == null ? "—" : new Date(t * 1000).toLocaleString();
+}
+
 export class Dashboard {
   constructor(root) {
     this.q = (id) => root.querySelector(`[data-testid="${id}"]`);
     this.chart = null;
     this.rows = 0;
     this.history = null;
+    this.runs = new Map();
+    this.committed = new Map(); // run id -> rounds committed
+    this.formReady = false;
   }
 
   async initChart() {
@@ -37,12 +54,18 @@ export class Dashboard {
     q("open-round").textContent = open ? `round ${open.round}: ${open.received} of ${open.selected} updates` : "—";
     q("deadline").textContent = open ? format.seconds(open.deadline_in_s) : "—";
     const run = status.run;
+    // After a restart the engine knows no run yet; the store still has the last one.
+    const stored = run ? this.runs.get(run.id) : [...this.runs.values()].at(-1);
+    const status_ = run?.running ? "running" : stored?.status ?? "";
     q("run-status").textContent = run
-      ? `run ${run.id}: ${run.rounds_done} of ${run.config?.rounds ?? "?"} rounds, ${run.running ? "running" : "finished"}`
-      : "no run yet";
+      ? `run ${run.id}: ${run.rounds_done} of ${run.config?.rounds ?? "?"} rounds, ${RUN_STATUS[status_] ?? "ended"}`
+      : stored
+        ? `run ${stored.id}: ${this.committed.get(stored.id) ?? 0} of ${stored.config.rounds} rounds, ${RUN_STATUS[status_] ?? status_}`
+        : "no run yet";
+    q("run-status").dataset.status = status_;
     q("model-version").textContent = String(status.model_version);
     q("stop").disabled = !run?.running;
-    q("launch").disabled = Boolean(run?.running);
+    q("launch").disabled = Boolean(run?.running) || !this.formReady;
     q("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
     this.renderHistory(status.history);
   }
@@ -58,7 +81,8 @@ export class Dashboard {
       const row = document.createElement("tr");
       row.dataset.testid = "history-row";
       row.dataset.round = String(h.round);
-      const cells = [h.round, format.percent(h.accuracy), format.fixed(h.loss), h.participants, format.bytes(h.bytes_up), format.bytes(h.bytes_down), format.seconds(h.duration_s)];
+      row.dataset.run = String(h.run_id ?? "");
+      const cells = [h.round, h.run_id ?? "—", format.percent(h.accuracy), format.fixed(h.loss), h.participants, format.bytes(h.bytes_up), format.bytes(h.bytes_down), format.seconds(h.duration_s)];
       for (const value of cells) {
         const cell = document.createElement("td");
         cell.textContent = String(value);
@@ -69,8 +93,36 @@ export class Dashboard {
     this.rows = history.length;
   }
 
+  // The store's runs with their end status, and where each run's rounds start on the chart.
+  renderRuns({ runs, rounds }) {
+    this.runs = new Map(runs.map((r) => [r.id, r]));
+    this.q("runs-empty").hidden = runs.length > 0;
+    const committed = (this.committed = new Map());
+    for (const r of rounds) committed.set(r.run_id, (committed.get(r.run_id) ?? 0) + 1);
+    const body = this.q("runs").tBodies[0];
+    body.replaceChildren(
+      ...runs.toReversed().map((run) => {
+        const row = document.createElement("tr");
+        row.dataset.testid = "run-row";
+        row.dataset.run = String(run.id);
+        row.dataset.status = run.status;
+        const c = run.config;
+        const summary = `${c.mode}, ${c.aggregator}, codec ${c.codec}, ${c.local_epochs} epoch(s), ${c.clients_per_round} per round`;
+        const cells = [run.id, RUN_STATUS[run.status] ?? run.status, `${committed.get(run.id) ?? 0} of ${c.rounds}`, summary, when(run.started_at), when(run.ended_at)];
+        for (const value of cells) {
+          const cell = document.createElement("td");
+          cell.textContent = String(value);
+          row.append(cell);
+        }
+        row.children[1].classList.add("run-status", `run-${run.status}`);
+        return row;
+      }),
+    );
+  }
+
   drawChart(history) {
-    this.chart?.update([history.map((h) => h.round), history.map((h) => h.accuracy), history.map((h) => h.loss)]);
+    const markers = history.filter((h, i) => i === 0 || h.run_id !== history[i - 1].run_id).map((h) => ({ x: h.round, label: `run ${h.run_id ?? "?"}` }));
+    this.chart?.update([history.map((h) => h.round), history.map((h) => h.accuracy), history.map((h) => h.loss)], markers);
   }
 
   error(message) {

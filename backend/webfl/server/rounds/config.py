@@ -19,7 +19,7 @@ from ...core.downlink import Downlink, get_downlink
 from ...core.server_opt import ServerOptimizer, get_server_opt
 from ...core.training import BOUNDS, describe_bounds, in_bounds
 
-__all__ = ["MODES", "NormSpec", "RunConfig"]
+__all__ = ["LIMITS", "MODES", "NormSpec", "RunConfig"]
 
 #: The run modes (``rounds/sync.py``, ``rounds/fedbuff.py``).
 MODES = ("sync", "fedbuff")
@@ -84,7 +84,7 @@ _SPECS: dict[str, Callable[[object], object]] = {
 }
 
 #: Numeric fields: (low, high, low end included). Training settings are the core's.
-_LIMITS: dict[str, tuple[float, float, bool]] = {
+LIMITS: dict[str, tuple[float, float, bool]] = {
     "rounds": (1, 100_000, True),
     "clients_per_round": (1, 100_000, True),
     "local_epochs": BOUNDS["epochs"],
@@ -183,7 +183,7 @@ def _parse(name: str, value: object, kind: str) -> object:
     integer = kind == "int"
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (integer and value != int(value)):
         raise ValueError(f"{name} must be {'an integer' if integer else 'a number'}")
-    lo, hi, closed = _LIMITS[name]
+    lo, hi, closed = LIMITS[name]
     if not in_bounds(value, lo, hi, closed):
         raise ValueError(f"{name} must be between {lo:g} and {hi:g}" if closed else f"{name} must be in {describe_bounds(lo, hi, closed)}")
     return int(value) if integer else float(value)

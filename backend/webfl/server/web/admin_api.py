@@ -1,4 +1,4 @@
-"""The admin JSON API: launch and stop runs, watch status, download the model.
+"""The admin JSON API: launch and stop runs, watch status (downloads: ``export``).
 
 Every endpoint is behind ``admin_only``. Bodies are bounded (``bodies.BodyLimit``) and
 parsed strictly; anything wrong with a run's settings, however it fails to parse (a
@@ -8,11 +8,9 @@ with the reason, never a 500, and never starts a run.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Awaitable, Callable
 from functools import wraps
 
-import numpy as np
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -75,23 +73,8 @@ async def status(request: Request) -> Response:
     return JSONResponse(services(request).engine.status())
 
 
-@admin_only
-async def model(request: Request) -> Response:
-    engine = services(request).engine
-    buf = io.BytesIO()
-    views = engine.model.views(engine.params)
-    np.savez(buf, params=engine.params, model_version=np.int64(engine.model_version), **views)
-    name = f"webfl-{engine.task.name}-{engine.task.model}-v{engine.model_version}.npz"
-    return Response(
-        buf.getvalue(),
-        media_type="application/octet-stream",
-        headers={"Content-Disposition": f'attachment; filename="{name}"'},
-    )
-
-
 routes = [
     Route("/api/rounds", start_rounds, methods=["POST"]),
     Route("/api/rounds/stop", stop_rounds, methods=["POST"]),
     Route("/api/status", status, methods=["GET"]),
-    Route("/api/model", model, methods=["GET"]),
 ]

@@ -1,0 +1,127 @@
+"""The admin page in real Chromium: the launch form built from /api/run-settings (its
+defaults are the API's), presets, Advanced, keyboard and 390 px, runs with their end
+status, the run column and run markers, the download links."""
+
+from __future__ import annotations
+
+import pytest
+from playwright.sync_api import expect
+from test_operator import seed_history
+
+from browser_helpers import admin_login
+from webfl.server.engine import RunConfig
+
+pytestmark = pytest.mark.browser
+
+FORM_VALUES = """() => Object.fromEntries([...document.querySelector('[data-testid="launch-form"]').elements]
+    .filter((e) => e.name).map((e) => [e.name, e.value]))"""
+
+
+def _typed(values: dict[str, str], settings: list[dict]) -> dict:
+    """The form's strings as the API types them (what the page sends)."""
+    kinds = {s["name"]: s["type"] for s in settings}
+    return {k: v if kinds[k] == "string" else (int(v) if kinds[k] == "integer" else float(v)) for k, v in values.items()}
+
+
+def test_the_launch_form_has_every_setting_with_the_api_s_defaults_and_its_presets_are_valid(context, serve):
+    server = serve("--model", "softmax")
+    code, body = server.api("GET", "/api/run-settings")
+    assert code == 200
+    settings = body["settings"]
+    admin = context.new_page()
+    admin_login(admin, server)
+    expect(admin.get_by_test_id("launch")).to_be_enabled()
+
+    # Every RunConfig field is in the form, with the API's default: the form sends the API's default run.
+    values = admin.evaluate(FORM_VALUES)
+    assert set(values) == {s["name"] for s in settings}
+    assert RunConfig.from_json(_typed(values, settings)) == RunConfig()
+    assert values["local_epochs"] == "2"
+    # Every input has a label; the rarely used ones are under a closed Advanced section.
+    assert admin.evaluate("""() => [...document.querySelector('[data-testid="launch-form"]').elements]
+        .filter((e) => e.name).every((e) => e.labels.length === 1 && e.labels[0].textContent.trim().length > 0)""")
+    advanced = admin.get_by_test_id("advanced")
+    assert advanced.get_attribute("open") is None
+    expect(admin.get_by_test_id("cfg-buffer_size")).to_be_hidden()
+
+    presets = admin.get_by_test_id("presets").get_by_role("button")
+    names = presets.all_text_contents()
+    assert names == ["Quick demo", "Robust", "Low bandwidth", "Async"]
+    for i in range(len(names)):
+        presets.nth(i).click()
+        chosen = admin.evaluate(FORM_VALUES)
+        # Each preset is a run the API accepts, and changes something.
+        config = RunConfig.from_json(_typed(chosen, settings))
+        assert config != RunConfig(), names[i]
+        expect(admin.get_by_test_id("launch-result")).to_contain_text(names[i])
+
+    # Keyboard: a preset by Enter, then Advanced opened from its summary by Enter.
+    admin.get_by_test_id("reset-defaults").click()
+    admin.get_by_role("button", name="Async").focus()
+    admin.keyboard.press("Enter")
+    chosen = admin.evaluate(FORM_VALUES)
+    assert (chosen["mode"], chosen["buffer_size"], chosen["local_epochs"]) == ("fedbuff", "5", "2")  # others stay default
+    assert advanced.get_attribute("open") is not None  # the preset set Advanced settings: they are shown
+    admin.get_by_test_id("reset-defaults").click()
+    assert admin.evaluate(FORM_VALUES) == values
+    admin.evaluate("""() => { document.querySelector('[data-testid="advanced"]').open = false; }""")
+    admin.locator("summary").focus()
+    admin.keyboard.press("Enter")
+    expect(admin.get_by_test_id("cfg-buffer_size")).to_be_visible()
+
+    # An out-of-bounds value is refused by the form before it reaches the API.
+    admin.get_by_test_id("cfg-local_epochs").fill("1000")
+    admin.get_by_test_id("launch").click()
+    assert admin.evaluate("() => document.querySelector('[name=local_epochs]').validity.rangeOverflow")
+    assert server.status()["run"] is None
+
+    # Launched with "Quick demo" and no volunteer: the API got the preset over the defaults.
+    admin.get_by_role("button", name="Quick demo").click()
+    admin.get_by_test_id("launch").click()
+    expect(admin.get_by_test_id("launch-result")).to_contain_text("Run 1 started")
+    run = server.status()["run"]["config"]
+    assert (run["rounds"], run["clients_per_round"], run["local_epochs"], run["batch_size"]) == (3, 3, 1, 32)
+    expect(admin.get_by_test_id("stop")).to_be_enabled()
+    admin.get_by_test_id("stop").click()
+    # Stopped, not "finished": the store's end status is shown in the live view and the runs table.
+    expect(admin.get_by_test_id("run-status")).to_contain_text("stopped by the operator")
+    row = admin.get_by_test_id("run-row").first
+    expect(row).to_have_attribute("data-status", "stopped")
+    expect(row).to_contain_text("0 of 3")
+
+
+def test_runs_rounds_with_their_run_markers_and_downloads_at_390_px(browser, serve, tmp_path):
+    seed_history(tmp_path / "data0", "softmax")  # the data dir serve() gives its first server
+    server = serve("--model", "softmax")
+    context = browser.new_context(viewport={"width": 390, "height": 800}, accept_downloads=True)
+    try:
+        admin = context.new_page()
+        admin_login(admin, server)
+        rows = admin.get_by_test_id("history-row")
+        expect(rows).to_have_count(3)
+        assert [r.get_attribute("data-run") for r in rows.all()] == ["2", "1", "1"]  # newest first
+        expect(rows.first.locator("td").nth(1)).to_have_text("2")
+        runs = admin.get_by_test_id("run-row")
+        expect(runs).to_have_count(2)
+        expect(runs.nth(0)).to_have_attribute("data-status", "completed")
+        expect(runs.nth(1)).to_have_attribute("data-status", "stopped")
+        expect(runs.nth(1)).to_contain_text("stopped by the operator")
+        expect(runs.nth(1)).to_contain_text("2 of 5")
+        expect(admin.get_by_test_id("run-status")).to_contain_text("completed")
+        chart = admin.get_by_test_id("chart")
+        expect(chart).to_have_attribute("data-points", "3")
+        expect(chart).to_have_attribute("data-markers", "run 1,run 2")
+
+        # Nothing wider than the phone's screen, apart from tables, which scroll in their box.
+        assert admin.evaluate("() => document.documentElement.scrollWidth") <= 390
+
+        with admin.expect_download() as info:
+            admin.get_by_test_id("download-history-csv").click()
+        lines = info.value.path().read_text().splitlines()
+        assert lines[0].startswith("round,run_id,") and len(lines) == 4
+        with admin.expect_download() as info:
+            admin.get_by_test_id("download-onnx").click()
+        assert info.value.suggested_filename == "webfl-mnist-softmax-v3.onnx"
+        assert info.value.path().stat().st_size > 784 * 10 * 4
+    finally:
+        context.close()
