@@ -63,14 +63,17 @@ def test_kill_9_at_a_crash_point_then_the_restarted_server_resumes_the_run(tmp_p
         assert "resuming run 1 after 2 committed round(s) of 4" in second.log()
         with sqlite3.connect(data / "webfl.sqlite3") as db:
             assert db.execute("SELECT status FROM runs WHERE id = 1").fetchone() == ("completed",)
-            # The optimizer state was checkpointed with the model (one row, at the last commit).
-            assert db.execute("SELECT name, model_version, json_extract(fields, '$.steps') FROM component_state").fetchall() == [
-                ("server_opt", 4, 4)
+            # The optimizer's and the rule's states were checkpointed with the model (one row
+            # each, at the last commit).
+            assert db.execute("SELECT name, model_version, json_extract(fields, '$.steps') FROM component_state ORDER BY name").fetchall() == [
+                ("rule", 4, None), ("server_opt", 4, 4)
             ]
         store = Store(data / "webfl.sqlite3")
-        (version, state), = store.component_states(1).values()
+        states = store.component_states(1)
         store.close()
+        version, state = states["server_opt"]
         assert version == 4 and state["vector"].shape == (first_size(second),)
+        assert states["rule"][0] == 4 and states["rule"][1]["rule"] == "fedavg"
     finally:
         stop(volunteers)
         first.stop(kill=True)
