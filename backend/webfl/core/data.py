@@ -200,8 +200,10 @@ def _read_columns(data: bytes | str, wanted: list[str]) -> tuple[np.ndarray, lis
     if any('"' in line for _, line in numbered):
         # Quoted cells need the csv module's parser (a Python loop), so only then.
         reader = csv.reader(line for _, line in numbered)
-        rows = [row for row in reader]
-        line_of = [n for n, _ in numbered]
+        rows, line_of = [], []
+        for row in reader:
+            rows.append(row)
+            line_of.append(numbered[reader.line_num - 1][0])
     else:
         rows = [line.split(",") for _, line in numbered]
         line_of = [n for n, _ in numbered]
