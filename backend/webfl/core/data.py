@@ -161,15 +161,13 @@ def parse_task_csv(data: bytes | str, features: Sequence[str], label: str, class
     ignored. A label is a class name or its 0-based index. Errors name the 1-based line
     (the header is line 1) and the column.
     """
-    lines, cells = _read_columns(data, [*features, label])
-    x = _numbers(lines, cells[: len(features)], features)
-    return Dataset(x, _labels(lines, cells[-1], label, classes))
+    table = _Table.read(data, [*features, label])
+    return Dataset(table.numbers(features), _labels(table.lines, table.cells(label), label, classes))
 
 
 def parse_unlabelled_csv(data: bytes | str, features: Sequence[str]) -> np.ndarray:
     """Rows to predict on: the ``features`` columns (matched like :func:`parse_task_csv`) as float32."""
-    lines, cells = _read_columns(data, list(features))
-    return _numbers(lines, cells, features)
+    return _Table.read(data, list(features)).numbers(features)
 
 
 def _text(data: bytes | str) -> str:
@@ -186,47 +184,91 @@ def _text(data: bytes | str) -> str:
     return text
 
 
-def _read_columns(data: bytes | str, wanted: list[str]) -> tuple[np.ndarray, list[list[str]]]:
-    """File line numbers of the data rows, and the cells of each ``wanted`` column.
+@dataclass
+class _Table:
+    """A CSV's header positions and data rows, read once; columns are taken on demand.
 
-    Cells stay one flat list of strings, row after row; a column is a strided slice of
-    it. That keeps the per-cell work in C (``str.split``, slicing, ``float``), which
-    matters in Pyodide.
+    Unquoted files (the usual case) keep their data lines as text: numeric columns go
+    through NumPy's C ``loadtxt`` in one call, and only when it refuses a cell does the
+    cell-by-cell path run, to say which line and column. Quoted files need the csv
+    module's parser (a Python loop), so only they pay for it.
     """
-    lines = [line.removesuffix("\r") for line in _text(data).split("\n")]
-    numbered = [(i + 1, line) for i, line in enumerate(lines) if line.strip(" \t,")]
-    if not numbered:
-        raise ValueError("the file is empty: it needs a header line and data rows")
-    if any('"' in line for _, line in numbered):
-        # Quoted cells need the csv module's parser (a Python loop), so only then.
-        reader = csv.reader(line for _, line in numbered)
-        rows, line_of = [], []
-        for row in reader:
-            rows.append(row)
-            line_of.append(numbered[reader.line_num - 1][0])
-    else:
-        rows = [line.split(",") for _, line in numbered]
-        line_of = [n for n, _ in numbered]
-    header = [name.strip() for name in rows[0]]
-    positions: dict[str, int] = {}
-    for i, name in enumerate(header):
-        if name in positions and name in wanted:
-            raise ValueError(f"line {line_of[0]}: column {name!r} appears twice in the header")
-        positions.setdefault(name, i)
-    missing = [name for name in wanted if name not in positions]
-    if missing:
-        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise ValueError(f"line {line_of[0]}: the header has no column {missing[0]!r}{more}")
-    if len(rows) < 2:
-        raise ValueError("the file has a header but no data rows")
-    line_numbers = np.asarray(line_of[1 : len(rows)], dtype=np.int64)
-    widths = np.fromiter(map(len, rows[1:]), dtype=np.int64, count=len(rows) - 1)
-    wrong = np.flatnonzero(widths != len(header))
-    if wrong.size:
-        i = int(wrong[0])
-        raise ValueError(f"line {line_numbers[i]}: {widths[i]} values, but the header has {len(header)} columns")
-    flat = list(chain.from_iterable(rows[1:]))
-    return line_numbers, [flat[positions[name] :: len(header)] for name in wanted]
+
+    lines: np.ndarray  # the file's 1-based line number of each data row
+    positions: dict[str, int]
+    width: int
+    body: list[str] | None  # unquoted data lines, or None
+    rows: list[list[str]] | None  # split data rows (quoted files, or after a fallback)
+
+    @classmethod
+    def read(cls, data: bytes | str, wanted: list[str]) -> _Table:
+        lines = [line.removesuffix("\r") for line in _text(data).split("\n")]
+        numbered = [(i + 1, line) for i, line in enumerate(lines) if line.strip(" \t,")]
+        if not numbered:
+            raise ValueError("the file is empty: it needs a header line and data rows")
+        body: list[str] | None = None
+        rows: list[list[str]] | None = None
+        if any('"' in line for _, line in numbered):
+            reader = csv.reader(line for _, line in numbered)
+            rows, line_of = [], []
+            for row in reader:
+                rows.append(row)
+                line_of.append(numbered[reader.line_num - 1][0])
+            header, rows = rows[0], rows[1:]
+            widths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+        else:
+            header = numbered[0][1].split(",")
+            line_of = [n for n, _ in numbered]
+            body = [line for _, line in numbered[1:]]
+            widths = np.fromiter((line.count(",") + 1 for line in body), dtype=np.int64, count=len(body))
+        header = [name.strip() for name in header]
+        positions: dict[str, int] = {}
+        for i, name in enumerate(header):
+            if name in positions and name in wanted:
+                raise ValueError(f"line {line_of[0]}: column {name!r} appears twice in the header")
+            positions.setdefault(name, i)
+        missing = [name for name in wanted if name not in positions]
+        if missing:
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise ValueError(f"line {line_of[0]}: the header has no column {missing[0]!r}{more}")
+        if not widths.size:
+            raise ValueError("the file has a header but no data rows")
+        line_numbers = np.asarray(line_of[1:], dtype=np.int64)
+        wrong = np.flatnonzero(widths != len(header))
+        if wrong.size:
+            i = int(wrong[0])
+            raise ValueError(f"line {line_numbers[i]}: {widths[i]} values, but the header has {len(header)} columns")
+        return cls(line_numbers, positions, len(header), body, rows)
+
+    def cells(self, name: str) -> list[str]:
+        j = self.positions[name]
+        if self.rows is None:
+            assert self.body is not None
+            return [line.split(",", j + 1)[j] for line in self.body]
+        return [row[j] for row in self.rows]
+
+    def numbers(self, names: Sequence[str]) -> np.ndarray:
+        """The ``names`` columns as float32, or a ValueError naming the first bad cell."""
+        if self.body is not None:
+            try:
+                x = np.loadtxt(
+                    io.StringIO("\n".join(self.body)), delimiter=",", comments=None, ndmin=2,
+                    usecols=[self.positions[n] for n in names], dtype=np.float64,
+                )
+            except ValueError:
+                x = None
+            if x is not None and x.shape == (self.lines.size, len(names)) and _representable(x).all():
+                return x.astype(np.float32)
+            # Let the cell-by-cell path find and name the cell loadtxt refused.
+            self.rows = [line.split(",") for line in self.body]
+        assert self.rows is not None
+        flat = list(chain.from_iterable(self.rows))
+        return _numbers(self.lines, [flat[self.positions[n] :: self.width] for n in names], names)
+
+
+def _representable(values: np.ndarray) -> np.ndarray:
+    """Finite and within float32's range (the models' dtype)."""
+    return np.isfinite(values) & (np.abs(values) <= np.finfo(np.float32).max)
 
 
 def _numbers(lines: np.ndarray, columns: list[list[str]], names: Sequence[str]) -> np.ndarray:
@@ -238,7 +280,7 @@ def _numbers(lines: np.ndarray, columns: list[list[str]], names: Sequence[str]) 
             i, cell = next((i, c) for i, c in enumerate(cells) if not _is_number(c))
             what = "is empty" if not cell.strip() else f"has {_quote(cell)}, not a number"
             raise ValueError(f"line {lines[i]}, column {name!r} {what}") from None
-        bad = np.flatnonzero(~np.isfinite(values) | (np.abs(values) > np.finfo(np.float32).max))
+        bad = np.flatnonzero(~_representable(values))
         if bad.size:
             i = int(bad[0])
             raise ValueError(f"line {lines[i]}, column {name!r} has {_quote(cells[i])}, not a finite number")
