@@ -95,7 +95,8 @@ def evaluation_sums(model, params: np.ndarray, x: np.ndarray, y: np.ndarray, num
     class_examples = np.zeros(num_classes if per_class else 0, dtype=np.int64)
     class_correct = np.zeros_like(class_examples)
     for start in range(0, x.shape[0], batch):
-        yb = np.asarray(y[start : start + batch], dtype=np.int64)
+        # intp: bincount refuses int64 on wasm32 (Pyodide), where intp is 32 bits.
+        yb = np.asarray(y[start : start + batch], dtype=np.intp)
         z = model.logits(params, x[start : start + batch])
         probs = _softmax(z)
         loss_sum += float(-np.log(probs[np.arange(len(yb)), yb] + 1e-12).sum())
