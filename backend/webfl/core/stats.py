@@ -7,7 +7,7 @@ gets the pooled mean and standard deviation exactly.
 Why the standardisation is a fixed layer of the model rather than folded into the
 first layer's weights: folding makes version 0 take raw features, but SGD on raw
 features stays as ill-conditioned as ever (a feature of magnitude 1,000 gets gradients
-1,000 times larger), and training diverges. :class:`Standardised` keeps the trained
+1,000 times larger): on breast cancer it stays at the majority class. :class:`Standardised` keeps the trained
 parameters in standardised space, so any magnitude trains well, and still takes raw
 features: the browser builds it from the task definition like any model.
 :func:`fold` turns trained parameters into a plain MLP on raw features, for export.

@@ -240,12 +240,12 @@ class Task:
     def from_json(cls, obj: object) -> Task:
         """Validate a definition document; a ValueError names the field that is wrong."""
         r = _Reader(obj, "task")
-        name = r.str("name", 1, 40)
+        name = r.text("name", 1, 40)
         if not NAME.fullmatch(name):
             raise ValueError(f"name: {name!r} must be 1-40 of a-z, 0-9 and '-'")
-        title = r.str("title", 1, 200)
-        description = r.str("description", 0, 10_000, default="", multiline=True)
-        kind_value = r.str("kind", 1, 20)
+        title = r.text("title", 1, 200)
+        description = r.text("description", 0, 10_000, default="", multiline=True)
+        kind_value = r.text("kind", 1, 20)
         try:
             kind = Kind(kind_value)
         except ValueError:
@@ -254,13 +254,13 @@ class Task:
         shape: dict[str, Any] = {}
         if kind is Kind.TABULAR:
             features = r.names("features", 1, MAX_FEATURES, 200)
-            label = r.str("label", 1, 200)
+            label = r.text("label", 1, 200)
             if label in features:
                 raise ValueError(f"label: {label!r} is also one of the features")
             shape = {"features": features, "label": label}
         else:
-            shape = {"width": r.int("width", 1, MAX_SIDE), "height": r.int("height", 1, MAX_SIDE)}
-            shape["channels"] = r.int("channels", 1, 3)
+            shape = {"width": r.integer("width", 1, MAX_SIDE), "height": r.integer("height", 1, MAX_SIDE)}
+            shape["channels"] = r.integer("channels", 1, 3)
             if shape["channels"] == 2:
                 raise ValueError("channels: must be 1 (grayscale) or 3 (RGB)")
         model_spec = _model_spec(r.obj("model"), kind)
@@ -308,11 +308,11 @@ class _Reader:
             raise ValueError(f"{self._path(key)}: missing")
         return default
 
-    def str(self, key: str, lo: int, hi: int, default: object = _MISSING, multiline: bool = False) -> str:
+    def text(self, key: str, lo: int, hi: int, default: object = _MISSING, multiline: bool = False) -> str:
         v = self.take(key, default)
         return _text(v, self._path(key), lo, hi, multiline)
 
-    def int(self, key: str, lo: int, hi: int, default: object = _MISSING) -> int:
+    def integer(self, key: str, lo: int, hi: int, default: object = _MISSING) -> int:
         return _integer(self.take(key, default), self._path(key), lo, hi)
 
     def number(self, key: str, lo: float, hi: float, default: object = _MISSING) -> float:
@@ -366,14 +366,14 @@ def _integer(v: object, path: str, lo: int, hi: int) -> int:
 
 
 def _model_spec(r: _Reader, kind: Kind) -> MLPSpec | CNNSpec:
-    kind_of_model = r.str("type", 1, 20)
+    kind_of_model = r.text("type", 1, 20)
     if kind_of_model == "mlp":
         spec: MLPSpec | CNNSpec = MLPSpec(r.ints("hidden", 1, 4096, 8, default=[]))
     elif kind_of_model == "cnn":
         if kind is not Kind.IMAGE:
             raise ValueError("model.type: 'cnn' is for image tasks only")
         conv = r.ints("conv", 1, 256, 4, min_count=1)
-        kernel = r.int("kernel", 1, 7, default=3)
+        kernel = r.integer("kernel", 1, 7, default=3)
         if kernel % 2 == 0:
             raise ValueError(f"model.kernel: must be odd (same padding), got {kernel}")
         spec = CNNSpec(conv, kernel, r.ints("dense", 1, 4096, 4, default=[]))
@@ -416,7 +416,7 @@ def _scaling(r: _Reader, num_features: int) -> Scaling:
 
 def _training(r: _Reader) -> TrainDefaults:
     d = TrainDefaults()
-    epochs, batch_size = r.int("epochs", 1, 10**6, default=d.epochs), r.int("batch_size", 1, 10**9, default=d.batch_size)
+    epochs, batch_size = r.integer("epochs", 1, 10**6, default=d.epochs), r.integer("batch_size", 1, 10**9, default=d.batch_size)
     lr = r.number("lr", 0.0, 1e9, default=d.lr)
     r.done()
     try:
