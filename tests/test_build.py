@@ -1,4 +1,5 @@
-"""The set-up build: the browser's core wheel, the verified NumPy wheel, gzip copies, MNIST.
+"""The set-up build: the browser's core wheel, the verified NumPy wheel, gzip copies, MNIST,
+scikit-learn's breast cancer and digits.
 
 Tests that read what ``make setup`` fetched (the Pyodide lock file, the NumPy wheel,
 ``build/datasets/mnist.npz``) use the real files; the rest build into ``tmp_path``.
@@ -23,11 +24,19 @@ import pytest
 
 from webfl.build import paths
 from webfl.build.compress import precompress
-from webfl.build.datasets import build_mnist
+from webfl.build.datasets import (
+    SKLEARN_FILES,
+    breast_cancer_csv,
+    build_converted,
+    build_mnist,
+    digits_arrays,
+    fetch_sklearn_files,
+)
 from webfl.build.errors import BuildError, IntegrityError
 from webfl.build.pyodide import LOCK_FILE, load_lock, load_manifest, locked_wheels, verify_wheel
 from webfl.build.wheel import build_core_wheel
 from webfl.core.data import load_npz
+from webfl.core.tasks import BREAST_CANCER_FEATURES, BUILT_IN
 
 LOCK = paths.PYODIDE_DIR / LOCK_FILE
 
@@ -218,9 +227,81 @@ def test_mnist_conversion_recovers_bytes_and_splits(tmp_path: Path) -> None:
     assert build_mnist(digits, out, n_test=5).written
 
 
+def test_sklearn_data_from_setup() -> None:
+    for name, sha256 in SKLEARN_FILES.items():
+        assert hashlib.sha256((paths.SKLEARN_DATA / name).read_bytes()).hexdigest() == sha256
+    header = paths.BREAST_CANCER_CSV.read_text().splitlines()[0].split(",")
+    assert header == [*BREAST_CANCER_FEATURES, "diagnosis"]
+    train, test = load_npz(paths.DIGITS_NPZ, "train"), load_npz(paths.DIGITS_NPZ, "test")
+    assert train.x.shape == (1500, 64) and test.x.shape == (297, 64) and train.x.dtype == np.uint8
+    assert train.x.max() == 255 and set(np.unique(test.y)) == set(range(10))
+
+
+def _fake_sklearn_wheel(cache: Path, version: str, files: dict[str, bytes]) -> None:
+    cache.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(cache / f"scikit_learn-{version}-py3-none-any.whl", "w") as zf:
+        for name, data in files.items():
+            zf.writestr(f"sklearn/datasets/data/{name}", data)
+
+
+def test_sklearn_files_are_extracted_once_and_verified(tmp_path: Path) -> None:
+    good = b"1,2,3\n"
+    pinned = {"a.csv": hashlib.sha256(good).hexdigest()}
+    _fake_sklearn_wheel(tmp_path / "cache", "9.9.9", {"a.csv": good})
+    fetch = lambda **kw: fetch_sklearn_files(  # noqa: E731
+        tmp_path / "out", tmp_path / "cache", requirement="scikit-learn==9.9.9", pinned=pinned, **kw)
+    assert fetch() == {"a.csv": True} and (tmp_path / "out" / "a.csv").read_bytes() == good
+    assert fetch() == {"a.csv": False}
+    assert fetch(force=True) == {"a.csv": True}
+    (tmp_path / "out" / "a.csv").write_bytes(b"tampered")
+    assert fetch() == {"a.csv": True} and (tmp_path / "out" / "a.csv").read_bytes() == good
+
+    _fake_sklearn_wheel(tmp_path / "cache2", "9.9.9", {"a.csv": b"not the pinned bytes"})
+    with pytest.raises(IntegrityError, match="a.csv"):
+        fetch_sklearn_files(tmp_path / "out2", tmp_path / "cache2", requirement="scikit-learn==9.9.9", pinned=pinned)
+    assert not (tmp_path / "out2" / "a.csv").exists()
+
+
+def test_breast_cancer_conversion_gives_an_operator_csv() -> None:
+    row = ",".join(str(i + 0.5) for i in range(30))
+    source = f"2,30,malignant,benign\n{row},0\n{row},1\n".encode()
+    data = BUILT_IN["breast-cancer"].parse_csv(breast_cancer_csv(source, BREAST_CANCER_FEATURES))
+    assert data.y.tolist() == [0, 1]
+    np.testing.assert_array_equal(data.x[0], np.arange(30) + 0.5)
+    for bad in (b"2,29,malignant,benign\n", f"3,30,malignant,benign\n{row},0\n".encode(),
+                f"1,30,malignant,benign\n{row},2\n".encode()):
+        with pytest.raises(BuildError):
+            breast_cancer_csv(bad, BREAST_CANCER_FEATURES)
+
+
+def test_digits_conversion_scales_counts_to_bytes() -> None:
+    rows = [[(i + j) % 17 for j in range(64)] + [i % 10] for i in range(20)]
+    source = gzip.compress("\n".join(",".join(map(str, r)) for r in rows).encode())
+    arrays = digits_arrays(source, n_test=5)
+    x = np.concatenate([arrays["x_test"], arrays["x_train"]])
+    order = np.random.default_rng(0).permutation(20)
+    expected = np.rint(np.array(rows)[:, :64] * 255 / 16).astype(np.uint8)[order]
+    np.testing.assert_array_equal(x, expected)
+    with pytest.raises(BuildError):
+        digits_arrays(gzip.compress(b"1,2,3\n"), n_test=1)
+
+
+def test_converted_files_are_rebuilt_only_when_their_source_changes(tmp_path: Path) -> None:
+    source, out = tmp_path / "in.txt", tmp_path / "out" / "in.csv"
+    source.write_bytes(b"a")
+    upper = lambda raw: raw.upper()  # noqa: E731
+    assert build_converted(source, out, upper) and out.read_bytes() == b"A"
+    assert not build_converted(source, out, upper)
+    assert build_converted(source, out, upper, force=True)
+    source.write_bytes(b"b")
+    assert build_converted(source, out, upper) and out.read_bytes() == b"B"
+    out.write_bytes(b"edited")
+    assert build_converted(source, out, upper) and out.read_bytes() == b"B"
+
+
 def test_build_cli_second_run_changes_nothing() -> None:
     for _ in range(2):
         out = subprocess.run([sys.executable, "-m", "webfl.build"], capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr
     assert "verified sha256" in out.stdout
-    assert " built" not in out.stdout and "compressed now" not in out.stdout, out.stdout
+    assert " built" not in out.stdout and "compressed now" not in out.stdout and "extracted" not in out.stdout, out.stdout

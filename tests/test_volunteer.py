@@ -9,7 +9,10 @@ from webfl.core.protocol import Message, ProtocolError, decode, encode
 from webfl.core.tasks import Task
 from webfl.core.volunteer import SessionState, Volunteer
 
-TASK = Task("tiny", "Tiny", "a test task", num_features=4, num_classes=3, model="softmax")
+TASK = Task.from_json({
+    "name": "tiny", "title": "Tiny", "description": "a test task", "kind": "tabular",
+    "features": ["a", "b", "c", "d"], "label": "y", "classes": ["x", "y", "z"], "model": {"type": "mlp", "hidden": []},
+})
 DATA = Dataset(np.random.default_rng(0).integers(0, 255, (20, 4), dtype=np.uint8), np.arange(20, dtype=np.uint8) % 3)
 MODEL = TASK.build_model()
 

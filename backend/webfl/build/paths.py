@@ -47,3 +47,9 @@ GZ_DIR: Path = BUILD_DIR / "pyodide-gz"
 #: Task files (``.npz`` with ``x_train, y_train, x_test, y_test``).
 DATASETS_DIR: Path = BUILD_DIR / "datasets"
 MNIST_NPZ: Path = DATASETS_DIR / "mnist.npz"
+#: scikit-learn's data files, extracted from its wheel and verified.
+SKLEARN_DATA: Path = DATASETS_DIR / "sklearn"
+#: The built-in tabular task's data, as an operator's CSV (named columns, class names).
+BREAST_CANCER_CSV: Path = DATASETS_DIR / "breast-cancer.csv"
+#: scikit-learn's 8x8 digits in MNIST's ``.npz`` format.
+DIGITS_NPZ: Path = DATASETS_DIR / "digits.npz"

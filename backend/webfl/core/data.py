@@ -1,23 +1,39 @@
-"""Datasets, partitions into volunteer shards, and a volunteer's own CSV file.
+"""Datasets, partitions into volunteer shards, and a volunteer's own data files.
 
-A dataset is stored as ``uint8`` features (scaled to [0, 1] on use) and ``uint8``
-labels. Partitions are deterministic for a seed, so a simulated volunteer can
+The built-in MNIST files store ``uint8`` pixels (scaled to [0, 1] on use); a task's
+own data (:func:`parse_task_csv`, :func:`image_dataset`) is model-ready ``float32``.
+Labels are ``uint8`` class indices. Partitions are deterministic for a seed, so a simulated volunteer can
 compute its own shard and the server can hand out demo shards without storing them.
 """
 
 from __future__ import annotations
 
+import csv
 import io
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import chain
 
 import numpy as np
 
-__all__ = ["Dataset", "features", "load_npz", "parse_csv", "partition", "parse_partition"]
+__all__ = [
+    "Dataset",
+    "features",
+    "image_dataset",
+    "image_inputs",
+    "load_npz",
+    "parse_csv",
+    "parse_partition",
+    "parse_task_csv",
+    "parse_unlabelled_csv",
+    "partition",
+]
 
 
 @dataclass(frozen=True)
 class Dataset:
-    x: np.ndarray  # (n, features) uint8
+    x: np.ndarray  # (n, features) uint8 pixels or float32 model inputs
     y: np.ndarray  # (n,) uint8
 
     def __len__(self) -> int:
@@ -130,3 +146,188 @@ def _is_number(s: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+# --- a task's own files ---------------------------------------------------------------
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_INDEX = re.compile(r"[0-9]{1,6}")
+
+
+def parse_task_csv(data: bytes | str, features: Sequence[str], label: str, classes: Sequence[str]) -> Dataset:
+    """A tabular task's labelled CSV: float32 ``x`` in ``features`` order, labels as class indices.
+
+    Columns are matched by header name in any order; other columns, of any type, are
+    ignored. A label is a class name or its 0-based index. Errors name the 1-based line
+    (the header is line 1) and the column.
+    """
+    table = _Table.read(data, [*features, label])
+    return Dataset(table.numbers(features), _labels(table.lines, table.cells(label), label, classes))
+
+
+def parse_unlabelled_csv(data: bytes | str, features: Sequence[str]) -> np.ndarray:
+    """Rows to predict on: the ``features`` columns (matched like :func:`parse_task_csv`) as float32."""
+    return _Table.read(data, list(features)).numbers(features)
+
+
+def _text(data: bytes | str) -> str:
+    """UTF-8 text, or a ValueError that never quotes the bytes (a binary file would garble the page)."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        try:
+            data = bytes(data).decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError("not a text CSV: the file is not UTF-8 text") from None
+    text = data.removeprefix("\ufeff")
+    bad = _CONTROL.search(text)
+    if bad:
+        raise ValueError(f"not a text CSV: line {text.count(chr(10), 0, bad.start()) + 1} holds binary bytes")
+    return text
+
+
+@dataclass
+class _Table:
+    """A CSV's header positions and data rows, read once; columns are taken on demand.
+
+    Unquoted files (the usual case) keep their data lines as text: numeric columns go
+    through NumPy's C ``loadtxt`` in one call, and only when it refuses a cell does the
+    cell-by-cell path run, to say which line and column. Quoted files need the csv
+    module's parser (a Python loop), so only they pay for it.
+    """
+
+    lines: np.ndarray  # the file's 1-based line number of each data row
+    positions: dict[str, int]
+    width: int
+    body: list[str] | None  # unquoted data lines, or None
+    rows: list[list[str]] | None  # split data rows (quoted files, or after a fallback)
+
+    @classmethod
+    def read(cls, data: bytes | str, wanted: list[str]) -> _Table:
+        lines = [line.removesuffix("\r") for line in _text(data).split("\n")]
+        numbered = [(i + 1, line) for i, line in enumerate(lines) if line.strip(" \t,")]
+        if not numbered:
+            raise ValueError("the file is empty: it needs a header line and data rows")
+        body: list[str] | None = None
+        rows: list[list[str]] | None = None
+        if any('"' in line for _, line in numbered):
+            reader = csv.reader(line for _, line in numbered)
+            rows, line_of = [], []
+            for row in reader:
+                rows.append(row)
+                line_of.append(numbered[reader.line_num - 1][0])
+            header, rows = rows[0], rows[1:]
+            widths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+        else:
+            header = numbered[0][1].split(",")
+            line_of = [n for n, _ in numbered]
+            body = [line for _, line in numbered[1:]]
+            widths = np.fromiter((line.count(",") + 1 for line in body), dtype=np.int64, count=len(body))
+        header = [name.strip() for name in header]
+        positions: dict[str, int] = {}
+        for i, name in enumerate(header):
+            if name in positions and name in wanted:
+                raise ValueError(f"line {line_of[0]}: column {name!r} appears twice in the header")
+            positions.setdefault(name, i)
+        missing = [name for name in wanted if name not in positions]
+        if missing:
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise ValueError(f"line {line_of[0]}: the header has no column {missing[0]!r}{more}")
+        if not widths.size:
+            raise ValueError("the file has a header but no data rows")
+        line_numbers = np.asarray(line_of[1:], dtype=np.int64)
+        wrong = np.flatnonzero(widths != len(header))
+        if wrong.size:
+            i = int(wrong[0])
+            raise ValueError(f"line {line_numbers[i]}: {widths[i]} values, but the header has {len(header)} columns")
+        return cls(line_numbers, positions, len(header), body, rows)
+
+    def cells(self, name: str) -> list[str]:
+        j = self.positions[name]
+        if self.rows is None:
+            assert self.body is not None
+            return [line.split(",", j + 1)[j] for line in self.body]
+        return [row[j] for row in self.rows]
+
+    def numbers(self, names: Sequence[str]) -> np.ndarray:
+        """The ``names`` columns as float32, or a ValueError naming the first bad cell."""
+        if self.body is not None:
+            try:
+                x = np.loadtxt(
+                    io.StringIO("\n".join(self.body)), delimiter=",", comments=None, ndmin=2,
+                    usecols=[self.positions[n] for n in names], dtype=np.float64,
+                )
+            except ValueError:
+                x = None
+            if x is not None and x.shape == (self.lines.size, len(names)) and _representable(x).all():
+                return x.astype(np.float32)
+            # Let the cell-by-cell path find and name the cell loadtxt refused.
+            self.rows = [line.split(",") for line in self.body]
+        assert self.rows is not None
+        flat = list(chain.from_iterable(self.rows))
+        return _numbers(self.lines, [flat[self.positions[n] :: self.width] for n in names], names)
+
+
+def _representable(values: np.ndarray) -> np.ndarray:
+    """Finite and within float32's range (the models' dtype)."""
+    return np.isfinite(values) & (np.abs(values) <= np.finfo(np.float32).max)
+
+
+def _numbers(lines: np.ndarray, columns: list[list[str]], names: Sequence[str]) -> np.ndarray:
+    out = np.empty((lines.size, len(columns)), dtype=np.float32)
+    for j, (cells, name) in enumerate(zip(columns, names)):
+        try:
+            values = np.fromiter(map(float, cells), dtype=np.float64, count=len(cells))
+        except ValueError:
+            i, cell = next((i, c) for i, c in enumerate(cells) if not _is_number(c))
+            what = "is empty" if not cell.strip() else f"has {_quote(cell)}, not a number"
+            raise ValueError(f"line {lines[i]}, column {name!r} {what}") from None
+        bad = np.flatnonzero(~_representable(values))
+        if bad.size:
+            i = int(bad[0])
+            raise ValueError(f"line {lines[i]}, column {name!r} has {_quote(cells[i])}, not a finite number")
+        out[:, j] = values
+    return out
+
+
+def _labels(lines: np.ndarray, cells: list[str], column: str, classes: Sequence[str]) -> np.ndarray:
+    """Class names or 0-based indices to uint8 indices; a name wins over an index that spells it."""
+    names = {name: i for i, name in enumerate(classes)}
+    index: dict[str, int] = {}
+    for value in set(cells):
+        key = value.strip()
+        if key in names:
+            index[value] = names[key]
+        elif _INDEX.fullmatch(key) and int(key) < len(classes):
+            index[value] = int(key)
+        else:
+            i = cells.index(value)
+            shown = ", ".join(map(repr, classes[:5])) + (", ..." if len(classes) > 5 else "")
+            raise ValueError(
+                f"line {lines[i]}, column {column!r} has {_quote(value)}: a label must be one of the "
+                f"classes ({shown}) or an index 0..{len(classes) - 1}"
+            )
+    return np.fromiter(map(index.__getitem__, cells), dtype=np.uint8, count=len(cells))
+
+
+def _quote(cell: str) -> str:
+    cell = cell.strip()
+    return repr(cell if len(cell) <= 24 else cell[:24] + "...")
+
+
+def image_inputs(pixels: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """Decoded images, ``uint8`` ``(n, height, width, channels)``, as float32 rows in [0, 1]."""
+    if not isinstance(pixels, np.ndarray) or pixels.dtype != np.uint8:
+        raise ValueError("images must be a uint8 array")
+    if pixels.ndim != 4 or pixels.shape[1:] != tuple(shape) or pixels.shape[0] < 1:
+        raise ValueError(f"images must have shape (n >= 1, {shape[0]}, {shape[1]}, {shape[2]}), got {pixels.shape}")
+    return pixels.reshape(pixels.shape[0], -1).astype(np.float32) / np.float32(255.0)
+
+
+def image_dataset(pixels: np.ndarray, labels: np.ndarray, shape: tuple[int, int, int], num_classes: int) -> Dataset:
+    """A volunteer's labelled images (decoded in the browser) as a model-ready dataset."""
+    x = image_inputs(pixels, shape)
+    labels = np.asarray(labels)
+    if labels.shape != (x.shape[0],) or labels.dtype.kind not in "iu":
+        raise ValueError(f"labels must be {x.shape[0]} integers, one per image, got {labels.dtype} {labels.shape}")
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise ValueError(f"labels must be class indices in 0..{num_classes - 1}")
+    return Dataset(x, labels.astype(np.uint8))
