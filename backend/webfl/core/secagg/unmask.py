@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 
 
 class UnmaskerState(enum.Enum):
-    COLLECTING = "collecting"
+    COLLECTING = "collecting"  # masked uploads are folded in
+    UNMASKING = "unmasking"  # the survivors are fixed; waiting for enough reveals
     DONE = "done"
 
 
@@ -56,7 +57,7 @@ class Unmasker:
     def add(self, u: int, packed: bytes) -> None:
         """Fold u's bit-packed masked vector into the sum; refused unless u got shares and is new."""
         if self.state is not UnmaskerState.COLLECTING:
-            raise SecAggError("the round's masked sum is already unmasked")
+            raise SecAggError(f"the upload stage is over (the unmasking is {self.state.value})")
         if u not in self.delivered or len(self.delivered[u]) < self.setup.threshold:
             raise SecAggError(f"volunteer {u} did not receive enough shares to mask with")
         if u in self.survivors:
@@ -68,14 +69,26 @@ class Unmasker:
         self.sum.add(vector)
         self.survivors.add(u)
 
+    def close(self) -> frozenset[int]:
+        """End the upload stage: the survivors, whom the server asks for their reveals."""
+        self._advance(UnmaskerState.COLLECTING, UnmaskerState.UNMASKING)
+        return frozenset(self.survivors)
+
+    def _advance(self, expected: UnmaskerState, to: UnmaskerState) -> None:
+        if self.state is not expected:
+            raise SecAggError(f"the round's unmasking is {self.state.value}, not {expected.value}")
+        log.debug("secagg round %d: %s -> %s", self.setup.round_id, self.state.value, to.value)
+        self.state = to
+
     def finish(self, reveals: Mapping[int, Reveal]) -> np.ndarray:
         """The sum (uint32, mod 2^bits) of the survivors' quantized levels.
 
         Raises SecAggError when too few survivors answered to rebuild a secret, or when a
-        reveal is inconsistent (a share it cannot hold, a key that is not the advertised one).
+        reveal is inconsistent (a share it cannot hold, a key that is not the advertised one);
+        the sum is then left as it was, so it can be called again with more reveals.
         """
-        if self.state is not UnmaskerState.COLLECTING:
-            raise SecAggError("the round's masked sum is already unmasked")
+        if self.state is not UnmaskerState.UNMASKING:
+            raise SecAggError(f"the round's unmasking is {self.state.value}, not unmasking")
         alive = self.survivors
         for u, v in ((u, v) for u in alive for v in self.delivered[u] & alive):
             if u not in self.delivered[v]:
@@ -87,17 +100,25 @@ class Unmasker:
             held = self.delivered[w]
             if not set(reveal.self_seeds) <= held & alive or not set(reveal.secret_keys) <= held & dropped:
                 raise SecAggError(f"volunteer {w} revealed shares it cannot hold or should not reveal")
-        for u in sorted(alive):
-            (seed,) = self._rebuild(u, "self_seeds", reveals)
-            self.sum.remove_self_mask(seed)
+        # Rebuild every secret and derive every seed before touching the sum: a refusal
+        # leaves it as it was, so the round can wait for more reveals and try again.
+        self_seeds = [self._rebuild(u, "self_seeds", reveals)[0] for u in sorted(alive)]
+        pair_seeds = []
         for v in sorted(dropped):
             (private,) = self._rebuild(v, "secret_keys", reveals)
             if self.agreement.public(private) != self.keys[v].masking:
                 raise SecAggError(f"the masking key rebuilt for dropped volunteer {v} is not the one it advertised")
             for u in sorted(w for w in alive if v in self.delivered[w]):
-                secret = self.agreement.agree(private, self.keys[u].masking)
-                self.sum.remove_pair_mask(u, v, pair_seed(secret, self.setup.round_id, u, v))
-        self.state = UnmaskerState.DONE
+                try:
+                    secret = self.agreement.agree(private, self.keys[u].masking)
+                except ValueError as exc:
+                    raise SecAggError(f"volunteer {u}'s masking key is unusable: {exc}") from None
+                pair_seeds.append((u, v, pair_seed(secret, self.setup.round_id, u, v)))
+        for seed in self_seeds:
+            self.sum.remove_self_mask(seed)
+        for u, v, seed in pair_seeds:
+            self.sum.remove_pair_mask(u, v, seed)
+        self._advance(UnmaskerState.UNMASKING, UnmaskerState.DONE)
         log.info("secagg round %d unmasked: %d survivors, %d dropped neighbours rebuilt", self.setup.round_id, len(alive), len(dropped))
         return self.sum.total
 
