@@ -21,7 +21,7 @@ from webfl.core.secagg import (
     split,
     unpack_bits,
 )
-from webfl.core.secagg import prg, shamir, vectors
+from webfl.core.secagg import shamir, vectors
 from webfl.core.secagg.kdf import hkdf_sha256
 
 SEED = bytes(range(32))

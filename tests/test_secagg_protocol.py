@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import math
 import os
+
 import numpy as np
 import pytest
 
 from webfl.core.secagg import (
-    ClientStage,
-    NeighbourGraph,
     PublicKeys,
     Quantizer,
     Reveal,
-    RoundSetup,
     SecAggClient,
     SecAggError,
     Unmasker,
@@ -30,49 +28,7 @@ from webfl.core.secagg import (
 from webfl.core.secagg.masking import mask
 from webfl.core.secagg.shamir import SHARE_BYTES, split
 from webfl.core.secagg.shares import SharePair, open_shares, seal_shares
-from webfl.core.secagg.native import AesGcmCipher, X25519Agreement
-
-AGREEMENT, CIPHER = X25519Agreement(), AesGcmCipher()
-
-
-class Round:
-    """One round driven stage by stage, as the server's plumbing will: keys, shares, uploads, reveals."""
-
-    def __init__(self, n: int, k: int, t: int, size: int = 500, seed: int = 0) -> None:
-        self.rng = np.random.default_rng(seed)
-        self.quant = Quantizer.for_cohort(1.0, 8, n)
-        self.setup = RoundSetup(41, size, self.quant.bits, t, NeighbourGraph(n, k, self.rng.bytes(32)))
-        self.clients = {u: SecAggClient(u, self.setup, AGREEMENT, CIPHER) for u in range(n)}
-        self.updates = {u: self.rng.normal(0, 0.02, size) for u in range(n)}
-        self.levels = {u: self.quant.quantize(x, self.rng) for u, x in self.updates.items()}
-
-    def advertise(self) -> None:
-        self.keys = {u: c.advertise() for u, c in self.clients.items()}
-
-    def share(self) -> None:
-        self.sealed = {u: c.share({v: self.keys[v] for v in c.neighbours}) for u, c in self.clients.items()}
-        self.inbox = {u: {v: self.sealed[v][u] for v in c.neighbours} for u, c in self.clients.items()}
-        self.unmasker = Unmasker(self.setup, AGREEMENT, self.keys, {u: set(box) for u, box in self.inbox.items()})
-
-    def upload(self, dropped: set[int]) -> None:
-        self.uploads = {u: c.mask(self.levels[u], self.inbox[u]) for u, c in self.clients.items()}
-        for u, packed in self.uploads.items():
-            if u not in dropped:
-                self.unmasker.add(u, packed)
-        self.survivors = self.unmasker.close()
-
-    def reveals(self, silent: set[int] = frozenset()) -> dict[int, Reveal]:
-        return {u: self.clients[u].unmask(self.survivors) for u in sorted(self.survivors - silent)}
-
-    def expected(self) -> np.ndarray:
-        return np.sum([self.levels[u] for u in self.survivors], axis=0, dtype=np.uint64)
-
-    def run(self, dropped: set[int], silent: set[int] = frozenset()) -> np.ndarray:
-        self.advertise()
-        self.share()
-        self.upload(dropped)
-        return self.unmasker.finish(self.reveals(silent))
-
+from secagg_round import AGREEMENT, CIPHER, Round
 
 def recoverable(r: Round, dropped: set[int], silent: set[int] = frozenset()) -> bool:
     """Whether each volunteer's secrets have ``t`` holders among the neighbours that answer the reveal."""
@@ -112,6 +68,7 @@ def test_a_dropout_during_unmasking_beyond_the_threshold_is_refused_and_the_sum_
     r = Round(10, 9, 5)
     r.advertise()
     r.share()
+    r.mask()
     r.upload({2, 7, 8})  # 7 survivors
     reveals = r.reveals()
     before = r.unmasker.sum.total.copy()
@@ -159,6 +116,7 @@ def test_the_upload_is_bit_packed_at_the_modulus_bits():
     r = Round(10, 9, 5, size=1001)
     r.advertise()
     r.share()
+    r.mask()
     r.upload(set())
     assert {len(p) for p in r.uploads.values()} == {math.ceil(1001 * r.quant.bits / 8)}
     assert r.quant.bits == 12
@@ -222,6 +180,7 @@ def test_stages_run_once_and_in_order():
         fresh.mask(r.levels[0], {})
     with pytest.raises(SecAggError, match="at stage mask, not advertise"):
         r.clients[0].advertise()
+    r.mask()
     r.upload(set())
     r.clients[0].unmask(r.survivors)
     with pytest.raises(SecAggError, match="at stage done, not unmask"):  # cannot reveal both shares of one neighbour
@@ -272,6 +231,7 @@ def test_the_unmasker_refuses_bad_uploads_and_keeps_its_sum():
 
 def test_the_unmasker_refuses_reveals_a_volunteer_cannot_hold_or_should_not_give():
     r = shared_round()
+    r.mask()
     r.upload({5})
     reveals = r.reveals()
     w = next(u for u in reveals if 5 in r.inbox[u])
@@ -299,6 +259,7 @@ def test_the_unmasker_refuses_reveals_a_volunteer_cannot_hold_or_should_not_give
 
 def test_a_rebuilt_masking_key_must_be_the_advertised_one():
     r = shared_round()
+    r.mask()
     r.upload({5})
     reveals = r.reveals()
     holders = [u for u in reveals if 5 in reveals[u].secret_keys]
