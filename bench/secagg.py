@@ -80,7 +80,7 @@ def measure(n: int, size: int, dropout: float) -> dict:
     acc = np.zeros(size, np.float32)
     fold = statistics.median(timed(codec.accumulate, acc, 1.0, e)[1] for e in encs)
 
-    deg = statistics.mean(len(c.neighbours) for c in r.clients.values())
+    deg = statistics.mean(len(c.client.neighbours) for c in r.clients.values())
     sealed = statistics.mean(sum(len(s) for s in out.values()) / len(out) for out in r.sealed.values())
     revealed = statistics.mean(len(rv.self_seeds) + len(rv.secret_keys) for rv in reveals.values())
     return {

@@ -1,6 +1,6 @@
 """One SecAgg+ round driven in process, stage by stage, as the server's plumbing will drive it.
 
-Real X25519 and AES-GCM (``cryptography``), the core's clients and unmasker, every
+Real X25519 and AES-GCM (``native.NativeVolunteer``), the core's clients and unmasker, every
 message passed by hand: for the protocol tests and ``bench/secagg.py``.
 """
 
@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 
 from webfl.core.secagg import NeighbourGraph, Quantizer, Reveal, RoundSetup, SecAggClient, Unmasker
-from webfl.core.secagg.native import AesGcmCipher, X25519Agreement
+from webfl.core.secagg.native import NativeVolunteer, X25519Agreement
 
-AGREEMENT, CIPHER = X25519Agreement(), AesGcmCipher()
+AGREEMENT = X25519Agreement()
 
 
 class Round:
@@ -21,7 +21,7 @@ class Round:
         self.rng = np.random.default_rng(seed)
         self.quant = Quantizer.for_cohort(1.0, 8, n)
         self.setup = RoundSetup(41, size, self.quant.bits, t, NeighbourGraph(n, k, self.rng.bytes(32)))
-        self.clients = {u: SecAggClient(u, self.setup, AGREEMENT, CIPHER) for u in range(n)}
+        self.clients = {u: NativeVolunteer(SecAggClient(u, self.setup), AGREEMENT) for u in range(n)}
         self.updates = {u: self.rng.normal(0, 0.02, size) for u in range(n)}
         self.levels = {u: self.quant.quantize(x, self.rng) for u, x in self.updates.items()}
 
@@ -29,8 +29,8 @@ class Round:
         self.keys = {u: c.advertise() for u, c in self.clients.items()}
 
     def share(self) -> None:
-        self.sealed = {u: c.share({v: self.keys[v] for v in c.neighbours}) for u, c in self.clients.items()}
-        self.inbox = {u: {v: self.sealed[v][u] for v in c.neighbours} for u, c in self.clients.items()}
+        self.sealed = {u: c.share({v: self.keys[v] for v in c.client.neighbours}) for u, c in self.clients.items()}
+        self.inbox = {u: {v: self.sealed[v][u] for v in c.client.neighbours} for u, c in self.clients.items()}
         self.unmasker = Unmasker(self.setup, AGREEMENT, self.keys, {u: set(box) for u, box in self.inbox.items()})
 
     def mask(self) -> None:

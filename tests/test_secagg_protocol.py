@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from webfl.core.secagg import (
+    ClientStage,
     PublicKeys,
     Quantizer,
     Reveal,
@@ -27,8 +28,9 @@ from webfl.core.secagg import (
 )
 from webfl.core.secagg.masking import mask
 from webfl.core.secagg.shamir import SHARE_BYTES, split
-from webfl.core.secagg.shares import SharePair, open_shares, seal_shares
-from secagg_round import AGREEMENT, CIPHER, Round
+from webfl.core.secagg.native import open_frame, seal_frame
+from webfl.core.secagg.shares import SharePair, frame, header, read
+from secagg_round import AGREEMENT, Round
 
 def recoverable(r: Round, dropped: set[int], silent: set[int] = frozenset()) -> bool:
     """Whether each volunteer's secrets have ``t`` holders among the neighbours that answer the reveal."""
@@ -136,8 +138,8 @@ def test_a_tampered_or_misrouted_share_is_refused():
     u = 0
     for case in ("tampered", "for another receiver", "from another sender", "short"):
         r = shared_round()
-        v, x = sorted(r.clients[u].neighbours)[:2]
-        w = next(w for w in r.clients[v].neighbours if w != u)
+        v, x = sorted(r.clients[u].client.neighbours)[:2]
+        w = next(w for w in r.clients[v].client.neighbours if w != u)
         sealed = {
             "tampered": r.inbox[u][v][:-1] + bytes([r.inbox[u][v][-1] ^ 1]),
             "for another receiver": r.sealed[v][w],
@@ -148,62 +150,62 @@ def test_a_tampered_or_misrouted_share_is_refused():
             r.clients[u].mask(r.levels[u], {**r.inbox[u], v: sealed})
 
 
-class Plain:
-    """A cipher that seals nothing and ignores the associated data: exposes the framing checks alone."""
-
-    def seal(self, key: bytes, plaintext: bytes, aad: bytes) -> bytes:
-        return plaintext
-
-    def open(self, key: bytes, sealed: bytes, aad: bytes) -> bytes:
-        return sealed
-
-
 def test_a_share_framed_for_another_round_or_pair_is_refused_after_decryption():
-    pair = SharePair(bytes(SHARE_BYTES), bytes(SHARE_BYTES))
-    sealed = seal_shares(Plain(), bytes(32), 41, 3, 5, pair)
-    assert open_shares(Plain(), bytes(32), sealed, 41, 3, 5) == pair
+    pair = SharePair(bytes(range(SHARE_BYTES)), bytes(SHARE_BYTES))
+    plaintext = frame(41, 3, 5, pair)
+    assert plaintext[:20] == header(41, 3, 5) and read(plaintext, 41, 3, 5) == pair
     for round_id, sender, receiver in [(42, 3, 5), (41, 4, 5), (41, 3, 6)]:
         with pytest.raises(SecAggError, match=f"not framed for round {round_id}, {sender} -> {receiver}"):
-            open_shares(Plain(), bytes(32), sealed, round_id, sender, receiver)
+            read(plaintext, round_id, sender, receiver)
     with pytest.raises(SecAggError, match="not framed"):
-        open_shares(Plain(), bytes(32), sealed + b"\0", 41, 3, 5)
-    # With AES-GCM the header is the associated data: another round does not even decrypt.
-    real = seal_shares(CIPHER, bytes(32), 41, 3, 5, pair)
-    with pytest.raises(SecAggError, match="does not decrypt"):
-        open_shares(CIPHER, bytes(32), real, 42, 3, 5)
+        read(plaintext + b"\0", 41, 3, 5)
+    # Sealed, the header is the associated data: for another round it does not even decrypt.
+    sealed = seal_frame(bytes(32), plaintext, header(41, 3, 5))
+    assert open_frame(bytes(32), sealed, header(41, 3, 5)) == plaintext
+    with pytest.raises(ValueError, match="authentication failed"):
+        open_frame(bytes(32), sealed, header(42, 3, 5))
 
 
 def test_stages_run_once_and_in_order():
     r = shared_round()
-    fresh = SecAggClient(0, r.setup, AGREEMENT, CIPHER)
+    fresh = SecAggClient(0, r.setup)
     with pytest.raises(SecAggError, match="at stage advertise, not mask"):
-        fresh.mask(r.levels[0], {})
+        fresh.mask(r.levels[0], {}, {})
     with pytest.raises(SecAggError, match="at stage mask, not advertise"):
         r.clients[0].advertise()
     r.mask()
     r.upload(set())
     r.clients[0].unmask(r.survivors)
     with pytest.raises(SecAggError, match="at stage done, not unmask"):  # cannot reveal both shares of one neighbour
-        r.clients[0].unmask(r.survivors - {sorted(r.clients[0].neighbours)[0]})
+        r.clients[0].unmask(r.survivors - {sorted(r.clients[0].client.neighbours)[0]})
 
 
-def test_a_bad_roster_is_refused():
+def test_a_bad_roster_or_secret_is_refused_and_changes_nothing():
     r = Round(10, 4, 3, size=64)
     r.advertise()
-    c = r.clients[0]
-    nbrs = sorted(c.neighbours)
-    outsider = next(v for v in range(10) if v not in c.neighbours and v != 0)
+    client = SecAggClient(0, r.setup)
+    (channel_private, channel), (masking_private, masking) = AGREEMENT.generate(), AGREEMENT.generate()
+    client.advertise(PublicKeys(channel, masking), masking_private)
+    nbrs = sorted(client.neighbours)
+    outsider = next(v for v in range(10) if v not in nbrs and v != 0)
+    roster = {v: r.keys[v] for v in nbrs}
+    secrets = {v: AGREEMENT.agree(channel_private, r.keys[v].channel) for v in nbrs}
     cases = [
-        ({v: r.keys[v] for v in nbrs + [outsider]}, "not neighbours of 0"),
-        ({v: r.keys[v] for v in nbrs[:2]}, "2 neighbours advertised keys, fewer than the threshold 3"),
-        ({**{v: r.keys[v] for v in nbrs}, nbrs[1]: r.keys[nbrs[0]]}, "repeats a public key"),
-        ({**{v: r.keys[v] for v in nbrs}, nbrs[1]: PublicKeys(bytes(32), r.keys[nbrs[1]].masking)}, "channel key is unusable"),
+        ({**roster, outsider: r.keys[outsider]}, {**secrets, outsider: bytes(range(32))}, "not neighbours of 0"),
+        ({v: roster[v] for v in nbrs[:2]}, {v: secrets[v] for v in nbrs[:2]}, "2 neighbours advertised keys, fewer than the threshold 3"),
+        ({**roster, nbrs[1]: roster[nbrs[0]]}, secrets, "repeats a public key"),
+        (roster, {v: secrets[v] for v in nbrs[1:]}, "a channel secret is needed for each neighbour"),
+        (roster, {**secrets, nbrs[0]: bytes(32)}, f"volunteer {nbrs[0]}'s key agreement gave no usable secret"),
+        (roster, {**secrets, nbrs[0]: b"short"}, "no usable secret"),
     ]
-    for roster, match in cases:
-        client = SecAggClient(0, r.setup, AGREEMENT, CIPHER)
-        client.advertise()
+    for bad_roster, bad_secrets, match in cases:
         with pytest.raises(SecAggError, match=match):
-            client.share(roster)
+            client.share(bad_roster, bad_secrets)
+        assert client.stage is ClientStage.SHARE
+    assert set(client.share(roster, secrets)) == set(nbrs)  # the good roster still goes through
+    # The native runtime refuses a low-order peer key before the core sees a secret.
+    with pytest.raises(SecAggError, match=f"volunteer {nbrs[1]}'s public key is unusable"):
+        r.clients[0].share({**roster, nbrs[1]: PublicKeys(bytes(32), roster[nbrs[1]].masking)})
     with pytest.raises(SecAggError, match="32 bytes"):
         PublicKeys(b"short", bytes(32))
 
@@ -274,7 +276,7 @@ def test_a_rebuilt_masking_key_must_be_the_advertised_one():
 def test_a_delivery_record_that_breaks_pair_cancellation_is_refused():
     r = shared_round()
     u = 0
-    v = sorted(r.clients[u].neighbours)[0]
+    v = sorted(r.clients[u].client.neighbours)[0]
     delivered = {w: set(box) for w, box in r.inbox.items()}
     delivered[v].discard(u)
     unmasker = Unmasker(r.setup, AGREEMENT, r.keys, delivered)

@@ -3,13 +3,14 @@
 Pure NumPy and hashlib, the same in CPython and Pyodide: quantization mod 2^b
 (``quantize``), bit-packing (``packing``), the SHAKE-256 mask generator (``prg``),
 HKDF (``kdf``), Shamir sharing over GF(2^31-1) (``shamir``), the neighbour graph
-(``graph``), masks and their removal (``masking``), sealed share framing (``shares``),
-and the two parties' stages (``client``, ``unmask``). X25519 and AES-GCM come from the
-runtime through the ``crypto`` interfaces (``native`` natively, WebCrypto in the browser).
+(``graph``), masks and their removal (``masking``), share frames (``shares``), and the
+two parties' stages (``client``, ``unmask``). X25519 and AES-GCM belong to the runtime:
+WebCrypto in the browser's worker, ``cryptography`` natively (``native``); the core takes
+their raw results (shared secrets, plaintexts) and does every derivation and check.
 """
 
-from .client import ClientStage, PublicKeys, Reveal, SecAggClient
-from .crypto import KeyAgreement, ShareCipher
+from .client import ClientStage, Outgoing, PublicKeys, Reveal, SecAggClient
+from .crypto import KeyAgreement
 from .errors import SecAggError
 from .graph import NeighbourGraph, default_degree
 from .packing import pack_bits, packed_size, unpack_bits
@@ -23,13 +24,13 @@ __all__ = [
     "ClientStage",
     "KeyAgreement",
     "NeighbourGraph",
+    "Outgoing",
     "PublicKeys",
     "Quantizer",
     "Reveal",
     "RoundSetup",
     "SecAggClient",
     "SecAggError",
-    "ShareCipher",
     "ShareError",
     "Unmasker",
     "UnmaskerState",

@@ -1,13 +1,17 @@
 """A volunteer's side of one SecAgg+ round, sans-I/O: each stage turns what the server
-forwarded into what the volunteer sends back.
+forwarded, and what the runtime's cryptography returned, into what the volunteer sends.
 
 Stages (Bell et al. 2020, after Bonawitz et al. 2017): ADVERTISE two X25519 public keys
 (one for the share channel, one for pair masks); SHARE the self seed b_u and the masking
-key, Shamir-split among the neighbours that advertised, each share sealed for its
-receiver; MASK the quantized update with the self mask and a pair mask per neighbour
-whose shares arrived; UNMASK by revealing, for each such neighbour, the share of its self
-seed if it survived or of its masking key if it dropped: never both, since the stage
-runs once. Any other order is refused.
+key, Shamir-split among the neighbours that advertised, each share framed for its
+receiver (the runtime seals it); MASK the quantized update with the self mask and a pair
+mask per neighbour whose share arrived; UNMASK by revealing, for each such neighbour, the
+share of its self seed if it survived or of its masking key if it dropped: never both,
+since the stage runs once. Any other order is refused.
+
+The runtime (WebCrypto in the browser's worker, ``native.NativeVolunteer`` in Python)
+makes the key pairs, computes the X25519 secrets with each neighbour, and seals and opens
+the frames; the core derives every key and seed from those secrets and checks every frame.
 """
 
 from __future__ import annotations
@@ -20,16 +24,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .crypto import KEY_BYTES, KeyAgreement, ShareCipher
+from .crypto import KEY_BYTES, check_secret
 from .errors import SecAggError
 from .masking import mask, pair_seed
 from .packing import pack_bits
 from .prg import SEED_BYTES
 from .setup import RoundSetup
 from .shamir import split
-from .shares import SharePair, channel_key, open_shares, seal_shares
+from .shares import SharePair, channel_key, frame, header, read
 
-__all__ = ["ClientStage", "PublicKeys", "Reveal", "SecAggClient"]
+__all__ = ["ClientStage", "Outgoing", "PublicKeys", "Reveal", "SecAggClient"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +57,15 @@ class PublicKeys:
 
 
 @dataclass(frozen=True)
+class Outgoing:
+    """A share frame for one receiver: the runtime seals ``plaintext`` with AES-256-GCM under ``key``, ``aad`` as associated data."""
+
+    key: bytes
+    aad: bytes
+    plaintext: bytes
+
+
+@dataclass(frozen=True)
 class Reveal:
     """What a survivor hands back in UNMASK: shares it holds, by the neighbour they belong to."""
 
@@ -61,33 +74,39 @@ class Reveal:
 
 
 class SecAggClient:
-    def __init__(self, me: int, setup: RoundSetup, agreement: KeyAgreement, cipher: ShareCipher) -> None:
+    def __init__(self, me: int, setup: RoundSetup) -> None:
         self.me = me
         self.setup = setup
         self.neighbours = frozenset(setup.graph.neighbours(me))
-        self.agreement = agreement
-        self.cipher = cipher
         self.stage = ClientStage.ADVERTISE
         self._roster: dict[int, PublicKeys] = {}
+        self._channel_keys: dict[int, bytes] = {}
         self._held: dict[int, SharePair] = {}
 
-    def _advance(self, expected: ClientStage, to: ClientStage) -> None:
-        if self.stage is not expected:
-            raise SecAggError(f"volunteer {self.me} is at stage {self.stage.value}, not {expected.value}")
+    def _expect(self, stage: ClientStage) -> None:
+        if self.stage is not stage:
+            raise SecAggError(f"volunteer {self.me} is at stage {self.stage.value}, not {stage.value}")
+
+    def _move(self, to: ClientStage) -> None:
+        """Enter ``to`` once the stage's input has passed every check: a refused one changes nothing."""
         log.debug("secagg volunteer %d: %s -> %s", self.me, self.stage.value, to.value)
         self.stage = to
 
-    def advertise(self) -> PublicKeys:
-        self._advance(ClientStage.ADVERTISE, ClientStage.SHARE)
-        self._channel_private, channel = self.agreement.generate()
-        self._masking_private, masking = self.agreement.generate()
+    def advertise(self, keys: PublicKeys, masking_private: bytes) -> None:
+        """Begin with the runtime's two fresh key pairs; only the masking private key enters the
+        core, since it is Shamir-shared. The self seed is drawn here, from the OS."""
+        self._expect(ClientStage.ADVERTISE)
+        if len(masking_private) != KEY_BYTES:
+            raise SecAggError(f"a private key has {KEY_BYTES} bytes")
+        self.keys = keys
+        self._masking_private = masking_private
         self._self_seed = os.urandom(SEED_BYTES)
-        self.keys = PublicKeys(channel, masking)
-        return self.keys
+        self._move(ClientStage.SHARE)
 
-    def share(self, roster: Mapping[int, PublicKeys]) -> dict[int, bytes]:
-        """Sealed shares by receiver, for the neighbours in ``roster`` (those that advertised)."""
-        self._advance(ClientStage.SHARE, ClientStage.MASK)
+    def share(self, roster: Mapping[int, PublicKeys], channel_secrets: Mapping[int, bytes]) -> dict[int, Outgoing]:
+        """Share frames by receiver, for the neighbours in ``roster`` (those that advertised), given
+        the X25519 secret of our channel key with each one's."""
+        self._expect(ClientStage.SHARE)
         if not set(roster) <= self.neighbours:
             raise SecAggError(f"the roster names volunteers that are not neighbours of {self.me}")
         if len(roster) < self.setup.threshold:
@@ -95,49 +114,53 @@ class SecAggClient:
         seen = [k.channel for k in roster.values()] + [k.masking for k in roster.values()] + [self.keys.channel, self.keys.masking]
         if len(set(seen)) != len(seen):
             raise SecAggError("the roster repeats a public key")
-        self._roster = dict(roster)
+        if set(channel_secrets) != set(roster):
+            raise SecAggError("a channel secret is needed for each neighbour in the roster, and no other")
+        rid = self.setup.round_id
+        keys = {v: channel_key(check_secret(s, f"volunteer {v}"), rid, self.me, v) for v, s in channel_secrets.items()}
         receivers = sorted(roster)
         shares = split([self._self_seed, self._masking_private], [v + 1 for v in receivers], self.setup.threshold)
-        out = {}
-        for v, (seed_share, key_share) in zip(receivers, shares):
-            key = self._channel_key(v)
-            out[v] = seal_shares(self.cipher, key, self.setup.round_id, self.me, v, SharePair(seed_share.tobytes(), key_share.tobytes()))
-        return out
+        self._roster, self._channel_keys = dict(roster), keys
+        self._move(ClientStage.MASK)
+        return {
+            v: Outgoing(keys[v], header(rid, self.me, v), frame(rid, self.me, v, SharePair(s.tobytes(), k.tobytes())))
+            for v, (s, k) in zip(receivers, shares)
+        }
 
-    def _channel_key(self, v: int) -> bytes:
-        try:
-            secret = self.agreement.agree(self._channel_private, self._roster[v].channel)
-        except ValueError as exc:
-            raise SecAggError(f"volunteer {v}'s channel key is unusable: {exc}") from None
-        return channel_key(secret, self.setup.round_id, self.me, v)
+    def opening(self, sender: int) -> tuple[bytes, bytes]:
+        """The key and associated data to decrypt ``sender``'s share frame with."""
+        if sender not in self._channel_keys:
+            raise SecAggError(f"volunteer {sender} is not in the roster of {self.me}")
+        return self._channel_keys[sender], header(self.setup.round_id, sender, self.me)
 
-    def mask(self, levels: np.ndarray, inbox: Mapping[int, bytes]) -> bytes:
-        """The masked update, bit-packed at the round's modulus bits, from the shares delivered to us."""
-        self._advance(ClientStage.MASK, ClientStage.UNMASK)
-        if not set(inbox) <= set(self._roster):
+    def mask(self, levels: np.ndarray, opened: Mapping[int, bytes], masking_secrets: Mapping[int, bytes]) -> bytes:
+        """The masked update, bit-packed at the round's modulus bits, from the decrypted frames the
+        server delivered and the X25519 secret of our masking key with each sender's."""
+        self._expect(ClientStage.MASK)
+        if not set(opened) <= set(self._roster):
             raise SecAggError(f"shares arrived from volunteers that did not advertise to {self.me}")
-        if len(inbox) < self.setup.threshold:
-            raise SecAggError(f"{len(inbox)} neighbours shared their secrets, fewer than the threshold {self.setup.threshold}")
+        if len(opened) < self.setup.threshold:
+            raise SecAggError(f"{len(opened)} neighbours shared their secrets, fewer than the threshold {self.setup.threshold}")
+        if set(masking_secrets) != set(opened):
+            raise SecAggError("a masking secret is needed for each neighbour whose share arrived, and no other")
         levels = np.asarray(levels)
-        if levels.shape != (self.setup.size,):
-            raise SecAggError(f"the quantized update must have {self.setup.size} values")
+        if levels.dtype != np.uint32 or levels.shape != (self.setup.size,):
+            raise SecAggError(f"the quantized update must be {self.setup.size} uint32 levels")
         rid = self.setup.round_id
-        self._held = {v: open_shares(self.cipher, self._channel_key(v), sealed, rid, v, self.me) for v, sealed in inbox.items()}
-        seeds = {}
-        for v in self._held:
-            try:
-                secret = self.agreement.agree(self._masking_private, self._roster[v].masking)
-            except ValueError as exc:
-                raise SecAggError(f"volunteer {v}'s masking key is unusable: {exc}") from None
-            seeds[v] = pair_seed(secret, rid, self.me, v)
-        return pack_bits(mask(levels, self.setup.bits, self.me, self._self_seed, seeds), self.setup.bits)
+        held = {v: read(plaintext, rid, v, self.me) for v, plaintext in opened.items()}
+        seeds = {v: pair_seed(check_secret(s, f"volunteer {v}"), rid, self.me, v) for v, s in masking_secrets.items()}
+        packed = pack_bits(mask(levels, self.setup.bits, self.me, self._self_seed, seeds), self.setup.bits)
+        self._held = held
+        self._move(ClientStage.UNMASK)
+        return packed
 
     def unmask(self, survivors: Collection[int]) -> Reveal:
         """Shares for the server: self seeds of surviving neighbours, masking keys of dropped ones."""
-        self._advance(ClientStage.UNMASK, ClientStage.DONE)
+        self._expect(ClientStage.UNMASK)
         alive = set(survivors)
         if self.me not in alive:
             raise SecAggError(f"volunteer {self.me} is asked to unmask but not listed as a survivor")
+        self._move(ClientStage.DONE)
         return Reveal(
             {v: p.self_seed for v, p in self._held.items() if v in alive},
             {v: p.secret_key for v, p in self._held.items() if v not in alive},

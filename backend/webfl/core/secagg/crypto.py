@@ -1,24 +1,23 @@
-"""The two primitives SecAgg borrows from its runtime: X25519 agreement and AES-GCM.
+"""X25519 as the server's unmasking needs it: rebuild a dropped volunteer's pair secrets.
 
-The core needs only their results (raw shared-secret bytes, sealed bytes), so natively
-they come from ``cryptography`` (``native.py``) and in the browser from WebCrypto, while
-every derivation and check around them stays the core's. Keys are raw 32-byte strings:
-a masking key's private half is Shamir-shared, and the server rebuilds it as bytes.
+The volunteer's side never calls a primitive: its runtime (WebCrypto in the worker,
+``cryptography`` in ``native.py``) makes the keys, agrees, seals and opens, and hands the
+core raw shared secrets and plaintexts, so every derivation and check is the core's and
+WebCrypto's asynchronous calls stay in JavaScript. Keys are raw 32-byte strings.
 """
 
 from __future__ import annotations
 
 from typing import Protocol
 
-__all__ = ["KeyAgreement", "ShareCipher"]
+from .errors import SecAggError
+
+__all__ = ["KEY_BYTES", "KeyAgreement", "check_secret"]
 
 KEY_BYTES = 32
 
 
 class KeyAgreement(Protocol):
-    def generate(self) -> tuple[bytes, bytes]:
-        """A fresh (private, public) X25519 key pair, 32 raw bytes each, from the OS."""
-
     def public(self, private: bytes) -> bytes:
         """The public key of ``private`` (the server checks a rebuilt key with it)."""
 
@@ -26,9 +25,8 @@ class KeyAgreement(Protocol):
         """The raw 32-byte X25519 shared secret; raises ValueError for a bad peer key."""
 
 
-class ShareCipher(Protocol):
-    def seal(self, key: bytes, plaintext: bytes, aad: bytes) -> bytes:
-        """AES-256-GCM of ``plaintext`` under ``key``: a fresh 12-byte nonce, ciphertext, tag."""
-
-    def open(self, key: bytes, sealed: bytes, aad: bytes) -> bytes:
-        """The plaintext of ``seal``'s output; raises ValueError if it was not sealed so."""
+def check_secret(secret: bytes, who: str) -> bytes:
+    """Refuse a shared secret that is not 32 bytes or is all zeros (a low-order peer key)."""
+    if len(secret) != KEY_BYTES or not any(secret):
+        raise SecAggError(f"{who}'s key agreement gave no usable secret (a bad or low-order public key)")
+    return secret
