@@ -72,6 +72,23 @@ def test_stochastic_rounding_is_unbiased():
     np.testing.assert_allclose(draws.mean(axis=0), x, atol=5 * step / 2 / np.sqrt(20000))
 
 
+def test_a_coordinate_bound_narrows_the_levels_and_clips_beyond_it():
+    d = 10_000
+    x = np.random.default_rng(1).normal(0, 1, d)
+    x /= np.linalg.norm(x)  # norm 1 = C: no L2 clipping; coordinates ~ 1/sqrt(d)
+    full = Quantizer.for_cohort(1.0, 8, 10)
+    fine = Quantizer.for_cohort(1.0, 8, 10, bound=4 / np.sqrt(d))
+    assert fine.range == pytest.approx(0.04) and full.range == 1.0 and fine.bits == full.bits
+    err_full = np.linalg.norm(full.decode_sum(full.quantize(x), 1) - x)
+    err_fine = np.linalg.norm(fine.decode_sum(fine.quantize(x), 1) - x)
+    assert err_fine < 0.02 and err_full > 10 * err_fine  # the full range rounds much of the update away
+    spike = np.zeros(d)
+    spike[0] = 0.5
+    assert fine.decode_sum(fine.quantize(spike), 1)[0] == pytest.approx(0.04)  # clipped to the bound
+    with pytest.raises(ValueError, match="coordinate bound must be a positive number"):
+        Quantizer(1.0, 8, 12, bound=0.0)
+
+
 def test_quantizer_refuses_what_it_cannot_represent():
     quant = Quantizer.for_cohort(1.0, 8, 10)
     with pytest.raises(ValueError, match="NaN or Inf"):

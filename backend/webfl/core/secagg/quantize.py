@@ -1,8 +1,11 @@
 """Clipping and quantization of an update to integers mod 2^b, and decoding of their sum.
 
 A volunteer clips its update to L2 norm ``clip`` (so every coordinate lies in
-[-clip, clip]) and maps each coordinate to one of 2^q evenly spaced levels over that
-interval. The server only ever sees the sum of n such vectors; n * (2^q - 1) < 2^b keeps
+[-clip, clip]) and maps each coordinate to one of 2^q evenly spaced levels over
+[-bound, bound], ``bound`` = ``clip`` unless given. For a large model that full range
+wastes the levels (a typical coordinate is clip / sqrt(d), far below one step, so the
+rounding noise swamps the update: ``bench/secagg.py`` measures it); a ``bound`` of a few
+clip / sqrt(d) keeps the steps fine, and the rare coordinates beyond it are clipped. The server only ever sees the sum of n such vectors; n * (2^q - 1) < 2^b keeps
 that sum from wrapping mod 2^b, so it decodes exactly to the sum of the dequantized
 updates (the mean is then the server's job).
 
@@ -42,21 +45,28 @@ def modulus_bits(q: int, n: int, margin: int = 0) -> int:
 
 @dataclass(frozen=True)
 class Quantizer:
-    """Clip to L2 norm ``clip``, quantize to ``q`` bits a coordinate, modulus 2^``bits``."""
+    """Clip to L2 norm ``clip``, quantize to ``q`` bits over [-bound, bound], modulus 2^``bits``."""
 
     clip: float
     q: int
     bits: int
+    bound: float | None = None
 
     @classmethod
-    def for_cohort(cls, clip: float, q: int, n: int, margin: int = 0) -> Quantizer:
-        return cls(clip, q, modulus_bits(q, n, margin))
+    def for_cohort(cls, clip: float, q: int, n: int, margin: int = 0, bound: float | None = None) -> Quantizer:
+        return cls(clip, q, modulus_bits(q, n, margin), bound)
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.clip) and self.clip > 0):
-            raise ValueError(f"the clipping bound must be a positive number, not {self.clip}")
+        for name, value in (("clipping bound", self.clip), ("coordinate bound", self.range)):
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"the {name} must be a positive number, not {value}")
         if self.bits < modulus_bits(self.q, 1) or self.bits > MAX_BITS:
             raise ValueError(f"modulus bits must be in {self.q}..{MAX_BITS}, not {self.bits}")
+
+    @property
+    def range(self) -> float:
+        """The per-coordinate range [-range, range] the levels span."""
+        return self.clip if self.bound is None else self.bound
 
     @property
     def levels(self) -> int:
@@ -68,14 +78,14 @@ class Quantizer:
         return ((1 << self.bits) - 1) // self.levels
 
     def quantize(self, x: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
-        """Levels in 0..2^q-1 (uint32) of ``x`` clipped to L2 norm ``clip``."""
+        """Levels in 0..2^q-1 (uint32) of ``x`` clipped to L2 norm ``clip``, then to [-range, range]."""
         x = np.asarray(x, dtype=np.float64).reshape(-1)
         if not np.isfinite(x).all():
             raise ValueError("an update with NaN or Inf cannot be quantized")
         norm = float(np.linalg.norm(x))
         if norm > self.clip:
             x = x * (self.clip / norm)
-        scaled = (x + self.clip) * (self.levels / (2 * self.clip))
+        scaled = (np.clip(x, -self.range, self.range) + self.range) * (self.levels / (2 * self.range))
         if rng is None:
             levels = np.rint(scaled)
         else:
@@ -91,5 +101,5 @@ class Quantizer:
             raise ValueError(f"{count} updates do not fit the modulus 2^{self.bits} (at most {self.capacity})")
         if total.size and int(total.max()) > count * self.levels:
             raise ValueError(f"a coordinate of the sum exceeds {count} x {self.levels}: it wrapped or is not a sum")
-        step = 2 * self.clip / self.levels
-        return total.astype(np.float64) * step - count * self.clip
+        step = 2 * self.range / self.levels
+        return total.astype(np.float64) * step - count * self.range
