@@ -287,3 +287,6 @@ def test_a_delivery_record_that_breaks_pair_cancellation_is_refused():
         unmasker.finish({})
     with pytest.raises(SecAggError, match="non-neighbours"):
         Unmasker(r.setup, AGREEMENT, r.keys, {0: {w for w in range(1, 10)}})
+    without_keys = {w: keys for w, keys in r.keys.items() if w != u}
+    with pytest.raises(SecAggError, match=f"delivered to volunteer {u} come from non-neighbours or unknown keys"):
+        Unmasker(r.setup, AGREEMENT, without_keys, {u: set(r.inbox[u])})

@@ -48,7 +48,7 @@ class Unmasker:
         self.keys = dict(keys)
         self.delivered = {u: frozenset(vs) for u, vs in delivered.items()}
         for u, vs in self.delivered.items():
-            if not vs <= set(setup.graph.neighbours(u)) or not vs <= set(self.keys):
+            if u not in self.keys or not vs <= set(setup.graph.neighbours(u)) or not vs <= set(self.keys):
                 raise SecAggError(f"shares delivered to volunteer {u} come from non-neighbours or unknown keys")
         self.sum = MaskedSum(setup.size, setup.bits)
         self.survivors: set[int] = set()
