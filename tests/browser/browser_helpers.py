@@ -174,3 +174,38 @@ def wait_state(page, *states: str, timeout: float = LOAD_TIMEOUT_MS) -> str:
     if state not in wanted:
         raise AssertionError(f"page went to {state!r}: {page.get_by_test_id('error').text_content()}")
     return state
+
+
+# Loads Pyodide, NumPy and the core wheel into the page from its server (as the worker
+# does) and returns what the Python code's last expression gives, or fails in time.
+_PYODIDE_RUN = """async ([code, timeoutMs]) => {
+  const run = async () => {
+    const config = await (await fetch("/api/config")).json();
+    const base = new URL(config.pyodide.index_url, location.href).href;
+    const { loadPyodide } = await import(base + "pyodide.mjs");
+    const py = await loadPyodide({ indexURL: base });
+    const failed = [];
+    const onError = (e) => failed.push(String(e));
+    await py.loadPackage(config.numpy.url ? new URL(config.numpy.url, location.href).href : config.numpy.name, { errorCallback: onError });
+    await py.loadPackage(new URL(config.core.url, location.href).href, { errorCallback: onError });
+    if (failed.length) throw new Error(failed.join("; "));
+    return py.runPython(code);
+  };
+  const late = new Promise((_, ko) => setTimeout(() => ko(new Error("Pyodide did not load in time")), timeoutMs));
+  return Promise.race([late, run()]);
+}"""
+
+
+def run_in_pyodide(browser, server_url: str, code: str, timeout_ms: int = LOAD_TIMEOUT_MS):
+    """Run ``code`` in Pyodide in a page of ``server_url``; the value of its last line comes back.
+
+    The pages' CSP keeps WebAssembly out of them (Pyodide belongs in the worker), so this
+    page's context bypasses that policy: for tests and benchmarks of the core only.
+    """
+    context = browser.new_context(bypass_csp=True)
+    try:
+        page = context.new_page()
+        page.goto(server_url + "/")
+        return page.evaluate(_PYODIDE_RUN, [code, timeout_ms])
+    finally:
+        context.close()
