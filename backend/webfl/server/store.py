@@ -278,6 +278,10 @@ class Store:
         rows = self._query("SELECT round, run_id, model_version, why, funnel, duration_s, abandoned_at FROM abandoned_rounds ORDER BY id")
         return [AbandonedRound(r, run, v, why, _parse_json(funnel), d, t) for r, run, v, why, funnel, d, t in rows]
 
+    def abandoned_counts(self) -> dict[str, int]:
+        """Abandoned rounds by why, for ``/metrics``."""
+        return dict(self._query("SELECT why, COUNT(*) FROM abandoned_rounds GROUP BY why"))
+
     def _migrate(self) -> None:
         """Bring an older database up to this schema."""
         # Before the cohort funnel, rounds had no funnel column (NULL: not recorded).

@@ -172,7 +172,6 @@ class FedBuff(RunMode):
                     s.stats.commit_took(time.monotonic() - began)
                     self._bytes_up = self._bytes_down = 0
                 else:
-                    s.stats.abandon("refused_aggregate")
                     version = s.commits.model_version
                     record = AbandonedRound(version + 1, self.run.id, version, "refused_aggregate", self._funnel.to_dict(), time.monotonic() - started, time.time())
                     await asyncio.to_thread(s.commits.store.abandon_round, record)

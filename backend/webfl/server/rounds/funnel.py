@@ -15,8 +15,8 @@ The funnel answers "where did the volunteers go?" for one round (FedBuff: one bu
   ``max``), ``top_share``: the largest single update's share of the averaging weight,
   and ``capped``: how many updates had their weight cut to ``max_examples``.
 
-``RoundStats`` counts what only the engine sees, for ``/metrics``: abandoned rounds by
-why, and how long commits take.
+``RoundStats`` times commits, for ``/metrics`` (abandoned rounds are counted from the
+store, where each is recorded with its reason and funnel, so the count survives restarts).
 """
 
 from __future__ import annotations
@@ -114,17 +114,12 @@ class Funnel:
 
 
 class RoundStats:
-    """Counters of the round engine since the server started (committed rounds are in the store)."""
+    """How long commits took since the server started (the rounds themselves are in the store)."""
 
     def __init__(self) -> None:
-        self.abandoned: Counter[str] = Counter()
         self._commit_counts = np.zeros(len(COMMIT_BUCKETS), dtype=np.int64)
         self.commits = 0
         self.commit_seconds_sum = 0.0
-
-    def abandon(self, why: str) -> None:
-        assert why in ABANDON_REASONS, why
-        self.abandoned[why] += 1
 
     def commit_took(self, seconds: float) -> None:
         self._commit_counts += np.asarray(COMMIT_BUCKETS) >= seconds
@@ -133,7 +128,6 @@ class RoundStats:
 
     def to_dict(self) -> dict:
         return {
-            "rounds_abandoned": {why: self.abandoned[why] for why in ABANDON_REASONS},
             "commit_seconds": {
                 "buckets": [[b, int(c)] for b, c in zip(COMMIT_BUCKETS, self._commit_counts)],
                 "count": self.commits,

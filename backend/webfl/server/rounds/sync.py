@@ -121,7 +121,6 @@ class SyncRounds(RunMode):
 
     async def _abandon(self, open_: _OpenRound, why: str) -> None:
         s = self.services
-        s.stats.abandon(why)
         record = AbandonedRound(open_.round, self.run.id, open_.model_version, why, open_.funnel.to_dict(), time.monotonic() - open_.started, time.time())
         await asyncio.to_thread(s.commits.store.abandon_round, record)
 
