@@ -4,6 +4,7 @@ rounds recorded with their funnel; FedBuff's funnel per buffer; the engine's cou
 /metrics."""
 
 import asyncio
+import sqlite3
 
 import numpy as np
 import pytest
@@ -171,3 +172,19 @@ def test_an_empty_funnel_has_no_example_distribution():
     funnel.close([])
     d = funnel.to_dict()
     assert d["examples"] is None and d["accepted"] == d["selected"] == d["dropouts"] == 0 and d["connected"] == 3
+
+
+def test_a_database_from_before_the_funnel_gains_the_column_and_its_rounds_read_without_one(tmp_path):
+    path = tmp_path / "old.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.execute("""CREATE TABLE rounds (round INTEGER PRIMARY KEY, run_id INTEGER, model_version INTEGER NOT NULL,
+            accuracy REAL NOT NULL, loss REAL NOT NULL, participants INTEGER NOT NULL, bytes_up INTEGER NOT NULL,
+            bytes_down INTEGER NOT NULL, duration_s REAL NOT NULL, committed_at REAL NOT NULL)""")
+        db.execute("INSERT INTO rounds VALUES (1, NULL, 1, 0.5, 1.0, 2, 10, 20, 1.0, 1e9)")
+    store = Store(path)
+    (old,) = store.history()
+    assert old.round == 1 and old.funnel is None
+    store.close()
+    with sqlite3.connect(path) as db:
+        assert "funnel" in {row[1] for row in db.execute("PRAGMA table_info(rounds)")}
+    Store(path).close()  # migrating twice is a no-op

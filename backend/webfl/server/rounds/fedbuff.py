@@ -151,6 +151,8 @@ class FedBuff(RunMode):
                 started = time.monotonic()
                 rule.begin(s.commits.model.size, config.buffer_size + self.concurrency)
                 self._funnel = Funnel(len(s.peers), s.peers.count(PeerState.READY), config.max_examples)
+                # Keys of tasks no longer held are done with: a long run sees many volunteers.
+                self._keys = {p: key for p, key in self._keys.items() if s.tasks.holds(p)}
                 self._collecting = True
                 pending, self._pending = self._pending, []
                 for item in pending:
