@@ -5,7 +5,7 @@ The funnel answers "where did the volunteers go?" for one round (FedBuff: one bu
 - ``connected``, ``ready``: volunteers connected, and ready to train, when the cohort
   was picked (FedBuff: when the buffer opened);
 - ``selected``: given a task (FedBuff: tasks dispatched while the buffer filled);
-- ``trained``: the task reached them and they started training;
+- ``trained``: the task frame was queued on their connection (they train on it);
 - ``reported``: sent an update (whatever its verdict); ``accepted``: folded in;
 - ``rejected``: refused updates by reason (``validation.REASONS``), from anyone, while
   the round was open;
