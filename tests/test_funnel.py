@@ -188,3 +188,20 @@ def test_a_database_from_before_the_funnel_gains_the_column_and_its_rounds_read_
     with sqlite3.connect(path) as db:
         assert "funnel" in {row[1] for row in db.execute("PRAGMA table_info(rounds)")}
     Store(path).close()  # migrating twice is a no-op
+
+
+def test_a_task_that_cannot_be_sent_is_selected_but_not_trained(tmp_path):
+    async def main():
+        engine, coord = make_engine(tmp_path)
+        a, b = Volunteer(engine, coord, "a"), Volunteer(engine, coord, "b")
+        a.ready()
+        b.ready()
+        del coord.inbox["b"]  # b's connection takes no frame: its task is never queued
+        engine.start(RunConfig.from_json(dict(rounds=1, clients_per_round=2, deadline_s=30)))
+        await until(lambda: a.task() is not None, what="a's task")
+        assert (await a.update(small(0))).accepted
+        await until(lambda: not engine.running, what="the commit")  # nobody else is training
+        f = engine.history[0].funnel
+        assert (f["selected"], f["trained"], f["reported"], f["accepted"], f["dropouts"], f["stragglers"]) == (2, 1, 1, 1, 0, 0)
+
+    run(main())
