@@ -22,6 +22,12 @@ def run(coro):
     return asyncio.run(coro)
 
 
+def samples(engine) -> dict[tuple, float]:
+    """/metrics as the collector gives it, by (name, labels)."""
+    text = generate_latest(registry_for(engine)).decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value for family in text_string_to_metric_families(text) for s in family.samples}
+
+
 def nan_update() -> np.ndarray:
     bad = small(5)
     bad[3] = np.nan
@@ -68,6 +74,10 @@ def test_a_sync_round_s_funnel_counts_every_step_and_the_cap_bounds_one_update_s
         assert engine.store.history()[0].funnel == funnel  # stored with the round, in its transaction
         assert engine.status()["history"][0]["funnel"] == funnel
         assert engine.status()["engine"]["commit_seconds"]["count"] == 1
+        metrics = samples(engine)
+        assert metrics[("webfl_updates_capped_total", ())] == 1
+        assert metrics[("webfl_commit_duration_seconds_count", ())] == 1
+        assert metrics[("webfl_commit_duration_seconds_bucket", (("le", "+Inf"),))] == 1
 
     run(main())
 
@@ -121,11 +131,7 @@ def test_abandoned_rounds_are_recorded_with_why_and_their_funnel_and_counted_in_
         second = engine.store.abandoned_rounds()[1]
         assert second.why == "refused_aggregate" and second.funnel["accepted"] == 2 and engine.history == []
         await engine.stop()
-        return {
-            (s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(generate_latest(registry_for(engine)).decode())
-            for s in family.samples
-        }
+        return samples(engine)
 
     metrics = run(main())
     assert metrics[("webfl_rounds_abandoned_total", (("why", "too_few_updates"),))] == 1
