@@ -106,7 +106,7 @@ def test_history_lists_runs_with_their_end_status_and_rounds_with_their_run(seed
         body = client.get("/api/history", headers=AUTH).json()
     assert [(r["id"], r["status"]) for r in body["runs"]] == [(1, "stopped"), (2, "completed")]
     assert body["runs"][0]["config"]["codec"] == "q8" and body["runs"][0]["ended_at"] >= body["runs"][0]["started_at"]
-    assert body["rounds"] == [r.to_dict() for r in records]
+    assert body["rounds"] == [{**r.to_dict(), "abandoned": False} for r in records]
     assert [r["run_id"] for r in body["rounds"]] == [1, 1, 2]
 
 

@@ -26,6 +26,7 @@ from .coordinator import Coordinator
 from .rounds.commit import CommitPipeline, Run
 from .rounds.config import RunConfig
 from .rounds.fedbuff import FedBuff
+from .rounds.funnel import RoundStats
 from .rounds.mode import RunMode, Services
 from .rounds.peers import Peer, PeerState, Peers
 from .rounds.selection import Selection
@@ -55,11 +56,12 @@ class RoundEngine:
         self.phase = Phase()
         self.peers = Peers(self.phase)
         self.rejections = Rejections()
+        self.stats = RoundStats()
         self.tokens = TaskTokens()
         self.commits = CommitPipeline(task, self.model, store, coordinator, self.phase, test, seed, self.status_frame)
         self.selection = Selection(self.peers, self.phase, coordinator, seed, lambda: [r.duration_s for r in self.commits.history])
         self.tasks = TaskBook(self.peers, coordinator, self.tokens)
-        self.services = Services(self.phase, self.peers, self.selection, self.tasks, self.commits, self.rejections, seed)
+        self.services = Services(self.phase, self.peers, self.selection, self.tasks, self.commits, self.rejections, self.stats, seed)
         self.run: Run | None = None
         self._mode: RunMode | None = None
         self._runner: asyncio.Task | None = None
@@ -216,4 +218,4 @@ class RoundEngine:
         return status_frame(self.phase, self.peers, self.commits, self._mode)
 
     def status(self) -> dict:
-        return status(self.task, self.phase, self.peers, self.commits, self.selection, self.rejections, self.run, self.running, self._mode)
+        return status(self.task, self.phase, self.peers, self.commits, self.selection, self.rejections, self.stats, self.run, self.running, self._mode)

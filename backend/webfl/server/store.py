@@ -1,4 +1,5 @@
-"""Durable state in SQLite: runs, committed rounds with their metrics, a checkpoint
+"""Durable state in SQLite: runs, committed rounds with their metrics and cohort funnel,
+abandoned rounds with theirs, a checkpoint
 of the global model at every commit, and the named states of a run's components (the
 server optimizer, the rule, ...) as of its last commit.
 
@@ -25,7 +26,7 @@ import numpy as np
 
 from .crashpoints import crashpoint
 
-__all__ = ["CorruptDatabase", "RoundRecord", "Store", "check_database"]
+__all__ = ["AbandonedRound", "CorruptDatabase", "RoundRecord", "Store", "check_database"]
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
@@ -47,7 +48,18 @@ CREATE TABLE IF NOT EXISTS rounds (
     bytes_up INTEGER NOT NULL,
     bytes_down INTEGER NOT NULL,
     duration_s REAL NOT NULL,
-    committed_at REAL NOT NULL
+    committed_at REAL NOT NULL,
+    funnel TEXT
+);
+CREATE TABLE IF NOT EXISTS abandoned_rounds (
+    id INTEGER PRIMARY KEY,
+    round INTEGER NOT NULL,
+    run_id INTEGER REFERENCES runs(id),
+    model_version INTEGER NOT NULL,
+    why TEXT NOT NULL,
+    funnel TEXT,
+    duration_s REAL NOT NULL,
+    abandoned_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS checkpoints (
     model_version INTEGER PRIMARY KEY,
@@ -79,9 +91,27 @@ class RoundRecord:
     bytes_down: int
     duration_s: float
     committed_at: float
+    #: The round's cohort funnel (``rounds/funnel.py``); ``None`` for rounds older than it.
+    funnel: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class AbandonedRound:
+    """A round closed without a commit (the model unchanged); it is retried under the same number."""
+
+    round: int
+    run_id: int | None
+    model_version: int  # the model it trained
+    why: str  # rounds/funnel.py ABANDON_REASONS
+    funnel: dict | None
+    duration_s: float
+    abandoned_at: float
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "abandoned": True}
 
 
 class CorruptDatabase(Exception):
@@ -213,10 +243,11 @@ class Store:
 
     def commit_round(self, record: RoundRecord, task: str, model: str, params: np.ndarray, components: dict[str, dict] | None = None) -> None:
         """Record a committed round, its new global model and the run's component states atomically."""
-        cols = ", ".join(record.to_dict())
-        marks = ", ".join("?" for _ in record.to_dict())
+        row = {**record.to_dict(), "funnel": _json_or_null(record.funnel)}
+        cols = ", ".join(row)
+        marks = ", ".join("?" for _ in row)
         statements = [
-            (f"INSERT INTO rounds ({cols}) VALUES ({marks})", tuple(record.to_dict().values())),
+            (f"INSERT INTO rounds ({cols}) VALUES ({marks})", tuple(row.values())),
             _checkpoint_sql(record.model_version, task, model, params),
             self._prune_sql(record.model_version),
         ]
@@ -235,7 +266,30 @@ class Store:
         """The bytes actually queued for a committed round (known only after its broadcast)."""
         self._tx([("UPDATE rounds SET bytes_down = ? WHERE round = ?", (bytes_down, round_))])
 
+    def abandon_round(self, record: AbandonedRound) -> None:
+        self._tx([
+            (
+                "INSERT INTO abandoned_rounds (round, run_id, model_version, why, funnel, duration_s, abandoned_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (record.round, record.run_id, record.model_version, record.why, _json_or_null(record.funnel), record.duration_s, record.abandoned_at),
+            )
+        ])
+
+    def abandoned_rounds(self) -> list[AbandonedRound]:
+        rows = self._query("SELECT round, run_id, model_version, why, funnel, duration_s, abandoned_at FROM abandoned_rounds ORDER BY id")
+        return [AbandonedRound(r, run, v, why, _parse_json(funnel), d, t) for r, run, v, why, funnel, d, t in rows]
+
+    def abandoned_counts(self) -> dict[str, int]:
+        """Abandoned rounds by why, for ``/metrics``."""
+        return dict(self._query("SELECT why, COUNT(*) FROM abandoned_rounds GROUP BY why"))
+
     def _migrate(self) -> None:
+        """Bring an older database up to this schema."""
+        # Before the cohort funnel, rounds had no funnel column (NULL: not recorded).
+        if "funnel" not in {row[1] for row in self._query("PRAGMA table_info(rounds)")}:
+            self._tx([("ALTER TABLE rounds ADD COLUMN funnel TEXT", ())])
+        self._migrate_server_opt_state()
+
+    def _migrate_server_opt_state(self) -> None:
         """0.1.0 kept only the server optimizer's state, in a table of its own."""
         if not self._query("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'server_opt_state'"):
             return
@@ -274,7 +328,15 @@ class Store:
 
     def history(self) -> list[RoundRecord]:
         fields = ", ".join(RoundRecord.__dataclass_fields__)
-        return [RoundRecord(*row) for row in self._query(f"SELECT {fields} FROM rounds ORDER BY round")]
+        return [RoundRecord(*row[:-1], _parse_json(row[-1])) for row in self._query(f"SELECT {fields} FROM rounds ORDER BY round")]
+
+
+def _json_or_null(value: dict | None) -> str | None:
+    return None if value is None else json.dumps(value, allow_nan=False)
+
+
+def _parse_json(text: str | None) -> dict | None:
+    return None if text is None else json.loads(text)
 
 
 def _checkpoint_sql(model_version: int, task: str, model: str, params: np.ndarray) -> tuple[str, tuple]:

@@ -18,6 +18,7 @@ const FIELDS = {
   downlink: ["Model downlink", true, ["none", "fp16", "delta:q8"]],
   aggregator: ["Aggregation rule", true, ["fedavg", "clipped", "median", "trimmed_mean:0.2", "multikrum"]],
   mode: ["Mode", true],
+  max_examples: ["Most examples one update weighs", false],
   over_selection: ["Over-selection (× volunteers per round)", false],
   norm_bound: ["Norm bound (none, C, or x=K × median)", false, ["none", "x=3", "10"]],
   server_opt: ["Server optimizer", false, ["fedavg", "fedavgm:lr=1,momentum=0.9", "fedadam:lr=0.01"]],

@@ -10,7 +10,8 @@ const form = document.querySelector('[data-testid="launch-form"]');
 const result = document.querySelector('[data-testid="launch-result"]');
 const launchForm = new LaunchForm(document, form);
 // What /api/history was last fetched for: runs change status only when a run starts or
-// ends, and rounds only when one commits.
+// ends, rounds only when one commits, and a round is abandoned only as the engine
+// changes state.
 let historyKey = null;
 
 function signedOut() {
@@ -21,7 +22,7 @@ function signedOut() {
 async function refresh() {
   try {
     const status = await call("GET", "/api/status");
-    const key = `${status.run?.id}:${status.run?.running}:${status.history.length}`;
+    const key = `${status.run?.id}:${status.run?.running}:${status.history.length}:${status.state}`;
     if (key !== historyKey) {
       dashboard.renderRuns(await call("GET", "/api/history"));
       historyKey = key;

@@ -2,6 +2,7 @@
 
 import * as format from "../format.js";
 import { lineChart } from "../chart.js";
+import * as funnel from "./funnel.js";
 
 // How each end status of a run (the store's) reads: "stopped" is the operator's doing,
 // "completed" means every round committed.
@@ -11,6 +12,12 @@ const RUN_STATUS = {
   stopped: "stopped by the operator",
   failed: "failed (see the server log)",
   interrupted: "interrupted (server restarted)",
+};
+
+// Why a round was abandoned (server/rounds/funnel.py ABANDON_REASONS).
+const ABANDONED = {
+  too_few_updates: "fewer updates than the minimum by the close",
+  refused_aggregate: "aggregate refused (not finite or exploding)",
 };
 
 function when(t) {
@@ -53,6 +60,13 @@ export class Dashboard {
     const open = status.open_round;
     q("open-round").textContent = open ? `round ${open.round}: ${open.received} of ${open.selected} updates` : "—";
     q("deadline").textContent = open ? format.seconds(open.deadline_in_s) : "—";
+    q("rejections").textContent = funnel.reasons(status.rejections);
+    q("waiting-hint").hidden = !status.hint;
+    q("waiting-hint").textContent = status.hint ? `Waiting for volunteers: ${status.hint}.` : "";
+    // A sync round's funnel, or the buffer FedBuff is filling.
+    const live = open?.funnel ?? status.fedbuff?.funnel ?? null;
+    q("open-funnel-box").hidden = !live;
+    funnel.render(q("open-funnel"), live);
     const run = status.run;
     // After a restart the engine knows no run yet; the store still has the last one.
     const stored = run ? this.runs.get(run.id) : [...this.runs.values()].at(-1);
@@ -82,7 +96,7 @@ export class Dashboard {
       row.dataset.testid = "history-row";
       row.dataset.round = String(h.round);
       row.dataset.run = String(h.run_id ?? "");
-      const cells = [h.round, h.run_id ?? "—", format.percent(h.accuracy), format.fixed(h.loss), h.participants, format.bytes(h.bytes_up), format.bytes(h.bytes_down), format.seconds(h.duration_s)];
+      const cells = [h.round, h.run_id ?? "—", format.percent(h.accuracy), format.fixed(h.loss), h.participants, format.bytes(h.bytes_up), format.bytes(h.bytes_down), format.seconds(h.duration_s), funnel.summary(h.funnel)];
       for (const value of cells) {
         const cell = document.createElement("td");
         cell.textContent = String(value);
@@ -93,8 +107,10 @@ export class Dashboard {
     this.rows = history.length;
   }
 
-  // The store's runs with their end status, and where each run's rounds start on the chart.
+  // The store's runs with their end status, and the rounds abandoned (newest first).
   renderRuns({ runs, rounds }) {
+    this.renderAbandoned(rounds.filter((r) => r.abandoned));
+    rounds = rounds.filter((r) => !r.abandoned);
     this.runs = new Map(runs.map((r) => [r.id, r]));
     this.q("runs-empty").hidden = runs.length > 0;
     const committed = (this.committed = new Map());
@@ -115,6 +131,23 @@ export class Dashboard {
           row.append(cell);
         }
         row.children[1].classList.add("run-status", `run-${run.status}`);
+        return row;
+      }),
+    );
+  }
+
+  renderAbandoned(abandoned) {
+    this.q("abandoned-empty").hidden = abandoned.length > 0;
+    this.q("abandoned").tBodies[0].replaceChildren(
+      ...abandoned.toReversed().map((a) => {
+        const row = document.createElement("tr");
+        row.dataset.testid = "abandoned-row";
+        row.dataset.why = a.why;
+        for (const value of [a.round, a.run_id ?? "—", ABANDONED[a.why] ?? a.why, funnel.summary(a.funnel), when(a.abandoned_at)]) {
+          const cell = document.createElement("td");
+          cell.textContent = String(value);
+          row.append(cell);
+        }
         return row;
       }),
     );

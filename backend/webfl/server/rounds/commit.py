@@ -105,8 +105,10 @@ class CommitPipeline:
         self.history = store.history()
         self.chain = ModelChain(self.params, self.model_version)
 
-    async def commit(self, run: Run, aggregator: Aggregator, started: float, bytes_up: int, bytes_down: int) -> RoundRecord | None:
-        """Commit ``aggregator``'s round; ``None`` if the aggregate was refused (nothing changed)."""
+    async def commit(
+        self, run: Run, aggregator: Aggregator, started: float, bytes_up: int, bytes_down: int, funnel: dict | None = None
+    ) -> RoundRecord | None:
+        """Commit ``aggregator``'s round (``funnel`` is stored with it); ``None`` if the aggregate was refused (nothing changed)."""
         round_ = self.model_version + 1
         self._phase.to(RoundState.AGGREGATING)
         crashpoint("aggregating", round_)
@@ -122,7 +124,7 @@ class CommitPipeline:
                 return None
             self._phase.to(RoundState.BROADCASTING)
             step = self.chain.prepare(params, round_, run.config.downlink, downlink_rng(self._seed, round_))
-            record = RoundRecord(round_, run.id, round_, accuracy, loss, participants, bytes_up, bytes_down, time.monotonic() - started, time.time())
+            record = RoundRecord(round_, run.id, round_, accuracy, loss, participants, bytes_up, bytes_down, time.monotonic() - started, time.time(), funnel)
             states = {name: c.state() for name, c in run.components.items()}
             stopped = await _uninterrupted(asyncio.to_thread(self.store.commit_round, record, self.task.name, self.task.model, params, states))
         except BaseException:

@@ -18,6 +18,7 @@ from ...core.codecs import Codec, get_codec
 from ...core.downlink import Downlink, get_downlink
 from ...core.server_opt import ServerOptimizer, get_server_opt
 from ...core.training import BOUNDS, describe_bounds, in_bounds
+from .validation import MAX_EXAMPLES_PER_UPDATE
 
 __all__ = ["LIMITS", "MODES", "NormSpec", "RunConfig"]
 
@@ -92,6 +93,7 @@ LIMITS: dict[str, tuple[float, float, bool]] = {
     "lr": BOUNDS["lr"],
     "deadline_s": (0.1, 86_400.0, True),
     "min_updates": (1, 100_000, True),
+    "max_examples": (1, MAX_EXAMPLES_PER_UPDATE, True),
     "over_selection": (1.0, 10.0, True),
     "select_timeout_s": (0.0, 86_400.0, True),
     "prox_mu": BOUNDS["prox_mu"],
@@ -113,6 +115,9 @@ class RunConfig:
     lr: float = 0.1
     deadline_s: float = 60.0
     min_updates: int = 1
+    #: The most weight one update carries in the mean: ``min(num_examples, max_examples)``
+    #: (a cap, not a rejection), so one volunteer with a large file cannot outvote the rest.
+    max_examples: int = 1_000
     #: Select this many times ``clients_per_round`` and close the round at
     #: ``clients_per_round`` updates, so stragglers and drop-outs don't hold it up.
     over_selection: float = 1.0

@@ -6,7 +6,9 @@ finishes gets the next task at once. Accepted updates go into a buffer (the run'
 every ``buffer_size`` of them the server commits exactly like a synchronous round, and
 the commit becomes a round in the history. An update trained on model ``v`` arriving
 when the model is at ``V`` is ``V - v`` versions stale; it weighs
-``num_examples * (1 + staleness) ** -a`` and is rejected beyond ``max_staleness``.
+``min(num_examples, max_examples) * (1 + staleness) ** -a`` and is rejected beyond
+``max_staleness``. Each buffer has its cohort funnel (``rounds/funnel.py``), stored with
+its commit; an update accepted while a buffer commits is counted in the next one.
 
 States (``RoundState``)::
 
@@ -29,8 +31,11 @@ from dataclasses import dataclass
 from ...core.codecs import Encoded
 from ...core.protocol import Message
 from ..crashpoints import crashpoint
+from ..store import AbandonedRound
 from .config import RunConfig
+from .funnel import Funnel, capped_weight
 from .mode import RunMode
+from .peers import PeerState
 from .seeds import task_seed
 from .selection import target
 from .state import RoundState
@@ -55,6 +60,7 @@ class _Pending:
     enc: Encoded
     weight: float
     nbytes: int
+    num_examples: int
 
 
 class FedBuff(RunMode):
@@ -69,6 +75,8 @@ class FedBuff(RunMode):
         self._tasks_sent = 0
         self.accepted = self.rejected_stale = 0
         self.staleness_sum = 0
+        self._funnel = Funnel(0, 0, self.config.max_examples)  # the buffer being filled
+        self._keys: dict[str, tuple[str, int]] = {}  # volunteer -> its latest task's funnel key
 
     @staticmethod
     def max_updates(config: RunConfig) -> int:
@@ -86,11 +94,20 @@ class FedBuff(RunMode):
             "accepted": self.accepted,
             "rejected_stale": self.rejected_stale,
             "mean_staleness": self.staleness_sum / self.accepted if self.accepted else 0.0,
+            "funnel": self._funnel.to_dict(),
         }
 
     # -- updates --------------------------------------------------------------------
 
     def submit(self, peer_id: str, msg: Message, nbytes: int) -> Verdict:
+        if self.services.tasks.holds(peer_id) and peer_id in self._keys:
+            self._funnel.report(self._keys[peer_id])
+        verdict = self._verdict(peer_id, msg, nbytes)
+        if not verdict.accepted:
+            self._funnel.reject(verdict.kind or "malformed")
+        return verdict
+
+    def _verdict(self, peer_id: str, msg: Message, nbytes: int) -> Verdict:
         s, config = self.services, self.config
         # Refused here, the task stays open (as a sync round's selection does): a valid
         # update may still answer it, and a forged one cannot cancel it.
@@ -102,7 +119,8 @@ class FedBuff(RunMode):
             s.tasks.answered(peer_id)
             self.rejected_stale += 1
             return Verdict(False, f"update is {staleness} model versions stale (at most {config.max_staleness} accepted)", "stale")
-        item = _Pending(peer_id, payload(msg), msg["num_examples"] * staleness_weight(staleness, config.staleness_exponent), nbytes)
+        weight = capped_weight(msg["num_examples"], config.max_examples) * staleness_weight(staleness, config.staleness_exponent)
+        item = _Pending(peer_id, payload(msg), weight, nbytes, msg["num_examples"])
         if not self._collecting or self.run.rule.count >= config.buffer_size:
             # The buffer is full or being committed: keep the update for the next one
             # (bounded by concurrency), so every commit holds exactly buffer_size.
@@ -121,6 +139,7 @@ class FedBuff(RunMode):
         refused = fold(self.run.rule, self.config.codec, item.enc, item.weight)
         if refused is None:
             self._bytes_up += item.nbytes
+            self._funnel.accept(item.num_examples)
         return refused
 
     # -- the loop ---------------------------------------------------------------------
@@ -131,6 +150,9 @@ class FedBuff(RunMode):
             while not self.run.finished:
                 started = time.monotonic()
                 rule.begin(s.commits.model.size, config.buffer_size + self.concurrency)
+                self._funnel = Funnel(len(s.peers), s.peers.count(PeerState.READY), config.max_examples)
+                # Keys of tasks no longer held are done with: a long run sees many volunteers.
+                self._keys = {p: key for p, key in self._keys.items() if s.tasks.holds(p)}
                 self._collecting = True
                 pending, self._pending = self._pending, []
                 for item in pending:
@@ -139,14 +161,22 @@ class FedBuff(RunMode):
                     elif refused := self._fold(item):
                         # Already accepted, so the volunteer is not told; the count shows it.
                         s.rejections.add(refused.kind or "malformed")
+                        self._funnel.reject(refused.kind or "malformed")
                         log.warning("fedbuff: buffered update from %s dropped: %s", item.peer_id, refused.reason)
                 s.phase.to(RoundState.TRAINING)
                 while rule.count < config.buffer_size:
                     await self._dispatch()
                     await s.phase.wait_change(POLL_S)
                 self._collecting = False
-                if await s.commits.commit(self.run, rule, started, self._bytes_up, self._bytes_down) is not None:
+                self._funnel.close(self._keys[p] for p in s.tasks.outstanding() if p in self._keys and self._training(p))
+                began = time.monotonic()
+                if await s.commits.commit(self.run, rule, started, self._bytes_up, self._bytes_down, self._funnel.to_dict()) is not None:
+                    s.stats.commit_took(time.monotonic() - began)
                     self._bytes_up = self._bytes_down = 0
+                else:
+                    version = s.commits.model_version
+                    record = AbandonedRound(version + 1, self.run.id, version, "refused_aggregate", self._funnel.to_dict(), time.monotonic() - started, time.time())
+                    await asyncio.to_thread(s.commits.store.abandon_round, record)
                 # Stale tasks stay answerable; rounds without a task left close.
                 s.tasks.close(keep=s.commits.model_version + 1)
         finally:
@@ -154,6 +184,10 @@ class FedBuff(RunMode):
             if rule.count:
                 rule.abort()
             s.tasks.close()
+
+    def _training(self, peer_id: str) -> bool:
+        peer = self.services.peers.get(peer_id)
+        return peer is not None and peer.state is PeerState.TRAINING
 
     async def _dispatch(self) -> None:
         """Expire overdue tasks, give every free slot to an eligible volunteer, steer the rest."""
@@ -166,5 +200,8 @@ class FedBuff(RunMode):
         for peer_id in ready[:free]:
             self._tasks_sent += 1
             seed = task_seed(s.seed, version + 1, self._tasks_sent)
-            self._bytes_down += await s.tasks.send(peer_id, config, version + 1, version, seed, now + config.deadline_s)
+            sent = await s.tasks.send(peer_id, config, version + 1, version, seed, now + config.deadline_s)
+            self._bytes_down += sent
+            self._keys[peer_id] = key = (peer_id, self._tasks_sent)
+            self._funnel.task_sent(key, sent > 0)
         await s.selection.steer(ready[free:], self.concurrency, config, "all training slots are taken")

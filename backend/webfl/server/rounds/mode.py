@@ -16,6 +16,7 @@ from typing import ClassVar
 from ...core.protocol import Message
 from .commit import CommitPipeline, Run
 from .config import RunConfig
+from .funnel import RoundStats
 from .peers import Peers
 from .selection import Selection
 from .state import Phase
@@ -33,6 +34,7 @@ class Services:
     tasks: TaskBook
     commits: CommitPipeline
     rejections: Rejections
+    stats: RoundStats
     seed: int
 
 
@@ -61,7 +63,7 @@ class RunMode(ABC):
         """The verdict on one ``update``; an accepted one is folded in."""
 
     def open_round(self) -> dict | None:
-        """The open round for the status (``round``, ``selected``, ``received``, ``deadline``), if any."""
+        """The open round for the status (``round``, ``selected``, ``received``, ``deadline``, ``funnel``), if any."""
         return None
 
     def describe(self) -> dict | None:

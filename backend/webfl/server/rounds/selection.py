@@ -9,6 +9,7 @@ import logging
 import math
 import random
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from ...core.codecs import Codec
 from ...core.protocol import Message, encode
@@ -19,7 +20,7 @@ from .peers import Peer, PeerState, Peers
 from .seeds import selection_rng
 from .state import Phase
 
-__all__ = ["Selection", "target"]
+__all__ = ["Cohort", "Selection", "Waiting", "target"]
 
 log = logging.getLogger("webfl.engine")
 
@@ -29,12 +30,51 @@ def target(config: RunConfig) -> int:
     return math.ceil(config.clients_per_round * config.over_selection)
 
 
+@dataclass(frozen=True)
+class Cohort:
+    """A sync round's pick, and the pool it was picked from (the funnel's first two steps)."""
+
+    selected: list[str]
+    connected: int
+    ready: int
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """What a sync round's selection waits for, for the operator's hint."""
+
+    ready: int  # eligible: ready and able to use the run's codec
+    wanted: int  # target(config)
+    needed: int  # min_updates: fewer never start a round
+    other_codec: int  # ready, but cannot decode the run's codec
+    starts_at: float | None  # loop time it starts with fewer than wanted (enough are ready)
+
+    def to_dict(self, now: float) -> dict:
+        return {
+            "ready": self.ready, "wanted": self.wanted, "needed": self.needed, "other_codec": self.other_codec,
+            "starts_in_s": None if self.starts_at is None else max(0.0, self.starts_at - now),
+        }
+
+    def hint(self, now: float) -> str:
+        if self.starts_at is None:
+            text = f"{self.ready} of {self.needed} needed are ready"
+            if self.wanted > self.needed:
+                text += f" (a round takes up to {self.wanted})"
+        else:
+            text = f"{self.ready} of {self.wanted} wanted are ready; starting with {self.ready} in {max(0.0, self.starts_at - now):.1f} s"
+        if self.other_codec:
+            text += f"; {self.other_codec} more ready cannot decode the run's codec"
+        return text
+
+
 class Selection:
     def __init__(self, peers: Peers, phase: Phase, coordinator: Coordinator, seed: int, durations: Callable[[], Sequence[float]]) -> None:
         self._peers, self._phase, self._coordinator, self._seed = peers, phase, coordinator, seed
         self._durations = durations  # of the committed rounds, for pace steering
         self._pace_rng = random.Random(seed)
         self.waits_sent = 0
+        #: While a sync round waits for volunteers: for what (``None`` otherwise).
+        self.waiting: Waiting | None = None
 
     def eligible(self, codec: Codec) -> list[str]:
         """Ready volunteers (after waking those whose wait is over) that can decode ``codec``."""
@@ -51,22 +91,29 @@ class Selection:
             log.info("volunteer %s not selectable: codec %s needs %s, it supports %s", peer.id, codec.spec, ", ".join(codec.stages), ", ".join(sorted(peer.codecs)))
         return False
 
-    async def select(self, config: RunConfig, model_version: int, rounds_committed: int) -> list[str]:
+    async def select(self, config: RunConfig, model_version: int, rounds_committed: int) -> Cohort:
         """A sync round's cohort: wait up to ``select_timeout_s`` for ``target`` eligible
         volunteers (never fewer than ``min_updates``), pick at random, steer the surplus."""
         want = target(config)
         loop = asyncio.get_running_loop()
         since = loop.time()
-        while True:
-            ready = self.eligible(config.codec)
-            waited = loop.time() - since
-            if len(ready) >= want or (len(ready) >= config.min_updates and waited >= config.select_timeout_s):
-                break
-            await self._phase.wait_change(config.select_timeout_s - waited if len(ready) >= config.min_updates else 1.0)
+        try:
+            while True:
+                ready = self.eligible(config.codec)
+                waited = loop.time() - since
+                enough = len(ready) >= config.min_updates
+                if len(ready) >= want or (enough and waited >= config.select_timeout_s):
+                    break
+                other = self._peers.count(PeerState.READY) - len(ready)
+                self.waiting = Waiting(len(ready), want, config.min_updates, other, since + config.select_timeout_s if enough else None)
+                await self._phase.wait_change(config.select_timeout_s - waited if enough else 1.0)
+        finally:
+            self.waiting = None
         rng = selection_rng(self._seed, model_version, rounds_committed)
         selected = sorted(rng.choice(ready, size=min(want, len(ready)), replace=False).tolist())
+        cohort = Cohort(selected, len(self._peers), self._peers.count(PeerState.READY))
         await self.steer(sorted(set(ready) - set(selected)), want, config, "not selected for this round")
-        return selected
+        return cohort
 
     async def steer(self, peer_ids: list[str], needed: int, config: RunConfig, reason: str) -> None:
         """Tell ``peer_ids`` (ready, surplus) to come back later, sized to the load."""

@@ -7,6 +7,7 @@ import asyncio
 from ...core.protocol import Message, encode
 from ...core.tasks import Task
 from .commit import CommitPipeline, Run
+from .funnel import RoundStats
 from .mode import RunMode
 from .peers import PeerState, Peers
 from .selection import Selection
@@ -18,10 +19,11 @@ __all__ = ["status", "status_frame"]
 
 def status(
     task: Task, phase: Phase, peers: Peers, commits: CommitPipeline, selection: Selection, rejections: Rejections,
-    run: Run | None, running: bool, mode: RunMode | None,
+    stats: RoundStats, run: Run | None, running: bool, mode: RunMode | None,
 ) -> dict:
     open_ = mode.open_round() if mode else None
     now = asyncio.get_running_loop().time()
+    waiting = selection.waiting
     return {
         "state": phase.state.value,
         "task": task.to_dict(),
@@ -41,7 +43,12 @@ def status(
             "selected": open_["selected"],
             "received": open_["received"],
             "deadline_in_s": max(0.0, open_["deadline"] - now),
+            "funnel": open_["funnel"],
         },
+        # While a round waits for volunteers: for how many, and the same in words.
+        "waiting_for": None if waiting is None else waiting.to_dict(now),
+        "hint": None if waiting is None else waiting.hint(now),
+        "engine": stats.to_dict(),
         "rejections": rejections.to_dict(),
         "history": [r.to_dict() for r in commits.history],
     }

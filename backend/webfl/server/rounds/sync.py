@@ -3,8 +3,9 @@
 A round selects up to ``ceil(clients_per_round * over_selection)`` eligible volunteers,
 gives each a task, and closes at ``clients_per_round`` accepted updates, when no selected
 volunteer is still training, or at ``deadline_s``. With ``min_updates`` it commits;
-with fewer (or a refused aggregate) it is abandoned, the model unchanged, and retried.
-Surplus ready volunteers are steered away (``wait``) while it trains.
+with fewer (or a refused aggregate) it is abandoned, the model unchanged, recorded (with
+its funnel) and retried. Surplus ready volunteers are steered away (``wait``) while it
+trains. Every update weighs ``min(num_examples, max_examples)`` in the mean.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from dataclasses import dataclass, field
 
 from ...core.protocol import Message
 from ..crashpoints import crashpoint
+from ..store import AbandonedRound
 from .config import RunConfig
+from .funnel import Funnel, capped_weight
 from .mode import RunMode
 from .peers import PeerState
 from .seeds import task_seed
@@ -37,6 +40,8 @@ class _OpenRound:
     round: int
     deadline: float  # loop time
     selected: frozenset[str]
+    funnel: Funnel
+    model_version: int
     started: float = field(default_factory=time.monotonic)
     received: int = 0
     bytes_up: int = 0
@@ -71,47 +76,77 @@ class SyncRounds(RunMode):
         s, config, rule = self.services, self.config, self.run.rule
         s.phase.to(RoundState.SELECTING)
         version = s.commits.model_version
-        selected = await s.selection.select(config, version, len(s.commits.history))
+        cohort = await s.selection.select(config, version, len(s.commits.history))
+        selected = cohort.selected
         loop = asyncio.get_running_loop()
         round_ = version + 1
-        open_ = self._open = _OpenRound(round_, loop.time() + config.deadline_s, frozenset(selected))
+        funnel = Funnel(cohort.connected, cohort.ready, config.max_examples)
+        open_ = self._open = _OpenRound(round_, loop.time() + config.deadline_s, frozenset(selected), funnel, version)
         rule.begin(s.commits.model.size, len(selected))
         s.tasks.open(round_)
         for i, peer_id in enumerate(selected):
-            open_.bytes_down += await s.tasks.send(peer_id, config, round_, version, task_seed(s.seed, round_, i), open_.deadline)
+            sent = await s.tasks.send(peer_id, config, round_, version, task_seed(s.seed, round_, i), open_.deadline)
+            open_.bytes_down += sent
+            funnel.task_sent(peer_id, sent > 0)
         log.info("round %d: selected %d volunteer(s) of %d connected", round_, len(selected), len(s.peers))
         s.phase.to(RoundState.TRAINING)
         want = target(config)
         while True:
-            # Only volunteers still training on their task will answer: not one that left,
-            # nor one that came back without it (a reloaded tab, see engine.connect).
-            training = {p for p in s.tasks.outstanding() if (peer := s.peers.get(p)) and peer.state is PeerState.TRAINING}
+            training = self._training()
             remaining = open_.deadline - loop.time()
             if open_.received >= config.clients_per_round or not training or remaining <= 0:
                 break
             # Volunteers ready beyond what the next round selects have nothing to do for a while.
             await s.selection.steer(s.selection.eligible(config.codec)[want:], want, config, "enough volunteers are ready")
             await s.phase.wait_change(remaining)
+        funnel.close(self._training())
         self._close()
         if rule.count < config.min_updates:
             rule.abort()
             log.warning("round %d abandoned: %d update(s), %d needed; global model unchanged", round_, rule.count, config.min_updates)
+            await self._abandon(open_, "too_few_updates")
             return False
-        return await s.commits.commit(self.run, rule, open_.started, open_.bytes_up, open_.bytes_down) is not None
+        began = time.monotonic()
+        if await s.commits.commit(self.run, rule, open_.started, open_.bytes_up, open_.bytes_down, funnel.to_dict()) is None:
+            await self._abandon(open_, "refused_aggregate")
+            return False
+        s.stats.commit_took(time.monotonic() - began)
+        return True
+
+    def _training(self) -> set[str]:
+        """Volunteers still training on their task: they may yet answer. Not one that left,
+        nor one that came back without it (a reloaded tab, see engine.connect)."""
+        s = self.services
+        return {p for p in s.tasks.outstanding() if (peer := s.peers.get(p)) and peer.state is PeerState.TRAINING}
+
+    async def _abandon(self, open_: _OpenRound, why: str) -> None:
+        s = self.services
+        record = AbandonedRound(open_.round, self.run.id, open_.model_version, why, open_.funnel.to_dict(), time.monotonic() - open_.started, time.time())
+        await asyncio.to_thread(s.commits.store.abandon_round, record)
 
     def _close(self) -> None:
         self._open = None
         self.services.tasks.close()
 
     def submit(self, peer_id: str, msg: Message, nbytes: int) -> Verdict:
-        s, open_ = self.services, self._open
-        job = s.tasks.vet(peer_id, msg, self.config.codec)
+        open_ = self._open
+        if open_ is not None and msg["round"] == open_.round and peer_id in open_.funnel.trained:
+            open_.funnel.report(peer_id)
+        verdict = self._verdict(peer_id, msg, nbytes)
+        if open_ is not None and not verdict.accepted:
+            open_.funnel.reject(verdict.kind or "malformed")
+        return verdict
+
+    def _verdict(self, peer_id: str, msg: Message, nbytes: int) -> Verdict:
+        s, open_, config = self.services, self._open, self.config
+        job = s.tasks.vet(peer_id, msg, config.codec)
         if isinstance(job, Verdict):
             return job
         assert open_ is not None and job.round == open_.round  # the book only holds this round's tasks
-        if refused := fold(self.run.rule, self.config.codec, payload(msg), float(msg["num_examples"])):
+        if refused := fold(self.run.rule, config.codec, payload(msg), capped_weight(msg["num_examples"], config.max_examples)):
             return refused  # the task stays open: a valid update may still answer it
         s.tasks.answered(peer_id)
+        open_.funnel.accept(msg["num_examples"])
         open_.received += 1
         open_.bytes_up += nbytes
         log.info("round %d: update %d/%d from %s accepted", open_.round, open_.received, len(open_.selected), peer_id)
@@ -123,4 +158,7 @@ class SyncRounds(RunMode):
         open_ = self._open
         if open_ is None:
             return None
-        return {"round": open_.round, "selected": len(open_.selected), "received": open_.received, "deadline": open_.deadline}
+        return {
+            "round": open_.round, "selected": len(open_.selected), "received": open_.received, "deadline": open_.deadline,
+            "funnel": open_.funnel.to_dict(),
+        }

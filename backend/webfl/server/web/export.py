@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Sequence
 
 import numpy as np
 import onnx
@@ -22,7 +23,7 @@ from starlette.routing import Route
 
 from ...core.models import MLP
 from ..engine import RoundEngine
-from ..store import RoundRecord
+from ..store import AbandonedRound, RoundRecord
 from .admin_api import admin_only
 from .services import services
 
@@ -71,17 +72,23 @@ def model_onnx(model: MLP, params: np.ndarray, name: str) -> bytes:
     return proto.SerializeToString()
 
 
-def history_document(runs: list[dict], rounds: list[RoundRecord]) -> dict:
-    """``{"runs": [...], "rounds": [...]}``: each run with its end status, each round with its run."""
-    return {"runs": runs, "rounds": [r.to_dict() for r in rounds]}
+def history_document(runs: list[dict], rounds: list[RoundRecord], abandoned: Sequence[AbandonedRound] = ()) -> dict:
+    """``{"runs": [...], "rounds": [...]}``: each run with its end status; the rounds, committed
+    and abandoned (``"abandoned": true``, with ``why``), in the order they closed, each with its run
+    and its funnel."""
+    entries = [(r.committed_at, {**r.to_dict(), "abandoned": False}) for r in rounds]
+    entries += [(a.abandoned_at, a.to_dict()) for a in abandoned]
+    return {"runs": runs, "rounds": [entry for _, entry in sorted(entries, key=lambda e: e[0])]}
 
 
 def history_csv(rounds: list[RoundRecord]) -> str:
+    """The committed rounds, one a row; the funnel column holds the funnel as JSON."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(HISTORY_COLUMNS)
     for r in rounds:
-        writer.writerow(["" if v is None else v for v in r.to_dict().values()])
+        row = {**r.to_dict(), "funnel": None if r.funnel is None else json.dumps(r.funnel)}
+        writer.writerow(["" if v is None else v for v in row.values()])
     return buf.getvalue()
 
 
@@ -122,7 +129,7 @@ async def history(request: Request) -> Response:
     rounds = engine.store.history()
     if fmt == "csv":
         return _attachment(history_csv(rounds), "text/csv; charset=utf-8", f"{stem}.csv")
-    document = history_document(engine.store.runs(), rounds)
+    document = history_document(engine.store.runs(), rounds, engine.store.abandoned_rounds())
     if fmt == "json":
         return _attachment(json.dumps(document, indent=1), "application/json", f"{stem}.json")
     return JSONResponse(document)

@@ -29,6 +29,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..engine import PeerState, RoundEngine, RoundState
+from ..rounds.funnel import ABANDON_REASONS
 from ..rounds.validation import REASONS
 from .admin_api import admin_only
 from .services import services
@@ -74,8 +75,18 @@ class EngineCollector(Collector):
         yield runs_metric
 
         yield CounterMetricFamily("webfl_rounds_committed", "Rounds committed (FedBuff: buffer flushes)", value=len(history))
+        abandoned = CounterMetricFamily("webfl_rounds_abandoned", "Rounds closed without a commit (model unchanged), by why", labels=["why"])
+        by_why = self.engine.store.abandoned_counts()
+        for why in ABANDON_REASONS:
+            abandoned.add_metric([why], by_why.get(why, 0))
+        yield abandoned
         yield CounterMetricFamily(
             "webfl_updates_accepted", "Updates folded into committed rounds", value=sum(h["participants"] for h in history)
+        )
+        yield CounterMetricFamily(
+            "webfl_updates_capped",
+            "Updates of committed rounds whose weight was cut to max_examples",
+            value=sum(h["funnel"]["capped"] for h in history if h["funnel"]),
         )
         rejected = CounterMetricFamily("webfl_rejections", "Refused updates and frames by reason (since the server started)", labels=["reason"])
         counts = status["rejections"]
@@ -85,6 +96,7 @@ class EngineCollector(Collector):
 
         yield from _bytes(history, {run["id"]: run["config"] for run in runs})
         yield _durations(history)
+        yield _commit_times(status["engine"]["commit_seconds"])
 
         if history:
             last = history[-1]
@@ -118,6 +130,17 @@ def _durations(history: list[dict]) -> Metric:
     buckets = [(repr(b), int(c)) for b, c in zip(DURATION_BUCKETS, cumulative)] + [("+Inf", len(durations))]
     return HistogramMetricFamily(
         "webfl_round_duration", "Wall time of committed rounds", buckets=buckets, sum_value=float(durations.sum()), unit="seconds"
+    )
+
+
+def _commit_times(commits: dict) -> Metric:
+    buckets = [(repr(b), c) for b, c in commits["buckets"]] + [("+Inf", commits["count"])]
+    return HistogramMetricFamily(
+        "webfl_commit_duration",
+        "Time to commit a round: aggregate, server step, evaluation, checkpoint, broadcast (since the server started)",
+        buckets=buckets,
+        sum_value=commits["sum"],
+        unit="seconds",
     )
 
 
