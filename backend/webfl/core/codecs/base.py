@@ -151,6 +151,14 @@ class Codec(ABC):
     stages: tuple[str, ...]
     deflate = True
 
+    # The canonical spec says everything a codec does, so two codecs of one spec are one
+    # value (frozen settings that hold codecs compare and hash by it).
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Codec) and other.spec == self.spec
+
+    def __hash__(self) -> int:
+        return hash(self.spec)
+
     def encode(self, x: np.ndarray, rng: np.random.Generator) -> Encoded:
         """Compress the float32 vector ``x``; ``ValueError`` if it is empty or not finite."""
         x = np.asarray(x, dtype=np.float32)
