@@ -99,7 +99,8 @@ start_members() {
     mkdir -p "$DIR/member-$i"
     if alive "$DIR/member-$i/webfl.pid"; then log "member $i: running"; continue; fi
     WEBFL_ADMIN_TOKEN="$WEBFL_ADMIN_TOKEN" nohup "$WEBFL" serve --host 127.0.0.1 --port "$port" \
-      --data-dir "$DIR/member-$i" --log-level warning >> "$DIR/member-$i/webfl.log" 2>&1 &
+      --data-dir "$DIR/member-$i" --log-level warning \
+      --forwarded-allow-ips 127.0.0.1 --public-origin "http://127.0.0.1:$HTTP_PORT" >> "$DIR/member-$i/webfl.log" 2>&1 &
     echo $! > "$DIR/member-$i/webfl.pid"
     wait_port "$port"
     log "member $i: http://127.0.0.1:$port (log $DIR/member-$i/webfl.log)"

@@ -1,6 +1,7 @@
 """Smoke tests of the real services the scale-out builds on (tests/services.py), and of
 ``deploy/nginx/webfl.conf`` in front of a real ``webfl serve``."""
 
+import http.client
 import os
 import shutil
 import socket
@@ -81,7 +82,7 @@ def test_the_site_renderer_changes_only_the_members_and_the_listen_line():
 
 @pytest.fixture
 def proxied(tmp_path, nginx_proxy):
-    member = start_server(tmp_path / "data")
+    member = start_server(tmp_path / "data", "--forwarded-allow-ips", "127.0.0.1")
     proxy = nginx_proxy([member.url.removeprefix("http://")])
     yield member, proxy
     member.stop()
@@ -96,13 +97,19 @@ def get(url: str, headers: dict | None = None, data: bytes | None = None) -> tup
         return exc.code, exc.read()
 
 
-def test_nginx_proxies_http_and_forwards_the_client_address(proxied):
+def test_nginx_forwards_the_client_address_and_not_a_forged_one(proxied):
     member, proxy = proxied
-    assert get(proxy.url + "/healthz", {"X-Forwarded-For": "203.0.113.9"})[0] == 200
+    # The client comes from 127.0.0.2 (nginx reaches the member from 127.0.0.1, the one
+    # proxy it trusts) and claims another address in its own X-Forwarded-For.
+    host, port = proxy.url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30, source_address=("127.0.0.2", 0))
+    conn.request("GET", "/healthz", headers={"X-Forwarded-For": "203.0.113.9"})
+    assert conn.getresponse().status == 200
+    conn.close()
     code, body = get(proxy.url + "/api/status", {"Authorization": f"Bearer {TOKEN}"})
     assert code == 200 and b'"state"' in body
-    # uvicorn trusts X-Forwarded-For from the loopback proxy: the member logs the client's address.
-    assert '203.0.113.9:0 - "GET /healthz' in member.log()
+    assert '127.0.0.2:0 - "GET /healthz' in member.log()
+    assert "203.0.113.9" not in member.log()
 
 
 def test_nginx_refuses_a_large_http_body_before_it_reaches_the_member(proxied):
