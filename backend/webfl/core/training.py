@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from .kernels import Kernels
 from .models import MLP
 
 __all__ = ["TrainConfig", "TrainResult", "local_train"]
@@ -57,14 +58,22 @@ def local_train(
     y: np.ndarray,
     config: TrainConfig,
     progress: Progress | None = None,
+    kernels: Kernels | None = None,
 ) -> TrainResult:
-    """``config.epochs`` passes of shuffled minibatch SGD from ``params`` (not modified)."""
+    """``config.epochs`` passes of shuffled minibatch SGD from ``params`` (not modified).
+
+    Each step updates the weights in place from within the gradient's products
+    (:meth:`MLP.sgd_step`); ``kernels`` defaults to the active backend.
+    """
     if x.shape[0] == 0:
         raise ValueError("no local examples to train on")
     rng = np.random.default_rng(config.seed)
     w = params.astype(np.float32, copy=True)
-    lr = np.float32(config.lr)
+    ws = model.workspace(w, kernels)
+    x = np.ascontiguousarray(x, dtype=np.float32)
     mu = np.float32(config.prox_mu)
+    # FedProx's term lr * mu * (w - w_global) is taken at the step's starting w.
+    prox = np.float32(config.lr) * mu
     w_global = params.astype(np.float32, copy=True) if mu else None
     n = x.shape[0]
     batches = -(-n // config.batch_size)
@@ -74,12 +83,12 @@ def local_train(
         epoch_loss = 0.0
         for b in range(batches):
             idx = order[b * config.batch_size : (b + 1) * config.batch_size]
-            loss, grad = model.loss_and_grad(w, x[idx], y[idx])
-            if w_global is not None:
-                grad = grad + mu * (w - w_global)
-            w -= lr * grad
+            pull = None if w_global is None else prox * (w - w_global)
+            loss = model.sgd_step(ws, ws.batch(x, idx), y[idx], config.lr)
+            if pull is not None:
+                w -= pull
             epoch_loss += loss * len(idx)
             if progress is not None:
                 progress(epoch, b, batches, loss)
-    _, accuracy = model.evaluate(w, x, y)
+    _, accuracy = model.evaluate(w, x, y, kernels=ws.kernels)
     return TrainResult(w, n, epoch_loss / n, accuracy)
