@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import asdict, dataclass
+from typing import TypeVar
 
 import numpy as np
 
 from .kernels import Kernels
 from .models import MLP
 
-__all__ = ["TrainConfig", "TrainResult", "local_train"]
+__all__ = ["Step", "TrainConfig", "TrainResult", "local_train", "run_steps", "train_steps"]
 
 #: ``progress(epoch, batch, batches_per_epoch, loss)``, called after every batch.
 Progress = Callable[[int, int, int, float], None]
+#: What :func:`train_steps` yields after every batch: ``(epoch, batch, batches_per_epoch, loss)``.
+Step = tuple[int, int, int, float]
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -60,10 +64,35 @@ def local_train(
     progress: Progress | None = None,
     kernels: Kernels | None = None,
 ) -> TrainResult:
-    """``config.epochs`` passes of shuffled minibatch SGD from ``params`` (not modified).
+    """``config.epochs`` passes of shuffled minibatch SGD from ``params`` (not modified)."""
+    return run_steps(train_steps(model, params, x, y, config, kernels), progress)
 
-    Each step updates the weights in place from within the gradient's products
-    (:meth:`MLP.sgd_step`); ``kernels`` defaults to the active backend.
+
+def run_steps(steps: Generator[Step, None, R], progress: Progress | None = None) -> R:
+    """Drive a step generator to its end, reporting each step; its return value."""
+    while True:
+        try:
+            step = next(steps)
+        except StopIteration as done:
+            return done.value
+        if progress is not None:
+            progress(*step)
+
+
+def train_steps(
+    model: MLP,
+    params: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    config: TrainConfig,
+    kernels: Kernels | None = None,
+) -> Generator[Step, None, TrainResult]:
+    """:func:`local_train` one batch at a time: yields after each, returns the result.
+
+    The browser's worker runs one step per turn of its event loop, so a pause or a rest
+    between batches (the CPU-use setting) takes effect within a batch. Each step updates
+    the weights in place from within the gradient's products (:meth:`MLP.sgd_step`);
+    ``kernels`` defaults to the active backend.
     """
     if x.shape[0] == 0:
         raise ValueError("no local examples to train on")
@@ -88,7 +117,6 @@ def local_train(
             if pull is not None:
                 w -= pull
             epoch_loss += loss * len(idx)
-            if progress is not None:
-                progress(epoch, b, batches, loss)
+            yield epoch, b, batches, loss
     _, accuracy = model.evaluate(w, x, y, kernels=ws.kernels)
     return TrainResult(w, n, epoch_loss / n, accuracy)
