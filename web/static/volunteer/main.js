@@ -29,7 +29,60 @@ function join() {
     view.handle(event);
     if (event.type === "left") client.terminate();
   });
-  client.start(data);
+  client.start(data, settings.cpu);
+  applyHolds();
+}
+
+// -- how hard the device works (kept for the next visit) -------------------------------
+
+const SETTINGS_KEY = "webfl.settings";
+const settings = { cpu: "full", onlyVisible: false, onlyCharging: false, ...readStored(SETTINGS_KEY) };
+let battery = null;
+
+function readStored(key) {
+  try {
+    return JSON.parse(localStorage.getItem(key) ?? "{}") ?? {};
+  } catch {
+    return {}; // storage blocked (a third-party frame) or garbled: defaults
+  }
+}
+
+function store(key, value) {
+  try {
+    if (value === null) localStorage.removeItem(key);
+    else localStorage.setItem(key, JSON.stringify(value));
+  } catch {
+    // Storage blocked: the setting lasts for this visit only.
+  }
+}
+
+function applyHolds() {
+  client?.hold("hidden", settings.onlyVisible && document.visibilityState === "hidden");
+  client?.hold("battery", Boolean(settings.onlyCharging && battery && !battery.charging));
+}
+
+function wireSettings() {
+  const level = view.q("cpu-level");
+  const visible = view.q("only-visible");
+  const charging = view.q("only-charging");
+  level.value = settings.cpu;
+  visible.checked = settings.onlyVisible;
+  charging.checked = settings.onlyCharging;
+  const changed = () => {
+    Object.assign(settings, { cpu: level.value, onlyVisible: visible.checked, onlyCharging: charging.checked });
+    store(SETTINGS_KEY, settings);
+    client?.setCpu(settings.cpu);
+    applyHolds();
+  };
+  for (const input of [level, visible, charging]) input.addEventListener("change", changed);
+  document.addEventListener("visibilitychange", applyHolds);
+  // The Battery Status API exists in Chromium only; elsewhere the option is not offered.
+  navigator.getBattery?.().then((b) => {
+    battery = b;
+    view.root.querySelector('[data-part="battery"]').hidden = false;
+    b.addEventListener("chargingchange", applyHolds);
+    applyHolds();
+  }, () => {});
 }
 
 // A returning volunteer gets Pyodide, NumPy and the core from the service worker's cache.
@@ -39,6 +92,7 @@ navigator.serviceWorker
   .catch((error) => console.warn("webfl: no runtime cache (service worker not registered)", error));
 
 if (document.body.dataset.mode !== "embed") view.wireDataChoice();
+wireSettings();
 view.q("join").addEventListener("click", join);
 view.q("pause").addEventListener("click", () => client?.togglePause());
 view.q("leave").addEventListener("click", () => {

@@ -151,11 +151,33 @@ export class View {
     this.renderState();
   }
 
-  on_progress({ epoch, epochs, batch, batches, loss }) {
+  on_progress({ epoch, epochs, batch, batches, loss, done: total }) {
     this.training.hidden = false;
+    this.q("train-progress").dataset.done = String(total);
+    delete this.q("train-progress").dataset.heldAfter;
     const done = (epoch * batches + batch + 1) / (epochs * batches);
     this.q("train-progress").value = done;
     this.q("train-label").textContent = `Epoch ${epoch + 1} of ${epochs} · batch ${batch + 1} of ${batches} · loss ${format.fixed(loss)}`;
+  }
+
+  on_compute({ backend }) {
+    this.q("compute").textContent = backend === "wasm-simd128" ? "WebAssembly SIMD kernel" : "NumPy";
+  }
+
+  on_trained({ busy_ms, wall_ms }) {
+    const share = wall_ms > 0 ? busy_ms / wall_ms : 1;
+    const cell = this.q("cpu-use");
+    cell.dataset.share = String(share);
+    cell.textContent = `${Math.round(share * 100)}% of one core during the last round`;
+  }
+
+  on_held({ reasons, done, batches_after_request }) {
+    this.training.hidden = false;
+    const bar = this.q("train-progress");
+    bar.dataset.done = String(done);
+    bar.dataset.heldAfter = String(batches_after_request);
+    const why = { paused: "paused", hidden: "this tab is hidden", battery: "not charging" };
+    this.q("train-label").textContent = `Training stands still (${reasons.map((r) => why[r] ?? r).join(", ")}) after ${done} batches`;
   }
 
   on_error({ message }) {

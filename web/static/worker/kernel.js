@@ -23,8 +23,11 @@ export function hasSimd() {
 // the memory Pyodide is instantiated with. Returns {module, memory, stop}: `module` a
 // promise of the compiled module or null, `memory()` the caught memory, `stop()` to
 // unwrap WebAssembly once Pyodide has started.
-export function prepareKernel(url, onBytes = () => {}) {
-  if (!hasSimd()) return { module: Promise.resolve(null), memory: () => null, stop() {}, why: "no WebAssembly SIMD" };
+export function prepareKernel(url) {
+  if (!hasSimd()) {
+    console.info("webfl: this browser has no WebAssembly SIMD; training with NumPy");
+    return { module: Promise.resolve(null), memory: () => null, stop() {} };
+  }
   let memory = null;
   const catchMemory = (imports) => {
     const candidate = imports?.env?.memory;
@@ -44,7 +47,6 @@ export function prepareKernel(url, onBytes = () => {}) {
   const module = fetch(url)
     .then((response) => {
       if (!response.ok) throw new Error(`HTTP ${response.status}`);
-      onBytes(Number(response.headers.get("content-length")) || 0);
       return WebAssembly.compileStreaming ? WebAssembly.compileStreaming(response) : response.arrayBuffer().then((b) => WebAssembly.compile(b));
     })
     .catch((error) => {

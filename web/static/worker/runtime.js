@@ -3,7 +3,12 @@
 // often silent: loadPackage() does not throw on a 404 or a hash mismatch, it only
 // calls errorCallback, and the failure would surface later as ModuleNotFoundError.
 
+import { installKernel, prepareKernel } from "./kernel.js";
+
 export class AssetError extends Error {}
+
+// Built at set-up (backend/webfl/build/wasm.py); without it training uses NumPy alone.
+const KERNEL_URL = "/static/kernels/gemm.wasm";
 
 const RUNTIME_FILES = ["pyodide.asm.js", "pyodide.asm.wasm", "python_stdlib.zip", "pyodide-lock.json"];
 
@@ -118,8 +123,15 @@ async function verify(pyodide, url, sha256, what) {
 export async function loadRuntime(config, stage) {
   checkWebAssembly();
   const indexURL = absolute(config.pyodide.index_url);
+  // Downloaded and compiled while Pyodide loads; catches Pyodide's memory on the way.
+  const kernel = prepareKernel(absolute(KERNEL_URL));
   stage(`Downloading the Python runtime (Pyodide ${config.pyodide.version})`, 0.1);
-  const pyodide = await loadPyodideRuntime(indexURL, config.pyodide.version);
+  let pyodide;
+  try {
+    pyodide = await loadPyodideRuntime(indexURL, config.pyodide.version);
+  } finally {
+    kernel.stop();
+  }
 
   stage("Loading NumPy", 0.55);
   const numpy = config.numpy.url ? absolute(config.numpy.url) : config.numpy.name;
@@ -141,8 +153,12 @@ export async function loadRuntime(config, stage) {
         "Reload the page; if it persists, the server's wheel needs rebuilding (make setup).",
     );
   }
+  const compute = await installKernel(pyodide, kernel).catch((error) => {
+    console.info(`webfl: the fast kernel could not be installed (${error.message}); training with NumPy`);
+    return "numpy";
+  });
   // Reachable from devtools and bench/browser.py (Playwright's worker.evaluate); only
   // this origin's code can reach a dedicated worker, so this exposes nothing new.
   self.pyodide = pyodide;
-  return { pyodide, browser };
+  return { pyodide, browser, compute };
 }
