@@ -98,6 +98,7 @@ class Volunteer:
         self.model_version = -1
         self.job: Job | None = None
         self.history: list = []
+        self.run_progress: list[int] | None = None  # [rounds committed, rounds planned] of the run
         self.last_verdict: dict | None = None
         self.last_metrics: dict | None = None
         self.bytes_up = 0
@@ -138,6 +139,7 @@ class Volunteer:
             "bytes_up": self.bytes_up,
             "bytes_down": self.bytes_down,
             "history": self.history,
+            "run": self.run_progress,
             "last_verdict": self.last_verdict,
             "last_metrics": self.last_metrics,
         }
@@ -266,6 +268,10 @@ class Volunteer:
 
     def _on_status(self, msg: Message) -> list[bytes]:
         self.history = msg["history"]
+        run = msg.fields.get("run")
+        # Only shown, never acted on; anything but two counts is ignored.
+        ok = isinstance(run, list) and len(run) == 2 and all(type(n) is int and 0 <= n <= 1_000_000 for n in run)
+        self.run_progress = run if ok else None
         return []
 
     # -- work ------------------------------------------------------------------

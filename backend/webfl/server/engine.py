@@ -401,6 +401,7 @@ class RoundEngine:
             "model_version": self.model_version,
             "connected": len(self.peers),
             "history": [[r.round, r.accuracy] for r in self.history[-200:]],
+            "run": [self.run_rounds_done, self.run_config.rounds] if self.run_config else None,
         }
         return encode(Message("status", fields_))
 
@@ -493,6 +494,7 @@ class RoundEngine:
             await self._close_round()
             self._to(RoundState.IDLE)
             self.store.end_run(run_id, status)
+            await self.coordinator.publish(self.status_frame())  # volunteers see the run's end
             log.info("run %d %s after %d round(s)", run_id, status, self.run_rounds_done)
 
     async def _select(self, config: RunConfig) -> list[str]:

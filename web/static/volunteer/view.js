@@ -68,8 +68,9 @@ export class View {
     try {
       this.chart = await lineChart(this.q("chart"), {
         xLabel: "Round",
-        series: [{ label: "Test accuracy", stroke: "#2563eb", scale: "acc", axis: "Accuracy", format: format.percent }],
-        scales: { acc: { range: [0, 1] } },
+        series: [{ label: "Global accuracy", stroke: "#2563eb", scale: "acc", axis: "Accuracy", format: format.percent }],
+        // Fit the axis to the rounds drawn (accuracies bunch near the top after a few rounds).
+        scales: { acc: { range: (u, min, max) => fitRange(min, max) } },
       });
       if (this.session) this.drawHistory(this.session.history);
     } catch (error) {
@@ -129,9 +130,12 @@ export class View {
   on_snapshot({ snapshot }) {
     this.session = snapshot;
     const q = this.q;
-    q("round").textContent = snapshot.round
-      ? `round ${snapshot.round}`
-      : snapshot.model_version >= 0 ? `between rounds (model v${snapshot.model_version})` : "—";
+    q("round").textContent = describeRound(snapshot);
+    const finished = runFinished(snapshot);
+    q("finished").hidden = !finished;
+    document.body.dataset.run = finished ? "finished" : snapshot.run ? "running" : "none";
+    const latest = snapshot.history?.at(-1);
+    q("global-accuracy").textContent = latest ? `${format.percent(latest[1])} after round ${latest[0]}` : "—";
     q("rounds-done").textContent = String(snapshot.rounds_accepted.length);
     q("bytes-up").textContent = format.bytes(snapshot.bytes_up);
     q("bytes-down").textContent = format.bytes(snapshot.bytes_down);
@@ -213,6 +217,24 @@ export class View {
     if (!this.chart || !history) return;
     this.chart.update([history.map((h) => h[0]), history.map((h) => h[1])]);
   }
+}
+
+const runFinished = (snapshot) => Boolean(snapshot.run && snapshot.run[0] >= snapshot.run[1]);
+
+function describeRound(snapshot) {
+  const run = snapshot.run;
+  if (run && runFinished(snapshot)) return `the run has finished (${run[1]} of ${run[1]} rounds)`;
+  if (run && snapshot.round) return `round ${run[0] + 1} of ${run[1]}`;
+  if (run) return `${run[0]} of ${run[1]} rounds done; waiting for the next`;
+  if (snapshot.round) return `round ${snapshot.round}`;
+  return snapshot.model_version >= 0 ? "no run yet: waiting for the operator to start one" : "—";
+}
+
+// An accuracy axis that fits the drawn values with a little room, within [0, 1].
+function fitRange(min, max) {
+  if (!Number.isFinite(min) || !Number.isFinite(max)) return [0, 1];
+  const pad = Math.max(0.02, (max - min) * 0.15);
+  return [Math.max(0, min - pad), Math.min(1, max + pad)];
 }
 
 function describeData(data) {
