@@ -19,6 +19,7 @@ function join() {
     view.q("csv-file").setAttribute("aria-invalid", "true");
     return;
   }
+  store(CONSENT_KEY, { at: new Date().toISOString(), data: data.kind });
   view.started();
   const problem = unsupported();
   if (problem) {
@@ -31,6 +32,41 @@ function join() {
   });
   client.start(data, settings.cpu);
   applyHolds();
+}
+
+// -- consent, remembered for a returning volunteer until withdrawn ------------------------
+
+const CONSENT_KEY = "webfl.consent";
+
+function showConsent() {
+  const consent = readStored(CONSENT_KEY);
+  const box = view.root.querySelector('[data-part="remembered"]');
+  const at = Date.parse(consent.at);
+  box.hidden = !Number.isFinite(at);
+  if (box.hidden) return;
+  view.q("consent-remembered").textContent = `You agreed to take part on ${new Date(at).toLocaleDateString(undefined, { dateStyle: "medium" })} in this browser.`;
+  const again = view.root.querySelector(`input[name="data"][value="${consent.data}"]`);
+  if (again) again.checked = true;
+}
+
+// Withdrawing forgets everything this page keeps in the browser: the consent, the
+// settings and the records of updates (IndexedDB), and stops any training.
+function withdraw() {
+  store(CONSENT_KEY, null);
+  store(SETTINGS_KEY, null);
+  try {
+    indexedDB.deleteDatabase("webfl");
+  } catch {
+    // no IndexedDB here: nothing was kept in it
+  }
+  if (client) {
+    client.leave();
+    view.left();
+  }
+  const box = view.root.querySelector('[data-part="remembered"]');
+  view.q("consent-remembered").textContent = "Consent withdrawn; this browser keeps nothing of it.";
+  view.q("withdraw").hidden = true;
+  box.hidden = false;
 }
 
 // -- how hard the device works (kept for the next visit) -------------------------------
@@ -91,8 +127,28 @@ navigator.serviceWorker
   ?.register(`/sw.js?v=${encodeURIComponent(document.body.dataset.runtime)}`)
   .catch((error) => console.warn("webfl: no runtime cache (service worker not registered)", error));
 
-if (document.body.dataset.mode !== "embed") view.wireDataChoice();
+// In the widget, tell the embedding page how tall the content is, so its iframe fits it
+// (embed.js checks that the message comes from this frame and origin).
+function reportHeight() {
+  let target = "*"; // a height is no secret; the referrer names the host when it is sent
+  try {
+    if (document.referrer) target = new URL(document.referrer).origin;
+  } catch {
+    // keep "*"
+  }
+  const send = () => window.parent.postMessage({ type: "webfl:height", height: Math.ceil(document.body.getBoundingClientRect().height) }, target);
+  new ResizeObserver(send).observe(document.body);
+  send();
+}
+
+if (document.body.dataset.mode === "embed") {
+  if (window.parent !== window) reportHeight();
+} else {
+  view.wireDataChoice();
+}
 wireSettings();
+showConsent();
+view.q("withdraw").addEventListener("click", withdraw);
 view.q("join").addEventListener("click", join);
 view.q("pause").addEventListener("click", () => client?.togglePause());
 view.q("leave").addEventListener("click", () => {

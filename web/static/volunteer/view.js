@@ -61,6 +61,12 @@ export class View {
     this.status.hidden = false;
     this.q("pause").disabled = true;
     this.setPage("loading");
+    // On a phone the status replaced the consent far above: bring it into view, and
+    // give keyboard and screen-reader users the same place to continue from.
+    const badge = this.q("state");
+    badge.tabIndex = -1;
+    badge.focus({ preventScroll: true });
+    this.status.scrollIntoView({ block: "start" });
     if (document.body.dataset.mode !== "embed") this.initChart();
   }
 
