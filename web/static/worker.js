@@ -10,7 +10,7 @@
 // Worker -> page: "stage" {label, fraction}, "conn" {state: connecting|open|reconnecting|
 //                 waiting, retry_in_s}, "snapshot" {snapshot}, "compute" {backend},
 //                 "progress" {epoch, epochs, batch, batches, loss, done, held},
-//                 "held" {reasons, done, batches_after_request}, "trained" {busy_ms, wall_ms},
+//                 "held" {reasons, done, batches_after_request}, "bytes" {downloaded}, "trained" {busy_ms, wall_ms},
 //                 "error" {message}, "left".
 
 import { AssetError, loadRuntime } from "./worker/runtime.js";
@@ -227,6 +227,17 @@ async function handleFrame(socket, buffer) {
   postSnapshot();
 }
 
+// Bytes on the wire so far (0 for what came from a cache), for the loading bar's label.
+function countDownloads() {
+  let total = 0;
+  const observer = new PerformanceObserver((list) => {
+    for (const entry of list.getEntries()) total += entry.transferSize || 0;
+    post("bytes", { downloaded: total });
+  });
+  observer.observe({ type: "resource", buffered: true });
+  return observer;
+}
+
 function wsUrl() {
   const url = new URL(config.ws_path, self.location.href);
   url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
@@ -278,7 +289,14 @@ const handlers = {
     post("stage", { label: "Getting the configuration", fraction: 0.02 });
     config = await fetchJson("/api/config", "its configuration");
     const stage = (label, fraction) => post("stage", { label, fraction });
-    const { browser, compute } = await loadRuntime(config, stage);
+    const downloads = countDownloads();
+    let runtime;
+    try {
+      runtime = await loadRuntime(config, stage);
+    } finally {
+      downloads.disconnect();
+    }
+    const { browser, compute } = runtime;
     post("compute", { backend: compute });
     session = browser.BrowserSession(`webfl-browser/${config.version}`);
     browser.destroy();

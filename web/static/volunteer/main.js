@@ -21,12 +21,15 @@ function join() {
   }
   store(CONSENT_KEY, { at: new Date().toISOString(), data: data.kind });
   view.started();
+  view.expectLoad(Number(readStored(LOAD_KEY).seconds));
+  const joinedAt = performance.now();
   const problem = unsupported();
   if (problem) {
     view.handle({ type: "error", message: problem });
     return;
   }
   client = new WorkerClient((event) => {
+    if (event.type === "stage" && event.label === "Connecting") store(LOAD_KEY, { seconds: (performance.now() - joinedAt) / 1000 });
     view.handle(event);
     if (event.type === "left") client.terminate();
   });
@@ -37,6 +40,7 @@ function join() {
 // -- consent, remembered for a returning volunteer until withdrawn ------------------------
 
 const CONSENT_KEY = "webfl.consent";
+const LOAD_KEY = "webfl.load"; // how long the last start-up took, for "what to expect"
 
 function showConsent() {
   const consent = readStored(CONSENT_KEY);
@@ -54,6 +58,7 @@ function showConsent() {
 function withdraw() {
   store(CONSENT_KEY, null);
   store(SETTINGS_KEY, null);
+  store(LOAD_KEY, null);
   try {
     indexedDB.deleteDatabase("webfl");
   } catch {

@@ -115,6 +115,19 @@ export class View {
     this.q("load-progress").value = fraction;
   }
 
+  on_bytes({ downloaded }) {
+    this.q("load-progress").dataset.bytes = String(downloaded);
+    this.q("load-note").textContent = `${format.bytes(downloaded)} downloaded. ${this.loadNote}`;
+  }
+
+  // What to expect, from this browser's own last start-up when there was one.
+  expectLoad(lastSeconds) {
+    this.loadNote = Number.isFinite(lastSeconds)
+      ? `Last time this took ${format.seconds(lastSeconds)}.`
+      : "First visit: about 9 MB to download, about 10 s on a good connection; later visits are faster (the files stay cached).";
+    this.q("load-note").textContent = this.loadNote;
+  }
+
   on_conn({ state, retry_in_s }) {
     this.conn = state;
     const text = {
