@@ -66,12 +66,36 @@ INLINE void block_nb(const Out *o, int R, int V, int i0, int j0, int K, const fl
     UNROLL for (int q = 0; q < V; q++) store4(o, i0 + r, j0 + 4 * q, acc[r][q]);
 }
 
+// op(A) = A^T, 4 rows: the 4 A elements of a step are adjacent, so one vector load; a
+// step whose 4 are all zero adds nothing and is skipped (the weight gradient of MNIST's
+// background pixels, of ReLUs that are off). Only non-finite B (0 * inf) could tell.
+INLINE void block_tn4(const Out *o, int V, int i0, int j0, int K, const float *A, int lda, const float *B, int ldb) {
+  v128_t acc[4][4];
+  UNROLL for (int r = 0; r < 4; r++)
+    UNROLL for (int q = 0; q < V; q++) acc[r][q] = wasm_f32x4_splat(0.0f);
+  for (int k = 0; k < K; k++) {
+    const v128_t a = wasm_v128_load(A + k * lda + i0);
+    if (!wasm_v128_any_true(a)) continue;
+    const v128_t as[4] = {wasm_i32x4_shuffle(a, a, 0, 0, 0, 0), wasm_i32x4_shuffle(a, a, 1, 1, 1, 1),
+                          wasm_i32x4_shuffle(a, a, 2, 2, 2, 2), wasm_i32x4_shuffle(a, a, 3, 3, 3, 3)};
+    v128_t b[4];
+    UNROLL for (int q = 0; q < V; q++) b[q] = wasm_v128_load(B + k * ldb + j0 + 4 * q);
+    UNROLL for (int r = 0; r < 4; r++)
+      UNROLL for (int q = 0; q < V; q++) acc[r][q] = wasm_f32x4_add(acc[r][q], wasm_f32x4_mul(as[r], b[q]));
+  }
+  UNROLL for (int r = 0; r < 4; r++)
+    UNROLL for (int q = 0; q < V; q++) store4(o, i0 + r, j0 + 4 * q, acc[r][q]);
+}
+
 // All rows against one strip of 4V columns of B: the strip (K x 4V floats) stays in
 // cache while every block of rows passes over it.
 INLINE void strip_nb(const Out *o, int V, int j0, int M, int K, const float *A, int lda, int ta, const float *B,
                      int ldb) {
   int i = 0;
-  for (; i + 4 <= M; i += 4) block_nb(o, 4, V, i, j0, K, A, lda, ta, B, ldb);
+  if (ta)
+    for (; i + 4 <= M; i += 4) block_tn4(o, V, i, j0, K, A, lda, B, ldb);
+  else
+    for (; i + 4 <= M; i += 4) block_nb(o, 4, V, i, j0, K, A, lda, ta, B, ldb);
   for (; i + 2 <= M; i += 2) block_nb(o, 2, V, i, j0, K, A, lda, ta, B, ldb);
   for (; i < M; i++) block_nb(o, 1, V, i, j0, K, A, lda, ta, B, ldb);
 }
