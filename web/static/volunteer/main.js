@@ -1,5 +1,6 @@
 // The volunteer page and the embed widget: consent, then a worker does everything.
 
+import { firstLook } from "./csvcheck.js";
 import { WorkerClient } from "./client.js";
 import { View } from "./view.js";
 
@@ -150,6 +151,19 @@ if (document.body.dataset.mode === "embed") {
   if (window.parent !== window) reportHeight();
 } else {
   view.wireDataChoice();
+  view.q("csv-file").addEventListener("change", checkCsv);
+}
+
+// Name an obviously unusable file as soon as it is picked; Join waits for a good one.
+async function checkCsv() {
+  const input = view.q("csv-file");
+  const file = input.files[0];
+  const problem = file ? await firstLook(file, Number(document.body.dataset.numFeatures)) : null;
+  const box = view.q("csv-problem");
+  box.hidden = !problem;
+  box.textContent = problem ? `Your file “${file.name}” cannot be used: ${problem}.` : "";
+  input.setAttribute("aria-invalid", String(Boolean(problem)));
+  view.q("join").disabled = Boolean(problem);
 }
 wireSettings();
 showConsent();
