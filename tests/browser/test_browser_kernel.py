@@ -97,6 +97,7 @@ def test_the_light_setting_cuts_the_workers_busy_time(context, serve):
     join(page, server.url)
     full = busy_share(page, server, "full")
     light = busy_share(page, server, "light")
+    print(f"busy share: full {full:.2f}, light {light:.2f}")
     # Light rests three times each batch's compute: about a quarter of full's share.
     assert light / full < 0.5, (light, full)
     assert full > 0.5, full
