@@ -26,18 +26,22 @@ PORT ?= 8000
 
 setup: system venv node build
 
-# Chromium drives the browser tests; Debian's build is the one that works here.
+# Chromium drives the browser tests; Debian's build is the one that works here. clang and
+# lld compile the WebAssembly matrix-multiply kernel (without them the page uses NumPy).
 system:
-	@if [ -x $(CHROMIUM) ]; then \
-	  echo "[setup] chromium: $(CHROMIUM) present"; \
+	@missing=""; \
+	[ -x $(CHROMIUM) ] || missing="chromium"; \
+	command -v clang >/dev/null && command -v wasm-ld >/dev/null || missing="$$missing clang lld"; \
+	if [ -z "$$missing" ]; then \
+	  echo "[setup] system: chromium, clang, lld present"; \
 	elif [ "$$(id -u)" = 0 ]; then \
-	  echo "[setup] chromium: installing Debian's chromium ..."; \
+	  echo "[setup] system: installing Debian's$$missing ..."; \
 	  export DEBIAN_FRONTEND=noninteractive; \
 	  apt-get update; \
-	  apt-get install -y chromium; \
+	  apt-get install -y $$missing; \
 	else \
-	  echo "[setup] chromium: $(CHROMIUM) missing and not root, skipped;" \
-	       "the browser tests need it (apt-get install chromium)" >&2; \
+	  echo "[setup] system:$$missing missing and not root, skipped;" \
+	       "the browser tests need chromium, the fast kernel clang and lld (apt-get install$$missing)" >&2; \
 	fi
 	@# Real Redis, PostgreSQL and nginx for the scale-out tests: tests/services.py starts
 	@# its own on loopback and never uses a system-wide instance the packages may start.

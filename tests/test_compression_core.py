@@ -78,16 +78,16 @@ def test_unbiased_codecs_keep_no_residual_and_encoding_randomness_is_not_the_shu
 def test_diverged_training_returns_to_idle_and_says_so(monkeypatch):
     import webfl.core.volunteer as volunteer_module
 
-    real = volunteer_module.local_train
+    real = volunteer_module.train_steps
 
     def diverging(*args, **kwargs):
-        result = real(*args, **kwargs)
+        result = yield from real(*args, **kwargs)
         params = result.params.copy()
         params[7] = np.inf
         return type(result)(**{**result.__dict__, "params": params})
 
     v = joined()
-    monkeypatch.setattr(volunteer_module, "local_train", diverging)
+    monkeypatch.setattr(volunteer_module, "train_steps", diverging)
     v.receive(task_frame("q8"))
     with pytest.raises(TrainingDiverged, match="diverged in round 1") as info:
         v.train()

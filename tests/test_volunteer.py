@@ -140,3 +140,14 @@ def test_data_with_wrong_feature_count_is_refused():
     v = joined()
     with pytest.raises(ValueError, match="features"):
         v.set_data(Dataset(np.zeros((2, 5), np.uint8), np.zeros(2, np.uint8)))
+
+
+@pytest.mark.parametrize(
+    "run,shown",
+    [([2, 5], [2, 5]), (None, None), ([1, 2, 3], None), (["1", 5], None), ([True, 5], None), ([-1, 5], None), ([1, 10**9], None)],
+)
+def test_the_runs_progress_is_shown_only_when_it_is_two_counts(run, shown):
+    v = joined()
+    extra = {} if run is None else {"run": run}
+    v.receive(server("status", state="idle", round=2, model_version=2, connected=1, history=[], **extra))
+    assert v.snapshot()["run"] == shown

@@ -68,7 +68,7 @@ def test_version_mismatch_is_explained(context, serve):
     expect(page.get_by_test_id("error")).to_contain_text("learning core is version 0.1.0 but the server runs 0.0.1")
 
 
-def test_a_bad_csv_is_explained_and_never_joins(context, serve, tmp_path):
+def test_a_bad_csv_is_explained_as_soon_as_it_is_picked(context, serve, tmp_path):
     server = serve()
     bad = tmp_path / "digits.csv"
     bad.write_text("label,a,b\n3,0.5,0.5\n")
@@ -76,9 +76,30 @@ def test_a_bad_csv_is_explained_and_never_joins(context, serve, tmp_path):
     page.goto(server.url)
     page.get_by_test_id("data-csv").check()
     page.get_by_test_id("csv-file").set_input_files(str(bad))
+    # Before any runtime is loaded: no worker exists yet.
+    expect(page.get_by_test_id("csv-problem")).to_have_text(
+        "Your file “digits.csv” cannot be used: each row needs a label and 784 features, got 3 columns."
+    )
+    expect(page.get_by_test_id("join")).to_be_disabled()
+    assert page.workers == []
+    good = tmp_path / "fixed.csv"
+    good.write_text("3," + ",".join(["0"] * 784) + "\n")
+    page.get_by_test_id("csv-file").set_input_files(str(good))
+    expect(page.get_by_test_id("csv-problem")).to_be_hidden()
+    expect(page.get_by_test_id("join")).to_be_enabled()
+    assert server.status()["connected"] == 0
+
+
+def test_a_csv_that_only_the_full_check_refuses_is_explained_and_never_joins(context, serve, tmp_path):
+    server = serve()
+    bad = tmp_path / "digits.csv"
+    bad.write_text("12," + ",".join(["0"] * 784) + "\n")  # the right shape, a label out of range
+    page = context.new_page()
+    page.goto(server.url)
+    page.get_by_test_id("data-csv").check()
+    page.get_by_test_id("csv-file").set_input_files(str(bad))
+    expect(page.get_by_test_id("csv-problem")).to_be_hidden()
     page.get_by_test_id("join").click()
     wait_state(page, "error")
-    expect(page.get_by_test_id("error")).to_have_text(
-        "Your file “digits.csv” cannot be used: each row needs a label and 784 features, got 3 columns"
-    )
+    expect(page.get_by_test_id("error")).to_have_text("Your file “digits.csv” cannot be used: row 1: label must be an integer in 0..9")
     assert server.status()["connected"] == 0

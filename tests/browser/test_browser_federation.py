@@ -62,11 +62,15 @@ def test_a_tab_closed_mid_round_does_not_stall_it(context, serve):
     for tab in (leaver, stayer):
         wait_state(tab, "idle")
     server.wait_for(lambda s: s["volunteers"]["ready"] == 2, timeout=30, what="2 ready volunteers")
+    # With the WebAssembly kernel an epoch takes a fraction of a second: the leaver trains
+    # long and lightly enough to be seen training before it leaves.
+    leaver.get_by_test_id("cpu-level").select_option("light")
 
     deadline_s = 45
     code, body = server.api(
         "POST", "/api/rounds",
-        {"rounds": 1, "clients_per_round": 2, "min_updates": 1, "local_epochs": 3, "deadline_s": deadline_s, "select_timeout_s": 10},
+        {"rounds": 1, "clients_per_round": 2, "min_updates": 1, "local_epochs": 20, "batch_size": 10, "deadline_s": deadline_s,
+         "select_timeout_s": 10},
     )
     assert code == 202, body
     started = time.monotonic()

@@ -12,7 +12,8 @@ from browser_helpers import LOAD_TIMEOUT_MS, LossyProxy, join, read_record, wait
 
 pytestmark = pytest.mark.browser
 
-RUN = {"rounds": 1, "local_epochs": 2, "min_updates": 1, "deadline_s": 120, "select_timeout_s": 30}
+# Long enough (about a second with the WebAssembly kernel) to cut the socket mid-training.
+RUN = {"rounds": 1, "local_epochs": 20, "batch_size": 10, "min_updates": 1, "deadline_s": 120, "select_timeout_s": 30}
 
 
 def wait_pending(page, present: bool, timeout: float = 60.0) -> dict | None:

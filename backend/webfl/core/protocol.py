@@ -99,12 +99,15 @@ SCHEMAS: dict[str, dict[str, tuple]] = {
     # pace steering: nothing to do now, come back in retry_after_s seconds
     "wait": {"retry_after_s": _NUM, "reason": (str,)},
     "reject": {"reason": (str,), "round": (int, None)},
-    "status": {"state": (str,), "round": (int,), "model_version": (int,), "connected": (int,), "history": (list,)},
+    "status": {"state": (str,), "round": (int,), "model_version": (int,), "connected": (int,), "history": (list,),
+               "run": (list, None)},
 }
 OPTIONAL = {
     "hello": {"agent", "model_version", "model_digest", "resume"},
     "model": {"base_version", "digest"},
     "reject": {"round"},
+    # [rounds committed, rounds planned] of the current or last run, for "round 3 of 5".
+    "status": {"run"},
     "wait": {"reason"},
     "welcome": {"shard", "resume"},
 }

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import asdict, dataclass
+from typing import TypeVar
 
 import numpy as np
 
+from .kernels import Kernels
 from .models import MLP
 
-__all__ = ["BOUNDS", "TrainConfig", "TrainResult", "describe_bounds", "in_bounds", "local_train"]
+__all__ = ["BOUNDS", "Step", "TrainConfig", "TrainResult", "describe_bounds", "in_bounds", "local_train", "run_steps", "train_steps"]
 
 #: ``progress(epoch, batch, batches_per_epoch, loss)``, called after every batch.
 Progress = Callable[[int, int, int, float], None]
+#: What :func:`train_steps` yields after every batch: ``(epoch, batch, batches_per_epoch, loss)``.
+Step = tuple[int, int, int, float]
+R = TypeVar("R")
 
 
 #: The accepted range of each training setting: ``(low, high, low end included)``. The
@@ -71,14 +76,47 @@ def local_train(
     y: np.ndarray,
     config: TrainConfig,
     progress: Progress | None = None,
+    kernels: Kernels | None = None,
 ) -> TrainResult:
     """``config.epochs`` passes of shuffled minibatch SGD from ``params`` (not modified)."""
+    return run_steps(train_steps(model, params, x, y, config, kernels), progress)
+
+
+def run_steps(steps: Generator[Step, None, R], progress: Progress | None = None) -> R:
+    """Drive a step generator to its end, reporting each step; its return value."""
+    while True:
+        try:
+            step = next(steps)
+        except StopIteration as done:
+            return done.value
+        if progress is not None:
+            progress(*step)
+
+
+def train_steps(
+    model: MLP,
+    params: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    config: TrainConfig,
+    kernels: Kernels | None = None,
+) -> Generator[Step, None, TrainResult]:
+    """:func:`local_train` one batch at a time: yields after each, returns the result.
+
+    The browser's worker runs one step per turn of its event loop, so a pause or a rest
+    between batches (the CPU-use setting) takes effect within a batch. Each step updates
+    the weights in place from within the gradient's products (:meth:`MLP.sgd_step`);
+    ``kernels`` defaults to the active backend.
+    """
     if x.shape[0] == 0:
         raise ValueError("no local examples to train on")
     rng = np.random.default_rng(config.seed)
     w = params.astype(np.float32, copy=True)
-    lr = np.float32(config.lr)
+    ws = model.workspace(w, kernels)
+    x = np.ascontiguousarray(x, dtype=np.float32)
     mu = np.float32(config.prox_mu)
+    # FedProx's term lr * mu * (w - w_global) is taken at the step's starting w.
+    prox = np.float32(config.lr) * mu
     w_global = params.astype(np.float32, copy=True) if mu else None
     n = x.shape[0]
     batches = -(-n // config.batch_size)
@@ -88,12 +126,11 @@ def local_train(
         epoch_loss = 0.0
         for b in range(batches):
             idx = order[b * config.batch_size : (b + 1) * config.batch_size]
-            loss, grad = model.loss_and_grad(w, x[idx], y[idx])
-            if w_global is not None:
-                grad = grad + mu * (w - w_global)
-            w -= lr * grad
+            pull = None if w_global is None else prox * (w - w_global)
+            loss = model.sgd_step(ws, ws.batch(x, idx), y[idx], config.lr)
+            if pull is not None:
+                w -= pull
             epoch_loss += loss * len(idx)
-            if progress is not None:
-                progress(epoch, b, batches, loss)
-    _, accuracy = model.evaluate(w, x, y)
+            yield epoch, b, batches, loss
+    _, accuracy = model.evaluate(w, x, y, kernels=ws.kernels)
     return TrainResult(w, n, epoch_loss / n, accuracy)

@@ -25,7 +25,7 @@ in the browser (IndexedDB). A new spec or model size starts from a zero residual
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from enum import Enum
 
@@ -37,7 +37,7 @@ from .data import Dataset, features
 from .downlink import apply_model, digest
 from .protocol import Message, ProtocolError, decode, encode
 from .tasks import Task
-from .training import Progress, TrainConfig, local_train
+from .training import Progress, Step, TrainConfig, run_steps, train_steps
 
 __all__ = ["Job", "SessionState", "TrainingDiverged", "Volunteer"]
 
@@ -98,6 +98,7 @@ class Volunteer:
         self.model_version = -1
         self.job: Job | None = None
         self.history: list = []
+        self.run_progress: list[int] | None = None  # [rounds committed, rounds planned] of the run
         self.last_verdict: dict | None = None
         self.last_metrics: dict | None = None
         self.bytes_up = 0
@@ -138,6 +139,7 @@ class Volunteer:
             "bytes_up": self.bytes_up,
             "bytes_down": self.bytes_down,
             "history": self.history,
+            "run": self.run_progress,
             "last_verdict": self.last_verdict,
             "last_metrics": self.last_metrics,
         }
@@ -266,6 +268,10 @@ class Volunteer:
 
     def _on_status(self, msg: Message) -> list[bytes]:
         self.history = msg["history"]
+        run = msg.fields.get("run")
+        # Only shown, never acted on; anything but two counts is ignored.
+        ok = isinstance(run, list) and len(run) == 2 and all(type(n) is int and 0 <= n <= 1_000_000 for n in run)
+        self.run_progress = run if ok else None
         return []
 
     # -- work ------------------------------------------------------------------
@@ -279,12 +285,16 @@ class Volunteer:
 
     def train(self, progress: Progress | None = None) -> bytes:
         """Train on the local data for the current job; returns the ``update`` frame."""
+        return run_steps(self.training(), progress)
+
+    def training(self) -> Generator[Step, None, bytes]:
+        """:meth:`train` one batch at a time (see ``training.train_steps``); returns the frame."""
         job = self.job
         if self.state is not SessionState.TRAINING or job is None or self.task is None:
             raise RuntimeError(f"no training job (state {self.state.value})")
         assert self._data is not None and self._x is not None and self.params is not None
         model = self.task.build_model()
-        result = local_train(model, self.params, self._x, self._data.y, job.config, progress)
+        result = yield from train_steps(model, self.params, self._x, self._data.y, job.config)
         delta = result.params - self.params
         if not np.isfinite(delta).all():
             self.last_metrics = {"round": job.round, "loss": result.loss, "accuracy": result.accuracy, "diverged": True}

@@ -210,12 +210,13 @@ class RoundEngine:
             self._mode = None
             self.phase.to(RoundState.IDLE)
             self.store.end_run(run.id, status_)
+            await self.coordinator.publish(self.status_frame())  # volunteers see the run's end
             log.info("run %d %s after %d round(s)", run.id, status_, run.rounds_done)
 
     # -- reporting ----------------------------------------------------------------------
 
     def status_frame(self) -> bytes:
-        return status_frame(self.phase, self.peers, self.commits, self._mode)
+        return status_frame(self.phase, self.peers, self.commits, self._mode, self.run)
 
     def status(self) -> dict:
         return status(self.task, self.phase, self.peers, self.commits, self.selection, self.rejections, self.stats, self.run, self.running, self._mode)

@@ -16,8 +16,17 @@ export class WorkerClient {
     this.paused = false;
   }
 
-  start(data) {
-    this.worker.postMessage({ type: "start", data });
+  start(data, cpu) {
+    this.worker.postMessage({ type: "start", data, cpu });
+  }
+
+  setCpu(level) {
+    this.worker.postMessage({ type: "cpu", level });
+  }
+
+  // Training stands still while any hold is on ("hidden", "battery").
+  hold(reason, on) {
+    this.worker.postMessage({ type: "hold", reason, on });
   }
 
   togglePause() {
@@ -26,8 +35,8 @@ export class WorkerClient {
     return this.paused;
   }
 
-  // Ask the worker to close its socket politely; if it is busy training it cannot
-  // answer, so it is terminated anyway (the server then drops it from the round).
+  // Ask the worker to close its socket politely (it answers within a batch), then
+  // terminate it to free its memory; if it does not answer, it is terminated anyway.
   leave() {
     this.worker.postMessage({ type: "leave" });
     setTimeout(() => this.terminate(), LEAVE_GRACE_MS);

@@ -1,5 +1,6 @@
 // The volunteer page and the embed widget: consent, then a worker does everything.
 
+import { firstLook } from "./csvcheck.js";
 import { WorkerClient } from "./client.js";
 import { View } from "./view.js";
 
@@ -19,17 +20,111 @@ function join() {
     view.q("csv-file").setAttribute("aria-invalid", "true");
     return;
   }
+  store(CONSENT_KEY, { at: new Date().toISOString(), data: data.kind });
   view.started();
+  view.expectLoad(Number(readStored(LOAD_KEY).seconds));
+  const joinedAt = performance.now();
   const problem = unsupported();
   if (problem) {
     view.handle({ type: "error", message: problem });
     return;
   }
   client = new WorkerClient((event) => {
+    if (event.type === "stage" && event.label === "Connecting") store(LOAD_KEY, { seconds: (performance.now() - joinedAt) / 1000 });
     view.handle(event);
     if (event.type === "left") client.terminate();
   });
-  client.start(data);
+  client.start(data, settings.cpu);
+  applyHolds();
+}
+
+// -- consent, remembered for a returning volunteer until withdrawn ------------------------
+
+const CONSENT_KEY = "webfl.consent";
+const LOAD_KEY = "webfl.load"; // how long the last start-up took, for "what to expect"
+
+function showConsent() {
+  const consent = readStored(CONSENT_KEY);
+  const box = view.root.querySelector('[data-part="remembered"]');
+  const at = Date.parse(consent.at);
+  box.hidden = !Number.isFinite(at);
+  if (box.hidden) return;
+  view.q("consent-remembered").textContent = `You agreed to take part on ${new Date(at).toLocaleDateString(undefined, { dateStyle: "medium" })} in this browser.`;
+  const again = view.root.querySelector(`input[name="data"][value="${consent.data}"]`);
+  if (again) again.checked = true;
+}
+
+// Withdrawing forgets everything this page keeps in the browser: the consent, the
+// settings and the records of updates (IndexedDB), and stops any training.
+function withdraw() {
+  store(CONSENT_KEY, null);
+  store(SETTINGS_KEY, null);
+  store(LOAD_KEY, null);
+  try {
+    indexedDB.deleteDatabase("webfl");
+  } catch {
+    // no IndexedDB here: nothing was kept in it
+  }
+  if (client) {
+    client.leave();
+    view.left();
+  }
+  const box = view.root.querySelector('[data-part="remembered"]');
+  view.q("consent-remembered").textContent = "Consent withdrawn; this browser keeps nothing of it.";
+  view.q("withdraw").hidden = true;
+  box.hidden = false;
+}
+
+// -- how hard the device works (kept for the next visit) -------------------------------
+
+const SETTINGS_KEY = "webfl.settings";
+const settings = { cpu: "full", onlyVisible: false, onlyCharging: false, ...readStored(SETTINGS_KEY) };
+let battery = null;
+
+function readStored(key) {
+  try {
+    return JSON.parse(localStorage.getItem(key) ?? "{}") ?? {};
+  } catch {
+    return {}; // storage blocked (a third-party frame) or garbled: defaults
+  }
+}
+
+function store(key, value) {
+  try {
+    if (value === null) localStorage.removeItem(key);
+    else localStorage.setItem(key, JSON.stringify(value));
+  } catch {
+    // Storage blocked: the setting lasts for this visit only.
+  }
+}
+
+function applyHolds() {
+  client?.hold("hidden", settings.onlyVisible && document.visibilityState === "hidden");
+  client?.hold("battery", Boolean(settings.onlyCharging && battery && !battery.charging));
+}
+
+function wireSettings() {
+  const level = view.q("cpu-level");
+  const visible = view.q("only-visible");
+  const charging = view.q("only-charging");
+  level.value = settings.cpu;
+  visible.checked = settings.onlyVisible;
+  charging.checked = settings.onlyCharging;
+  const changed = () => {
+    Object.assign(settings, { cpu: level.value, onlyVisible: visible.checked, onlyCharging: charging.checked });
+    store(SETTINGS_KEY, settings);
+    client?.setCpu(settings.cpu);
+    applyHolds();
+  };
+  for (const input of [level, visible, charging]) input.addEventListener("change", changed);
+  document.addEventListener("visibilitychange", applyHolds);
+  // The Battery Status API exists in Chromium only; elsewhere the option is not offered.
+  navigator.getBattery?.().then((b) => {
+    battery = b;
+    view.root.querySelector('[data-part="battery"]').hidden = false;
+    b.addEventListener("chargingchange", applyHolds);
+    applyHolds();
+  }, () => {});
 }
 
 // A returning volunteer gets Pyodide, NumPy and the core from the service worker's cache.
@@ -38,7 +133,41 @@ navigator.serviceWorker
   ?.register(`/sw.js?v=${encodeURIComponent(document.body.dataset.runtime)}`)
   .catch((error) => console.warn("webfl: no runtime cache (service worker not registered)", error));
 
-if (document.body.dataset.mode !== "embed") view.wireDataChoice();
+// In the widget, tell the embedding page how tall the content is, so its iframe fits it
+// (embed.js checks that the message comes from this frame and origin).
+function reportHeight() {
+  let target = "*"; // a height is no secret; the referrer names the host when it is sent
+  try {
+    if (document.referrer) target = new URL(document.referrer).origin;
+  } catch {
+    // keep "*"
+  }
+  const send = () => window.parent.postMessage({ type: "webfl:height", height: Math.ceil(document.body.getBoundingClientRect().height) }, target);
+  new ResizeObserver(send).observe(document.body);
+  send();
+}
+
+if (document.body.dataset.mode === "embed") {
+  if (window.parent !== window) reportHeight();
+} else {
+  view.wireDataChoice();
+  view.q("csv-file").addEventListener("change", checkCsv);
+}
+
+// Name an obviously unusable file as soon as it is picked; Join waits for a good one.
+async function checkCsv() {
+  const input = view.q("csv-file");
+  const file = input.files[0];
+  const problem = file ? await firstLook(file, Number(document.body.dataset.numFeatures)) : null;
+  const box = view.q("csv-problem");
+  box.hidden = !problem;
+  box.textContent = problem ? `Your file “${file.name}” cannot be used: ${problem}.` : "";
+  input.setAttribute("aria-invalid", String(Boolean(problem)));
+  view.q("join").disabled = Boolean(problem);
+}
+wireSettings();
+showConsent();
+view.q("withdraw").addEventListener("click", withdraw);
 view.q("join").addEventListener("click", join);
 view.q("pause").addEventListener("click", () => client?.togglePause());
 view.q("leave").addEventListener("click", () => {

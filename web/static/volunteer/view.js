@@ -61,6 +61,12 @@ export class View {
     this.status.hidden = false;
     this.q("pause").disabled = true;
     this.setPage("loading");
+    // On a phone the status replaced the consent far above: bring it into view, and
+    // give keyboard and screen-reader users the same place to continue from.
+    const badge = this.q("state");
+    badge.tabIndex = -1;
+    badge.focus({ preventScroll: true });
+    this.status.scrollIntoView({ block: "start" });
     if (document.body.dataset.mode !== "embed") this.initChart();
   }
 
@@ -68,8 +74,9 @@ export class View {
     try {
       this.chart = await lineChart(this.q("chart"), {
         xLabel: "Round",
-        series: [{ label: "Test accuracy", stroke: "#2563eb", scale: "acc", axis: "Accuracy", format: format.percent }],
-        scales: { acc: { range: [0, 1] } },
+        series: [{ label: "Global accuracy", stroke: "#2563eb", scale: "acc", axis: "Accuracy", format: format.percent }],
+        // Fit the axis to the rounds drawn (accuracies bunch near the top after a few rounds).
+        scales: { acc: { range: (u, min, max) => fitRange(min, max) } },
       });
       if (this.session) this.drawHistory(this.session.history);
     } catch (error) {
@@ -108,6 +115,19 @@ export class View {
     this.q("load-progress").value = fraction;
   }
 
+  on_bytes({ downloaded }) {
+    this.q("load-progress").dataset.bytes = String(downloaded);
+    this.q("load-note").textContent = `${format.bytes(downloaded)} downloaded. ${this.loadNote}`;
+  }
+
+  // What to expect, from this browser's own last start-up when there was one.
+  expectLoad(lastSeconds) {
+    this.loadNote = Number.isFinite(lastSeconds)
+      ? `Last time this took ${format.seconds(lastSeconds)}.`
+      : "First visit: about 9 MB to download, about 10 s on a good connection; later visits are faster (the files stay cached).";
+    this.q("load-note").textContent = this.loadNote;
+  }
+
   on_conn({ state, retry_in_s }) {
     this.conn = state;
     const text = {
@@ -129,9 +149,12 @@ export class View {
   on_snapshot({ snapshot }) {
     this.session = snapshot;
     const q = this.q;
-    q("round").textContent = snapshot.round
-      ? `round ${snapshot.round}`
-      : snapshot.model_version >= 0 ? `between rounds (model v${snapshot.model_version})` : "—";
+    q("round").textContent = describeRound(snapshot);
+    const finished = runFinished(snapshot);
+    q("finished").hidden = !finished;
+    document.body.dataset.run = finished ? "finished" : snapshot.run ? "running" : "none";
+    const latest = snapshot.history?.at(-1);
+    q("global-accuracy").textContent = latest ? `${format.percent(latest[1])} after round ${latest[0]}` : "—";
     q("rounds-done").textContent = String(snapshot.rounds_accepted.length);
     q("bytes-up").textContent = format.bytes(snapshot.bytes_up);
     q("bytes-down").textContent = format.bytes(snapshot.bytes_down);
@@ -151,11 +174,33 @@ export class View {
     this.renderState();
   }
 
-  on_progress({ epoch, epochs, batch, batches, loss }) {
+  on_progress({ epoch, epochs, batch, batches, loss, done: total }) {
     this.training.hidden = false;
+    this.q("train-progress").dataset.done = String(total);
+    delete this.q("train-progress").dataset.heldAfter;
     const done = (epoch * batches + batch + 1) / (epochs * batches);
     this.q("train-progress").value = done;
     this.q("train-label").textContent = `Epoch ${epoch + 1} of ${epochs} · batch ${batch + 1} of ${batches} · loss ${format.fixed(loss)}`;
+  }
+
+  on_compute({ backend }) {
+    this.q("compute").textContent = backend === "wasm-simd128" ? "WebAssembly SIMD kernel" : "NumPy";
+  }
+
+  on_trained({ busy_ms, wall_ms }) {
+    const share = wall_ms > 0 ? busy_ms / wall_ms : 1;
+    const cell = this.q("cpu-use");
+    cell.dataset.share = String(share);
+    cell.textContent = `${Math.round(share * 100)}% of one core during the last round`;
+  }
+
+  on_held({ reasons, done, batches_after_request }) {
+    this.training.hidden = false;
+    const bar = this.q("train-progress");
+    bar.dataset.done = String(done);
+    bar.dataset.heldAfter = String(batches_after_request);
+    const why = { paused: "paused", hidden: "this tab is hidden", battery: "not charging" };
+    this.q("train-label").textContent = `Training stands still (${reasons.map((r) => why[r] ?? r).join(", ")}) after ${done} batches`;
   }
 
   on_error({ message }) {
@@ -191,6 +236,24 @@ export class View {
     if (!this.chart || !history) return;
     this.chart.update([history.map((h) => h[0]), history.map((h) => h[1])]);
   }
+}
+
+const runFinished = (snapshot) => Boolean(snapshot.run && snapshot.run[0] >= snapshot.run[1]);
+
+function describeRound(snapshot) {
+  const run = snapshot.run;
+  if (run && runFinished(snapshot)) return `the run has finished (${run[1]} of ${run[1]} rounds)`;
+  if (run && snapshot.round) return `round ${run[0] + 1} of ${run[1]}`;
+  if (run) return `${run[0]} of ${run[1]} rounds done; waiting for the next`;
+  if (snapshot.round) return `round ${snapshot.round}`;
+  return snapshot.model_version >= 0 ? "no run yet: waiting for the operator to start one" : "—";
+}
+
+// An accuracy axis that fits the drawn values with a little room, within [0, 1].
+function fitRange(min, max) {
+  if (!Number.isFinite(min) || !Number.isFinite(max)) return [0, 1];
+  const pad = Math.max(0.02, (max - min) * 0.15);
+  return [Math.max(0, min - pad), Math.min(1, max + pad)];
 }
 
 function describeData(data) {

@@ -3,7 +3,12 @@
 // often silent: loadPackage() does not throw on a 404 or a hash mismatch, it only
 // calls errorCallback, and the failure would surface later as ModuleNotFoundError.
 
+import { installKernel, prepareKernel } from "./kernel.js";
+
 export class AssetError extends Error {}
+
+// Built at set-up (backend/webfl/build/wasm.py); without it training uses NumPy alone.
+const KERNEL_URL = "/static/kernels/gemm.wasm";
 
 const RUNTIME_FILES = ["pyodide.asm.js", "pyodide.asm.wasm", "python_stdlib.zip", "pyodide-lock.json"];
 
@@ -90,18 +95,21 @@ async function loadChecked(pyodide, target, module, what) {
   }
 }
 
-// Fetch `url` and check its sha256 before anything from it runs. Pyodide verifies only
+// Start fetching a wheel now, in parallel with Pyodide; verify() reads it later.
+function prefetch(url) {
+  return fetch(url).then(
+    async (response) => ({ response, bytes: response.ok ? new Uint8Array(await response.arrayBuffer()) : null }),
+    () => ({ response: null, bytes: null }),
+  );
+}
+
+// Check a prefetched wheel's sha256 before anything from it runs. Pyodide verifies only
 // packages it loads by name from its lock file, not wheels loaded by URL. The bytes stay
 // in the HTTP cache, so the loadPackage() that follows does not download them again.
-async function verify(pyodide, url, sha256, what) {
-  let response;
-  try {
-    response = await fetch(url);
-  } catch {
-    throw new AssetError(`${what} could not be loaded (no response from ${shortUrl(url)}).`);
-  }
+async function verify(pyodide, url, fetched, sha256, what) {
+  const { response, bytes } = await fetched;
+  if (!response) throw new AssetError(`${what} could not be loaded (no response from ${shortUrl(url)}).`);
   if (!response.ok) throw new AssetError(`${what} could not be loaded (HTTP ${response.status} at ${shortUrl(url)}).`);
-  const bytes = new Uint8Array(await response.arrayBuffer());
   // Hashed in Python: crypto.subtle exists only on https and localhost pages.
   const digest = pyodide.runPython("import hashlib\nlambda data: hashlib.sha256(data.to_bytes()).hexdigest()");
   const actual = digest(bytes);
@@ -118,17 +126,27 @@ async function verify(pyodide, url, sha256, what) {
 export async function loadRuntime(config, stage) {
   checkWebAssembly();
   const indexURL = absolute(config.pyodide.index_url);
+  // Everything downloads at once: the wheels and the kernel (compiled as it streams in,
+  // catching Pyodide's memory on the way) while Pyodide loads itself.
+  const kernel = prepareKernel(absolute(KERNEL_URL));
+  const numpy = config.numpy.url ? absolute(config.numpy.url) : config.numpy.name;
+  const numpyFetch = config.numpy.url ? prefetch(numpy) : null;
+  const core = absolute(config.core.url);
+  const coreFetch = prefetch(core);
   stage(`Downloading the Python runtime (Pyodide ${config.pyodide.version})`, 0.1);
-  const pyodide = await loadPyodideRuntime(indexURL, config.pyodide.version);
+  let pyodide;
+  try {
+    pyodide = await loadPyodideRuntime(indexURL, config.pyodide.version);
+  } finally {
+    kernel.stop();
+  }
 
   stage("Loading NumPy", 0.55);
-  const numpy = config.numpy.url ? absolute(config.numpy.url) : config.numpy.name;
-  if (config.numpy.url) await verify(pyodide, numpy, config.numpy.sha256, "The NumPy wheel");
+  if (numpyFetch) await verify(pyodide, numpy, numpyFetch, config.numpy.sha256, "The NumPy wheel");
   await loadChecked(pyodide, numpy, "numpy", "The NumPy wheel");
 
   stage("Loading the webfl learning core", 0.8);
-  const core = absolute(config.core.url);
-  await verify(pyodide, core, config.core.sha256, "The webfl learning core wheel");
+  await verify(pyodide, core, coreFetch, config.core.sha256, "The webfl learning core wheel");
   await loadChecked(pyodide, core, "webfl.core.browser", "The webfl learning core wheel");
 
   stage("Checking versions", 0.9);
@@ -141,8 +159,12 @@ export async function loadRuntime(config, stage) {
         "Reload the page; if it persists, the server's wheel needs rebuilding (make setup).",
     );
   }
+  const compute = await installKernel(pyodide, kernel).catch((error) => {
+    console.info(`webfl: the fast kernel could not be installed (${error.message}); training with NumPy`);
+    return "numpy";
+  });
   // Reachable from devtools and bench/browser.py (Playwright's worker.evaluate); only
   // this origin's code can reach a dedicated worker, so this exposes nothing new.
   self.pyodide = pyodide;
-  return { pyodide, browser };
+  return { pyodide, browser, compute };
 }

@@ -54,7 +54,9 @@ def status(
     }
 
 
-def status_frame(phase: Phase, peers: Peers, commits: CommitPipeline, mode: RunMode | None) -> bytes:
+def status_frame(phase: Phase, peers: Peers, commits: CommitPipeline, mode: RunMode | None, run: Run | None) -> bytes:
+    """What every volunteer sees: the engine's state, the model, and the run's progress
+    (``run``: rounds committed and rounds planned, so a page can say "round 3 of 5")."""
     open_ = mode.open_round() if mode else None
     fields = {
         "state": phase.state.value,
@@ -62,5 +64,6 @@ def status_frame(phase: Phase, peers: Peers, commits: CommitPipeline, mode: RunM
         "model_version": commits.model_version,
         "connected": len(peers),
         "history": [[r.round, r.accuracy] for r in commits.history[-200:]],
+        "run": [run.rounds_done, run.config.rounds] if run else None,
     }
     return encode(Message("status", fields))
