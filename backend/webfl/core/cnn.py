@@ -19,13 +19,13 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .evaluation import evaluation_sums
-from .models import _softmax
+from .models import GradientSteps, _softmax
 
 __all__ = ["CNN"]
 
 
 @dataclass(frozen=True)
-class CNN:
+class CNN(GradientSteps):
     """``CNN((8, 8, 1), conv=(16, 32), kernel=3, dense=(64,), num_classes=10)``."""
 
     input_shape: tuple[int, int, int]  # (height, width, channels)

@@ -14,7 +14,7 @@ import numpy as np
 
 from .kernels import Kernels, active
 
-__all__ = ["MLP", "MODELS", "Workspace", "build_model"]
+__all__ = ["MLP", "MODELS", "GradientSteps", "PlainWorkspace", "Workspace", "build_model"]
 
 
 @dataclass(frozen=True)
@@ -177,6 +177,40 @@ class Workspace:
         slot = self.buffers(len(idx))[0][0]
         np.take(x, idx, axis=0, out=slot)
         return slot
+
+
+    def evaluate(self, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+        """Mean loss and accuracy of the workspace's parameters, with its kernels."""
+        return self.model.evaluate(self.params, x, y, kernels=self.kernels)
+
+
+class PlainWorkspace:
+    """The parameters a ``GradientSteps`` model updates in place, and its batches."""
+
+    def __init__(self, model: GradientSteps, params: np.ndarray) -> None:
+        if params.dtype != np.float32 or not params.flags.c_contiguous:
+            raise ValueError("SGD works in place on a C-contiguous float32 vector")
+        self.model, self.params = model, params
+
+    def batch(self, x: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        return x[idx]
+
+    def evaluate(self, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+        return self.model.evaluate(self.params, x, y)
+
+
+class GradientSteps:
+    """Local SGD for models without a fused kernel path (the CNN, standardised models):
+    the gradient from ``loss_and_grad``, then the update, on the same in-place interface
+    as ``MLP.workspace``/``MLP.sgd_step`` so ``training`` drives every model alike."""
+
+    def workspace(self, params: np.ndarray, kernels: Kernels | None = None) -> PlainWorkspace:
+        return PlainWorkspace(self, params)
+
+    def sgd_step(self, ws: PlainWorkspace, x: np.ndarray, y: np.ndarray, lr: float) -> float:
+        loss, grad = self.loss_and_grad(ws.params, x, y)
+        ws.params -= np.float32(lr) * grad
+        return loss
 
 
 def _buffers(sizes: tuple[int, ...], rows: int, dtype=np.float32) -> list[np.ndarray]:

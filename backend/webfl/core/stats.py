@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .models import MLP
+from .models import MLP, GradientSteps
 
 __all__ = ["FeatureStats", "Standardised", "feature_stats", "fold", "scaling_from_stats"]
 
@@ -80,7 +80,7 @@ def scaling_from_stats(stats: FeatureStats) -> tuple[np.ndarray, np.ndarray]:
     return mean, np.where(constant, 1.0, std)
 
 
-class Standardised:
+class Standardised(GradientSteps):
     """``inner`` applied to ``(x - mean) / std``: same parameters, same interface, raw inputs."""
 
     def __init__(self, inner, mean: np.ndarray, std: np.ndarray) -> None:

@@ -132,5 +132,5 @@ def train_steps(
                 w -= pull
             epoch_loss += loss * len(idx)
             yield epoch, b, batches, loss
-    _, accuracy = model.evaluate(w, x, y, kernels=ws.kernels)
+    _, accuracy = ws.evaluate(x, y)
     return TrainResult(w, n, epoch_loss / n, accuracy)
