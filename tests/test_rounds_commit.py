@@ -119,6 +119,37 @@ def test_resume_restores_every_component_from_the_last_commit(tmp_path):
     asyncio.run(main())
 
 
+def test_resume_restores_an_adaptive_rule_s_norm_history(tmp_path):
+    """Issue 9: a resumed run's adaptive bound continues from the norms it had learnt, not
+    from its prior (which would reopen the window a hostile update can slip through)."""
+
+    async def main():
+        engine, coord = make_engine(tmp_path)
+        vols = [Volunteer(engine, coord, f"v{i}") for i in range(3)]
+        for v in vols:
+            v.ready()
+        config = {"rounds": 5, "clients_per_round": 3, "aggregator": "clipped:x=3", "deadline_s": 30}
+        engine.start(RunConfig.from_json(config))
+        for round_ in (1, 2):
+            await until(lambda: all(len(v.of("task")) == round_ for v in vols), what=f"round {round_} tasks")
+            for i, v in enumerate(vols):
+                assert (await v.update(small(10 * round_ + i))).accepted
+                v.ready()
+            await until(lambda: engine.model_version == round_, what=f"commit {round_}")
+        learnt = engine.run.rule.state()
+        assert len(learnt["norms"]) == 6
+        restarted = RoundEngine(TASK, Store(tmp_path / "webfl.sqlite3"), coord, held_out(), 0)
+        assert restarted.resume() == engine.run.id
+        resumed = restarted.run.rule.state()
+        assert resumed.keys() == learnt.keys()
+        np.testing.assert_array_equal(resumed["norms"], learnt["norms"])
+        assert len(RunConfig.from_json(config).rule().state()["norms"]) == 0  # a fresh rule knows none
+        await restarted.stop()
+        await engine.stop()
+
+    asyncio.run(main())
+
+
 def test_a_store_from_0_1_0_keeps_its_optimizer_state(tmp_path):
     path = tmp_path / "webfl.sqlite3"
     with sqlite3.connect(path) as db:
