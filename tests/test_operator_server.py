@@ -102,6 +102,10 @@ def test_metrics_exports_and_json_logs_after_a_round_with_a_rejected_update(tmp_
     loggers = {e["logger"] for e in events}
     assert "webfl.engine" in loggers and "uvicorn.error" in loggers and "webfl.metrics" in loggers
     assert any("run 1 completed" in e["message"] for e in events if e["logger"] == "webfl.engine")
+    # Every state transition is one event with structured fields, the round's and each volunteer's.
+    rounds = [(e["from"], e["to"]) for e in events if e.get("event") == "round_state"]
+    assert ("idle", "selecting") in rounds and ("aggregating", "broadcasting") in rounds and rounds[-1][1] == "idle"
+    assert any(e.get("event") == "volunteer_state" and e["to"] == "training" and e["volunteer"] for e in events)
     assert not [e for e in events if e["level"] in ("ERROR", "CRITICAL")]  # the metrics listener stopped cleanly too
     other = [line for line in server.log().splitlines() if line and not line.startswith("{")]
     assert all(line.startswith("webfl:") for line in other), other  # only the CLI's own prints

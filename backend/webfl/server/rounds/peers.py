@@ -72,7 +72,8 @@ class Peers:
 
     def to(self, peer: Peer, new: PeerState) -> None:
         if new is not peer.state:
-            log.info("volunteer %s: %s -> %s", peer.id, peer.state.value, new.value)
+            log.info("volunteer %s: %s -> %s", peer.id, peer.state.value, new.value,
+                     extra={"event": "volunteer_state", "volunteer": peer.id, "from": peer.state.value, "to": new.value})
             peer.state = new
             self._phase.changed()
 

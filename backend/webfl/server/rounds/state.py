@@ -39,7 +39,8 @@ class Phase:
 
     def to(self, new: RoundState) -> None:
         if new is not self.state:
-            log.info("round engine: %s -> %s", self.state.value, new.value)
+            log.info("round engine: %s -> %s", self.state.value, new.value,
+                     extra={"event": "round_state", "from": self.state.value, "to": new.value})
             self.state = new
             self._changed.set()
 
