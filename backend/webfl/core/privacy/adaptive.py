@@ -51,8 +51,17 @@ class Mechanism:
         return (self.sum_multiplier,) if self.count_multiplier is None else (self.sum_multiplier, self.count_multiplier)
 
     @property
-    def noiseless(self) -> bool:
-        return self.sum_multiplier == 0
+    def effective_multiplier(self) -> float:
+        """The one Gaussian the round's releases amount to: ``(sum of z_i^-2)^-1/2``.
+
+        Both releases see the same cohort, so together they are one Gaussian mechanism on
+        the vector (sum / z_sum C, count / 2 count_noise), whose sensitivity is the square
+        root of the summed squares; under Poisson sampling that joint release is what is
+        subsampled, so the accountant charges this multiplier, not two events.
+        """
+        if 0.0 in self.multipliers:
+            return 0.0
+        return sum(z**-2 for z in self.multipliers) ** -0.5
 
 
 @dataclass(frozen=True)
