@@ -109,7 +109,7 @@ class DPSum:
         return self.adaptive.clip if self.adaptive is not None else self._fixed_clip  # type: ignore[return-value]
 
     def _to(self, new: ReleaseState) -> None:
-        log.debug("dp release: %s -> %s", self.state.value, new.value)
+        log.info("dp release: %s -> %s", self.state.value, new.value)
         self.state = new
 
     def _reset_round(self) -> None:

@@ -99,9 +99,11 @@ class Accountant:
                 q = None if e["q"] is None else float(e["q"])
                 multipliers = tuple(float(z) for z in e["noise"])
                 n = e["rounds"]
-                if not multipliers or isinstance(n, bool) or not isinstance(n, int) or n < 1:
-                    raise ValueError(f"bad event {e!r}")
-                rounds[(q, multipliers)] += n
+                if not multipliers or not all(math.isfinite(z) and z >= 0 for z in multipliers):
+                    raise ValueError(f"bad noise multipliers in {e!r}")
+                if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                    raise ValueError(f"bad round count in {e!r}")
+                rounds[cls.key(Mechanism(*multipliers), q)] += n
         except (KeyError, TypeError) as exc:
             raise ValueError(f"malformed accountant state: {exc!r}") from None
         return cls(kind, rounds)
