@@ -138,10 +138,18 @@ def accuracy_table(fed: Federation, args) -> None:
     rows: list[tuple[str, float | None, float, bool]] = [("FedAvg, not private", None, args.clip, False)]
     rows += [(f"DP, z={z:g}", z, args.clip, False) for z in zs]
     rows += [(f"DP, z={z:g}, adaptive C from 0.1", z, 0.1, True) for z in (float(z) for z in args.adaptive.split(",") if z)]
+    baseline: list[float] = []
+    smallest: list[str] = []
     for label, z, clip, adaptive in rows:
         started = time.monotonic()
         results = [run(fed, selections[m], m, z, clip, adaptive) for m in cohorts]
         accs = [a for a, _ in results]
+        if z is None:
+            baseline = accs
+        elif not adaptive:
+            ok = [m for m, a, b in zip(cohorts, accs, baseline) if b - a <= 0.02]
+            smallest.append(f"z={z:g} (ε {fmt_eps(epsilon(z, args.rounds, None))}): "
+                            + (f"m >= {ok[0]}" if ok else f"more than {cohorts[-1]}"))
         if adaptive:
             label += " (last C: " + ", ".join(f"{c:.2f}" for _, c in results) + ")"
         eps_none = "–" if z is None else fmt_eps(epsilon(z, args.rounds, None))
@@ -149,8 +157,9 @@ def accuracy_table(fed: Federation, args) -> None:
         print(f"| {label} | {eps_none} | " + " | ".join(eps_poisson) + " | " + " | ".join(f"{a:.4f}" for a in accs) + " |",
               flush=True)
         print(f"<!-- {label}: {time.monotonic() - started:.1f} s -->", file=sys.stderr)
-    print(f"\nThe noise on the mean update is z·C/m per coordinate: at a fixed z (so a fixed ε without sampling)"
-          f" the cohort m is what buys accuracy back.")
+    print("\nCohort needed to stay within 2 points of non-private FedAvg (sampling none): " + "; ".join(smallest) + ".")
+    print("The noise on the mean update is z·C/m per coordinate: at a fixed z (so a fixed ε without sampling)"
+          " the cohort m is what buys accuracy back.")
 
 
 def clopper_pearson_upper(k: int, n: int, alpha: float) -> float:
