@@ -76,6 +76,8 @@ SCHEMAS: dict[str, dict[str, tuple]] = {
         "codec": (str,),
         "codec_params": (dict,),
         "token": (str,),
+        # DP runs: whether the volunteer had to clip its delta (adaptive clipping's bit)
+        "clipped": (bool,),
     },
     # server -> volunteer
     "welcome": {"version": (str,), "volunteer": (str,), "task": (dict,), "shard": (dict, None), "resume": (str,)},
@@ -94,6 +96,8 @@ SCHEMAS: dict[str, dict[str, tuple]] = {
         "codec": (str,),
         # HMAC over (volunteer, round, model_version): the update echoes it (replay protection).
         "token": (str,),
+        # DP runs: the L2 norm the volunteer clips its delta to, before the codec
+        "clip": _NUM,
     },
     "accept": {"round": (int,)},
     # pace steering: nothing to do now, come back in retry_after_s seconds
@@ -108,6 +112,8 @@ OPTIONAL = {
     "reject": {"round"},
     # [rounds committed, rounds planned] of the current or last run, for "round 3 of 5".
     "status": {"run"},
+    "task": {"clip"},
+    "update": {"clipped"},
     "wait": {"reason"},
     "welcome": {"shard", "resume"},
 }
@@ -225,7 +231,7 @@ def _check_fields(kind: str, fields: dict) -> None:
         if value is None and None in types:
             continue
         # bool is an int subclass in Python but never a valid number here.
-        if isinstance(value, bool) or not isinstance(value, tuple(t for t in types if t is not None)):
+        if (isinstance(value, bool) and bool not in types) or not isinstance(value, tuple(t for t in types if t is not None)):
             raise ProtocolError(f"{kind}: field {name!r} has the wrong type")
         if isinstance(value, float) and not math.isfinite(value):
             raise ProtocolError(f"{kind}: field {name!r} must be finite")

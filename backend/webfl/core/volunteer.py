@@ -20,6 +20,10 @@ Biased codecs (top-k) encode through an ``ErrorFeedback`` kept per (codec spec, 
 size): what top-k drops is added to the next delta. It survives reconnects (the
 object lives on) and, via ``residual_state()``/``load_residual_state()``, page reloads
 in the browser (IndexedDB). A new spec or model size starts from a zero residual.
+
+A differentially private run's task carries ``clip``: the delta's L2 norm is clipped to
+it before the codec (``core.privacy.l2_clip``) and the update reports ``clipped``, the
+bit adaptive clipping counts.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from .. import __version__
 from .codecs import CODECS, ErrorFeedback, get_codec
 from .data import Dataset, features
 from .downlink import apply_model, digest
+from .privacy import l2_clip
 from .protocol import Message, ProtocolError, decode, encode
 from .tasks import Task
 from .training import Progress, Step, TrainConfig, run_steps, train_steps
@@ -77,6 +82,8 @@ class Job:
     deadline_s: float
     #: The task's session token, echoed in the update.
     token: str = ""
+    #: DP runs: clip the delta's L2 norm to this before the codec.
+    clip: float | None = None
 
 
 class Volunteer:
@@ -236,7 +243,13 @@ class Volunteer:
         if msg["model_version"] != self.model_version:
             log.warning("task for model %s but holding %s; skipping", msg["model_version"], self.model_version)
             return []
-        self.job = Job(msg["round"], msg["model_version"], TrainConfig.from_dict(msg["config"]), msg["codec"], float(msg["deadline_s"]), msg["token"])
+        clip = msg.fields.get("clip")
+        if clip is not None and not clip > 0:
+            raise ProtocolError(f"task: clip must be positive, got {clip!r}")
+        self.job = Job(
+            msg["round"], msg["model_version"], TrainConfig.from_dict(msg["config"]), msg["codec"], float(msg["deadline_s"]),
+            msg["token"], None if clip is None else float(clip),
+        )
         self._to(SessionState.TRAINING)
         return []
 
@@ -301,6 +314,11 @@ class Volunteer:
             self.job = None
             self._to(SessionState.IDLE)
             raise TrainingDiverged(job.round, self._ready())
+        clip_field = {}
+        if job.clip is not None:
+            # Before the codec and error feedback: the bound is on what this volunteer's data did.
+            delta, norm = l2_clip(delta, job.clip)
+            clip_field = {"clipped": norm > job.clip}
         delta = self.craft_delta(delta, job)
         # Its own stream: the same seed also drives the training shuffle.
         rng = np.random.default_rng([job.config.seed, 1])
@@ -318,6 +336,7 @@ class Volunteer:
             "codec": job.codec,
             "codec_params": enc.params,
             "token": job.token,
+            **clip_field,
         }
         self._to(SessionState.SUBMITTED)
         return self._send(Message("update", fields, enc.arrays))
