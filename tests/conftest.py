@@ -9,6 +9,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 from servers import ServerProcess, start_server  # noqa: E402
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Browser tests last: Playwright's sync API keeps an event loop running in the main
+    thread for the rest of the session, where ``asyncio.run`` (the in-process engine tests,
+    the simulator) then refuses to start."""
+    items.sort(key=lambda item: "tests/browser/" in item.nodeid or item.nodeid.startswith("browser/"))
+
+
 @pytest.fixture
 def server(tmp_path: Path):
     proc: ServerProcess = start_server(tmp_path / "data")
