@@ -1,8 +1,9 @@
 """Codec encode/decode throughput inside Pyodide (headless Debian Chromium), in MB/s of float32.
 
-Starts a ``webfl serve``, opens its volunteer page and, in the page itself, loads
-Pyodide with NumPy and the core wheel from the server (as the worker does), then times
-every codec on a 2NN-sized delta. Prints a markdown table. Needs /usr/bin/chromium and Playwright.
+Starts a ``webfl serve``, loads Pyodide with NumPy and the core wheel from it in a page
+of its origin (the tests' ``run_in_pyodide``: the pages' CSP keeps WebAssembly in the
+worker, so that page's context bypasses it), then times every codec on a 2NN-sized
+delta. Prints a markdown table. Needs /usr/bin/chromium and Playwright.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "browser"))
+from browser_helpers import run_in_pyodide  # noqa: E402
 from servers import start_server  # noqa: E402
 
 CODE = """
@@ -30,17 +33,6 @@ for spec in SPECS:
 repr(rows)
 """
 
-JS = """async ([code]) => {
-  const config = await (await fetch("/api/config")).json();
-  const base = new URL(config.pyodide.index_url, location.href).href;
-  const { loadPyodide } = await import(base + "pyodide.mjs");
-  const py = await loadPyodide({ indexURL: base });
-  await py.loadPackage(config.numpy.url ? new URL(config.numpy.url, location.href).href : config.numpy.name);
-  await py.loadPackage(new URL(config.core.url, location.href).href);
-  return py.runPython(code);
-}"""
-
-
 def main() -> int:
     from playwright.sync_api import sync_playwright
 
@@ -50,9 +42,7 @@ def main() -> int:
         try:
             with sync_playwright() as pw:
                 browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox", "--disable-gpu"])
-                page = browser.new_page()
-                page.goto(server.url + "/")
-                rows = eval(page.evaluate(JS, [CODE.replace("SPECS", repr(specs))]))
+                rows = eval(run_in_pyodide(browser, server.url, CODE.replace("SPECS", repr(specs))))
                 browser.close()
         finally:
             server.stop()
