@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import __version__
 from .data import Dataset, parse_csv
+from .training import run_steps
 from .volunteer import SessionState, TrainingDiverged, Volunteer
 
 __all__ = ["BrowserSession", "version"]
@@ -159,14 +160,7 @@ class BrowserSession:
 
     def train(self, progress: Callable[[int, int, int, int, float], None] | None = None) -> bytes:
         """Train for the current job; ``progress(epoch, epochs, batch, batches, loss)``."""
-        steps = self._training()
-        while True:
-            try:
-                step = next(steps)
-            except StopIteration as done:
-                return done.value
-            if progress is not None:
-                progress(*step)
+        return run_steps(self._training(), progress)
 
     def start_training(self) -> None:
         """Begin the current job, to be run by :meth:`train_batch` one batch per call."""

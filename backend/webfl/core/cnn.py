@@ -19,7 +19,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .evaluation import evaluation_sums
-from .models import GradientSteps, _softmax
+from .models import GradientSteps, _softmax, he_uniform, layout_views
 
 __all__ = ["CNN"]
 
@@ -87,24 +87,11 @@ class CNN(GradientSteps):
 
     def views(self, flat: np.ndarray) -> dict[str, np.ndarray]:
         """Named, shaped views into ``flat`` (writes go through to it)."""
-        if flat.shape != (self.size,):
-            raise ValueError(f"expected {self.size} parameters, got shape {flat.shape}")
-        out, offset = {}, 0
-        for name, shape in self.layout:
-            n = int(np.prod(shape))
-            out[name] = flat[offset : offset + n].reshape(shape)
-            offset += n
-        return out
+        return layout_views(self.layout, flat)
 
     def init(self, seed: int) -> np.ndarray:
         """He-uniform weights (fan-in = rows of each matrix) and zero biases, deterministic for ``seed``."""
-        rng = np.random.default_rng(seed)
-        flat = np.zeros(self.size, dtype=np.float32)
-        for name, view in self.views(flat).items():
-            if name.endswith("_w"):
-                bound = np.sqrt(6.0 / view.shape[0])
-                view[...] = rng.uniform(-bound, bound, size=view.shape)
-        return flat
+        return he_uniform(self.layout, seed, lambda name: name.endswith("_w"))
 
     def _im2col(self, a: np.ndarray) -> np.ndarray:
         """``(n, h, w, c)`` to ``(n * h * w, k * k * c)`` patches, zero-padded to keep ``h, w``."""

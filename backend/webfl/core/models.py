@@ -14,7 +14,7 @@ import numpy as np
 
 from .kernels import Kernels, active
 
-__all__ = ["MLP", "MODELS", "GradientSteps", "PlainWorkspace", "Workspace", "build_model"]
+__all__ = ["MLP", "MODELS", "GradientSteps", "PlainWorkspace", "Workspace", "build_model", "he_uniform", "layout_views"]
 
 
 @dataclass(frozen=True)
@@ -49,24 +49,11 @@ class MLP:
 
     def views(self, flat: np.ndarray) -> dict[str, np.ndarray]:
         """Named, shaped views into ``flat`` (writes go through to it)."""
-        if flat.shape != (self.size,):
-            raise ValueError(f"expected {self.size} parameters, got shape {flat.shape}")
-        out, offset = {}, 0
-        for name, shape in self.layout:
-            n = int(np.prod(shape))
-            out[name] = flat[offset : offset + n].reshape(shape)
-            offset += n
-        return out
+        return layout_views(self.layout, flat)
 
     def init(self, seed: int) -> np.ndarray:
         """He-uniform weights and zero biases, deterministic for ``seed``."""
-        rng = np.random.default_rng(seed)
-        flat = np.zeros(self.size, dtype=np.float32)
-        for name, view in self.views(flat).items():
-            if name.startswith("w"):
-                bound = np.sqrt(6.0 / view.shape[0])
-                view[...] = rng.uniform(-bound, bound, size=view.shape)
-        return flat
+        return he_uniform(self.layout, seed, lambda name: name.startswith("w"))
 
     def workspace(self, params: np.ndarray, kernels: Kernels | None = None) -> Workspace:
         """Buffers for in-place SGD on ``params`` (see :meth:`sgd_step`)."""
@@ -148,6 +135,34 @@ class MLP:
             correct += int((z.argmax(axis=1) == yb).sum())
         n = max(x.shape[0], 1)
         return loss_sum / n, correct / n
+
+
+Layout = tuple[tuple[str, tuple[int, ...]], ...]
+
+
+def layout_views(layout: Layout, flat: np.ndarray) -> dict[str, np.ndarray]:
+    """Named, shaped views into the flat vector ``flat`` laid out as ``layout``."""
+    size = sum(int(np.prod(shape)) for _, shape in layout)
+    if flat.shape != (size,):
+        raise ValueError(f"expected {size} parameters, got shape {flat.shape}")
+    out, offset = {}, 0
+    for name, shape in layout:
+        n = int(np.prod(shape))
+        out[name] = flat[offset : offset + n].reshape(shape)
+        offset += n
+    return out
+
+
+def he_uniform(layout: Layout, seed: int, is_weight) -> np.ndarray:
+    """A flat vector for ``layout``: He-uniform weights (fan-in = rows of each matrix) where
+    ``is_weight(name)``, zeros elsewhere (biases); deterministic for ``seed``."""
+    rng = np.random.default_rng(seed)
+    flat = np.zeros(sum(int(np.prod(shape)) for _, shape in layout), dtype=np.float32)
+    for name, view in layout_views(layout, flat).items():
+        if is_weight(name):
+            bound = np.sqrt(6.0 / view.shape[0])
+            view[...] = rng.uniform(-bound, bound, size=view.shape)
+    return flat
 
 
 class Workspace:
