@@ -5,12 +5,12 @@ import math
 import numpy as np
 import pytest
 from scipy import stats
+from test_volunteer import DATA, TASK
 
 from webfl import __version__
-from webfl.core.data import Dataset, features
+from webfl.core.data import features
 from webfl.core.privacy import AdaptiveClip, ClipVerdict, DPSum, Mechanism, ReleaseState, SecureGaussian, l2_clip, split_noise
 from webfl.core.protocol import Message, ProtocolError, decode, encode
-from webfl.core.tasks import Task
 from webfl.core.training import TrainConfig, local_train
 from webfl.core.volunteer import Volunteer
 
@@ -286,8 +286,6 @@ def test_missing_report_counts_an_update_at_the_bound_as_clipped():
 
 # -- the volunteer clips before the codec ----------------------------------------
 
-TASK = Task("tiny", "Tiny", "a test task", num_features=4, num_classes=3, model="softmax")
-DATA = Dataset(np.random.default_rng(0).integers(0, 255, (20, 4), dtype=np.uint8), np.arange(20, dtype=np.uint8) % 3)
 CONFIG = {"epochs": 2, "batch_size": 5, "lr": 0.5, "seed": 3}
 
 
