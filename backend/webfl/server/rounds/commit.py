@@ -2,7 +2,8 @@
 
 A commit: aggregate -> server optimizer -> sanity checks -> evaluate on the held-out
 split -> one store transaction (round record, checkpoint, every component's state) ->
-only then advance the downlink chain, adopt the model and broadcast. An aggregate that
+only then advance the downlink chain, adopt the model and broadcast a ``model_notice``
+(the model itself travels with each task, see ``tasks``). An aggregate that
 is non-finite or explodes, or a model that evaluates to NaN, is refused before anything
 is applied; a transaction that fails leaves the live model, the chain and the
 components exactly as the store has them.
@@ -22,8 +23,9 @@ import numpy as np
 
 from ...core.aggregation import Aggregator
 from ...core.data import Dataset, features
-from ...core.downlink import ModelChain
+from ...core.downlink import ModelChain, model_url
 from ...core.models import MLP
+from ...core.protocol import Message, encode
 from ...core.server_opt import ServerOptimizer
 from ...core.tasks import Task
 from ..coordinator import Coordinator
@@ -130,18 +132,23 @@ class CommitPipeline:
             raise
         # Committed: the live model follows at once, with no await in between.
         self.chain.advance(step)
-        frame = self.chain.full_frame() if step.frame is None else step.frame
         self.params, self.model_version = params, round_
         run.rounds_done += 1
         self.history.append(record)
-        sent = await self._coordinator.publish(frame)
-        record = self.history[-1] = replace(record, bytes_down=bytes_down + sent * len(frame))
+        notice = self.notice_frame()
+        sent = await self._coordinator.publish(notice)
+        record = self.history[-1] = replace(record, bytes_down=bytes_down + sent * len(notice))
         await asyncio.to_thread(self.store.set_bytes_down, round_, record.bytes_down)
         await self._coordinator.publish(self.status_frame())
         log.info("round %d committed: %d update(s), accuracy %.4f, loss %.4f", round_, participants, accuracy, loss)
         if stopped:
             raise asyncio.CancelledError
         return record
+
+    def notice_frame(self) -> bytes:
+        """What every volunteer hears of a commit: the version, its digest and where to fetch it."""
+        fields = {"model_version": self.chain.version, "digest": self.chain.digest, "url": model_url(self.chain.digest)}
+        return encode(Message("model_notice", fields))
 
     def _evaluate(self, params: np.ndarray) -> tuple[float, float]:
         with np.errstate(all="ignore"):  # overflow shows up as a non-finite loss, refused above
