@@ -62,7 +62,7 @@ def test_tokens_stop_replays_and_every_rejection_is_counted(server):
     assert a.update(ta, da).type == "accept"
     assert b.update(tb, db).type == "accept"
     for c in (a, b):
-        c.recv("model")
+        c.recv("model_notice")
         c.send("ready", num_examples=100)
     # Round 2: a's round-1 update, relabelled for round 2, still carries the round-1 token.
     ta2 = a.recv("task")
@@ -436,7 +436,7 @@ def test_a_client_that_never_reads_is_dropped_and_its_slot_freed(stalling):
     for _ in range(12):  # each commit broadcasts the 0.8 MB model to both
         task = honest.recv("task")
         assert honest.update(task, np.zeros(MODEL_SIZE)).type == "accept"
-        honest.recv("model")
+        honest.recv("model_notice")
         honest.send("ready", num_examples=100)
     done = time.monotonic()
     stalling.wait_for(lambda st: st["connected"] == 1, timeout=15, what="the stalled volunteer to be dropped")

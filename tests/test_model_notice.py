@@ -152,22 +152,25 @@ def test_models_url_serves_the_committed_model_bytes_immutable_and_404_otherwise
             assert client.get(model_url(initial), headers={"If-None-Match": f'"{initial}"'}).status_code == 304
             body = {"rounds": 2, "clients_per_round": 1, "downlink": "delta:q8", "deadline_s": 30, "max_wait_s": 0}
             assert client.post("/api/rounds", json=body, headers=auth).status_code == 202
-            notices = [(0, initial)]
-            while len(notices) < 3:
+            notices, trained = [], []
+            while len(notices) < 2:
                 frame = ws.receive_bytes()
                 outs = v.receive(frame)
                 if (msg := decode(frame)).type == "model_notice":
-                    # Still current: the next commit needs this volunteer's update.
-                    served = client.get(msg["url"])
-                    assert served.status_code == 200 and hashlib.sha256(served.content).hexdigest()[:32] == msg["digest"]
-                    notices.append((msg["model_version"], msg["digest"]))
+                    notices.append((msg["model_version"], msg["digest"], msg["url"]))
                 elif msg.type == "task":
-                    # The task came with the model it trains: the one the last notice announced.
-                    assert v.model_version == msg["model_version"] == notices[-1][0] and digest(v.params) == notices[-1][1]
+                    # The task came with the model it trains, and the URL serves exactly it
+                    # (still current: the next commit needs this volunteer's update).
+                    assert v.model_version == msg["model_version"]
+                    served = client.get(model_url(digest(v.params)))
+                    assert served.status_code == 200 and served.content == v.params.astype("<f4").tobytes()
+                    trained.append((v.model_version, digest(v.params)))
                     outs.append(v.train())
                 for out in outs:
                     ws.send_bytes(out)
-            assert [n for n, _ in notices] == [0, 1, 2] and v.model_version == 1 and v.snapshot()["latest_version"] == 2
+            # Each notice names the model the next task brought (its digest and URL).
+            assert [n[:2] for n in notices[:1]] == trained[1:] and [n[0] for n in notices] == [1, 2]
+            assert all(url == model_url(d) for _, d, url in notices) and v.model_version == 1 and v.snapshot()["latest_version"] == 2
         current = notices[-1][1]
         r = client.get(model_url(current))
         assert r.status_code == 200 and hashlib.sha256(r.content).hexdigest()[:32] == current

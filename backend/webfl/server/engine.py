@@ -56,7 +56,7 @@ class RoundEngine:
         self.peers = Peers(self.phase)
         self.rejections = Rejections()
         self.tokens = TaskTokens()
-        self.commits = CommitPipeline(task, self.model, store, coordinator, self.phase, test, seed, self.status_frame)
+        self.commits = CommitPipeline(task, self.model, store, coordinator, self.phase, test, seed, self.status_frame, lambda: [p.id for p in self.peers])
         self.selection = Selection(self.peers, self.phase, coordinator, seed, lambda: [r.duration_s for r in self.commits.history])
         self.tasks = TaskBook(self.peers, coordinator, self.tokens, self.commits.chain)
         self.services = Services(self.phase, self.peers, self.selection, self.tasks, self.commits, self.rejections, seed)
@@ -191,16 +191,18 @@ class RoundEngine:
         self._runner = asyncio.create_task(self._drive(run), name=f"run-{run.id}")
 
     async def stop(self) -> bool:
-        """Stop the current run; the open round (if any) is abandoned."""
-        if not self.running:
-            return False
-        assert self._runner is not None
-        self._runner.cancel()
-        try:
-            await self._runner
-        except asyncio.CancelledError:
-            pass
-        return True
+        """Stop the current run (the open round, if any, is abandoned) and finish
+        announcing what was committed; False if no run was in progress."""
+        running = self.running
+        if running:
+            assert self._runner is not None
+            self._runner.cancel()
+            try:
+                await self._runner
+            except asyncio.CancelledError:
+                pass
+        await self.commits.announced()
+        return running
 
     async def _drive(self, run: Run) -> None:
         status_ = "failed"
