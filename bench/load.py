@@ -213,11 +213,11 @@ def run_rounds(server: ServerProcess, gens: Generators, config: dict, timeout_s:
         if time.monotonic() > deadline:
             raise TimeoutError(f"run {run_id} did not end in {timeout_s:g} s")
         time.sleep(0.5)
-    # The last commit's notice is queued, not yet delivered, when the run ends: wait until
-    # every volunteer connected has received one model_notice per commit (or gives up).
-    expected = before["count"].get("model_notice frames", 0) + config["rounds"] * status["connected"]
+    # The last commit's notice is on its way (paced, see rounds/announce.py) when the run
+    # ends: wait until every volunteer connected has received it (or give up).
+    last = f"notice of model {status['model_version']}"
     deadline = time.monotonic() + 120
-    while (after := gens.stats())["count"].get("model_notice frames", 0) < expected - after["dropped"] and time.monotonic() < deadline:
+    while (after := gens.stats())["count"].get(last, 0) < status["connected"] - after["dropped"] and time.monotonic() < deadline:
         time.sleep(0.25)
     mine = [h for h in status["history"] if h["run_id"] == run_id]
     if len(mine) != config["rounds"]:

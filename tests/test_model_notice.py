@@ -6,17 +6,18 @@ import asyncio
 import hashlib
 
 import numpy as np
-from rounds_harness import TASK, Volunteer, make_engine, small, until
+from rounds_harness import TASK, RecordingCoordinator, Volunteer, make_engine, small, until
 from starlette.testclient import TestClient
 
 from webfl.core.data import Dataset
 from webfl.core.downlink import ModelChain, digest, get_downlink, model_url
-from webfl.core.protocol import decode
+from webfl.core.protocol import Message, decode, encode
 from webfl.core.volunteer import SessionState
 from webfl.core.volunteer import Volunteer as CoreVolunteer
 from webfl.server.app import create_app
 from webfl.server.config import Settings
 from webfl.server.engine import RunConfig
+from webfl.server.rounds.announce import Announcement, Announcer
 
 SIZE = TASK.build_model().size
 TOKEN = "notice-test-token"
@@ -177,3 +178,36 @@ def test_models_url_serves_the_committed_model_bytes_immutable_and_404_otherwise
         assert client.get(model_url(initial)).status_code == 404  # superseded: only the committed one answers
         for bad in ("0" * 32, "../admin_token", "A" * 32, "x"):
             assert client.get(f"/models/{bad}.bin").status_code == 404
+
+
+def test_announcements_are_paced_in_batches_and_the_newest_reaches_everyone_once(tmp_path):
+    async def main():
+        coord = RecordingCoordinator()
+        ids = [f"v{i}" for i in range(250)]
+        for i in ids:
+            coord.inbox[i] = []
+        counted: dict[int, int] = {}
+
+        async def sent(index, nbytes):
+            counted[index] = counted.get(index, 0) + nbytes
+
+        def announcement(version):
+            notice = encode(Message("model_notice", {"model_version": version, "digest": "d", "url": model_url("d")}))
+            status = encode(Message("status", {"state": "idle", "round": version, "model_version": version, "connected": 250, "history": []}))
+            return Announcement(version, version - 1, notice, status)
+
+        announcer = Announcer(coord, lambda: ids, sent)
+        announcer.announce(announcement(1))
+        await until(lambda: coord.inbox["v0"], what="the first batch")
+        assert not coord.inbox["v249"]  # paced: the rest waits
+        announcer.announce(announcement(2))
+        announcer.announce(announcement(3))  # before the next batch: 2 is never sent
+        await announcer.idle()
+        got = {i: [m["model_version"] for m in coord.inbox[i] if m.type == "model_notice"] for i in ids}
+        # The first batch got 1, then 3 in a second pass; the others 3 once, each with its status.
+        assert all(got[i] == [1, 3] for i in ids[:100]) and all(got[i] == [3] for i in ids[100:])
+        assert all([m.type for m in coord.inbox[i]] == ["model_notice", "status"] * len(got[i]) for i in ids)
+        notice = len(announcement(1).notice)
+        assert counted == {0: 100 * notice, 2: 250 * notice}
+
+    asyncio.run(main())

@@ -31,7 +31,7 @@ def test_over_selection_picks_the_cohort_steers_the_rest_and_closes_at_clients_p
         await until(lambda: not engine.running, what="the run to end")  # closed at 2 of 3: no wait for the third
         late = await chosen[2].update(small(9))
         assert not late.accepted and late.kind == "round"
-        await engine.commits.announced()
+        await engine.commits.announcer.idle()
         (record,) = engine.history
         assert record.participants == 2 and engine.model_version == 1
         np.testing.assert_allclose(engine.params, before + (small(0) + small(1)) / 2, atol=1e-6)

@@ -90,7 +90,7 @@ def create_app(settings: Settings) -> Starlette:
             async with metrics.separate_listener(engine, settings.metrics_host, settings.metrics_port):
                 yield {"services": svc}
         finally:
-            await engine.stop()
+            await engine.close()
             store.close()
 
     routes = [

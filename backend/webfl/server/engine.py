@@ -191,18 +191,21 @@ class RoundEngine:
         self._runner = asyncio.create_task(self._drive(run), name=f"run-{run.id}")
 
     async def stop(self) -> bool:
-        """Stop the current run (the open round, if any, is abandoned) and finish
-        announcing what was committed; False if no run was in progress."""
-        running = self.running
-        if running:
-            assert self._runner is not None
-            self._runner.cancel()
-            try:
-                await self._runner
-            except asyncio.CancelledError:
-                pass
-        await self.commits.announced()
-        return running
+        """Stop the current run; the open round (if any) is abandoned."""
+        if not self.running:
+            return False
+        assert self._runner is not None
+        self._runner.cancel()
+        try:
+            await self._runner
+        except asyncio.CancelledError:
+            pass
+        return True
+
+    async def close(self) -> None:
+        """Stop the run and the announcements (before the store closes)."""
+        await self.stop()
+        await self.commits.announcer.close()
 
     async def _drive(self, run: Run) -> None:
         status_ = "failed"

@@ -3,9 +3,8 @@
 A commit: aggregate -> server optimizer -> sanity checks -> evaluate on the held-out
 split -> one store transaction (round record, checkpoint, every component's state) ->
 only then advance the downlink chain, adopt the model and announce it: a ``model_notice``
-and the status to every volunteer (the model itself travels with each task, see
-``tasks``), in batches from a background task, so that the next round's tasks and
-updates go between the batches instead of behind 10,000 sends. An aggregate that
+and the status to every volunteer, paced (``announce``; the model itself travels with
+each task, see ``tasks``). An aggregate that
 is non-finite or explodes, or a model that evaluates to NaN, is refused before anything
 is applied; a transaction that fails leaves the live model, the chain and the
 components exactly as the store has them.
@@ -33,6 +32,7 @@ from ...core.tasks import Task
 from ..coordinator import Coordinator
 from ..crashpoints import crashpoint
 from ..store import RoundRecord, Store
+from .announce import Announcement, Announcer
 from .config import RunConfig
 from .seeds import downlink_rng
 from .state import Phase, RoundState
@@ -44,9 +44,6 @@ log = logging.getLogger("webfl.engine")
 #: A parameter beyond this is a diverged (or poisoned) step, not learning: the models
 #: here keep weights of order one, and float32 activations overflow long before 1e19.
 MAX_PARAM_ABS = 1e6
-
-#: Volunteers an announcement reaches between two yields to the event loop.
-ANNOUNCE_BATCH = 256
 
 
 class Component(Protocol):
@@ -102,8 +99,8 @@ class CommitPipeline:
         """``status_frame``: the status frame announced after every commit; ``recipients``:
         the ids of the volunteers connected now."""
         self.task, self.model, self.store, self._coordinator, self._phase, self._seed = task, model, store, coordinator, phase, seed
-        self.status_frame, self._recipients = status_frame, recipients
-        self._announcing: asyncio.Task | None = None
+        self.status_frame = status_frame
+        self.announcer = Announcer(coordinator, recipients, self._count_notices)
         self._test_x, self._test_y = features(test.x), test.y
         checkpoint = store.latest_checkpoint(task.name, task.model)
         if checkpoint is None:
@@ -142,36 +139,16 @@ class CommitPipeline:
         self.params, self.model_version = params, round_
         run.rounds_done += 1
         self.history.append(record)
-        frames = (self.notice_frame(), self.status_frame())
-        self._announcing = asyncio.create_task(self._announce(self._announcing, len(self.history) - 1, frames), name=f"announce-{round_}")
+        self.announcer.announce(Announcement(round_, len(self.history) - 1, self.notice_frame(), self.status_frame()))
         log.info("round %d committed: %d update(s), accuracy %.4f, loss %.4f", round_, participants, accuracy, loss)
         if stopped:
             raise asyncio.CancelledError
         return record
 
-    async def _announce(self, previous: asyncio.Task | None, index: int, frames: tuple[bytes, bytes]) -> None:
-        """Send ``frames`` (notice, status) to every volunteer connected, in batches, after
-        the previous commit's; then count the notices in that round's ``bytes_down``."""
-        if previous is not None:
-            await asyncio.wait([previous])
-        notice, status = frames
-        try:
-            ids, sent = self._recipients(), 0
-            for start in range(0, len(ids), ANNOUNCE_BATCH):
-                batch = ids[start : start + ANNOUNCE_BATCH]
-                sent += await self._coordinator.publish(notice, to=batch)
-                await self._coordinator.publish(status, to=batch)
-                await asyncio.sleep(0)
-            record = self.history[index]
-            record = self.history[index] = replace(record, bytes_down=record.bytes_down + sent * len(notice))
-            await asyncio.to_thread(self.store.set_bytes_down, record.round, record.bytes_down)
-        except Exception:
-            log.exception("announcing round %d failed", self.history[index].round)
-
-    async def announced(self) -> None:
-        """Wait until every commit so far has been announced (before the store closes)."""
-        if self._announcing is not None:
-            await asyncio.wait([self._announcing])
+    async def _count_notices(self, index: int, nbytes: int) -> None:
+        record = self.history[index]
+        record = self.history[index] = replace(record, bytes_down=record.bytes_down + nbytes)
+        await asyncio.to_thread(self.store.set_bytes_down, record.round, record.bytes_down)
 
     def notice_frame(self) -> bytes:
         """What every volunteer hears of a commit: the version, its digest and where to fetch it."""
