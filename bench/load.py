@@ -10,7 +10,8 @@ precomputed q8 updates of the 2NN. In one run, in order:
    latency (``--samples`` sequential requests) and the server's RSS from ``/proc``;
    it stops at the first step whose p99 exceeds ``--p99-limit-s``;
 3. **idle + 10**: with the last step held, ``--rounds`` rounds of 10: bytes received
-   per commit and the round time against the baseline, and ``/api/status`` latency
+   per commit (every volunteer hears of a commit by a ``model_notice``; the model goes
+   with the tasks) and the round time against the baseline, and ``/api/status`` latency
    while those rounds run;
 4. **1,000 updates**: one round that selects ``--round-updates`` of the volunteers
    connected: time from the first task received to the commit.
@@ -212,11 +213,11 @@ def run_rounds(server: ServerProcess, gens: Generators, config: dict, timeout_s:
         if time.monotonic() > deadline:
             raise TimeoutError(f"run {run_id} did not end in {timeout_s:g} s")
         time.sleep(0.5)
-    # The last commit's model is queued, not yet delivered, when the run ends: wait until
-    # every volunteer connected has received one model frame per commit (or gives up).
-    expected = before["count"].get("model frames", 0) + config["rounds"] * status["connected"]
+    # The last commit's notice is on its way (paced, see rounds/announce.py) when the run
+    # ends: wait until every volunteer connected has received it (or give up).
+    last = f"notice of model {status['model_version']}"
     deadline = time.monotonic() + 120
-    while (after := gens.stats())["count"].get("model frames", 0) < expected - after["dropped"] and time.monotonic() < deadline:
+    while (after := gens.stats())["count"].get(last, 0) < status["connected"] - after["dropped"] and time.monotonic() < deadline:
         time.sleep(0.25)
     mine = [h for h in status["history"] if h["run_id"] == run_id]
     if len(mine) != config["rounds"]:
@@ -368,7 +369,7 @@ def report(r: dict, args: argparse.Namespace) -> str:
     if base:
         lines += [
             "",
-            f"| {args.rounds} rounds of 10 (q8 up, float32 model down) | connected | bytes received per commit | server's bytes_down per commit "
+            f"| {args.rounds} rounds of 10 (q8 up, float32 model down with the tasks) | connected | bytes received per commit | server's bytes_down per commit "
             "| round time | server CPU per round | `/api/status` p99 (max) during the rounds |",
             "|---|---:|---:|---:|---:|---:|---:|",
             f"| 10 alone | 10 | {base['bytes_in_per_commit'] / mb:.1f} MB | {base['server_bytes_down_per_commit'] / mb:.1f} MB | {base['round_s']:.2f} s "

@@ -94,6 +94,8 @@ class Swarm:
                         self.ever_joined += 1
                         self._changed.set()
                         await ws.send(self.ready)
+                    elif msg.type == "model_notice":
+                        self.count[f"notice of model {msg['model_version']}"] += 1
                     elif msg.type == "task":
                         if self.first_task_at is None:
                             self.first_task_at = time.time()

@@ -56,6 +56,8 @@ class Volunteer:
         self.engine, self.coordinator, self.id = engine, coordinator, peer_id
         coordinator.inbox[peer_id] = []
         engine.connect(peer_id, "test", "127.0.0.1", list(codecs))
+        # What sockets.py sends after welcome: a fresh volunteer gets the full model.
+        self.inbox.extend(decode(f) for f in engine.welcome_frames(peer_id, None, None))
 
     @property
     def inbox(self) -> list[Message]:

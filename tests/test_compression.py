@@ -1,4 +1,6 @@
-"""Compressed updates and model broadcasts over real sockets, through the real server."""
+"""Compressed updates and compressed models over real sockets, through the real server."""
+
+import urllib.request
 
 import numpy as np
 import pytest
@@ -34,7 +36,12 @@ def test_compressed_runs_learn_with_a_fraction_of_the_bytes(tmp_path):
     for r in range(3):
         assert up[1][r] / up[0][r] < 0.26, up
         assert up[2][r] / up[0][r] < 0.01, up
-        assert down[1][r] / down[0][r] < 0.5, down  # fp16 broadcasts
+    # The model goes with the tasks: round 1's volunteers hold model 0 since joining, so it
+    # sends only tasks and notices; later rounds send the last commit's model or delta.
+    assert all(d[0] < MODEL_SIZE for d in down), down
+    for r in (1, 2):
+        assert down[0][r] > 5 * MODEL_SIZE * 4, down
+        assert down[1][r] / down[0][r] < 0.51, down  # fp16 models
         assert down[2][r] / down[0][r] < 0.26, down  # q8 deltas
     assert plain[-1]["accuracy"] > 0.8, plain
     assert q8[-1]["accuracy"] > plain[-1]["accuracy"] - 0.02, (q8, plain)
@@ -90,7 +97,7 @@ def test_malformed_compressed_updates_get_a_reject_and_leave_the_model_alone(ser
         assert verdict.type == "reject" and reason in verdict["reason"], (reason, verdict.fields)
     np.testing.assert_array_equal(global_params(server), before)
     assert send_update(c, task, deflated).type == "accept"
-    c.recv("model")
+    c.recv("model_notice")
     expected = before + get_codec("q8").decode(deflated, MODEL_SIZE)
     np.testing.assert_allclose(global_params(server), expected, rtol=0, atol=1e-6)
 
@@ -107,9 +114,9 @@ def test_volunteers_that_lack_the_codec_are_not_selected(server):
     task = c.recv("task")
     enc = get_codec(task["codec"]).encode(np.full(MODEL_SIZE, 0.01, np.float32), np.random.default_rng(0))
     assert send_update(c, task, enc).type == "accept"
-    # Tasks go out before the round's model broadcast: none came to the old volunteer.
+    # The old volunteer hears of the commit, and never got a task.
     frames = []
-    while not frames or frames[-1] != "model":
+    while not frames or frames[-1] != "model_notice":
         frames.append(decode(old.ws.recv(timeout=30)).type)
     assert "task" not in frames
     assert "not selectable: codec topk:0.01+q8 needs topk, q8" in server.log()
@@ -122,17 +129,24 @@ def test_delta_downlink_reaches_every_volunteer_bit_exact_and_reconnects_catch_u
     rng = np.random.default_rng(0)
     snapshots = {}
     for r in (1, 2):
-        task = c.recv("task")
-        assert task["model_version"] == version
+        # The model a task trains comes just before it: from round 2 on, a q8 delta.
+        while (msg := decode(c.ws.recv(timeout=30))).type != "task":
+            if msg.type == "model":
+                assert msg["base_version"] == version and msg["codec"] == "q8"
+                snapshots[version] = held
+                held, version = apply_model(held, version, msg, MODEL_SIZE), msg["model_version"]  # checks the digest
+        assert msg["model_version"] == version == r - 1
         enc = get_codec("none").encode(rng.normal(0, 0.02, MODEL_SIZE).astype(np.float32), rng)
-        assert send_update(c, task, enc).type == "accept"
-        frame = c.recv("model")
-        assert frame["base_version"] == version and frame["codec"] == "q8"
-        snapshots[version] = held
-        held, version = apply_model(held, version, frame, MODEL_SIZE), frame["model_version"]  # checks the digest
+        assert send_update(c, msg, enc).type == "accept"
+        notice = c.recv("model_notice")
         c.send("ready", num_examples=100)
+    snapshots[1] = held
+    # Model 2 waits for a task; its notice says where to fetch it meanwhile.
+    assert notice["model_version"] == 2 and notice["url"] == f"/models/{notice['digest']}.bin"
+    with urllib.request.urlopen(server.url + notice["url"], timeout=30) as reply:
+        held = np.frombuffer(reply.read(), "<f4")
     exact = global_params(server)
-    assert version == 2 and 0 < np.abs(held - exact).max() < 0.01  # lossy, tracking, not drifting
+    assert digest(held) == notice["digest"] and 0 < np.abs(held - exact).max() < 0.01  # lossy, tracking, not drifting
 
     def reconnect(model_version, model_digest):
         d = Client(server)

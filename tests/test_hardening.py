@@ -3,6 +3,7 @@ counts, connection cap, rate limits, idle/slow-loris timeout, headers, login thr
 and no secret in any page."""
 
 import base64
+import contextlib
 import http.cookiejar
 import json
 import os
@@ -62,7 +63,7 @@ def test_tokens_stop_replays_and_every_rejection_is_counted(server):
     assert a.update(ta, da).type == "accept"
     assert b.update(tb, db).type == "accept"
     for c in (a, b):
-        c.recv("model")
+        c.recv("model_notice")
         c.send("ready", num_examples=100)
     # Round 2: a's round-1 update, relabelled for round 2, still carries the round-1 token.
     ta2 = a.recv("task")
@@ -422,21 +423,28 @@ def stalling(tmp_path_factory):
 
 
 def test_a_client_that_never_reads_is_dropped_and_its_slot_freed(stalling):
-    """Issue 16.6: a volunteer that never reads while models are broadcast. Once the
-    kernel's buffers (about 4 MB here) are full the server's writer is stuck in
-    send_bytes; the send timeout (2 s here, 30 s by default) aborts the transport."""
+    """Issue 16.6: a volunteer that never reads while it is sent models (with its tasks: it
+    says ready, so it is selected every round until it is gone). Once the kernel's buffers
+    (about 4 MB here) are full the server's writer is stuck in send_bytes; the send
+    timeout (2 s here, 30 s by default) aborts the transport."""
     s, status_line = _raw_handshake(stalling.url, rcvbuf=4096)
     assert b" 101 " in status_line
     s.sendall(_masked(encode(Message("hello", {"version": __version__, "codecs": ["none"], "agent": "never-reads"}))))
-    stalling.wait_for(lambda st: st["connected"] == 1, timeout=10, what="the stalled volunteer to connect")
+    s.sendall(_masked(encode(Message("ready", {"num_examples": 100}))))
+    stalling.wait_for(lambda st: st["volunteers"]["ready"] == 1, timeout=10, what="the stalled volunteer to be ready")
     honest = Client(stalling)
     honest.join()
-    body = {"rounds": 12, "clients_per_round": 1, "min_updates": 1, "deadline_s": 30}
+    stalling.wait_for(lambda st: st["volunteers"]["ready"] == 2, timeout=10, what="both to be ready")
+    # Each round selects both and closes at its deadline with the honest update, until the
+    # stalled one is dropped; then it starts with the honest one alone after 0.2 s.
+    body = {"rounds": 12, "clients_per_round": 2, "min_updates": 1, "deadline_s": 1, "select_timeout_s": 0.2, "max_wait_s": 0}
     assert stalling.api("POST", "/api/rounds", body)[0] == 202
-    for _ in range(12):  # each commit broadcasts the 0.8 MB model to both
+    for _ in range(12):  # each task to the stalled one carries the 0.8 MB model
         task = honest.recv("task")
         assert honest.update(task, np.zeros(MODEL_SIZE)).type == "accept"
-        honest.recv("model")
+        honest.recv("model_notice")
+        with contextlib.suppress(OSError):  # once it is dropped, its socket is gone
+            s.sendall(_masked(encode(Message("ready", {"num_examples": 100}))))
         honest.send("ready", num_examples=100)
     done = time.monotonic()
     stalling.wait_for(lambda st: st["connected"] == 1, timeout=15, what="the stalled volunteer to be dropped")

@@ -40,7 +40,7 @@ def test_an_exploding_aggregate_is_refused_before_it_touches_model_chain_store_o
         await until(lambda: a.task() is not None, what="a task")
         assert (await a.update(small(0))).accepted
         await until(lambda: engine.model_version == 1, what="commit 1")
-        committed, opt_state, frames = engine.params.copy(), engine.run.opt.state().copy(), len(a.of("model"))
+        committed, opt_state, notices = engine.params.copy(), engine.run.opt.state().copy(), len(a.of("model_notice"))
         stored = engine.store.component_states(engine.run.id)["probe"]
         assert stored[0] == 1 and stored[1]["seen"] == 0
         probe.seen, probe.norms = 5, np.array([1, 2, 3], np.float32)
@@ -53,8 +53,9 @@ def test_an_exploding_aggregate_is_refused_before_it_touches_model_chain_store_o
         np.testing.assert_array_equal(engine.run.opt.state(), opt_state)
         assert engine.run.opt.steps == 1 and probe.seen == 5
         assert engine.store.component_states(engine.run.id)["probe"][1]["seen"] == 0  # not written
-        assert len(a.of("model")) == frames and engine.model_frames_for(1, None)  # nothing broadcast
-        assert [m["model_version"] for m in a.of("model")] == [1]
+        assert len(a.of("model_notice")) == notices == 1 and engine.model_frames_for(1, None)  # nothing broadcast
+        # Model 0 on joining, model 1 with the task of round 2, nothing with its retry.
+        assert [m["model_version"] for m in a.of("model")] == [0, 1]
         assert engine.store.latest_checkpoint(TASK.name, TASK.model)[0] == 1 and len(engine.store.history()) == 1
         assert engine.status()["run"]["rounds_done"] == 1 and engine.running
         # A fresh volunteer gets exactly the committed model.
@@ -88,7 +89,7 @@ def test_a_failed_transaction_broadcasts_nothing_and_leaves_everything_as_stored
         assert (await a.update(small(0))).accepted
         await until(lambda: not engine.running, what="the run to fail")
         np.testing.assert_array_equal(engine.params, before)
-        assert engine.model_version == 0 and engine.history == [] and not a.of("model")
+        assert engine.model_version == 0 and engine.history == [] and not a.of("model_notice")
         assert engine.run.opt.steps == 0 and engine.run.opt.state() is None
         (full,) = engine.model_frames_for(0, None)  # the chain is still at version 0
         np.testing.assert_array_equal(decode(full).arrays[0], before)
@@ -186,7 +187,7 @@ def test_a_stop_during_the_transaction_waits_for_it_and_the_live_model_follows_t
         assert await engine.stop()
         assert engine.store.latest_checkpoint(TASK.name, TASK.model)[0] == engine.model_version == 1
         assert [r.round for r in engine.history] == [1] == [r.round for r in engine.store.history()]
-        assert [m["model_version"] for m in a.of("model")] == [1]
+        assert [m["model_version"] for m in a.of("model_notice")] == [1]
         np.testing.assert_array_equal(decode(engine.model_frame()).arrays[0], engine.store.latest_checkpoint(TASK.name, TASK.model)[1])
         with sqlite3.connect(tmp_path / "webfl.sqlite3") as db:
             assert db.execute("SELECT status FROM runs").fetchone() == ("stopped",)

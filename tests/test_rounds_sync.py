@@ -31,13 +31,17 @@ def test_over_selection_picks_the_cohort_steers_the_rest_and_closes_at_clients_p
         await until(lambda: not engine.running, what="the run to end")  # closed at 2 of 3: no wait for the third
         late = await chosen[2].update(small(9))
         assert not late.accepted and late.kind == "round"
+        await engine.commits.announcer.idle()
         (record,) = engine.history
         assert record.participants == 2 and engine.model_version == 1
         np.testing.assert_allclose(engine.params, before + (small(0) + small(1)) / 2, atol=1e-6)
-        # Every connected volunteer got the committed model, and bytes_down counts those frames.
-        model_frames = [m for v in vs for m in v.of("model")]
-        assert len(model_frames) == 5 and {m["model_version"] for m in model_frames} == {1}
-        assert record.bytes_down == engine.store.history()[0].bytes_down > 5 * engine.model.size * 4
+        # Every connected volunteer heard of the commit by a notice, and none got the model
+        # (it comes with a task); bytes_down counts the tasks and the notices.
+        assert all([m["model_version"] for m in v.of("model")] == [0] for v in vs)  # on joining
+        assert all([(m["model_version"], m["digest"]) for m in v.of("model_notice")] == [(1, engine.commits.chain.digest)] for v in vs)
+        notice = len(engine.commits.notice_frame())
+        assert record.bytes_down == engine.store.history()[0].bytes_down > 5 * notice
+        assert record.bytes_down < engine.model.size * 4
 
     run(main())
 

@@ -25,6 +25,13 @@ the server believes it holds):
   from an older chain, a restarted server) the full ``H`` as float32 (``none``), or the
   fp16 frame itself under ``fp16``. Every model frame carries the digest of the model
   it produces and the volunteer checks it, so a mismatch cannot go unnoticed.
+- Who gets what (protocol 1, "model with the task"): a commit sends every volunteer only
+  a ``model_notice`` (version, digest, ``model_url``); the frames that bring a volunteer
+  from the version it holds to the current one travel with its next task, just before
+  the ``task`` frame, and to a (re)connecting volunteer after ``welcome``. The server
+  remembers per connection which version it brought the volunteer to, so it sends the
+  delta chain when it can. ``model_url(digest)`` serves the held model as raw float32,
+  immutable: the bytes hash to their name.
 - Frames arrive in order on one WebSocket. A delta frame whose base is not the held
   version but whose target is not newer is stale (a full model raced it) and is
   ignored; a gap is a protocol error (the volunteer reconnects and catches up).
@@ -46,7 +53,7 @@ from .codecs import Codec, Encoded, get_codec
 from .protocol import Message, ProtocolError, encode
 from .specs import Params, SpecError, parse_spec
 
-__all__ = ["DOWNLINK_GRAMMAR", "ChainStep", "Downlink", "ModelChain", "apply_model", "digest", "get_downlink"]
+__all__ = ["DOWNLINK_GRAMMAR", "ChainStep", "Downlink", "ModelChain", "apply_model", "digest", "get_downlink", "model_url"]
 
 DOWNLINK_GRAMMAR = "none | fp16 | delta:SPEC (SPEC: an update codec such as q8 or topk:0.01+q8)"
 WHAT = "downlink"
@@ -87,6 +94,11 @@ def get_downlink(spec: object) -> Downlink:
 def digest(params: np.ndarray) -> str:
     """A short fingerprint of a float32 model, bit for bit."""
     return hashlib.sha256(np.ascontiguousarray(params, dtype="<f4").tobytes()).hexdigest()[:32]
+
+
+def model_url(model_digest: str) -> str:
+    """Where the server serves the held model of that digest (raw little-endian float32)."""
+    return f"/models/{model_digest}.bin"
 
 
 def apply_model(held: np.ndarray | None, held_version: int, msg: Message, size: int) -> np.ndarray | None:
@@ -130,6 +142,7 @@ class ModelChain:
     def _reset(self, held: np.ndarray, version: int, frame: bytes | None) -> None:
         self.held, self.version = held, version
         self._full = frame  # a frame that reproduces ``held`` exactly, without a base
+        self._raw: bytes | None = None
         self._digests: OrderedDict[int, str] = OrderedDict({version: digest(held)})
         self._deltas: dict[int, bytes] = {}  # version -> frame from version - 1
 
@@ -142,6 +155,12 @@ class ModelChain:
             fields = {"model_version": self.version, "codec": "none", "codec_params": {}, "digest": self.digest}
             self._full = encode(Message("model", fields, (self.held,)))
         return self._full
+
+    def raw(self) -> bytes:
+        """The held model as little-endian float32 bytes, whose ``digest`` names them."""
+        if self._raw is None:
+            self._raw = np.ascontiguousarray(self.held, dtype="<f4").tobytes()
+        return self._raw
 
     def prepare(self, params: np.ndarray, version: int, downlink: Downlink, rng: np.random.Generator) -> ChainStep:
         """The frame that moves volunteers to the new exact ``params``; the chain is unchanged
@@ -168,7 +187,7 @@ class ModelChain:
         if step.base_version != self.version:
             raise ValueError(f"step is a delta from version {step.base_version}, the chain is at {self.version}")
         assert step.frame is not None
-        self.held, self.version, self._full = step.held, step.version, None
+        self.held, self.version, self._full, self._raw = step.held, step.version, None, None
         self._digests[step.version] = digest(step.held)
         self._deltas[step.version] = step.frame
         while len(self._digests) > self.keep + 1:

@@ -88,6 +88,8 @@ SCHEMAS: dict[str, dict[str, tuple]] = {
         "base_version": (int,),  # present: the payload is a delta from that version
         "digest": (str,),  # sha256 prefix of the float32 model the frame produces
     },
+    # A commit, to every volunteer: the model itself comes with the next task (or from ``url``).
+    "model_notice": {"model_version": (int,), "digest": (str,), "url": (str,)},
     "task": {
         "round": (int,),
         "model_version": (int,),

@@ -115,6 +115,9 @@ class Volunteer:
         #: and reconnects. A driver that ignores it still works: the server makes the
         #: volunteer selectable again when the time is up.
         self.retry_after_s: float | None = None
+        #: The newest committed version the server announced (``model_notice``): the model
+        #: itself comes with our next task, so ``model_version`` may lag behind it.
+        self.latest_version = -1
         self._data: Dataset | None = None
         self._x: np.ndarray | None = None
         self._feedback: ErrorFeedback | None = None
@@ -141,6 +144,7 @@ class Volunteer:
             "volunteer": self.volunteer_id,
             "task": None if self.task is None else self.task.to_dict(),
             "model_version": self.model_version,
+            "latest_version": max(self.latest_version, self.model_version),
             "round": None if self.job is None else self.job.round,
             "num_examples": self.num_examples,
             "bytes_up": self.bytes_up,
@@ -235,6 +239,10 @@ class Volunteer:
         was_ready = self.params is not None
         self.params, self.model_version = params, msg["model_version"]
         return [] if was_ready else self._ready()
+
+    def _on_model_notice(self, msg: Message) -> list[bytes]:
+        self.latest_version = max(self.latest_version, msg["model_version"])
+        return []
 
     def _on_task(self, msg: Message) -> list[bytes]:
         if self.state is not SessionState.IDLE or self.params is None or self._data is None:

@@ -28,7 +28,7 @@ from .limits import AddressLimits, FrameRates
 from .security import ResumeTokens
 from .sockets import volunteer_socket
 from .store import Store
-from .web import admin_api, assets, config_api, export, metrics, pages, run_settings, signin
+from .web import admin_api, assets, config_api, export, metrics, models, pages, run_settings, signin
 from .web.bodies import BodyLimit
 from .web.headers import SecurityHeaders
 from .web.services import Services, services
@@ -90,7 +90,7 @@ def create_app(settings: Settings) -> Starlette:
             async with metrics.separate_listener(engine, settings.metrics_host, settings.metrics_port):
                 yield {"services": svc}
         finally:
-            await engine.stop()
+            await engine.close()
             store.close()
 
     routes = [
@@ -99,6 +99,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/data/{task}/shards/{index:int}.npz", shard),
         *admin_api.routes,
         *export.routes,
+        *models.routes,
         *run_settings.routes,
         *metrics.routes,
         *config_api.routes,

@@ -58,9 +58,9 @@ class RoundEngine:
         self.rejections = Rejections()
         self.stats = RoundStats()
         self.tokens = TaskTokens()
-        self.commits = CommitPipeline(task, self.model, store, coordinator, self.phase, test, seed, self.status_frame)
+        self.commits = CommitPipeline(task, self.model, store, coordinator, self.phase, test, seed, self.status_frame, lambda: [p.id for p in self.peers])
         self.selection = Selection(self.peers, self.phase, coordinator, seed, lambda: [r.duration_s for r in self.commits.history])
-        self.tasks = TaskBook(self.peers, coordinator, self.tokens)
+        self.tasks = TaskBook(self.peers, coordinator, self.tokens, self.commits.chain)
         self.services = Services(self.phase, self.peers, self.selection, self.tasks, self.commits, self.rejections, self.stats, seed)
         self.run: Run | None = None
         self._mode: RunMode | None = None
@@ -90,8 +90,17 @@ class RoundEngine:
         return self.commits.chain.full_frame()
 
     def model_frames_for(self, version: int | None, model_digest: str | None) -> list[bytes]:
-        """What a (re)connecting volunteer holding ``version`` needs: a delta chain or the full model."""
+        """What a volunteer holding ``version`` needs: a delta chain or the full model."""
         return self.commits.chain.frames_for(version, model_digest)
+
+    def welcome_frames(self, peer_id: str, version: int | None, model_digest: str | None) -> list[bytes]:
+        """What the connected ``peer_id``, which says in ``hello`` it holds ``version``, needs
+        now; the engine counts it as holding the current model from here on."""
+        peer = self.peers.get(peer_id)
+        if peer is None:
+            raise KeyError(f"volunteer {peer_id} is not connected")
+        peer.model_version, peer.model_digest = version, model_digest
+        return self.tasks.catch_up(peer)
 
     # -- volunteers ---------------------------------------------------------------------
 
@@ -194,6 +203,11 @@ class RoundEngine:
         except asyncio.CancelledError:
             pass
         return True
+
+    async def close(self) -> None:
+        """Stop the run and the announcements (before the store closes)."""
+        await self.stop()
+        await self.commits.announcer.close()
 
     async def _drive(self, run: Run) -> None:
         status_ = "failed"

@@ -79,7 +79,7 @@ async def volunteer_socket(websocket: WebSocket) -> None:
         shard = svc.demo_shards.assign(engine.task.name)
         welcome = {"version": __version__, "volunteer": peer_id, "task": engine.task.to_dict(), "shard": shard, "resume": resume.issue(peer_id)}
         await websocket.send_bytes(encode(Message("welcome", welcome)))
-        for frame in engine.model_frames_for(hello.fields.get("model_version"), hello.fields.get("model_digest")):
+        for frame in engine.welcome_frames(peer_id, hello.fields.get("model_version"), hello.fields.get("model_digest")):
             await websocket.send_bytes(frame)
         await websocket.send_bytes(engine.status_frame())
         writer = asyncio.create_task(_write(websocket, subscription))

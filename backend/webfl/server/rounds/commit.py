@@ -2,7 +2,9 @@
 
 A commit: aggregate -> server optimizer -> sanity checks -> evaluate on the held-out
 split -> one store transaction (round record, checkpoint, every component's state) ->
-only then advance the downlink chain, adopt the model and broadcast. An aggregate that
+only then advance the downlink chain, adopt the model and announce it: a ``model_notice``
+and the status to every volunteer, paced (``announce``; the model itself travels with
+each task, see ``tasks``). An aggregate that
 is non-finite or explodes, or a model that evaluates to NaN, is refused before anything
 is applied; a transaction that fails leaves the live model, the chain and the
 components exactly as the store has them.
@@ -22,13 +24,15 @@ import numpy as np
 
 from ...core.aggregation import Aggregator
 from ...core.data import Dataset, features
-from ...core.downlink import ModelChain
+from ...core.downlink import ModelChain, model_url
 from ...core.models import MLP
+from ...core.protocol import Message, encode
 from ...core.server_opt import ServerOptimizer
 from ...core.tasks import Task
 from ..coordinator import Coordinator
 from ..crashpoints import crashpoint
 from ..store import RoundRecord, Store
+from .announce import Announcement, Announcer
 from .config import RunConfig
 from .seeds import downlink_rng
 from .state import Phase, RoundState
@@ -90,11 +94,13 @@ class CommitPipeline:
 
     def __init__(
         self, task: Task, model: MLP, store: Store, coordinator: Coordinator, phase: Phase, test: Dataset, seed: int,
-        status_frame: Callable[[], bytes],
+        status_frame: Callable[[], bytes], recipients: Callable[[], list[str]],
     ) -> None:
-        """``status_frame``: the status frame broadcast after every commit."""
+        """``status_frame``: the status frame announced after every commit; ``recipients``:
+        the ids of the volunteers connected now."""
         self.task, self.model, self.store, self._coordinator, self._phase, self._seed = task, model, store, coordinator, phase, seed
         self.status_frame = status_frame
+        self.announcer = Announcer(coordinator, recipients, self._count_notices)
         self._test_x, self._test_y = features(test.x), test.y
         checkpoint = store.latest_checkpoint(task.name, task.model)
         if checkpoint is None:
@@ -132,18 +138,24 @@ class CommitPipeline:
             raise
         # Committed: the live model follows at once, with no await in between.
         self.chain.advance(step)
-        frame = self.chain.full_frame() if step.frame is None else step.frame
         self.params, self.model_version = params, round_
         run.rounds_done += 1
         self.history.append(record)
-        sent = await self._coordinator.publish(frame)
-        record = self.history[-1] = replace(record, bytes_down=bytes_down + sent * len(frame))
-        await asyncio.to_thread(self.store.set_bytes_down, round_, record.bytes_down)
-        await self._coordinator.publish(self.status_frame())
+        self.announcer.announce(Announcement(round_, len(self.history) - 1, self.notice_frame(), self.status_frame()))
         log.info("round %d committed: %d update(s), accuracy %.4f, loss %.4f", round_, participants, accuracy, loss)
         if stopped:
             raise asyncio.CancelledError
         return record
+
+    async def _count_notices(self, index: int, nbytes: int) -> None:
+        record = self.history[index]
+        record = self.history[index] = replace(record, bytes_down=record.bytes_down + nbytes)
+        await asyncio.to_thread(self.store.set_bytes_down, record.round, record.bytes_down)
+
+    def notice_frame(self) -> bytes:
+        """What every volunteer hears of a commit: the version, its digest and where to fetch it."""
+        fields = {"model_version": self.chain.version, "digest": self.chain.digest, "url": model_url(self.chain.digest)}
+        return encode(Message("model_notice", fields))
 
     def _evaluate(self, params: np.ndarray) -> tuple[float, float]:
         with np.errstate(all="ignore"):  # overflow shows up as a non-finite loss, refused above

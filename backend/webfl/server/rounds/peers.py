@@ -35,6 +35,9 @@ class Peer:
     connected_at: float = field(default_factory=time.time)
     refused_codecs: set[str] = field(default_factory=set, repr=False)  # logged once each
     wait_until: float = 0.0  # loop time, while WAITING
+    #: The model this connection was brought to (``None``: unknown, it gets the full one).
+    model_version: int | None = None
+    model_digest: str | None = None
 
 
 class Peers:

@@ -4,21 +4,31 @@ A task is bound to the volunteer's id, the round and the model it trains (the ``
 HMAC, see ``security.TaskTokens``); the book keeps the outstanding ones by volunteer id,
 so a volunteer that reconnects with its id (``resume``) can still deliver. Both run
 modes issue and match through here; they differ only in when rounds open and close.
+
+The model travels with the task: the frames that bring the volunteer from the model it
+holds to the one the task trains (a delta chain or the full model, see
+``core/downlink.py``) are queued just before the ``task`` frame, on the same ordered
+connection. A commit only sends everyone a ``model_notice``, so an idle volunteer costs
+a few hundred bytes a commit, not the model.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from ...core.codecs import Codec
+from ...core.downlink import ModelChain
 from ...core.protocol import Message, encode
 from ..coordinator import Coordinator
 from ..security import TaskTokens
 from .config import RunConfig
-from .peers import PeerState, Peers
+from .peers import Peer, PeerState, Peers
 from .validation import Verdict, check
 
 __all__ = ["Assignment", "TaskBook"]
+
+log = logging.getLogger("webfl.engine")
 
 
 @dataclass(frozen=True)
@@ -29,8 +39,9 @@ class Assignment:
 
 
 class TaskBook:
-    def __init__(self, peers: Peers, coordinator: Coordinator, tokens: TaskTokens) -> None:
-        self._peers, self._coordinator, self.tokens = peers, coordinator, tokens
+    def __init__(self, peers: Peers, coordinator: Coordinator, tokens: TaskTokens, chain: ModelChain) -> None:
+        """``chain``: the committed model as volunteers hold it (the commit pipeline's)."""
+        self._peers, self._coordinator, self.tokens, self._chain = peers, coordinator, tokens, chain
         self._jobs: dict[str, Assignment] = {}
         self._answered: set[tuple[str, int]] = set()  # (volunteer, round): one update each
         self._open: set[int] = set()
@@ -65,8 +76,23 @@ class TaskBook:
 
     # -- issuing ---------------------------------------------------------------------
 
+    def catch_up(self, peer: Peer) -> list[bytes]:
+        """The model frames that bring ``peer`` from the model it holds to the current one;
+        from here on the server counts it as holding the current one."""
+        frames = self._chain.frames_for(peer.model_version, peer.model_digest)
+        peer.model_version, peer.model_digest = self._chain.version, self._chain.digest
+        return frames
+
     async def send(self, peer_id: str, config: RunConfig, round_: int, model_version: int, seed: int, expires: float) -> int:
-        """Give ``peer_id`` a task; the frame's size, or 0 if it could not be queued."""
+        """Give ``peer_id`` a task on the current model, preceded by what it lacks of that
+        model; the bytes queued, or 0 if the task could not be queued."""
+        peer = self._peers.get(peer_id)
+        if peer is None:
+            return 0
+        if model_version != self._chain.version:
+            # A commit landed since the caller looked: the slot stays free for a task on the new model.
+            log.warning("no task for %s on model %d: the committed model is now %d", peer_id, model_version, self._chain.version)
+            return 0
         train = {"epochs": config.local_epochs, "batch_size": config.batch_size, "lr": config.lr, "seed": seed}
         if config.prox_mu:
             train["prox_mu"] = config.prox_mu
@@ -79,15 +105,15 @@ class TaskBook:
             # Bound to this connection, round and model: the update must echo it.
             "token": self.tokens.issue(peer_id, round_, model_version),
         }
-        frame = encode(Message("task", task))
-        if not await self._coordinator.publish(frame, to=[peer_id]):
-            return 0
+        frames = [*self.catch_up(peer), encode(Message("task", task))]
+        for frame in frames:
+            # A frame the queue refuses drops the connection (a slow consumer): nothing to undo.
+            if not await self._coordinator.publish(frame, to=[peer_id]):
+                return 0
         self.open(round_)
         self._jobs[peer_id] = Assignment(round_, model_version, expires)
-        peer = self._peers.get(peer_id)
-        if peer is not None:
-            self._peers.to(peer, PeerState.TRAINING)
-        return len(frame)
+        self._peers.to(peer, PeerState.TRAINING)
+        return sum(map(len, frames))
 
     # -- matching --------------------------------------------------------------------
 
