@@ -6,6 +6,7 @@ import time
 import urllib.request
 
 import pytest
+from servers import free_port
 from test_server import Client
 
 from browser_helpers import LOAD_TIMEOUT_MS, LossyProxy, join, read_record, wait_state
@@ -26,6 +27,14 @@ def wait_pending(page, present: bool, timeout: float = 60.0) -> dict | None:
     raise AssertionError(f"the pending record did not {'appear' if present else 'go'}")
 
 
+def serve_behind_a_lossy_proxy(serve) -> tuple:
+    """A server whose pages are reached through a ``LossyProxy``: it must accept the proxy's
+    origin on ``/ws`` (browsers' Origins are checked against ``--public-origin``)."""
+    port = free_port()
+    proxy = LossyProxy(port)
+    return serve("--public-origin", proxy.url, port=port), proxy
+
+
 def update_lost_in_a_reload(tab, server, proxy: LossyProxy) -> dict:
     """The tab trains, its update is lost on the way, the tab reloads (and joins again)."""
     wait_state(tab, "training")
@@ -42,8 +51,7 @@ def update_lost_in_a_reload(tab, server, proxy: LossyProxy) -> dict:
 
 
 def test_a_reload_resends_the_pending_update_and_it_counts_once(context, serve):
-    server = serve()
-    proxy = LossyProxy(int(server.url.rsplit(":", 1)[1]))
+    server, proxy = serve_behind_a_lossy_proxy(serve)
     tab = context.new_page()
     join(tab, proxy.url)
     silent = Client(server)  # selected too, never answers: the round stays open
@@ -63,8 +71,7 @@ def test_a_reload_resends_the_pending_update_and_it_counts_once(context, serve):
 
 
 def test_a_resend_for_a_closed_round_is_rejected_and_forgotten(context, serve):
-    server = serve()
-    proxy = LossyProxy(int(server.url.rsplit(":", 1)[1]))
+    server, proxy = serve_behind_a_lossy_proxy(serve)
     tab = context.new_page()
     logs: list[str] = []
     tab.on("console", lambda msg: logs.append(msg.text))
