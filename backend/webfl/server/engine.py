@@ -148,9 +148,10 @@ class RoundEngine:
         mode = MODES[config.mode]
         rule.check_memory(self.model.size, mode.max_updates(config))
         rule.check_cohort(*mode.cohort(config))
+        past = self._privacy_states()
         run_id = self.store.start_run(config.to_dict())
         log.info("run %d started: %s", run_id, config.to_dict())
-        self._launch(Run(run_id, config, rule, config.optimizer(), self.model.size))
+        self._launch(Run(run_id, config, rule, config.optimizer(), self.model.size, past_privacy=past))
         return run_id
 
     def resume(self) -> int | None:
@@ -167,7 +168,8 @@ class RoundEngine:
         run_id = runs[-1]
         try:
             config = RunConfig.from_json(self.store.run_config(run_id))
-            run = Run(run_id, config, config.rule(), config.optimizer(), self.model.size, self.store.rounds_in_run(run_id))
+            rule = config.rule()
+            run = Run(run_id, config, rule, config.optimizer(), self.model.size, self.store.rounds_in_run(run_id), self._privacy_states(before=run_id))
             for name, (version, state) in self.store.component_states(run_id).items():
                 if name in run.components and version == self.model_version:
                     run.components[name].load_state(state)
@@ -178,6 +180,16 @@ class RoundEngine:
         log.info("resuming run %d after %d committed round(s) of %d", run_id, run.rounds_done, config.rounds)
         self._launch(run)
         return run_id
+
+    def _privacy_states(self, before: int | None = None) -> list[dict]:
+        """The accountant states of this task's earlier runs (before run ``before``): its privacy total."""
+        states = []
+        for r in self.store.runs():
+            if before is None or r["id"] < before:
+                stored = self.store.component_states(r["id"]).get("privacy")
+                if stored is not None:
+                    states.append(stored[1])
+        return states
 
     def _launch(self, run: Run) -> None:
         self.run = run

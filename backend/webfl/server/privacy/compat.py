@@ -6,7 +6,7 @@ by at most the clip norm ``C``. A setting is allowed only if it keeps that true.
 
 from __future__ import annotations
 
-from ...core.aggregation import NormBound, get_aggregator
+from ...core.aggregation import get_aggregator, parse_norm_bound
 from .settings import DPSettings, Sampling
 
 __all__ = ["check_compatible"]
@@ -49,7 +49,7 @@ def check_compatible(dp: DPSettings, *, aggregator: str = "fedavg", mode: str = 
             "dp.sampling 'poisson' cannot be used with mode 'fedbuff': a FedBuff buffer fills with whoever"
             " finishes first, so the independent sampling that amplification assumes does not hold; use 'none'"
         )
-    bound = NormBound.parse(norm_bound)
+    bound = parse_norm_bound(norm_bound)
     if bound is not None and bound.factor is not None:
         raise ValueError(
             f"dp cannot be used with norm_bound {norm_bound!r}: a bound relative to the median of recent norms"

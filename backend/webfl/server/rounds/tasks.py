@@ -65,8 +65,13 @@ class TaskBook:
 
     # -- issuing ---------------------------------------------------------------------
 
-    async def send(self, peer_id: str, config: RunConfig, round_: int, model_version: int, seed: int, expires: float) -> int:
-        """Give ``peer_id`` a task; the frame's size, or 0 if it could not be queued."""
+    async def send(
+        self, peer_id: str, config: RunConfig, round_: int, model_version: int, seed: int, expires: float, clip: float | None = None
+    ) -> int:
+        """Give ``peer_id`` a task; the frame's size, or 0 if it could not be queued.
+
+        ``clip``: a dp run's clip norm for this round (adaptive clipping moves it).
+        """
         train = {"epochs": config.local_epochs, "batch_size": config.batch_size, "lr": config.lr, "seed": seed}
         if config.prox_mu:
             train["prox_mu"] = config.prox_mu
@@ -79,6 +84,8 @@ class TaskBook:
             # Bound to this connection, round and model: the update must echo it.
             "token": self.tokens.issue(peer_id, round_, model_version),
         }
+        if clip is not None:
+            task["clip"] = clip
         frame = encode(Message("task", task))
         if not await self._coordinator.publish(frame, to=[peer_id]):
             return 0
