@@ -8,14 +8,19 @@ import asyncio
 import dp_accounting
 import numpy as np
 import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 from rounds_harness import TASK, Volunteer, make_engine, small, until
 from starlette.testclient import TestClient
 
 from webfl.core.privacy import l2_clip
+from webfl.core.protocol import Message, encode
+from webfl.core.volunteer import Volunteer as CoreVolunteer
 from webfl.server.app import create_app
 from webfl.server.config import Settings
 from webfl.server.engine import RunConfig
 from webfl.server.rounds.selection import poisson
+from webfl.server.web.metrics import registry_for
 
 SIZE = TASK.build_model().size
 
@@ -111,8 +116,22 @@ def test_every_released_model_carries_the_noise_and_the_history_the_accountants_
         assert [e.to_dict()["epsilon"] for e in engine.store.history()] == [e["epsilon"] for e in status["history"]]
         frame = vs[0].of("status")[-1]
         assert frame["privacy"] == {"epsilon": privacy["epsilon"], "delta": 1e-5, "clip": clip, "noise": True}
+        # A volunteer session keeps what it states, and /metrics exports the number.
+        session = CoreVolunteer()
+        session.receive(encode(frame))
+        assert session.snapshot()["privacy"] == frame["privacy"]
+        scraped = {(s.name, s.labels.get("scope")): s.value for f in text_string_to_metric_families(generate_latest(registry_for(engine)).decode()) for s in f.samples}
+        assert scraped[("webfl_privacy_epsilon", "run")] == pytest.approx(privacy["epsilon"])
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("bad", [{"epsilon": "3", "delta": 1e-5, "clip": 1, "noise": True}, {"epsilon": 1, "delta": -1, "clip": 1, "noise": True},
+                                 {"epsilon": 1, "delta": 1e-5, "clip": "1", "noise": True}, {"epsilon": 1, "delta": 1e-5, "clip": 1, "noise": 1}])
+def test_a_volunteer_ignores_a_malformed_privacy_statement(bad):
+    session = CoreVolunteer()
+    session.receive(encode(Message("status", {"state": "idle", "round": 0, "model_version": 0, "connected": 1, "history": [], "privacy": bad})))
+    assert session.snapshot()["privacy"] is None
 
 
 def test_a_run_without_dp_has_null_epsilon_and_no_clip_in_its_tasks(tmp_path):

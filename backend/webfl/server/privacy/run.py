@@ -141,6 +141,8 @@ class PrivacyLedger:
             "updates": release.count,
             "noise_std": release.noise_std,
             "next_clip": release.next_clip,
+            # How the server found each decoded norm: within C, over by the codec's error, or unclipped.
+            "verdicts": dict(release.verdicts),
         }
 
     def exhausted(self) -> str | None:
