@@ -1,7 +1,7 @@
 """Differential privacy wired into the round, in process: settings at the boundary, the
 task's clip, the noised release in every committed model, the accountant charged once per
 commit against dp-accounting, max_epsilon, FedBuff's one update per volunteer per commit,
-Poisson selection, and a resumed ledger."""
+Poisson selection, and the task's total over its runs (kill -9 and resume: test_privacy_resume.py)."""
 
 import asyncio
 
@@ -283,42 +283,30 @@ def test_a_poisson_run_selects_a_random_subset_of_the_ready_pool(tmp_path):
     asyncio.run(main())
 
 
-def test_a_resumed_run_continues_the_accountant_and_the_task_total_counts_every_run(tmp_path):
+def test_the_task_total_composes_every_run_also_after_a_restart(tmp_path):
     z = 1.0
+
+    async def one_run(engine, v, rounds):
+        engine.start(dp_run({"noise_multiplier": z, "clip": 1.0}, rounds=rounds, clients_per_round=1))
+        for _ in range(rounds):
+            seen = len(v.of("task"))
+            v.ready()
+            await until(lambda: len(v.of("task")) == seen + 1, what="a task")
+            assert (await v.update(small(seen))).accepted
+        await until(lambda: not engine.running, what="the run to end")
+        return engine.status()["run"]["privacy"]
 
     async def main():
         engine, coord = make_engine(tmp_path)
         v = Volunteer(engine, coord, "a")
-        v.ready()
-        engine.start(dp_run({"noise_multiplier": z, "clip": 1.0}, rounds=3, clients_per_round=1))
-        for r in range(2):
-            await until(lambda: v.task() and v.task()["round"] == r + 1, what=f"task {r + 1}")
-            assert (await v.update(small(r))).accepted
-            v.ready()
-        await until(lambda: engine.model_version == 2, what="two commits")
-        run_id = engine.run.id
-        # The process dies here (nothing marks the run ended): the store says it is running.
-        engine._runner.cancel()  # noqa: SLF001 (the test stands in for kill -9)
-        await asyncio.sleep(0.05)
-        engine.store._tx([("UPDATE runs SET status = 'running' WHERE id = ?", (run_id,))])  # noqa: SLF001
+        first = await one_run(engine, v, 2)
+        assert first["epsilon"] == first["task_epsilon"] == pytest.approx(rdp_epsilon(z, 2))
+        second = await one_run(engine, v, 1)
+        assert second["epsilon"] == pytest.approx(rdp_epsilon(z, 1)) and second["task_epsilon"] == pytest.approx(rdp_epsilon(z, 3))
         engine.store.close()
-
+        # A restarted server reads the earlier runs' accountants from the store.
         again, coord2 = make_engine(tmp_path)
-        assert again.resume() == run_id
-        assert again.status()["run"]["privacy"]["epsilon"] == pytest.approx(rdp_epsilon(z, 2))
-        w = Volunteer(again, coord2, "a")
-        w.ready()
-        await until(lambda: w.task() is not None, what="the third round")
-        assert (await w.update(small(3))).accepted
-        await until(lambda: not again.running, what="the resumed run to end")
-        assert again.status()["history"][-1]["epsilon"] == pytest.approx(rdp_epsilon(z, 3))
-        # A second run of the same task: its own epsilon starts at 0, the task's total goes on.
-        w.ready()
-        again.start(dp_run({"noise_multiplier": z, "clip": 1.0}, rounds=1, clients_per_round=1))
-        await until(lambda: len(w.of("task")) == 2, what="the second run's task")
-        assert (await w.update(small(4))).accepted
-        await until(lambda: not again.running, what="the second run to end")
-        privacy = again.status()["run"]["privacy"]
-        assert privacy["epsilon"] == pytest.approx(rdp_epsilon(z, 1)) and privacy["task_epsilon"] == pytest.approx(rdp_epsilon(z, 4))
+        third = await one_run(again, Volunteer(again, coord2, "a"), 1)
+        assert third["epsilon"] == pytest.approx(rdp_epsilon(z, 1)) and third["task_epsilon"] == pytest.approx(rdp_epsilon(z, 4))
 
     asyncio.run(main())
