@@ -88,6 +88,9 @@ def test_every_released_model_carries_the_noise_and_the_history_the_accountants_
         for v in vs:
             v.ready()
         engine.start(dp_run({"noise_multiplier": z, "clip": clip}, rounds=rounds, clients_per_round=m))
+        # Before anyone trains, every volunteer is told the run is private (epsilon 0 so far).
+        await until(lambda: all(v.task() for v in vs), what="the first tasks")
+        assert all(v.of("status")[-1]["privacy"] == {"epsilon": 0.0, "delta": 1e-5, "clip": clip, "noise": True} for v in vs)
         for r in range(rounds):
             await until(lambda: all(v.task() and v.task()["round"] == r + 1 for v in vs), what=f"round {r + 1}'s tasks")
             assert {v.task()["clip"] for v in vs} == {clip}

@@ -211,6 +211,8 @@ class RoundEngine:
         status_ = "failed"
         self._mode = MODES[run.config.mode](self.services, run)
         try:
+            # Volunteers see the new run (and a dp run's guarantee) before its first task.
+            await self.coordinator.publish(self.status_frame())
             await self._mode.drive()
             status_ = "completed"
         except asyncio.CancelledError:
