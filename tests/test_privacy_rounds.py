@@ -4,6 +4,7 @@ commit against dp-accounting, max_epsilon, FedBuff's one update per volunteer pe
 Poisson selection, and the task's total over its runs (kill -9 and resume: test_privacy_resume.py)."""
 
 import asyncio
+import time
 
 import dp_accounting
 import numpy as np
@@ -20,6 +21,7 @@ from webfl.server.app import create_app
 from webfl.server.config import Settings
 from webfl.server.engine import RunConfig
 from webfl.server.rounds.selection import poisson
+from webfl.server.store import RoundRecord
 from webfl.server.web.metrics import registry_for
 
 SIZE = TASK.build_model().size
@@ -311,5 +313,20 @@ def test_the_task_total_composes_every_run_also_after_a_restart(tmp_path):
         again, coord2 = make_engine(tmp_path)
         third = await one_run(again, Volunteer(again, coord2, "a"), 1)
         assert third["epsilon"] == pytest.approx(rdp_epsilon(z, 1)) and third["task_epsilon"] == pytest.approx(rdp_epsilon(z, 4))
+
+    asyncio.run(main())
+
+
+def test_a_dp_run_whose_accountant_was_not_checkpointed_is_not_resumed(tmp_path):
+    """Resuming with a fresh accountant would under-count the rounds already released."""
+    async def main():
+        engine, _ = make_engine(tmp_path)
+        config = dp_run({"noise_multiplier": 1.0, "clip": 1.0}, rounds=3, clients_per_round=1)
+        run_id = engine.store.start_run(config.to_dict())
+        record = RoundRecord(1, run_id, 1, 0.5, 1.0, 1, 10, 10, 1.0, time.time())
+        engine.store.commit_round(record, TASK.name, TASK.model, engine.params, {})  # no "privacy" component
+        engine.store.close()
+        again, _ = make_engine(tmp_path)
+        assert again.resume() is None and again.store.runs()[-1]["status"] == "interrupted"
 
     asyncio.run(main())

@@ -170,9 +170,14 @@ class RoundEngine:
             config = RunConfig.from_json(self.store.run_config(run_id))
             rule = config.rule()
             run = Run(run_id, config, rule, config.optimizer(), self.model.size, self.store.rounds_in_run(run_id), self._privacy_states(before=run_id))
+            loaded = set()
             for name, (version, state) in self.store.component_states(run_id).items():
                 if name in run.components and version == self.model_version:
                     run.components[name].load_state(state)
+                    loaded.add(name)
+            if run.privacy is not None and run.rounds_done and "privacy" not in loaded:
+                # Starting the accountant afresh would under-count the rounds already released.
+                raise ValueError("its privacy accountant is not checkpointed with the last commit, so its epsilon is unknown")
         except (ValueError, KeyError) as exc:
             log.error("run %d cannot be resumed (%s); marked interrupted", run_id, exc)
             self.store.end_run(run_id, "interrupted")
