@@ -4,6 +4,7 @@ commit against dp-accounting, max_epsilon, FedBuff's one update per volunteer pe
 Poisson selection, and the task's total over its runs (kill -9 and resume: test_privacy_resume.py)."""
 
 import asyncio
+import itertools
 import time
 
 import dp_accounting
@@ -57,6 +58,27 @@ def dp_run(dp: dict, **kw) -> RunConfig:
 def test_bad_or_unsound_dp_settings_are_refused_with_the_reason(body, message):
     with pytest.raises(ValueError, match=message):
         RunConfig.from_json(body)
+
+
+HOSTILE = [[], {}, "x", None, True, 1e308, -0.0, 10**30, [1], {"a": 1}, "adaptive", 0, 1]
+DP_KEYS = ["noise_multiplier", "clip", "delta", "max_epsilon", "sampling", "population", "accountant",
+           "initial_clip", "target_quantile", "clip_lr", "count_noise"]
+BASES = [{"noise_multiplier": 1, "clip": 1}, {"noise_multiplier": 1, "clip": "adaptive"},
+         {"noise_multiplier": 1, "clip": 1, "sampling": "poisson", "population": 100, "delta": 1e-6}]
+
+
+def test_any_hostile_dp_value_is_a_value_error_never_a_crash():
+    """The API answers ValueError with a 400; anything else would be a 500."""
+    for key, value, base, mode in itertools.product(DP_KEYS, HOSTILE, BASES, ("sync", "fedbuff")):
+        try:
+            RunConfig.from_json({"mode": mode, "dp": {**base, key: value}})
+        except ValueError:
+            pass
+    for value in HOSTILE:
+        try:
+            RunConfig.from_json({"dp": value})
+        except ValueError:
+            pass
 
 
 def test_dp_settings_round_trip_so_a_resumed_run_reparses_them():
