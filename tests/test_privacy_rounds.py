@@ -101,6 +101,9 @@ def test_the_api_answers_400_for_a_bad_dp_value_and_describes_the_dp_field(tmp_p
         assert r.status_code == 400 and "Multi-Krum" in r.json()["error"]
         (dp,) = [s for s in client.get("/api/run-settings", headers=auth).json()["settings"] if s["name"] == "dp"]
         assert dp == {"name": "dp", "type": "json", "default": None}
+        # The widget is the volunteer page's twin: both have the place that states the guarantee.
+        for page in ("/", "/embed?task=mnist"):
+            assert 'data-testid="privacy"' in client.get(page).text
 
 
 def test_every_released_model_carries_the_noise_and_the_history_the_accountants_epsilon(tmp_path):
