@@ -4,6 +4,9 @@ commit against dp-accounting, max_epsilon, FedBuff's one update per volunteer pe
 Poisson selection, and the task's total over its runs (kill -9 and resume: test_privacy_resume.py)."""
 
 import asyncio
+import csv
+import io
+import json
 import itertools
 import time
 
@@ -23,6 +26,7 @@ from webfl.server.config import Settings
 from webfl.server.engine import RunConfig
 from webfl.server.rounds.selection import poisson
 from webfl.server.store import RoundRecord
+from webfl.server.web.export import history_csv
 from webfl.server.web.metrics import registry_for
 
 SIZE = TASK.build_model().size
@@ -144,6 +148,10 @@ def test_every_released_model_carries_the_noise_and_the_history_the_accountants_
             "delta": 1e-5, "noise_multiplier": z, "clip": clip, "sampling": "none", "accountant": "rdp"}
         # The stored history is the same (a restart shows it), and the volunteers' status frame states it.
         assert [e.to_dict()["epsilon"] for e in engine.store.history()] == [e["epsilon"] for e in status["history"]]
+        # The CSV download has a column each for epsilon and the round's privacy (JSON).
+        rows = list(csv.DictReader(io.StringIO(history_csv(engine.store.history()))))
+        assert [float(r["epsilon"]) for r in rows] == [e["epsilon"] for e in status["history"]]
+        assert [json.loads(r["privacy"]) for r in rows] == [e["privacy"] for e in status["history"]]
         frame = vs[0].of("status")[-1]
         assert frame["privacy"] == {"epsilon": privacy["epsilon"], "delta": 1e-5, "clip": clip, "noise": True}
         # A volunteer session keeps what it states, and /metrics exports the number.
