@@ -123,6 +123,7 @@ def test_runs_rounds_with_their_run_markers_and_downloads_at_390_px(browser, ser
         chart = admin.get_by_test_id("chart")
         expect(chart).to_have_attribute("data-points", "3")
         expect(chart).to_have_attribute("data-markers", "run 1,run 2")
+        expect(admin.get_by_test_id("privacy-panel")).to_be_hidden()  # no dp run: no privacy chart
 
         # Nothing wider than the phone's screen, apart from tables, which scroll in their box.
         assert admin.evaluate("() => document.documentElement.scrollWidth") <= 390
@@ -165,6 +166,8 @@ def test_a_dp_run_shows_epsilon_clip_and_clipped_by_round_and_its_guarantee(cont
     expect(newest.nth(10)).to_have_text("0.5000")
     expect(newest.nth(11)).to_have_text("50.0 %")
     expect(admin.get_by_test_id("privacy")).to_have_text("—")  # no run in this process yet
+    expect(admin.get_by_test_id("privacy-panel")).to_be_visible()
+    expect(admin.get_by_test_id("privacy-chart")).to_have_attribute("data-points", "2")
 
     admin.locator("summary").click()
     dp = admin.get_by_test_id("cfg-dp")

@@ -40,6 +40,7 @@ export class Dashboard {
   constructor(root) {
     this.q = (id) => root.querySelector(`[data-testid="${id}"]`);
     this.chart = null;
+    this.privacyChart = null;
     this.rows = 0;
     this.history = null;
     this.runs = new Map();
@@ -56,6 +57,14 @@ export class Dashboard {
           { label: "Loss", stroke: "#dc2626", scale: "loss", axis: "Test loss", format: (v) => format.fixed(v) },
         ],
         scales: { acc: { range: [0, 1] } },
+      });
+      // A dp run's epsilon (cumulative, per run) and clip norm; rounds of other runs are gaps.
+      this.privacyChart = await lineChart(this.q("privacy-chart"), {
+        xLabel: "Round",
+        series: [
+          { label: "ε (run)", stroke: "#7c3aed", scale: "eps", axis: "Epsilon", format: (v) => format.fixed(v) },
+          { label: "Clip norm", stroke: "#059669", scale: "clip", axis: "Clip norm", format: (v) => format.fixed(v, 4) },
+        ],
       });
       if (this.history) this.drawChart(this.history);
     } catch (error) {
@@ -171,6 +180,9 @@ export class Dashboard {
   drawChart(history) {
     const markers = history.filter((h, i) => i === 0 || h.run_id !== history[i - 1].run_id).map((h) => ({ x: h.round, label: `run ${h.run_id ?? "?"}` }));
     this.chart?.update([history.map((h) => h.round), history.map((h) => h.accuracy), history.map((h) => h.loss)], markers);
+    const rounds = history.map((h) => h.round);
+    this.q("privacy-panel").hidden = !history.some((h) => h.privacy);
+    this.privacyChart?.update([rounds, history.map((h) => h.epsilon ?? null), history.map((h) => h.privacy?.clip ?? null)], markers);
   }
 
   error(message) {
