@@ -286,7 +286,9 @@ def test_missing_report_counts_an_update_at_the_bound_as_clipped():
 
 # -- the volunteer clips before the codec ----------------------------------------
 
-TASK = Task("tiny", "Tiny", "a test task", num_features=4, num_classes=3, model="softmax")
+TASK = Task.from_json({"name": "tiny", "title": "Tiny", "description": "a test task", "kind": "tabular",
+                       "features": ["a", "b", "c", "d"], "label": "target", "classes": ["p", "q", "r"],
+                       "model": {"type": "mlp", "hidden": []}})  # softmax regression on 4 features
 DATA = Dataset(np.random.default_rng(0).integers(0, 255, (20, 4), dtype=np.uint8), np.arange(20, dtype=np.uint8) % 3)
 CONFIG = {"epochs": 2, "batch_size": 5, "lr": 0.5, "seed": 3}
 
