@@ -279,8 +279,10 @@ def bodies(draw) -> bytes:
         return json.dumps(draw(json_values)).encode()
     if kind == "run":  # a run config with some fields right, some wrong
         names = ["rounds", "clients_per_round", "lr", "deadline_s", "min_updates", "codec", "aggregator", "norm_bound",
-                 "mode", "buffer_size", "server_opt", "downlink", "select_timeout_s", "bogus"]
-        fields_ = draw(st.dictionaries(st.sampled_from(names), json_values | st.sampled_from(
+                 "mode", "buffer_size", "server_opt", "downlink", "select_timeout_s", "dp", "bogus"]
+        dp_like = st.dictionaries(st.sampled_from(["noise_multiplier", "clip", "delta", "sampling", "population", "max_epsilon", "count_noise"]),
+                                  json_values | st.sampled_from(["adaptive", "poisson", "pld"]), max_size=5)
+        fields_ = draw(st.dictionaries(st.sampled_from(names), json_values | dp_like | st.sampled_from(
             ["clipped:window=100000000000000000000", "multikrum:f=10", "topk:0.1+q8", "fedadam:lr=1e400", "x=5"]), max_size=5))
         return json.dumps(fields_).encode()
     if kind == "number":

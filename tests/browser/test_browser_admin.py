@@ -4,12 +4,18 @@ status, the run column and run markers, the download links."""
 
 from __future__ import annotations
 
+import json
+import time
+
 import pytest
 from playwright.sync_api import expect
 from test_operator import seed_history
 
 from browser_helpers import admin_login
+from webfl.core.tasks import get_task
 from webfl.server.engine import RunConfig
+from webfl.server.privacy import Accountant, DPSettings
+from webfl.server.store import RoundRecord, Store
 
 pytestmark = pytest.mark.browser
 
@@ -20,7 +26,13 @@ FORM_VALUES = """() => Object.fromEntries([...document.querySelector('[data-test
 def _typed(values: dict[str, str], settings: list[dict]) -> dict:
     """The form's strings as the API types them (what the page sends)."""
     kinds = {s["name"]: s["type"] for s in settings}
-    return {k: v if kinds[k] == "string" else (int(v) if kinds[k] == "integer" else float(v)) for k, v in values.items()}
+
+    def typed(kind: str, v: str) -> object:
+        if kind == "json":
+            return json.loads(v) if v.strip() else None
+        return v if kind == "string" else (int(v) if kind == "integer" else float(v))
+
+    return {k: typed(kinds[k], v) for k, v in values.items()}
 
 
 def test_the_launch_form_has_every_setting_with_the_api_s_defaults_and_its_presets_are_valid(context, serve):
@@ -111,6 +123,7 @@ def test_runs_rounds_with_their_run_markers_and_downloads_at_390_px(browser, ser
         chart = admin.get_by_test_id("chart")
         expect(chart).to_have_attribute("data-points", "3")
         expect(chart).to_have_attribute("data-markers", "run 1,run 2")
+        expect(admin.get_by_test_id("privacy-panel")).to_be_hidden()  # no dp run: no privacy chart
 
         # Nothing wider than the phone's screen, apart from tables, which scroll in their box.
         assert admin.evaluate("() => document.documentElement.scrollWidth") <= 390
@@ -125,3 +138,50 @@ def test_runs_rounds_with_their_run_markers_and_downloads_at_390_px(browser, ser
         assert info.value.path().stat().st_size > 784 * 10 * 4
     finally:
         context.close()
+
+
+def test_a_dp_run_shows_epsilon_clip_and_clipped_by_round_and_its_guarantee(context, serve, tmp_path):
+    # A finished dp run of 2 rounds in the store, with its accountant's state as a commit leaves it.
+    task = get_task("mnist", "softmax")
+    store = Store(tmp_path / "data0" / "webfl.sqlite3")
+    config = RunConfig.from_json({"rounds": 2, "clients_per_round": 4, "dp": {"noise_multiplier": 2, "clip": 0.5}})
+    run_id = store.start_run(config.to_dict())
+    accountant = Accountant()
+    for r in (1, 2):
+        accountant.charge(config.dp.mechanism)
+        privacy = {"epsilon": accountant.epsilon(1e-5), "clip": 0.5, "clipped_fraction": 0.25 * r}
+        record = RoundRecord(r, run_id, r, 0.5, 1.0, 4, 10, 10, 1.0, time.time(), None, privacy)
+        store.commit_round(record, task.name, task.model, task.build_model().init(0), {"privacy": accountant.state()})
+    store.end_run(run_id, "completed")
+    store.close()
+    task_total = accountant.epsilon(1e-5)
+
+    server = serve("--model", "softmax")
+    admin = context.new_page()
+    admin_login(admin, server)
+    rows = admin.get_by_test_id("history-row")
+    expect(rows).to_have_count(2)
+    newest = rows.first.locator("td")
+    expect(newest.nth(9)).to_have_text(f"{task_total:.3f}")
+    expect(newest.nth(10)).to_have_text("0.5000")
+    expect(newest.nth(11)).to_have_text("50.0 %")
+    expect(admin.get_by_test_id("privacy")).to_have_text("—")  # no run in this process yet
+    expect(admin.get_by_test_id("privacy-panel")).to_be_visible()
+    expect(admin.get_by_test_id("privacy-chart")).to_have_attribute("data-points", "2")
+
+    admin.locator("summary").click()
+    dp = admin.get_by_test_id("cfg-dp")
+    dp.fill('{"noise_multiplier": 2, "clip": 0}')  # the API's reason comes back
+    admin.get_by_test_id("launch").click()
+    expect(admin.get_by_test_id("launch-result")).to_contain_text("dp.clip")
+    dp.fill("{not json")  # refused by the form itself
+    admin.get_by_test_id("launch").click()
+    assert admin.evaluate("() => document.querySelector('[name=dp]').validity.customError")
+    dp.fill('{"noise_multiplier": 2, "clip": 0.5, "max_epsilon": 50}')
+    admin.get_by_test_id("launch").click()
+    expect(admin.get_by_test_id("launch-result")).to_contain_text("started")
+    assert server.status()["run"]["config"]["dp"]["max_epsilon"] == 50
+    shown = admin.get_by_test_id("privacy")
+    expect(shown).to_contain_text("ε = 0.000 of at most 50 at δ = 0.00001 after 0 round(s)")
+    expect(shown).to_contain_text(f"task total ε = {task_total:.3f}")
+    admin.get_by_test_id("stop").click()

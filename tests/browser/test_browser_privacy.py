@@ -1,15 +1,18 @@
-"""DP clipping in Chromium: the core wheel's volunteer clips in Pyodide as it does natively.
-
-The engine does not send ``clip`` yet (issue 11 phase 1), so the page's Pyodide drives a
-``Volunteer`` frame by frame itself, from the wheel the server serves to the worker.
+"""DP in Chromium: the core wheel's volunteer clips in Pyodide as it does natively (driven
+frame by frame), and a dp run through the real page, worker and engine: the worker clips
+to the task's clip and the page states the run's guarantee in plain words.
 """
 
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
+from playwright.sync_api import expect
+
+from browser_helpers import join
 
 pytestmark = pytest.mark.browser
 
@@ -81,3 +84,32 @@ def test_pyodide_volunteer_clips_its_delta_like_the_native_core(context, serve):
         # NumPy without BLAS (Pyodide) and with it (natively) round differently, no more.
         np.testing.assert_allclose(d, np.array(want["delta"], dtype=np.float32), rtol=1e-4, atol=1e-7)
     np.testing.assert_allclose(np.array(browser_out[0]["delta"]) * 5, np.array(free["delta"]), rtol=1e-3, atol=1e-6)
+
+
+def test_the_volunteer_page_states_the_runs_guarantee_and_the_worker_clips(context, serve):
+    server = serve()
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    join(page, server.url)
+    expect(page.get_by_test_id("privacy")).to_have_text("")  # no run: nothing to state
+    # A clip far below any trained delta's norm: every update must arrive clipped.
+    dp = {"noise_multiplier": 1.0, "clip": 0.001}
+    code, body = server.api("POST", "/api/rounds", {"rounds": 2, "clients_per_round": 1, "local_epochs": 1, "deadline_s": 60, "dp": dp})
+    assert code == 202, body
+    expect(page.locator("body")).to_have_attribute("data-run", "finished", timeout=90_000)
+    status = server.status()
+    epsilon = status["run"]["privacy"]["epsilon"]
+    assert [h["privacy"]["clipped_fraction"] for h in status["history"]] == [1.0, 1.0]
+    # The worker reported clipping and clipped within the codec's tolerance: nothing over it.
+    assert all(h["privacy"]["verdicts"]["excess"] == 0 for h in status["history"])
+    text = page.get_by_test_id("privacy")
+    expect(text).to_have_text(re.compile(
+        r"^This run so far: ε = [0-9.]+, δ = 1e-5; your update each round is clipped to a norm of 0\.001 and noise is added\.$"))
+    shown = float(re.search(r"ε = ([0-9.]+)", text.text_content()).group(1))
+    assert shown == pytest.approx(epsilon, rel=0.05)
+    # A run without dp says so.
+    code, body = server.api("POST", "/api/rounds", {"rounds": 1, "clients_per_round": 1, "local_epochs": 1, "deadline_s": 60})
+    assert code == 202, body
+    expect(text).to_have_text("Updates in this run are not differentially private.", timeout=90_000)
+    assert problems == []

@@ -106,14 +106,14 @@ SCHEMAS: dict[str, dict[str, tuple]] = {
     "wait": {"retry_after_s": _NUM, "reason": (str,)},
     "reject": {"reason": (str,), "round": (int, None)},
     "status": {"state": (str,), "round": (int,), "model_version": (int,), "connected": (int,), "history": (list,),
-               "run": (list, None)},
+               "run": (list, None), "privacy": (dict, None)},
 }
 OPTIONAL = {
     "hello": {"agent", "model_version", "model_digest", "resume"},
     "model": {"base_version", "digest"},
     "reject": {"round"},
     # [rounds committed, rounds planned] of the current or last run, for "round 3 of 5".
-    "status": {"run"},
+    "status": {"run", "privacy"},
     "task": {"clip"},
     "update": {"clipped"},
     "wait": {"reason"},

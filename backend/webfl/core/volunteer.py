@@ -29,6 +29,7 @@ bit adaptive clipping counts.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from enum import Enum
@@ -106,6 +107,7 @@ class Volunteer:
         self.job: Job | None = None
         self.history: list = []
         self.run_progress: list[int] | None = None  # [rounds committed, rounds planned] of the run
+        self.privacy: dict | None = None  # the run's DP guarantee as the server states it (status frame)
         self.last_verdict: dict | None = None
         self.last_metrics: dict | None = None
         self.bytes_up = 0
@@ -151,6 +153,7 @@ class Volunteer:
             "bytes_down": self.bytes_down,
             "history": self.history,
             "run": self.run_progress,
+            "privacy": self.privacy,
             "last_verdict": self.last_verdict,
             "last_metrics": self.last_metrics,
         }
@@ -293,6 +296,7 @@ class Volunteer:
         # Only shown, never acted on; anything but two counts is ignored.
         ok = isinstance(run, list) and len(run) == 2 and all(type(n) is int and 0 <= n <= 1_000_000 for n in run)
         self.run_progress = run if ok else None
+        self.privacy = _privacy(msg.fields.get("privacy"))
         return []
 
     # -- work ------------------------------------------------------------------
@@ -372,3 +376,16 @@ class Volunteer:
         fb.load_state(residual)
         self._feedback = fb
 
+
+def _privacy(value: object) -> dict | None:
+    """The status frame's ``privacy`` if well formed (only shown, never acted on), else ``None``."""
+    if not isinstance(value, dict):
+        return None
+    eps, delta, clip, noise = (value.get(k) for k in ("epsilon", "delta", "clip", "noise"))
+
+    def number(x: object) -> bool:
+        return type(x) in (int, float) and math.isfinite(x) and x >= 0  # type: ignore[arg-type]
+
+    if not (eps is None or number(eps)) or not number(delta) or not number(clip) or type(noise) is not bool:
+        return None
+    return {"epsilon": eps, "delta": delta, "clip": clip, "noise": noise}

@@ -157,9 +157,10 @@ class RoundEngine:
         mode = MODES[config.mode]
         rule.check_memory(self.model.size, mode.max_updates(config))
         rule.check_cohort(*mode.cohort(config))
+        past = self._privacy_states()
         run_id = self.store.start_run(config.to_dict())
         log.info("run %d started: %s", run_id, config.to_dict())
-        self._launch(Run(run_id, config, rule, config.optimizer(), self.model.size))
+        self._launch(Run(run_id, config, rule, config.optimizer(), self.model.size, past_privacy=past))
         return run_id
 
     def resume(self) -> int | None:
@@ -176,10 +177,16 @@ class RoundEngine:
         run_id = runs[-1]
         try:
             config = RunConfig.from_json(self.store.run_config(run_id))
-            run = Run(run_id, config, config.rule(), config.optimizer(), self.model.size, self.store.rounds_in_run(run_id))
+            rule = config.rule()
+            run = Run(run_id, config, rule, config.optimizer(), self.model.size, self.store.rounds_in_run(run_id), self._privacy_states(before=run_id))
+            loaded = set()
             for name, (version, state) in self.store.component_states(run_id).items():
                 if name in run.components and version == self.model_version:
                     run.components[name].load_state(state)
+                    loaded.add(name)
+            if run.privacy is not None and run.rounds_done and "privacy" not in loaded:
+                # Starting the accountant afresh would under-count the rounds already released.
+                raise ValueError("its privacy accountant is not checkpointed with the last commit, so its epsilon is unknown")
         except (ValueError, KeyError) as exc:
             log.error("run %d cannot be resumed (%s); marked interrupted", run_id, exc)
             self.store.end_run(run_id, "interrupted")
@@ -187,6 +194,16 @@ class RoundEngine:
         log.info("resuming run %d after %d committed round(s) of %d", run_id, run.rounds_done, config.rounds)
         self._launch(run)
         return run_id
+
+    def _privacy_states(self, before: int | None = None) -> list[dict]:
+        """The accountant states of this task's earlier runs (before run ``before``): its privacy total."""
+        states = []
+        for r in self.store.runs():
+            if before is None or r["id"] < before:
+                stored = self.store.component_states(r["id"]).get("privacy")
+                if stored is not None:
+                    states.append(stored[1])
+        return states
 
     def _launch(self, run: Run) -> None:
         self.run = run
@@ -213,6 +230,8 @@ class RoundEngine:
         status_ = "failed"
         self._mode = MODES[run.config.mode](self.services, run)
         try:
+            # Volunteers see the new run (and a dp run's guarantee) before its first task.
+            await self.coordinator.publish(self.status_frame())
             await self._mode.drive()
             status_ = "completed"
         except asyncio.CancelledError:

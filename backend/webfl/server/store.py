@@ -49,7 +49,8 @@ CREATE TABLE IF NOT EXISTS rounds (
     bytes_down INTEGER NOT NULL,
     duration_s REAL NOT NULL,
     committed_at REAL NOT NULL,
-    funnel TEXT
+    funnel TEXT,
+    privacy TEXT
 );
 CREATE TABLE IF NOT EXISTS abandoned_rounds (
     id INTEGER PRIMARY KEY,
@@ -93,9 +94,13 @@ class RoundRecord:
     committed_at: float
     #: The round's cohort funnel (``rounds/funnel.py``); ``None`` for rounds older than it.
     funnel: dict | None = None
+    #: A dp run's round: ``epsilon`` (the run's, cumulative), ``clip``, ``clipped_fraction``
+    #: (``server/privacy/run.py``); ``None`` for a run without dp.
+    privacy: dict | None = None
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        # ``epsilon`` at the top too: every entry has it, null without a guarantee.
+        return {**asdict(self), "epsilon": None if self.privacy is None else self.privacy["epsilon"]}
 
 
 @dataclass(frozen=True)
@@ -243,7 +248,7 @@ class Store:
 
     def commit_round(self, record: RoundRecord, task: str, model: str, params: np.ndarray, components: dict[str, dict] | None = None) -> None:
         """Record a committed round, its new global model and the run's component states atomically."""
-        row = {**record.to_dict(), "funnel": _json_or_null(record.funnel)}
+        row = {**asdict(record), "funnel": _json_or_null(record.funnel), "privacy": _json_or_null(record.privacy)}
         cols = ", ".join(row)
         marks = ", ".join("?" for _ in row)
         statements = [
@@ -285,8 +290,12 @@ class Store:
     def _migrate(self) -> None:
         """Bring an older database up to this schema."""
         # Before the cohort funnel, rounds had no funnel column (NULL: not recorded).
-        if "funnel" not in {row[1] for row in self._query("PRAGMA table_info(rounds)")}:
+        columns = {row[1] for row in self._query("PRAGMA table_info(rounds)")}
+        if "funnel" not in columns:
             self._tx([("ALTER TABLE rounds ADD COLUMN funnel TEXT", ())])
+        # Before differential privacy, rounds had no privacy column (NULL: not private).
+        if "privacy" not in columns:
+            self._tx([("ALTER TABLE rounds ADD COLUMN privacy TEXT", ())])
         self._migrate_server_opt_state()
 
     def _migrate_server_opt_state(self) -> None:
@@ -328,7 +337,8 @@ class Store:
 
     def history(self) -> list[RoundRecord]:
         fields = ", ".join(RoundRecord.__dataclass_fields__)
-        return [RoundRecord(*row[:-1], _parse_json(row[-1])) for row in self._query(f"SELECT {fields} FROM rounds ORDER BY round")]
+        rows = self._query(f"SELECT {fields} FROM rounds ORDER BY round")
+        return [RoundRecord(*row[:-2], _parse_json(row[-2]), _parse_json(row[-1])) for row in rows]
 
 
 def _json_or_null(value: dict | None) -> str | None:

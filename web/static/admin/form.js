@@ -27,6 +27,7 @@ const FIELDS = {
   max_staleness: ["FedBuff: max staleness (versions)", false],
   staleness_exponent: ["FedBuff: staleness exponent", false],
   max_wait_s: ["Longest “come back later” (s, 0: off)", false],
+  dp: ["Differential privacy (JSON, empty: off), e.g. {\"noise_multiplier\": 1, \"clip\": 1}", false],
 };
 // Values the API accepts for settings that are a choice rather than a spec.
 const CHOICES = { mode: [["sync", "Sync rounds"], ["fedbuff", "FedBuff (asynchronous)"]] };
@@ -65,7 +66,7 @@ export class LaunchForm {
 
   // Every setting back to its default, then `values` on top.
   apply(values = {}) {
-    for (const setting of this.settings) this.input(setting.name).value = String(values[setting.name] ?? setting.default);
+    for (const setting of this.settings) this.input(setting.name).value = shown(setting, values[setting.name] ?? setting.default);
     // A preset may need an Advanced setting: show it rather than hide what changed.
     const advanced = this.settings.some((s) => s.name in values && !(FIELDS[s.name]?.[1] ?? false));
     if (advanced) this.q("advanced").open = true;
@@ -76,15 +77,36 @@ export class LaunchForm {
     const body = {};
     for (const setting of this.settings) {
       const raw = this.input(setting.name).value.trim();
-      body[setting.name] = setting.type === "string" ? raw : Number(raw);
+      if (setting.type === "json") body[setting.name] = raw ? JSON.parse(raw) : null;
+      else body[setting.name] = setting.type === "string" ? raw : Number(raw);
     }
     return body;
   }
 
   // Invalid inputs may sit in the closed Advanced section: open it so the browser can point at them.
   validate() {
+    for (const setting of this.settings.filter((s) => s.type === "json")) {
+      const input = this.input(setting.name);
+      input.setCustomValidity(parsesAsJson(input.value) ? "" : "not valid JSON");
+    }
     if (!this.form.checkValidity()) this.q("advanced").open = true;
     return this.form.reportValidity();
+  }
+}
+
+// A setting's value as its input shows it: JSON settings as JSON text (null: empty).
+function shown(setting, value) {
+  if (setting.type === "json") return value == null ? "" : JSON.stringify(value);
+  return String(value);
+}
+
+function parsesAsJson(text) {
+  if (!text.trim()) return true;
+  try {
+    JSON.parse(text);
+    return true;
+  } catch {
+    return false;
   }
 }
 
@@ -98,6 +120,10 @@ function field(setting, text, suggestions) {
   if (CHOICES[setting.name]) {
     input = document.createElement("select");
     for (const [value, name] of CHOICES[setting.name]) input.append(new Option(name, value));
+  } else if (setting.type === "json") {
+    input = document.createElement("textarea");
+    input.rows = 2;
+    input.spellcheck = false;
   } else {
     input = document.createElement("input");
     if (setting.type === "string") {
@@ -121,10 +147,10 @@ function field(setting, text, suggestions) {
     }
   }
   input.name = setting.name;
-  input.required = true;
-  input.value = String(setting.default);
+  input.required = setting.type !== "json"; // empty JSON: the setting is off
+  input.value = shown(setting, setting.default);
   input.dataset.testid = `cfg-${setting.name}`;
-  input.dataset.default = String(setting.default);
+  input.dataset.default = shown(setting, setting.default);
   label.append(input);
   return nodes;
 }

@@ -20,6 +20,18 @@ const ABANDONED = {
   refused_aggregate: "aggregate refused (not finite or exploding)",
 };
 
+// The run's guarantee for the operator: the run's epsilon, the task's over all its runs,
+// and the settings it rests on (``run.privacy`` of /api/status).
+function describePrivacy(run) {
+  const p = run?.privacy;
+  if (!run) return "—";
+  if (!p) return "off: updates are not differentially private";
+  const eps = (e) => (e == null ? "unbounded" : format.fixed(e, 3));
+  const cap = p.max_epsilon == null ? "" : ` of at most ${p.max_epsilon}`;
+  const stopped = p.stopped ? `; stopped: ${p.stopped}` : "";
+  return `ε = ${eps(p.epsilon)}${cap} at δ = ${p.delta} after ${p.rounds} round(s) (task total ε = ${eps(p.task_epsilon)}); z = ${p.noise_multiplier}, clip ${format.fixed(p.clip, 4)}${p.adaptive ? " (adaptive)" : ""}, sampling ${p.sampling}, ${p.accountant}${stopped}`;
+}
+
 function when(t) {
   return t == null ? "—" : new Date(t * 1000).toLocaleString();
 }
@@ -28,6 +40,7 @@ export class Dashboard {
   constructor(root) {
     this.q = (id) => root.querySelector(`[data-testid="${id}"]`);
     this.chart = null;
+    this.privacyChart = null;
     this.rows = 0;
     this.history = null;
     this.runs = new Map();
@@ -44,6 +57,14 @@ export class Dashboard {
           { label: "Loss", stroke: "#dc2626", scale: "loss", axis: "Test loss", format: (v) => format.fixed(v) },
         ],
         scales: { acc: { range: [0, 1] } },
+      });
+      // A dp run's epsilon (cumulative, per run) and clip norm; rounds of other runs are gaps.
+      this.privacyChart = await lineChart(this.q("privacy-chart"), {
+        xLabel: "Round",
+        series: [
+          { label: "ε (run)", stroke: "#7c3aed", scale: "eps", axis: "Epsilon", format: (v) => format.fixed(v) },
+          { label: "Clip norm", stroke: "#059669", scale: "clip", axis: "Clip norm", format: (v) => format.fixed(v, 4) },
+        ],
       });
       if (this.history) this.drawChart(this.history);
     } catch (error) {
@@ -78,6 +99,7 @@ export class Dashboard {
         : "no run yet";
     q("run-status").dataset.status = status_;
     q("model-version").textContent = String(status.model_version);
+    q("privacy").textContent = describePrivacy(run);
     q("stop").disabled = !run?.running;
     q("launch").disabled = Boolean(run?.running) || !this.formReady;
     q("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
@@ -96,7 +118,9 @@ export class Dashboard {
       row.dataset.testid = "history-row";
       row.dataset.round = String(h.round);
       row.dataset.run = String(h.run_id ?? "");
-      const cells = [h.round, h.run_id ?? "—", format.percent(h.accuracy), format.fixed(h.loss), h.participants, format.bytes(h.bytes_up), format.bytes(h.bytes_down), format.seconds(h.duration_s), funnel.summary(h.funnel)];
+      const p = h.privacy;
+      const cells = [h.round, h.run_id ?? "—", format.percent(h.accuracy), format.fixed(h.loss), h.participants, format.bytes(h.bytes_up), format.bytes(h.bytes_down), format.seconds(h.duration_s), funnel.summary(h.funnel),
+        p ? (h.epsilon == null ? "none (no noise)" : format.fixed(h.epsilon, 3)) : "—", p ? format.fixed(p.clip, 4) : "—", p ? format.percent(p.clipped_fraction) : "—"];
       for (const value of cells) {
         const cell = document.createElement("td");
         cell.textContent = String(value);
@@ -156,6 +180,9 @@ export class Dashboard {
   drawChart(history) {
     const markers = history.filter((h, i) => i === 0 || h.run_id !== history[i - 1].run_id).map((h) => ({ x: h.round, label: `run ${h.run_id ?? "?"}` }));
     this.chart?.update([history.map((h) => h.round), history.map((h) => h.accuracy), history.map((h) => h.loss)], markers);
+    const rounds = history.map((h) => h.round);
+    this.q("privacy-panel").hidden = !history.some((h) => h.privacy);
+    this.privacyChart?.update([rounds, history.map((h) => h.epsilon ?? null), history.map((h) => h.privacy?.clip ?? null)], markers);
   }
 
   error(message) {

@@ -162,6 +162,7 @@ export class View {
     q("local-loss").textContent = metrics ? format.fixed(metrics.loss) : "—";
     q("local-accuracy").textContent = metrics ? format.percent(metrics.accuracy) : "—";
     q("data-source").textContent = describeData(snapshot.data);
+    q("privacy").textContent = format.privacy(snapshot.privacy, Boolean(snapshot.run));
     const pause = q("pause");
     pause.textContent = snapshot.paused ? "Resume" : "Pause";
     pause.setAttribute("aria-pressed", String(snapshot.paused));

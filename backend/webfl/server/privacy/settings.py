@@ -45,10 +45,15 @@ class AccountantKind(str, Enum):
     PLD = "pld"
 
 
-def _number(obj: dict, key: str, *, default: float | None = None, low: float = -math.inf,
+def _number(obj: dict, key: str, *, default: float | None = None, required: bool = False, low: float = -math.inf,
             low_open: bool = False, high: float = math.inf, high_open: bool = False) -> float | None:
-    value = obj.get(key, default)
+    """``obj[key]`` checked; null or absent is ``default`` (an error if ``required``)."""
+    value = obj.get(key)
     if value is None:
+        value = default
+    if value is None:
+        if required:
+            raise ValueError(f"dp.{key} must be a finite number, got null")
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"dp.{key} must be a finite number, got {value!r}")
@@ -93,7 +98,7 @@ class DPSettings:
         for key in ("noise_multiplier", "clip"):
             if key not in obj:
                 raise ValueError(f"dp.{key} is required")
-        z = _number(obj, "noise_multiplier", low=0.0)
+        z = _number(obj, "noise_multiplier", required=True, low=0.0)
         delta = _number(obj, "delta", default=DEFAULT_DELTA, low=0.0, low_open=True, high=1.0, high_open=True)
         max_epsilon = _number(obj, "max_epsilon", low=0.0, low_open=True)
         if max_epsilon is not None and z == 0:
@@ -128,7 +133,7 @@ class DPSettings:
         else:
             if isinstance(clip_value, str):
                 raise ValueError(f"dp.clip must be a positive number or 'adaptive', got {clip_value!r}")
-            clip = _number(obj, "clip", low=0.0, low_open=True)
+            clip = _number(obj, "clip", required=True, low=0.0, low_open=True)
             given = [k for k in _ADAPTIVE_KEYS if k in obj]
             if given:
                 raise ValueError(f"dp.{given[0]} is only used with dp.clip 'adaptive'")

@@ -31,6 +31,7 @@ from ...core.server_opt import ServerOptimizer
 from ...core.tasks import Task
 from ..coordinator import Coordinator
 from ..crashpoints import crashpoint
+from ..privacy.run import DPRule, PrivacyLedger
 from ..store import RoundRecord, Store
 from .announce import Announcement, Announcer
 from .config import RunConfig
@@ -75,18 +76,35 @@ class OptimizerState:
 
 
 class Run:
-    """One run: its settings, rule, optimizer and components, and how many rounds it committed."""
+    """One run: its settings, rule, optimizer and components, and how many rounds it committed.
 
-    def __init__(self, run_id: int, config: RunConfig, rule: Aggregator, opt: ServerOptimizer, size: int, rounds_done: int = 0) -> None:
+    A dp run also has its ``privacy`` ledger (the accountant), a component like the rest;
+    ``past_privacy`` are the accountant states of the task's earlier runs (its total).
+    """
+
+    def __init__(
+        self, run_id: int, config: RunConfig, rule: Aggregator, opt: ServerOptimizer, size: int, rounds_done: int = 0,
+        past_privacy: list[dict] | None = None,
+    ) -> None:
         self.id, self.config, self.rule, self.opt = run_id, config, rule, opt
-        # The rule learns across rounds (norm histories): resuming without it would reopen
-        # the window in which an adaptive bound is still on its prior.
+        # The rule learns across rounds (norm histories, the adaptive clip): resuming without
+        # it would reopen the window in which an adaptive bound is still on its prior.
         self.components: dict[str, Component] = {"server_opt": OptimizerState(opt, size), "rule": rule}
+        self.privacy: PrivacyLedger | None = None
+        if config.dp is not None:
+            assert isinstance(rule, DPRule), "a dp run folds into its DP release (RunConfig.rule)"
+            self.privacy = self.components["privacy"] = PrivacyLedger(config.dp, rule, past_privacy)
         self.rounds_done = rounds_done
 
     @property
     def finished(self) -> bool:
-        return self.rounds_done >= self.config.rounds
+        """All rounds committed, or (dp) the next one would exceed ``max_epsilon``: asked before each round."""
+        return self.rounds_done >= self.config.rounds or (self.privacy is not None and self.privacy.exhausted() is not None)
+
+    @property
+    def clip(self) -> float | None:
+        """The clip norm the next task carries (dp runs), else ``None``."""
+        return None if self.privacy is None else self.privacy.rule.clip
 
 
 class CommitPipeline:
@@ -119,8 +137,10 @@ class CommitPipeline:
         self._phase.to(RoundState.AGGREGATING)
         crashpoint("aggregating", round_)
         participants = aggregator.count
-        delta = await asyncio.to_thread(aggregator.finish)
+        # Taken before ``finish``: a dp release moves the adaptive clip, which a refused
+        # round (never released) must not keep.
         before = {name: c.state() for name, c in run.components.items()}
+        delta = await asyncio.to_thread(aggregator.finish)
         try:
             params = await asyncio.to_thread(run.opt.step, self.params, delta)
             loss, accuracy = await asyncio.to_thread(self._evaluate, params)
@@ -128,9 +148,13 @@ class CommitPipeline:
                 _restore(run, before)
                 log.error("round %d refused: %s; the model stays at version %d", round_, refusal, self.model_version)
                 return None
+            # One release, one charge, stored in the transaction below with the model.
+            privacy = run.privacy.charge() if run.privacy is not None else None
             self._phase.to(RoundState.BROADCASTING)
             step = self.chain.prepare(params, round_, run.config.downlink, downlink_rng(self._seed, round_))
-            record = RoundRecord(round_, run.id, round_, accuracy, loss, participants, bytes_up, bytes_down, time.monotonic() - started, time.time(), funnel)
+            record = RoundRecord(
+                round_, run.id, round_, accuracy, loss, participants, bytes_up, bytes_down, time.monotonic() - started, time.time(), funnel, privacy
+            )
             states = {name: c.state() for name, c in run.components.items()}
             stopped = await _uninterrupted(asyncio.to_thread(self.store.commit_round, record, self.task.name, self.task.model, params, states))
         except BaseException:

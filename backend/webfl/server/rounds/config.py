@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 from ...core.aggregation import NORM_BOUND_GRAMMAR, Aggregator, NormBound, get_aggregator, parse_norm_bound
 from ...core.codecs import Codec, get_codec
 from ...core.downlink import Downlink, get_downlink
 from ...core.server_opt import ServerOptimizer, get_server_opt
 from ...core.training import BOUNDS, describe_bounds, in_bounds
+from ..privacy import DPSettings, check_compatible
+from ..privacy.run import DPRule
+from .funnel import capped_weight
 from .validation import MAX_EXAMPLES_PER_UPDATE
 
 __all__ = ["LIMITS", "MODES", "NormSpec", "RunConfig"]
@@ -144,6 +147,8 @@ class RunConfig:
     staleness_exponent: float = 0.5
     #: Pace steering: the longest "come back in" delay; 0 turns pace steering off.
     max_wait_s: float = 30.0
+    #: Differential privacy (``server/privacy``, docs/privacy.md); ``None``: updates are not private.
+    dp: DPSettings | None = None
 
     def __post_init__(self) -> None:
         for name, kind in (("codec", Codec), ("downlink", Downlink), ("norm_bound", NormSpec)):
@@ -159,15 +164,30 @@ class RunConfig:
         unknown = data.keys() - known.keys()
         if unknown:
             raise ValueError(f"unknown field(s): {', '.join(sorted(unknown))}")
-        values = {name: _parse(name, value, known[name].type) for name, value in data.items()}
+        values = {name: _parse(name, value, known[name].type) for name, value in data.items() if name != "dp"}
         config = cls(**values)
         if config.min_updates > config.clients_per_round:
             raise ValueError("min_updates cannot exceed clients_per_round")
+        if data.get("dp") is not None:
+            # The divisor m of the release is the cohort a commit expects: a round's or a buffer's.
+            cohort = config.buffer_size if config.mode == "fedbuff" else config.clients_per_round
+            dp = DPSettings.from_json(data["dp"], expected_cohort=cohort)
+            check_compatible(dp, aggregator=config.aggregator, mode=config.mode, norm_bound=config.norm_bound.text)
+            config = replace(config, dp=dp)
         return config
 
     def rule(self) -> Aggregator:
-        """A new aggregation rule for this run, with its own norm bound."""
+        """A new aggregation rule for this run, with its own norm bound: the DP release
+        (``DPRule``) in a dp run, which stands in for ``fedavg``."""
+        if self.dp is not None:
+            return DPRule(self.dp, bound=self.norm_bound.build())
         return get_aggregator(self.aggregator, bound=self.norm_bound.build())
+
+    def weight(self, num_examples: int, discount: float = 1.0) -> float:
+        """An update's weight in the rule: ``min(num_examples, max_examples)`` times a
+        discount (FedBuff's staleness); in a dp run the discount alone, since example
+        counts are self-reported and one volunteer must move the sum by at most ``C``."""
+        return discount if self.dp is not None else capped_weight(num_examples, self.max_examples) * discount
 
     def optimizer(self) -> ServerOptimizer:
         """A new server optimizer for this run."""
@@ -176,6 +196,7 @@ class RunConfig:
     def to_dict(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["codec"], out["downlink"], out["norm_bound"] = self.codec.spec, self.downlink.spec, self.norm_bound.text
+        out["dp"] = None if self.dp is None else self.dp.to_json()
         return out
 
 

@@ -33,7 +33,7 @@ from ...core.protocol import Message
 from ..crashpoints import crashpoint
 from ..store import AbandonedRound
 from .config import RunConfig
-from .funnel import Funnel, capped_weight
+from .funnel import Funnel
 from .mode import RunMode
 from .peers import PeerState
 from .seeds import task_seed
@@ -61,6 +61,7 @@ class _Pending:
     weight: float
     nbytes: int
     num_examples: int
+    clipped: bool | None = None  # dp runs: the sender's report
 
 
 class FedBuff(RunMode):
@@ -77,6 +78,9 @@ class FedBuff(RunMode):
         self.staleness_sum = 0
         self._funnel = Funnel(0, 0, self.config.max_examples)  # the buffer being filled
         self._keys: dict[str, tuple[str, int]] = {}  # volunteer -> its latest task's funnel key
+        # dp runs: volunteers with an update in the buffer; at most one each per commit, or
+        # one volunteer could move a release by more than the clip norm.
+        self._in_buffer: set[str] = set()
 
     @staticmethod
     def max_updates(config: RunConfig) -> int:
@@ -119,9 +123,9 @@ class FedBuff(RunMode):
             s.tasks.answered(peer_id)
             self.rejected_stale += 1
             return Verdict(False, f"update is {staleness} model versions stale (at most {config.max_staleness} accepted)", "stale")
-        weight = capped_weight(msg["num_examples"], config.max_examples) * staleness_weight(staleness, config.staleness_exponent)
-        item = _Pending(peer_id, payload(msg), weight, nbytes, msg["num_examples"])
-        if not self._collecting or self.run.rule.count >= config.buffer_size:
+        weight = config.weight(msg["num_examples"], staleness_weight(staleness, config.staleness_exponent))
+        item = _Pending(peer_id, payload(msg), weight, nbytes, msg["num_examples"], msg.fields.get("clipped"))
+        if not self._collecting or self.run.rule.count >= config.buffer_size or self._once(peer_id):
             # The buffer is full or being committed: keep the update for the next one
             # (bounded by concurrency), so every commit holds exactly buffer_size.
             self._pending.append(item)
@@ -135,11 +139,23 @@ class FedBuff(RunMode):
         crashpoint("training", s.commits.model_version + 1)
         return ACCEPTED
 
+    def _once(self, peer_id: str) -> bool:
+        """dp runs: ``peer_id`` already has an update in this buffer (the next one takes it)."""
+        return self.config.dp is not None and peer_id in self._in_buffer
+
+    def _holding(self) -> set[str]:
+        """dp runs: volunteers with an update buffered or pending; they get no new task until
+        it is committed, which bounds the pending list to one update per volunteer."""
+        if self.config.dp is None:
+            return set()
+        return self._in_buffer | {item.peer_id for item in self._pending}
+
     def _fold(self, item: _Pending) -> Verdict | None:
-        refused = fold(self.run.rule, self.config.codec, item.enc, item.weight)
+        refused = fold(self.run.rule, self.config.codec, item.enc, item.weight, item.clipped)
         if refused is None:
             self._bytes_up += item.nbytes
             self._funnel.accept(item.num_examples)
+            self._in_buffer.add(item.peer_id)
         return refused
 
     # -- the loop ---------------------------------------------------------------------
@@ -154,9 +170,10 @@ class FedBuff(RunMode):
                 # Keys of tasks no longer held are done with: a long run sees many volunteers.
                 self._keys = {p: key for p, key in self._keys.items() if s.tasks.holds(p)}
                 self._collecting = True
+                self._in_buffer = set()
                 pending, self._pending = self._pending, []
                 for item in pending:
-                    if rule.count >= config.buffer_size:
+                    if rule.count >= config.buffer_size or self._once(item.peer_id):
                         self._pending.append(item)
                     elif refused := self._fold(item):
                         # Already accepted, so the volunteer is not told; the count shows it.
@@ -194,13 +211,14 @@ class FedBuff(RunMode):
         s, config = self.services, self.config
         now = asyncio.get_running_loop().time()
         s.tasks.expire(now)
-        ready = s.selection.eligible(config.codec)
+        holding = self._holding()
+        ready = [p for p in s.selection.eligible(config.codec) if p not in holding]
         free = max(0, self.concurrency - len(s.tasks))
         version = s.commits.model_version
         for peer_id in ready[:free]:
             self._tasks_sent += 1
             seed = task_seed(s.seed, version + 1, self._tasks_sent)
-            sent = await s.tasks.send(peer_id, config, version + 1, version, seed, now + config.deadline_s)
+            sent = await s.tasks.send(peer_id, config, version + 1, version, seed, now + config.deadline_s, self.run.clip)
             self._bytes_down += sent
             self._keys[peer_id] = key = (peer_id, self._tasks_sent)
             self._funnel.task_sent(key, sent > 0)

@@ -8,6 +8,7 @@ import asyncio
 import logging
 import math
 import random
+import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -20,7 +21,7 @@ from .peers import Peer, PeerState, Peers
 from .seeds import selection_rng
 from .state import Phase
 
-__all__ = ["Cohort", "Selection", "Waiting", "target"]
+__all__ = ["Cohort", "Selection", "Waiting", "poisson", "target"]
 
 log = logging.getLogger("webfl.engine")
 
@@ -67,6 +68,20 @@ class Waiting:
         return text
 
 
+def poisson(ready: Sequence[str], q: float) -> list[str]:
+    """Each of ``ready`` independently with probability ``q``: the sampling DP amplification assumes.
+
+    The coins come from the OS (``secrets``), never the run's seed: who was drawn must not
+    be predictable from it, or the amplification is gone. The count drawn varies, and may
+    be below ``min_updates`` (the round is then abandoned and redrawn, see docs/privacy.md).
+    """
+    coins = _system_random.random
+    return sorted(p for p in ready if coins() < q)
+
+
+_system_random = secrets.SystemRandom()
+
+
 class Selection:
     def __init__(self, peers: Peers, phase: Phase, coordinator: Coordinator, seed: int, durations: Callable[[], Sequence[float]]) -> None:
         self._peers, self._phase, self._coordinator, self._seed = peers, phase, coordinator, seed
@@ -93,8 +108,13 @@ class Selection:
 
     async def select(self, config: RunConfig, model_version: int, rounds_committed: int) -> Cohort:
         """A sync round's cohort: wait up to ``select_timeout_s`` for ``target`` eligible
-        volunteers (never fewer than ``min_updates``), pick at random, steer the surplus."""
-        want = target(config)
+        volunteers (never fewer than ``min_updates``), pick at random, steer the surplus.
+
+        With dp ``sampling: "poisson"`` the pool waited for is the ``population`` and each
+        eligible volunteer is then drawn independently with probability ``q`` (``poisson``).
+        """
+        coin_flips = config.dp is not None and config.dp.sampling_rate is not None
+        want = config.dp.population if coin_flips else target(config)  # type: ignore[union-attr]
         loop = asyncio.get_running_loop()
         since = loop.time()
         try:
@@ -109,8 +129,11 @@ class Selection:
                 await self._phase.wait_change(config.select_timeout_s - waited if enough else 1.0)
         finally:
             self.waiting = None
-        rng = selection_rng(self._seed, model_version, rounds_committed)
-        selected = sorted(rng.choice(ready, size=min(want, len(ready)), replace=False).tolist())
+        if coin_flips:
+            selected = poisson(ready, config.dp.sampling_rate)  # type: ignore[union-attr]
+        else:
+            rng = selection_rng(self._seed, model_version, rounds_committed)
+            selected = sorted(rng.choice(ready, size=min(want, len(ready)), replace=False).tolist())
         cohort = Cohort(selected, len(self._peers), self._peers.count(PeerState.READY))
         await self.steer(sorted(set(ready) - set(selected)), want, config, "not selected for this round")
         return cohort

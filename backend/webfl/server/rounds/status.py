@@ -33,7 +33,11 @@ def status(
         "volunteers": {s.value: peers.count(s) for s in PeerState},
         "run": None
         if run is None
-        else {"id": run.id, "running": running, "rounds_done": run.rounds_done, "config": run.config.to_dict()},
+        else {
+            "id": run.id, "running": running, "rounds_done": run.rounds_done, "config": run.config.to_dict(),
+            # dp runs: the guarantee so far (``server/privacy/run.py``); null: not private.
+            "privacy": None if run.privacy is None else run.privacy.status(),
+        },
         "waits_sent": selection.waits_sent,
         "fedbuff": mode.describe() if mode else None,
         "open_round": None
@@ -65,5 +69,7 @@ def status_frame(phase: Phase, peers: Peers, commits: CommitPipeline, mode: RunM
         "connected": len(peers),
         "history": [[r.round, r.accuracy] for r in commits.history[-200:]],
         "run": [run.rounds_done, run.config.rounds] if run else None,
+        # What the page states in words: the run's guarantee, or null (not private).
+        "privacy": run.privacy.frame() if run and run.privacy else None,
     }
     return encode(Message("status", fields))

@@ -19,7 +19,7 @@ from ...core.protocol import Message
 from ..crashpoints import crashpoint
 from ..store import AbandonedRound
 from .config import RunConfig
-from .funnel import Funnel, capped_weight
+from .funnel import Funnel
 from .mode import RunMode
 from .peers import PeerState
 from .seeds import task_seed
@@ -85,7 +85,7 @@ class SyncRounds(RunMode):
         rule.begin(s.commits.model.size, len(selected))
         s.tasks.open(round_)
         for i, peer_id in enumerate(selected):
-            sent = await s.tasks.send(peer_id, config, round_, version, task_seed(s.seed, round_, i), open_.deadline)
+            sent = await s.tasks.send(peer_id, config, round_, version, task_seed(s.seed, round_, i), open_.deadline, self.run.clip)
             open_.bytes_down += sent
             funnel.task_sent(peer_id, sent > 0)
         log.info("round %d: selected %d volunteer(s) of %d connected", round_, len(selected), len(s.peers))
@@ -143,7 +143,7 @@ class SyncRounds(RunMode):
         if isinstance(job, Verdict):
             return job
         assert open_ is not None and job.round == open_.round  # the book only holds this round's tasks
-        if refused := fold(self.run.rule, config.codec, payload(msg), capped_weight(msg["num_examples"], config.max_examples)):
+        if refused := fold(self.run.rule, config.codec, payload(msg), config.weight(msg["num_examples"]), msg.fields.get("clipped")):
             return refused  # the task stays open: a valid update may still answer it
         s.tasks.answered(peer_id)
         open_.funnel.accept(msg["num_examples"])

@@ -83,9 +83,14 @@ class TaskBook:
         peer.model_version, peer.model_digest = self._chain.version, self._chain.digest
         return frames
 
-    async def send(self, peer_id: str, config: RunConfig, round_: int, model_version: int, seed: int, expires: float) -> int:
+    async def send(
+        self, peer_id: str, config: RunConfig, round_: int, model_version: int, seed: int, expires: float, clip: float | None = None
+    ) -> int:
         """Give ``peer_id`` a task on the current model, preceded by what it lacks of that
-        model; the bytes queued, or 0 if the task could not be queued."""
+        model; the bytes queued, or 0 if the task could not be queued.
+
+        ``clip``: a dp run's clip norm for this round (adaptive clipping moves it).
+        """
         peer = self._peers.get(peer_id)
         if peer is None:
             return 0
@@ -105,6 +110,8 @@ class TaskBook:
             # Bound to this connection, round and model: the update must echo it.
             "token": self.tokens.issue(peer_id, round_, model_version),
         }
+        if clip is not None:
+            task["clip"] = clip
         frames = [*self.catch_up(peer), encode(Message("task", task))]
         for frame in frames:
             # A frame the queue refuses drops the connection (a slow consumer): nothing to undo.

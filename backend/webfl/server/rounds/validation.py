@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from ...core.aggregation import Aggregator, UpdateRejected
 from ...core.codecs import Codec, CodecError, Encoded
 from ...core.protocol import Message
+from ..privacy.run import DPRule
 
 __all__ = ["ACCEPTED", "MAX_EXAMPLES_PER_UPDATE", "REASONS", "Rejections", "Verdict", "check", "fold", "payload"]
 
@@ -77,10 +78,16 @@ def payload(msg: Message) -> Encoded:
 FOLD_REASONS = {"nonfinite": "nan", "shape": "malformed", "malformed": "malformed", "norm": "norm"}
 
 
-def fold(aggregator: Aggregator, codec: Codec, enc: Encoded, weight: float) -> Verdict | None:
-    """Fold one update into ``aggregator`` (unchanged if it refuses); ``None`` if it took it."""
+def fold(aggregator: Aggregator, codec: Codec, enc: Encoded, weight: float, clipped: bool | None = None) -> Verdict | None:
+    """Fold one update into ``aggregator`` (unchanged if it refuses); ``None`` if it took it.
+
+    ``clipped`` (the update's own report) only reaches the DP release, the one rule that counts it.
+    """
     try:
-        aggregator.add(codec, enc, weight)
+        if isinstance(aggregator, DPRule):
+            aggregator.add(codec, enc, weight, clipped)
+        else:
+            aggregator.add(codec, enc, weight)
     except (CodecError, UpdateRejected) as exc:
         return Verdict(False, f"invalid update: {exc}", FOLD_REASONS[exc.kind])
     except ValueError as exc:

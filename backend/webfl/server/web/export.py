@@ -34,7 +34,7 @@ ONNX_OPSET = 17
 #: The IR version of opset 17 (onnx 1.12); newer would shut out older runtimes for nothing.
 ONNX_IR_VERSION = 8
 
-HISTORY_COLUMNS = tuple(RoundRecord.__dataclass_fields__)
+HISTORY_COLUMNS = (*RoundRecord.__dataclass_fields__, "epsilon")  # the order of RoundRecord.to_dict
 
 
 def model_npz(model: MLP, params: np.ndarray, model_version: int) -> bytes:
@@ -82,14 +82,18 @@ def history_document(runs: list[dict], rounds: list[RoundRecord], abandoned: Seq
 
 
 def history_csv(rounds: list[RoundRecord]) -> str:
-    """The committed rounds, one a row; the funnel column holds the funnel as JSON."""
+    """The committed rounds, one a row; the funnel and privacy columns hold JSON."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(HISTORY_COLUMNS)
     for r in rounds:
-        row = {**r.to_dict(), "funnel": None if r.funnel is None else json.dumps(r.funnel)}
+        row = {**r.to_dict(), "funnel": _json(r.funnel), "privacy": _json(r.privacy)}
         writer.writerow(["" if v is None else v for v in row.values()])
     return buf.getvalue()
+
+
+def _json(value: dict | None) -> str | None:
+    return None if value is None else json.dumps(value)
 
 
 def _engine(request: Request) -> RoundEngine:

@@ -65,6 +65,14 @@ class EngineCollector(Collector):
         yield engine_state
 
         yield GaugeMetricFamily("webfl_model_version", "Version of the global model", value=status["model_version"])
+        privacy = (status["run"] or {}).get("privacy")
+        if privacy is not None and privacy["epsilon"] is not None:
+            # Only a finite guarantee is a value; a run without dp (or without noise) has none.
+            epsilon = GaugeMetricFamily("webfl_privacy_epsilon", "The current run's cumulative DP epsilon, by scope (run, task: all its runs)", labels=["scope"])
+            epsilon.add_metric(["run"], privacy["epsilon"])
+            if privacy["task_epsilon"] is not None:
+                epsilon.add_metric(["task"], privacy["task_epsilon"])
+            yield epsilon
 
         by_status = dict.fromkeys(RUN_STATUSES, 0)
         for run in runs:

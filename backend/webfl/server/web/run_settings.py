@@ -17,18 +17,21 @@ from .admin_api import admin_only
 __all__ = ["describe_run_settings", "routes"]
 
 _TYPES = {int: "integer", float: "number", str: "string"}
+#: Settings that are a JSON object (or null) rather than one value; the form edits them as JSON.
+_JSON = {"dp"}
 
 
 def describe_run_settings() -> list[dict]:
     """One entry per ``RunConfig`` field, in declaration order:
-    ``{"name", "type", "default", "min", "max"}`` (bounds only for numbers).
+    ``{"name", "type", "default", "min", "max"}`` (bounds only for numbers; ``type`` is
+    ``"json"`` for an object setting such as ``dp``, whose default is null).
 
     Defaults are ``RunConfig()``'s as the API shows them (specs as their text), so a form
     built from this starts exactly where a body without that field would.
     """
     out = []
     for name, default in RunConfig().to_dict().items():
-        entry: dict = {"name": name, "type": _TYPES[type(default)], "default": default}
+        entry: dict = {"name": name, "type": "json" if name in _JSON else _TYPES[type(default)], "default": default}
         if name in LIMITS:
             entry["min"], entry["max"] = LIMITS[name][:2]
         out.append(entry)
