@@ -43,7 +43,9 @@ def test_a_huge_update_is_refused_and_the_live_model_stays_the_stored_one(server
     assert retry["round"] == 1
     delta = np.random.default_rng(0).normal(0, 0.01, MODEL_SIZE)
     assert a.update(retry, delta).type == "accept"
-    assert a.recv("model")["model_version"] == 1
+    # Committed: every volunteer hears of version 1 (the model itself comes with a task).
+    notice = a.recv("model_notice")
+    assert notice["model_version"] == 1 and notice["url"].endswith(notice["digest"] + ".bin")
     status = server.wait_for(lambda s: not s["run"]["running"], timeout=30, what="the run to complete")
     assert [h["round"] for h in status["history"]] == [1] and np.isfinite(status["history"][0]["loss"])
     version, stored = stored_model(server)
