@@ -50,13 +50,14 @@ class RunActive(RuntimeError):
 
 class RoundEngine:
     def __init__(self, task: Task, store: Store, coordinator: Coordinator, test: Dataset, seed: int = 0) -> None:
-        self.task, self.store, self.coordinator, self.seed = task, store, coordinator, seed
+        self.task, self.coordinator, self.seed = task, coordinator, seed
+        self.store = store.scoped(task.name, task.model)
         self.model = task.build_model()
         self.phase = Phase()
         self.peers = Peers(self.phase)
         self.rejections = Rejections()
         self.tokens = TaskTokens()
-        self.commits = CommitPipeline(task, self.model, store, coordinator, self.phase, test, seed, self.status_frame)
+        self.commits = CommitPipeline(task, self.model, self.store, coordinator, self.phase, test, seed, self.status_frame)
         self.selection = Selection(self.peers, self.phase, coordinator, seed, lambda: [r.duration_s for r in self.commits.history])
         self.tasks = TaskBook(self.peers, coordinator, self.tokens)
         self.services = Services(self.phase, self.peers, self.selection, self.tasks, self.commits, self.rejections, seed)

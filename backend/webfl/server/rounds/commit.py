@@ -28,7 +28,7 @@ from ...core.server_opt import ServerOptimizer
 from ...core.tasks import Task
 from ..coordinator import Coordinator
 from ..crashpoints import crashpoint
-from ..store import RoundRecord, Store
+from ..store import RoundRecord, TaskStore
 from .config import RunConfig
 from .seeds import downlink_rng
 from .state import Phase, RoundState
@@ -89,17 +89,17 @@ class CommitPipeline:
     """Owns the global model (``params``, ``model_version``, ``history``) and its downlink chain."""
 
     def __init__(
-        self, task: Task, model: MLP, store: Store, coordinator: Coordinator, phase: Phase, test: Dataset, seed: int,
+        self, task: Task, model: MLP, store: TaskStore, coordinator: Coordinator, phase: Phase, test: Dataset, seed: int,
         status_frame: Callable[[], bytes],
     ) -> None:
         """``status_frame``: the status frame broadcast after every commit."""
         self.task, self.model, self.store, self._coordinator, self._phase, self._seed = task, model, store, coordinator, phase, seed
         self.status_frame = status_frame
         self._test_x, self._test_y = features(test.x), test.y
-        checkpoint = store.latest_checkpoint(task.name, task.model)
+        checkpoint = store.latest_checkpoint()
         if checkpoint is None:
             self.model_version, self.params = 0, model.init(seed)
-            store.save_checkpoint(0, task.name, task.model, self.params)
+            store.save_checkpoint(0, self.params)
         else:
             self.model_version, self.params = checkpoint
         self.history = store.history()
@@ -124,7 +124,7 @@ class CommitPipeline:
             step = self.chain.prepare(params, round_, run.config.downlink, downlink_rng(self._seed, round_))
             record = RoundRecord(round_, run.id, round_, accuracy, loss, participants, bytes_up, bytes_down, time.monotonic() - started, time.time())
             states = {name: c.state() for name, c in run.components.items()}
-            stopped = await _uninterrupted(asyncio.to_thread(self.store.commit_round, record, self.task.name, self.task.model, params, states))
+            stopped = await _uninterrupted(asyncio.to_thread(self.store.commit_round, record, params, states))
         except BaseException:
             _restore(run, before)
             raise
