@@ -20,6 +20,7 @@ def _serve(args: argparse.Namespace) -> int:
     from .server.config import Settings
     from .server.origins import default_public_origins, parse_origins
     from .server.store import CorruptDatabase, check_database
+    from .server.taskset import read_task_file
     from .server.timeouts import http_protocol, ws_protocol
 
     overrides = {
@@ -34,6 +35,7 @@ def _serve(args: argparse.Namespace) -> int:
     }
     scheme = "https" if args.ssl_certfile else "http"
     try:
+        overrides["tasks"] = tuple(task for path in args.task_file for task in read_task_file(Path(path)))
         if args.embed_origins is not None:
             overrides["embed_origins"] = parse_origins(args.embed_origins)
         public = parse_origins(args.public_origin or os.environ.get("WEBFL_PUBLIC_ORIGINS"))
@@ -132,7 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--data-dir", default=os.environ.get("WEBFL_DATA_DIR", "data"))
-    serve.add_argument("--task", default="mnist")
+    serve.add_argument("--task", help="the default task, a built-in (mnist, breast-cancer, digits); "
+                       "default: the first --task-file's, else mnist")
+    serve.add_argument("--task-file", action="append", default=[], metavar="FILE",
+                       help="serve the task(s) in this JSON file: one definition or a list (repeatable; kept in the store)")
     serve.add_argument("--model", default="2nn", help="2nn (McMahan et al.'s MLP) or softmax")
     serve.add_argument("--seed", type=int, default=0)
     serve.add_argument("--demo-partition", default="iid", help="how demo shards split the data: iid, noniid, dirichlet:A")

@@ -64,6 +64,7 @@ SCHEMAS: dict[str, dict[str, tuple]] = {
         "model_version": (int,),
         "model_digest": (str,),
         "resume": (dict,),  # {"volunteer": id, "token": welcome's resume}: keep that id
+        "task": (str,),  # the task to train; absent: the server's default task
     },
     "ready": {"num_examples": (int,)},
     "pause": {},
@@ -102,7 +103,7 @@ SCHEMAS: dict[str, dict[str, tuple]] = {
     "status": {"state": (str,), "round": (int,), "model_version": (int,), "connected": (int,), "history": (list,)},
 }
 OPTIONAL = {
-    "hello": {"agent", "model_version", "model_digest", "resume"},
+    "hello": {"agent", "model_version", "model_digest", "resume", "task"},
     "model": {"base_version", "digest"},
     "reject": {"round"},
     "wait": {"reason"},

@@ -22,7 +22,7 @@ import numpy as np
 from ..core.data import Dataset
 from ..core.protocol import Message
 from ..core.tasks import Task
-from .coordinator import Coordinator
+from .coordinator import Coordinator, TaskChannel
 from .rounds.commit import CommitPipeline, Run
 from .rounds.config import RunConfig
 from .rounds.fedbuff import FedBuff
@@ -49,12 +49,15 @@ class RunActive(RuntimeError):
 
 
 class RoundEngine:
-    def __init__(self, task: Task, store: Store, coordinator: Coordinator, test: Dataset, seed: int = 0) -> None:
-        self.task, self.coordinator, self.seed = task, coordinator, seed
+    def __init__(self, task: Task, store: Store, coordinator: Coordinator, test: Dataset | None, seed: int = 0) -> None:
+        """``test``: the server's held-out data for ``task``, if it has any."""
+        self.task, self.seed = task, seed
         self.store = store.scoped(task.name, task.model)
         self.model = task.build_model()
         self.phase = Phase()
         self.peers = Peers(self.phase)
+        # Broadcasts reach this task's volunteers only: other tasks may share the connections.
+        self.coordinator = coordinator = TaskChannel(coordinator, lambda: [peer.id for peer in self.peers])
         self.rejections = Rejections()
         self.tokens = TaskTokens()
         self.commits = CommitPipeline(task, self.model, self.store, coordinator, self.phase, test, seed, self.status_frame)

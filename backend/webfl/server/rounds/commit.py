@@ -89,13 +89,13 @@ class CommitPipeline:
     """Owns the global model (``params``, ``model_version``, ``history``) and its downlink chain."""
 
     def __init__(
-        self, task: Task, model: MLP, store: TaskStore, coordinator: Coordinator, phase: Phase, test: Dataset, seed: int,
+        self, task: Task, model: MLP, store: TaskStore, coordinator: Coordinator, phase: Phase, test: Dataset | None, seed: int,
         status_frame: Callable[[], bytes],
     ) -> None:
         """``status_frame``: the status frame broadcast after every commit."""
         self.task, self.model, self.store, self._coordinator, self._phase, self._seed = task, model, store, coordinator, phase, seed
         self.status_frame = status_frame
-        self._test_x, self._test_y = features(test.x), test.y
+        self._test = None if test is None else (features(test.x), test.y)
         checkpoint = store.latest_checkpoint()
         if checkpoint is None:
             self.model_version, self.params = 0, model.init(seed)
@@ -138,22 +138,25 @@ class CommitPipeline:
         record = self.history[-1] = replace(record, bytes_down=bytes_down + sent * len(frame))
         await asyncio.to_thread(self.store.set_bytes_down, round_, record.bytes_down)
         await self._coordinator.publish(self.status_frame())
-        log.info("round %d committed: %d update(s), accuracy %.4f, loss %.4f", round_, participants, accuracy, loss)
+        log.info("round %d committed: %d update(s), accuracy %s, loss %s", round_, participants, accuracy, loss)
         if stopped:
             raise asyncio.CancelledError
         return record
 
-    def _evaluate(self, params: np.ndarray) -> tuple[float, float]:
+    def _evaluate(self, params: np.ndarray) -> tuple[float | None, float | None]:
+        """Loss and accuracy on the server's held-out data; None without any."""
+        if self._test is None:
+            return None, None
         with np.errstate(all="ignore"):  # overflow shows up as a non-finite loss, refused above
-            return self.model.evaluate(params, self._test_x, self._test_y)
+            return self.model.evaluate(params, *self._test)
 
 
-def _refusal(delta: np.ndarray, params: np.ndarray, loss: float) -> str | None:
+def _refusal(delta: np.ndarray, params: np.ndarray, loss: float | None) -> str | None:
     if not np.isfinite(delta).all():
         return "the aggregate holds NaN or Inf"
     if not np.isfinite(params).all() or float(np.abs(params).max()) > MAX_PARAM_ABS:
         return f"the step would move a parameter beyond {MAX_PARAM_ABS:g} (an exploding aggregate)"
-    if not math.isfinite(loss):
+    if loss is not None and not math.isfinite(loss):
         return f"the new model evaluates to a loss of {loss}"
     return None
 

@@ -17,9 +17,9 @@ from starlette.routing import Route
 
 from ..engine import RunActive, RunConfig
 from .bodies import read_json
-from .services import services
+from .services import services, task_engine
 
-__all__ = ["admin_only", "routes"]
+__all__ = ["admin_only", "routes", "start_rounds", "status", "stop_rounds"]
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -49,7 +49,7 @@ def _bad(exc: Exception) -> Response:
 
 @admin_only
 async def start_rounds(request: Request) -> Response:
-    engine = services(request).engine
+    engine = task_engine(request)
     try:
         config = RunConfig.from_json(await read_json(request))
     except (ValueError, OverflowError) as exc:
@@ -65,12 +65,12 @@ async def start_rounds(request: Request) -> Response:
 
 @admin_only
 async def stop_rounds(request: Request) -> Response:
-    return JSONResponse({"stopped": await services(request).engine.stop()})
+    return JSONResponse({"stopped": await task_engine(request).stop()})
 
 
 @admin_only
 async def status(request: Request) -> Response:
-    return JSONResponse(services(request).engine.status())
+    return JSONResponse(task_engine(request).status())
 
 
 routes = [

@@ -86,7 +86,7 @@ class EngineCollector(Collector):
         yield from _bytes(history, {run["id"]: run["config"] for run in runs})
         yield _durations(history)
 
-        if history:
+        if history and history[-1]["accuracy"] is not None:  # None: no server-side data for this task
             last = history[-1]
             yield GaugeMetricFamily("webfl_test_accuracy", "Held-out accuracy of the last committed model", value=last["accuracy"])
             yield GaugeMetricFamily("webfl_test_loss", "Held-out loss of the last committed model", value=last["loss"])

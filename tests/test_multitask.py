@@ -1,0 +1,145 @@
+"""Several tasks on one server, in process: /api/tasks, per-task runs and status, a
+volunteer's hello naming its task, broadcasts kept to a task's own volunteers, and tasks
+kept across a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rounds_harness import RecordingCoordinator, Volunteer, held_out, until
+from starlette.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
+
+from webfl import __version__
+from webfl.core.protocol import Message, decode, encode
+from webfl.core.tasks import BUILT_IN, Task, get_task
+from webfl.server.app import create_app
+from webfl.server.config import Settings
+from webfl.server.engine import RoundEngine, RunConfig
+from webfl.server.store import Store
+from webfl.server.taskset import read_task_file
+
+TOKEN = "multitask-test-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+HEART = {
+    "name": "heart", "title": "Heart <b>disease</b>", "kind": "tabular", "features": ["age", "chol"],
+    "label": "target", "classes": ["no", "yes"], "model": {"type": "mlp", "hidden": []},
+}
+
+
+def _app(data_dir: Path, **settings) -> TestClient:
+    return TestClient(create_app(Settings(data_dir=data_dir, admin_token=TOKEN, model="softmax", **settings)))
+
+
+def _hello(ws, **fields) -> dict:
+    ws.send_bytes(encode(Message("hello", {"version": __version__, "codecs": ["none"], "agent": "test", **fields})))
+    welcome = decode(ws.receive_bytes())
+    assert welcome.type == "welcome"
+    return welcome.fields
+
+
+def test_tasks_are_created_listed_and_refused_with_reasons(tmp_path):
+    with _app(tmp_path) as client:
+        assert client.post("/api/tasks", json=HEART).status_code == 401
+        created = client.post("/api/tasks", json=HEART, headers=AUTH)
+        assert created.status_code == 201 and created.headers["location"] == "/api/tasks/heart"
+        assert created.json()["name"] == "heart" and created.json()["running"] is False
+        listing = client.get("/api/tasks").json()
+        assert [t["name"] for t in listing["tasks"]] == ["mnist", "heart"] and listing["default"] == "mnist"
+        assert client.get("/api/tasks/heart").json()["features"] == ["age", "chol"]
+        assert client.get("/api/tasks/nope").status_code == 404
+        again = client.post("/api/tasks", json=HEART, headers=AUTH)
+        assert again.status_code == 409 and "exists already" in again.json()["error"]
+        assert client.post("/api/tasks", json=dict(BUILT_IN["digits"].to_json(), name="mnist"), headers=AUTH).status_code == 409
+        bad = client.post("/api/tasks", json={**HEART, "name": "other", "features": ["age", "age"]}, headers=AUTH)
+        assert bad.status_code == 400 and bad.json()["error"].startswith("features")
+        broken = client.post("/api/tasks", content=b"{not json", headers=AUTH)
+        assert broken.status_code == 400 and "not valid JSON" in broken.json()["error"]
+        assert [t["name"] for t in client.get("/api/tasks").json()["tasks"]] == ["mnist", "heart"]  # nothing half-made
+
+
+def test_each_task_runs_and_counts_on_its_own(tmp_path):
+    with _app(tmp_path) as client:
+        assert client.post("/api/tasks", json=HEART, headers=AUTH).status_code == 201
+        with client.websocket_connect("/ws") as plain, client.websocket_connect("/ws") as heart:
+            assert _hello(plain)["task"]["name"] == "mnist"  # no task named: the default, as today's clients
+            welcome = _hello(heart, task="heart")
+            assert welcome["task"]["name"] == "heart" and "shard" not in welcome  # demo shards are MNIST's
+            assert decode(heart.receive_bytes()).type == "model"
+            heart.send_bytes(encode(Message("ready", {"num_examples": 50})))
+            for _ in range(100):
+                status = client.get("/api/tasks/heart/status", headers=AUTH).json()
+                if status["volunteers"]["ready"] == 1:
+                    break
+            assert status["connected"] == 1 and status["volunteers"]["ready"] == 1
+            assert client.get("/api/status", headers=AUTH).json()["connected"] == 1  # mnist's own one
+            started = client.post("/api/tasks/heart/rounds", json={"rounds": 3, "clients_per_round": 2}, headers=AUTH)
+            assert started.status_code == 202
+            assert client.post("/api/tasks/heart/rounds", json={"rounds": 1}, headers=AUTH).status_code == 409
+            assert client.get("/api/tasks/heart").json()["running"] is True
+            assert client.get("/api/status", headers=AUTH).json()["run"] is None  # mnist does not run
+            mnist_run = client.post("/api/rounds", json={"rounds": 1}, headers=AUTH)  # at the same time
+            assert mnist_run.status_code == 202 and mnist_run.json()["run"] != started.json()["run"]
+            assert client.post("/api/tasks/heart/rounds/stop", headers=AUTH).json() == {"stopped": True}
+            assert client.post("/api/rounds/stop", headers=AUTH).json() == {"stopped": True}
+        assert client.get("/api/tasks/heart/history", headers=AUTH).json()["runs"][0]["status"] == "stopped"
+        assert [r["id"] for r in client.get("/api/history", headers=AUTH).json()["runs"]] == [mnist_run.json()["run"]]
+        model = client.get("/api/tasks/heart/model", headers=AUTH)
+        assert model.status_code == 200 and "webfl-heart-softmax-v0" in model.headers["content-disposition"]
+        assert client.post("/api/tasks/nope/rounds", json={}, headers=AUTH).status_code == 404
+
+
+def test_a_hello_for_an_unknown_task_is_closed_with_the_reason(tmp_path):
+    with _app(tmp_path) as client, client.websocket_connect("/ws") as ws:
+        ws.send_bytes(encode(Message("hello", {"version": __version__, "codecs": ["none"], "task": "nope"})))
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_bytes()
+        assert closed.value.code == 1008 and "no task named 'nope'" in closed.value.reason
+
+
+def test_tasks_survive_a_restart_and_task_files_set_the_default(tmp_path):
+    path = tmp_path / "tasks.json"
+    path.write_text(json.dumps([HEART, BUILT_IN["breast-cancer"].to_json()]))
+    files = tuple(read_task_file(path))
+    with _app(tmp_path / "data", tasks=files) as client:
+        listing = client.get("/api/tasks").json()
+        assert [t["name"] for t in listing["tasks"]] == ["heart", "breast-cancer"] and listing["default"] == "heart"
+        assert client.post("/api/tasks", json=BUILT_IN["digits"].to_json(), headers=AUTH).status_code == 201
+    with _app(tmp_path / "data") as client:  # no flags: the stored tasks, and MNIST as the default
+        listing = client.get("/api/tasks").json()
+        assert sorted(t["name"] for t in listing["tasks"]) == ["breast-cancer", "digits", "heart", "mnist"]
+        assert listing["default"] == "mnist"
+
+
+def test_a_task_file_names_its_bad_entry(tmp_path):
+    path = tmp_path / "tasks.json"
+    path.write_text(json.dumps([HEART, {**HEART, "kind": "audio"}]))
+    with pytest.raises(ValueError, match=r"tasks.json\[1\]: kind"):
+        read_task_file(path)
+    path.write_text("{")
+    with pytest.raises(ValueError, match="tasks.json"):
+        read_task_file(path)
+
+
+def test_a_commit_reaches_only_its_own_tasks_volunteers(tmp_path):
+    async def scenario() -> None:
+        store, coord = Store(tmp_path / "webfl.sqlite3"), RecordingCoordinator()
+        mnist = RoundEngine(get_task("mnist", "softmax"), store, coord, held_out(), 0)
+        heart = RoundEngine(Task.from_json(HEART), store, coord, None, 0)
+        trains, bystander = Volunteer(heart, coord, "h1"), Volunteer(mnist, coord, "m1")
+        trains.ready()
+        heart.start(RunConfig.from_json({"rounds": 1, "clients_per_round": 1}))
+        await until(lambda: trains.task() is not None, what="a task")
+        assert (await trains.update(np.zeros(heart.model.size))).accepted
+        await until(lambda: not heart.running, what="the run to end")
+        (record,) = heart.history
+        assert record.accuracy is None and record.loss is None  # no server-side data: nothing to claim
+        assert trains.of("model") and not bystander.of("model") and not bystander.of("status")
+        assert mnist.history == [] and mnist.model_version == 0
+        store.close()
+
+    asyncio.run(scenario())
