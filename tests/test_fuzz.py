@@ -57,7 +57,9 @@ HELLO = encode(Message("hello", {"version": __version__, "codecs": ["none"], "ag
 UPDATE_FIELDS = dict(round=1, model_version=0, num_examples=10, loss=1.0, accuracy=0.5, codec="none", codec_params={}, token="0" * 32)
 VALID_UPDATE = encode(Message("update", UPDATE_FIELDS, (np.zeros(MODEL_SIZE, np.float32),)))
 SMALL_UPDATE = encode(Message("update", UPDATE_FIELDS, (np.zeros(8, np.float32),)))
-BASES = [HELLO, VALID_UPDATE[:4096], SMALL_UPDATE, encode(Message("pause")), encode(Message("ready", {"num_examples": 5}))]
+EVAL_SUMS = {"examples": 5, "loss_sum": 1.0, "correct": 2, "class_examples": [1, 4] + [0] * 8, "class_correct": [1, 1] + [0] * 8}
+EVAL = encode(Message("eval", {"model_version": 1, "sums": EVAL_SUMS}))
+BASES = [HELLO, VALID_UPDATE[:4096], SMALL_UPDATE, EVAL, encode(Message("pause")), encode(Message("ready", {"num_examples": 5}))]
 REPLAYS: list[bytes] = []  # honest update frames, filled while the simulation runs
 
 json_values = st.recursive(
@@ -69,7 +71,7 @@ json_values = st.recursive(
 
 @st.composite
 def frames(draw) -> bytes:
-    kind = draw(st.sampled_from(["bitflip", "truncate", "header", "types", "shape", "nan", "random", "wrong_round", "replay"]))
+    kind = draw(st.sampled_from(["bitflip", "truncate", "header", "types", "shape", "nan", "random", "wrong_round", "eval", "replay"]))
     if kind == "bitflip":
         base = bytearray(draw(st.sampled_from(BASES)))
         for pos in draw(st.lists(st.integers(0, len(base) - 1), min_size=1, max_size=8)):
@@ -87,7 +89,7 @@ def frames(draw) -> bytes:
             header[key] = draw(json_values)
         return raw(header, bytes(32))
     if kind == "types":
-        t = draw(st.sampled_from(["hello", "ready", "update", "welcome", "model", "task", "status", "nope", 3, None]))
+        t = draw(st.sampled_from(["hello", "ready", "update", "eval", "welcome", "model", "task", "status", "nope", 3, None]))
         return raw({"type": t, **draw(st.dictionaries(st.text(max_size=12), json_values, max_size=6))})
     if kind == "shape":
         shape = draw(st.lists(st.integers(-5, 2**40), min_size=0, max_size=6))
@@ -104,6 +106,12 @@ def frames(draw) -> bytes:
                   "token": draw(st.text("0123456789abcdef", min_size=0, max_size=40)),
                   "num_examples": draw(st.integers(-10, 10**9))}
         return encode(Message("update", fields, (np.full(MODEL_SIZE, draw(st.floats(-1, 1)), np.float32),)))
+    if kind == "eval":
+        # MNIST is evaluated on the server: every report is refused, none may touch the history.
+        sums = dict(EVAL_SUMS)
+        key = draw(st.sampled_from([*sums, "extra"]))
+        sums[key] = draw(json_values | st.integers(-(2**60), 2**60))
+        return encode(Message("eval", {"model_version": draw(st.integers(-3, 10)), "sums": sums}))
     pick = draw(st.integers(0, 10**6))  # drawn the same way whatever REPLAYS holds: hypothesis needs that
     return REPLAYS[pick % len(REPLAYS)] if REPLAYS else VALID_UPDATE
 
@@ -113,7 +121,7 @@ def _classify(frame: bytes) -> str:
         msg = decode(frame)
     except ProtocolError:
         return "closing"
-    if msg.type in ("update", "pause"):
+    if msg.type in ("update", "pause", "eval"):
         return "kept"
     if msg.type == "ready":
         return "skip"  # would make a fuzz connection selectable
@@ -249,6 +257,8 @@ def test_fuzzing_a_live_server_during_honest_rounds(live):
     status = server.status()
     history = [h for h in status["history"]]
     assert len(history) == ROUNDS and all(h["participants"] == HONEST for h in history)
+    # Fuzzed eval reports never reach a round the server evaluates itself.
+    assert all(h["eval_source"] == "server" and h["eval_volunteers"] == 0 for h in history)
     expected = initial.copy()
     for h in history:
         ups = [deltas[(h["round"], i)] for i in range(HONEST)]

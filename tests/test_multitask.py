@@ -143,3 +143,103 @@ def test_a_commit_reaches_only_its_own_tasks_volunteers(tmp_path):
         store.close()
 
     asyncio.run(scenario())
+
+
+# -- federated evaluation ------------------------------------------------------------------
+
+
+def _sums(examples: int, correct: int, loss_sum: float) -> dict:
+    return {"examples": examples, "loss_sum": loss_sum, "correct": correct,
+            "class_examples": [examples - correct, correct], "class_correct": [0, correct]}
+
+
+def test_federated_evaluation_fills_the_rounds_history_entry(tmp_path):
+    async def scenario() -> None:
+        store, coord = Store(tmp_path / "webfl.sqlite3"), RecordingCoordinator()
+        engine = RoundEngine(Task.from_json(HEART), store, coord, None, 0)
+        trains, *others = [Volunteer(engine, coord, f"v{i}") for i in range(3)]
+        trains.ready()
+        engine.start(RunConfig.from_json({"rounds": 2, "clients_per_round": 1}))
+        await until(lambda: trains.task() is not None, what="a task")
+        assert (await trains.update(np.zeros(engine.model.size))).accepted
+        await until(lambda: engine.model_version == 1, what="round 1's commit")
+        assert engine.history[0].eval_source is None and engine.history[0].accuracy is None
+
+        def report(v, version, sums):
+            return engine.report_evaluation(v.id, Message("eval", {"model_version": version, "sums": sums}))
+
+        assert report(others[0], 1, _sums(30, 24, 12.0)) is None
+        assert report(others[1], 1, _sums(10, 4, 8.0)) is None
+        (record,) = engine.history
+        assert (record.eval_source, record.eval_examples, record.eval_volunteers) == ("federated", 40, 2)
+        assert record.accuracy == pytest.approx(28 / 40) and record.loss == pytest.approx(20.0 / 40)
+        assert engine.evaluation.sums(1).per_class_accuracy() == [0.0, 1.0]
+        # Refused, counted, and the entry stays as it was:
+        assert "second report" in report(others[0], 1, _sums(30, 30, 0.0))
+        assert "not one of the last" in report(others[0], 7, _sums(3, 1, 1.0))
+        assert "do not add up" in report(trains, 1, {**_sums(5, 2, 1.0), "correct": 3})
+        assert "finite" in report(trains, 1, {**_sums(5, 2, 1.0), "loss_sum": -1})
+        assert engine.history[0] == record and engine.status()["rejections"]["eval"] == 4
+        await engine.stop()
+        engine.evaluation.flush()
+        assert store.scoped("heart", "softmax").history()[0] == record  # written through
+        store.close()
+
+    asyncio.run(scenario())
+
+
+def test_late_reports_count_only_while_their_round_is_recent(tmp_path):
+    from webfl.server.rounds.evaluation import RECENT_ROUNDS
+
+    async def scenario() -> None:
+        store, coord = Store(tmp_path / "webfl.sqlite3"), RecordingCoordinator()
+        engine = RoundEngine(Task.from_json(HEART), store, coord, None, 0)
+        trains, late = Volunteer(engine, coord, "t"), Volunteer(engine, coord, "late")
+        trains.ready()
+        engine.start(RunConfig.from_json({"rounds": RECENT_ROUNDS + 1, "clients_per_round": 1}))
+        for round_ in range(1, RECENT_ROUNDS + 2):
+            await until(lambda: (t := trains.task()) is not None and t["round"] == round_, what=f"round {round_}'s task")
+            assert (await trains.update(np.zeros(engine.model.size))).accepted
+            await until(lambda: engine.model_version == round_, what=f"round {round_}'s commit")
+            trains.ready()
+        assert engine.report_evaluation(late.id, Message("eval", {"model_version": 2, "sums": _sums(4, 2, 1.0)})) is None
+        assert engine.history[1].eval_examples == 4  # a late report, still recent
+        refused = engine.report_evaluation(late.id, Message("eval", {"model_version": 1, "sums": _sums(4, 2, 1.0)}))
+        assert "not one of the last" in refused and engine.history[0].eval_source is None
+        store.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_volunteer_reports_on_each_new_model_over_a_socket(tmp_path):
+    from webfl.core.data import Dataset
+    from webfl.core.volunteer import Volunteer as Session
+
+    rng = np.random.default_rng(0)
+    data = Dataset(rng.normal(size=(50, 2)).astype(np.float32), rng.integers(0, 2, 50).astype(np.uint8))
+    with _app(tmp_path) as client:
+        assert client.post("/api/tasks", json=HEART, headers=AUTH).status_code == 201
+        with client.websocket_connect("/ws") as trainer_ws, client.websocket_connect("/ws") as watcher_ws:
+            sessions = {}
+            for name, ws in (("trainer", trainer_ws), ("watcher", watcher_ws)):
+                s = sessions[name] = Session(data, task_name="heart", holdout_seed=len(sessions))
+                ws.send_bytes(s.hello())
+                while s.params is None:
+                    for out in s.receive(ws.receive_bytes()):
+                        ws.send_bytes(out)
+            assert sessions["watcher"].holdout_examples == 10 and sessions["watcher"].num_examples == 40
+            assert client.post("/api/tasks/heart/rounds", json={"rounds": 1, "clients_per_round": 1}, headers=AUTH).status_code == 202
+            trainer = sessions["trainer"]
+            while trainer.job is None:
+                trainer.receive(trainer_ws.receive_bytes())
+            trainer_ws.send_bytes(trainer.train())
+            watcher = sessions["watcher"]
+            while watcher.model_version < 1:
+                for out in watcher.receive(watcher_ws.receive_bytes()):
+                    assert decode(out).type == "eval"
+                    watcher_ws.send_bytes(out)
+            for _ in range(200):
+                (entry,) = client.get("/api/tasks/heart/history", headers=AUTH).json()["rounds"] or [None]
+                if entry and entry["eval_volunteers"]:
+                    break
+            assert entry["eval_source"] == "federated" and entry["eval_examples"] >= 10 and 0 <= entry["accuracy"] <= 1

@@ -67,6 +67,8 @@ SCHEMAS: dict[str, dict[str, tuple]] = {
         "task": (str,),  # the task to train; absent: the server's default task
     },
     "ready": {"num_examples": (int,)},
+    # the sums of the model of that version on the volunteer's holdout (core.evaluation)
+    "eval": {"model_version": (int,), "sums": (dict,)},
     "pause": {},
     "update": {
         "round": (int,),

@@ -16,6 +16,10 @@ Training that diverges (a non-finite delta) goes TRAINING -> IDLE: ``train()`` r
 ``TrainingDiverged`` whose ``frames`` (a fresh ``ready``) the driver sends; nothing is
 uploaded for that round and the server's deadline or quorum closes it.
 
+Every volunteer keeps a seeded holdout of its examples (the task's ``holdout``
+fraction), never trained on: each newer model that reaches it while it is not training
+is evaluated there and reported as ``eval`` sums (federated evaluation).
+
 Biased codecs (top-k) encode through an ``ErrorFeedback`` kept per (codec spec, model
 size): what top-k drops is added to the next delta. It survives reconnects (the
 object lives on) and, via ``residual_state()``/``load_residual_state()``, page reloads
@@ -35,6 +39,7 @@ from .. import __version__
 from .codecs import CODECS, ErrorFeedback, get_codec
 from .data import Dataset, features
 from .downlink import apply_model, digest
+from .evaluation import evaluation_sums, holdout_split
 from .protocol import Message, ProtocolError, decode, encode
 from .tasks import Task
 from .training import Progress, TrainConfig, local_train
@@ -85,8 +90,12 @@ class Volunteer:
         data: Dataset | None = None,
         agent: str = "python",
         on_transition: Callable[[SessionState, SessionState], None] | None = None,
+        task_name: str | None = None,
+        holdout_seed: int = 0,
     ) -> None:
-        self.agent = agent
+        """``task_name``: the task to train (None: the server's default); ``holdout_seed``
+        picks which examples are kept for evaluation (the same every session)."""
+        self.agent, self.task_name, self.holdout_seed = agent, task_name, holdout_seed
         self.state = SessionState.CLOSED
         self.on_transition = on_transition
         self.volunteer_id: str | None = None
@@ -109,6 +118,9 @@ class Volunteer:
         self.retry_after_s: float | None = None
         self._data: Dataset | None = None
         self._x: np.ndarray | None = None
+        #: Indices into the data: trained on, and kept for evaluation (once the task is known).
+        self._train_idx: np.ndarray | None = None
+        self._holdout_idx: np.ndarray | None = None
         self._feedback: ErrorFeedback | None = None
         if data is not None:
             self._set_dataset(data)
@@ -124,7 +136,14 @@ class Volunteer:
 
     @property
     def num_examples(self) -> int:
-        return 0 if self._data is None else len(self._data)
+        """The examples trained on (the holdout is not)."""
+        if self._data is None:
+            return 0
+        return len(self._data) if self._train_idx is None else len(self._train_idx)
+
+    @property
+    def holdout_examples(self) -> int:
+        return 0 if self._holdout_idx is None else len(self._holdout_idx)
 
     def snapshot(self) -> dict:
         """Everything a UI shows, as plain data."""
@@ -159,6 +178,8 @@ class Volunteer:
             fields |= {"model_version": self.model_version, "model_digest": digest(self.params)}
         if self.volunteer_id and self.resume_token:
             fields["resume"] = {"volunteer": self.volunteer_id, "token": self.resume_token}
+        if self.task_name is not None:
+            fields["task"] = self.task_name
         return self._send(Message("hello", fields))
 
     def _ready(self) -> list[bytes]:
@@ -178,6 +199,12 @@ class Volunteer:
         if len(data) == 0:
             raise ValueError("no examples")
         self._data, self._x = data, features(data.x)
+        self._split()
+
+    def _split(self) -> None:
+        if self._data is None or self.task is None:
+            return
+        self._train_idx, self._holdout_idx = holdout_split(len(self._data), self.task.holdout, self.holdout_seed)
 
     def pause(self) -> list[bytes]:
         if self.state in (SessionState.IDLE, SessionState.SUBMITTED):
@@ -212,6 +239,7 @@ class Volunteer:
         self.volunteer_id = msg["volunteer"]
         self.resume_token = msg.fields.get("resume")
         self.task = Task.from_dict(msg["task"])
+        self._split()
         self.shard = msg.fields.get("shard")
         self._to(SessionState.PAUSED if self.state is SessionState.PAUSED else SessionState.IDLE)
         return self._ready()
@@ -225,7 +253,16 @@ class Volunteer:
             return []
         was_ready = self.params is not None
         self.params, self.model_version = params, msg["model_version"]
-        return [] if was_ready else self._ready()
+        return self._evaluation() if was_ready else self._ready()
+
+    def _evaluation(self) -> list[bytes]:
+        """The ``eval`` report on a newer model, unless training (its holdout never trains)."""
+        if self.state not in (SessionState.IDLE, SessionState.SUBMITTED) or not self.holdout_examples:
+            return []
+        assert self.task is not None and self._x is not None and self._data is not None and self.params is not None
+        idx = self._holdout_idx
+        sums = evaluation_sums(self.task.build_model(), self.params, self._x[idx], self._data.y[idx], self.task.num_classes)
+        return [self._send(Message("eval", {"model_version": self.model_version, "sums": sums.to_dict()}))]
 
     def _on_task(self, msg: Message) -> list[bytes]:
         if self.state is not SessionState.IDLE or self.params is None or self._data is None:
@@ -284,7 +321,8 @@ class Volunteer:
             raise RuntimeError(f"no training job (state {self.state.value})")
         assert self._data is not None and self._x is not None and self.params is not None
         model = self.task.build_model()
-        result = local_train(model, self.params, self._x, self._data.y, job.config, progress)
+        idx = self._train_idx if self._train_idx is not None else slice(None)
+        result = local_train(model, self.params, self._x[idx], self._data.y[idx], job.config, progress)
         delta = result.params - self.params
         if not np.isfinite(delta).all():
             self.last_metrics = {"round": job.round, "loss": result.loss, "accuracy": result.accuracy, "diverged": True}

@@ -25,6 +25,7 @@ from ..core.tasks import Task
 from .coordinator import Coordinator, TaskChannel
 from .rounds.commit import CommitPipeline, Run
 from .rounds.config import RunConfig
+from .rounds.evaluation import FederatedEvaluation
 from .rounds.fedbuff import FedBuff
 from .rounds.mode import RunMode, Services
 from .rounds.peers import Peer, PeerState, Peers
@@ -63,6 +64,7 @@ class RoundEngine:
         self.commits = CommitPipeline(task, self.model, self.store, coordinator, self.phase, test, seed, self.status_frame)
         self.selection = Selection(self.peers, self.phase, coordinator, seed, lambda: [r.duration_s for r in self.commits.history])
         self.tasks = TaskBook(self.peers, coordinator, self.tokens)
+        self.evaluation = FederatedEvaluation(self.commits, self.store, task.num_classes)
         self.services = Services(self.phase, self.peers, self.selection, self.tasks, self.commits, self.rejections, seed)
         self.run: Run | None = None
         self._mode: RunMode | None = None
@@ -132,6 +134,14 @@ class RoundEngine:
         if not verdict.accepted:
             self.rejections.add(verdict.kind or "malformed")
         return verdict
+
+    def report_evaluation(self, peer_id: str, msg: Message) -> str | None:
+        """Fold in an ``eval`` report on a committed model; the reason it was refused, or None."""
+        reason = self.evaluation.report(peer_id, msg)
+        if reason is not None:
+            self.rejections.add("eval")
+            log.info("evaluation report from %s refused: %s", peer_id, reason)
+        return reason
 
     # -- runs ---------------------------------------------------------------------------
 

@@ -164,6 +164,8 @@ async def _read(websocket: WebSocket, engine: RoundEngine, peer_id: str, max_byt
             engine.ready(peer_id, msg["num_examples"])
         elif msg.type == "pause":
             engine.pause(peer_id)
+        elif msg.type == "eval":
+            engine.report_evaluation(peer_id, msg)  # no answer: a refused report changes nothing
         elif msg.type == "update":
             verdict = await engine.submit(peer_id, msg, len(data))
             reply = Message("accept", {"round": msg["round"]}) if verdict.accepted else Message(

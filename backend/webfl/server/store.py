@@ -67,6 +67,9 @@ CREATE TABLE IF NOT EXISTS rounds (
     bytes_down INTEGER NOT NULL,
     duration_s REAL NOT NULL,
     committed_at REAL NOT NULL,
+    eval_source TEXT,
+    eval_examples INTEGER NOT NULL DEFAULT 0,
+    eval_volunteers INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (task, model, round)
 );
 CREATE TABLE IF NOT EXISTS checkpoints (
@@ -102,7 +105,8 @@ class RoundRecord:
     round: int
     run_id: int | None
     model_version: int
-    #: On the server's held-out data; None for a task without any.
+    #: Of this round's model: on the server's held-out data (``eval_source`` "server"), or
+    #: example-weighted over the volunteers' holdouts ("federated"); None until reported.
     accuracy: float | None
     loss: float | None
     participants: int
@@ -110,6 +114,9 @@ class RoundRecord:
     bytes_down: int
     duration_s: float
     committed_at: float
+    eval_source: str | None = None
+    eval_examples: int = 0
+    eval_volunteers: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -360,6 +367,16 @@ class TaskStore:
     def set_bytes_down(self, round_: int, bytes_down: int) -> None:
         """The bytes actually queued for a committed round (known only after its broadcast)."""
         self.store.tx([("UPDATE rounds SET bytes_down = ? WHERE task = ? AND model = ? AND round = ?", (bytes_down, *self._scope, round_))])
+
+    def set_evaluations(self, records: list[RoundRecord]) -> None:
+        """Committed rounds' evaluations, as federated reports have brought them, in one transaction."""
+        sql = (
+            "UPDATE rounds SET accuracy = ?, loss = ?, eval_source = ?, eval_examples = ?, eval_volunteers = ? "
+            "WHERE task = ? AND model = ? AND round = ?"
+        )
+        self.store.tx(
+            [(sql, (r.accuracy, r.loss, r.eval_source, r.eval_examples, r.eval_volunteers, *self._scope, r.round)) for r in records]
+        )
 
     def _checkpoint_sql(self, model_version: int, params: np.ndarray) -> tuple[str, tuple]:
         return (

@@ -122,5 +122,7 @@ class TaskSet:
             engine.resume()
 
     async def stop(self) -> None:
+        """Shutdown: stop every run and write the evaluations reported since the last flush."""
         for engine in self:
             await engine.stop()
+            engine.evaluation.flush()

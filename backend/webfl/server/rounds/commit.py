@@ -122,7 +122,10 @@ class CommitPipeline:
                 return None
             self._phase.to(RoundState.BROADCASTING)
             step = self.chain.prepare(params, round_, run.config.downlink, downlink_rng(self._seed, round_))
-            record = RoundRecord(round_, run.id, round_, accuracy, loss, participants, bytes_up, bytes_down, time.monotonic() - started, time.time())
+            record = RoundRecord(
+                round_, run.id, round_, accuracy, loss, participants, bytes_up, bytes_down, time.monotonic() - started, time.time(),
+                eval_source=None if self._test is None else "server",
+            )
             states = {name: c.state() for name, c in run.components.items()}
             stopped = await _uninterrupted(asyncio.to_thread(self.store.commit_round, record, params, states))
         except BaseException:
