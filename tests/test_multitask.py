@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 HEART = {
     "name": "heart", "title": "Heart <b>disease</b>", "kind": "tabular", "features": ["age", "chol"],
     "label": "target", "classes": ["no", "yes"], "model": {"type": "mlp", "hidden": []},
+    "training": {"epochs": 3, "batch_size": 8, "lr": 0.5},
 }
 
 
@@ -79,11 +81,14 @@ def test_each_task_runs_and_counts_on_its_own(tmp_path):
             assert client.get("/api/status", headers=AUTH).json()["connected"] == 1  # mnist's own one
             started = client.post("/api/tasks/heart/rounds", json={"rounds": 3, "clients_per_round": 2}, headers=AUTH)
             assert started.status_code == 202
+            config = started.json()["config"]  # the task's training defaults
+            assert (config["local_epochs"], config["batch_size"], config["lr"]) == (3, 8, 0.5)
             assert client.post("/api/tasks/heart/rounds", json={"rounds": 1}, headers=AUTH).status_code == 409
             assert client.get("/api/tasks/heart").json()["running"] is True
             assert client.get("/api/status", headers=AUTH).json()["run"] is None  # mnist does not run
-            mnist_run = client.post("/api/rounds", json={"rounds": 1}, headers=AUTH)  # at the same time
+            mnist_run = client.post("/api/rounds", json={"rounds": 1, "lr": 0.05}, headers=AUTH)  # at the same time
             assert mnist_run.status_code == 202 and mnist_run.json()["run"] != started.json()["run"]
+            assert mnist_run.json()["config"]["lr"] == 0.05  # a run's own setting wins
             assert client.post("/api/tasks/heart/rounds/stop", headers=AUTH).json() == {"stopped": True}
             assert client.post("/api/rounds/stop", headers=AUTH).json() == {"stopped": True}
         assert client.get("/api/tasks/heart/history", headers=AUTH).json()["runs"][0]["status"] == "stopped"
@@ -238,8 +243,10 @@ def test_a_volunteer_reports_on_each_new_model_over_a_socket(tmp_path):
                 for out in watcher.receive(watcher_ws.receive_bytes()):
                     assert decode(out).type == "eval"
                     watcher_ws.send_bytes(out)
-            for _ in range(200):
+            deadline = time.monotonic() + 10  # the history is written within FLUSH_S of the report
+            while time.monotonic() < deadline:
                 (entry,) = client.get("/api/tasks/heart/history", headers=AUTH).json()["rounds"] or [None]
                 if entry and entry["eval_volunteers"]:
                     break
+                time.sleep(0.05)
             assert entry["eval_source"] == "federated" and entry["eval_examples"] >= 10 and 0 <= entry["accuracy"] <= 1

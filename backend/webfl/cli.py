@@ -87,7 +87,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from .simulate import Behaviour, Simulation
+    from .core.tasks import Task
+    from .simulate import AdminClient, Behaviour, ServerUnreachable, Simulation
 
     run_config = {
         k: v
@@ -111,8 +112,21 @@ def _simulate(args: argparse.Namespace) -> int:
         }.items()
         if v is not None
     }
+    task = None
+    if args.task is not None:
+        try:
+            described = AdminClient(args.server, None).request("GET", f"/api/tasks/{args.task}")
+            task = Task.from_json({k: v for k, v in described.items() if k != "running"})
+        except (ServerUnreachable, RuntimeError, ValueError) as exc:
+            print(f"webfl simulate: task {args.task}: {exc}", file=sys.stderr)
+            return 2
+    elif args.data is not None:
+        print("webfl simulate: --data needs --task (whose columns the CSV has)", file=sys.stderr)
+        return 2
     sim = Simulation(
         server=args.server,
+        task=task,
+        data=None if args.data is None else Path(args.data),
         clients=args.clients,
         partition=args.partition,
         seed=args.seed,
@@ -164,7 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     sim = sub.add_parser("simulate", help="run Python volunteers against a server")
     sim.add_argument("--server", default="http://127.0.0.1:8000")
     sim.add_argument("--clients", type=int, default=10)
-    sim.add_argument("--partition", default="iid", help="iid, noniid or dirichlet:ALPHA")
+    sim.add_argument("--task", help="the task to train (a name the server serves; default: its default task)")
+    sim.add_argument("--data", metavar="FILE.csv", help="the task's rows to share among the volunteers (default: a built-in's shipped data)")
+    sim.add_argument("--partition", default="iid", help="iid, noniid or dirichlet:ALPHA (over the labels)")
     sim.add_argument("--seed", type=int, default=0)
     sim.add_argument("--rounds", type=int, help="launch this many rounds through the admin API (needs WEBFL_ADMIN_TOKEN)")
     sim.add_argument("--clients-per-round", type=int)

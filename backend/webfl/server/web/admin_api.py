@@ -51,7 +51,11 @@ def _bad(exc: Exception) -> Response:
 async def start_rounds(request: Request) -> Response:
     engine = task_engine(request)
     try:
-        config = RunConfig.from_json(await read_json(request))
+        body = await read_json(request)
+        if isinstance(body, dict):  # the task's training defaults, unless the run sets its own
+            t = engine.task.training
+            body = {"local_epochs": t.epochs, "batch_size": t.batch_size, "lr": t.lr, **body}
+        config = RunConfig.from_json(body)
     except (ValueError, OverflowError) as exc:
         return _bad(exc)
     try:
