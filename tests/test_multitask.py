@@ -232,17 +232,19 @@ def test_a_volunteer_reports_on_each_new_model_over_a_socket(tmp_path):
                 while s.params is None:
                     for out in s.receive(ws.receive_bytes()):
                         ws.send_bytes(out)
-            assert sessions["watcher"].holdout_examples == 10 and sessions["watcher"].num_examples == 40
+            assert all(s.holdout_examples == 10 and s.num_examples == 40 for s in sessions.values())
             assert client.post("/api/tasks/heart/rounds", json={"rounds": 1, "clients_per_round": 1}, headers=AUTH).status_code == 202
-            trainer = sessions["trainer"]
-            while trainer.job is None:
-                trainer.receive(trainer_ws.receive_bytes())
-            trainer_ws.send_bytes(trainer.train())
-            watcher = sessions["watcher"]
-            while watcher.model_version < 1:
-                for out in watcher.receive(watcher_ws.receive_bytes()):
+            sockets = {"trainer": trainer_ws, "watcher": watcher_ws}
+            for name, s in sessions.items():  # each is either given the task or told to wait
+                while s.job is None and s.retry_after_s is None:
+                    s.receive(sockets[name].receive_bytes())
+            (trainer,) = [n for n, s in sessions.items() if s.job is not None]
+            (watcher,) = [n for n in sessions if n != trainer]
+            sockets[trainer].send_bytes(sessions[trainer].train())
+            while sessions[watcher].model_version < 1:
+                for out in sessions[watcher].receive(sockets[watcher].receive_bytes()):
                     assert decode(out).type == "eval"
-                    watcher_ws.send_bytes(out)
+                    sockets[watcher].send_bytes(out)
             deadline = time.monotonic() + 10  # the history is written within FLUSH_S of the report
             while time.monotonic() < deadline:
                 (entry,) = client.get("/api/tasks/heart/history", headers=AUTH).json()["rounds"] or [None]
