@@ -252,3 +252,37 @@ def test_a_volunteer_reports_on_each_new_model_over_a_socket(tmp_path):
                     break
                 time.sleep(0.05)
             assert entry["eval_source"] == "federated" and entry["eval_examples"] >= 10 and 0 <= entry["accuracy"] <= 1
+
+
+# -- pages ---------------------------------------------------------------------------------
+
+
+def test_the_home_page_lists_the_tasks_and_each_has_its_page(tmp_path):
+    with _app(tmp_path) as client:
+        only = client.get("/")
+        assert only.status_code == 200 and 'data-task="mnist"' in only.text and "task-list" not in only.text  # the only task
+        assert client.post("/api/tasks", json=HEART, headers=AUTH).status_code == 201
+        home = client.get("/")
+        assert 'data-testid="task-list"' in home.text and 'href="/t/heart"' in home.text and 'href="/t/mnist"' in home.text
+        assert "Heart &lt;b&gt;disease&lt;/b&gt;" in home.text and "<b>disease" not in home.text  # titles escaped
+        page = client.get("/t/heart")
+        assert page.status_code == 200 and 'data-task="heart"' in page.text
+        assert 'data-testid="csv-columns">age, chol<' in page.text and 'data-testid="data-demo"' not in page.text
+        assert 'data-testid="data-demo"' in client.get("/t/mnist").text  # the demo shards are MNIST's
+        assert client.get("/t/nope").status_code == 404
+        assert 'data-task="heart"' in client.get("/embed?task=heart").text
+        assert client.get("/embed?task=nope").status_code == 404
+        assert client.get("/api/config?task=heart").json()["task"]["name"] == "heart"
+        assert client.get("/api/config?task=nope").status_code == 404
+
+
+def test_a_browser_session_reads_a_tabular_csv_by_its_header():
+    from webfl.core.browser import BrowserSession
+
+    session = BrowserSession("test", Task.from_json(HEART).to_json())
+    assert session.volunteer.task_name == "heart"
+    session.use_csv("chol,target,age\n200,yes,50\n180,no,40\n", 2, 2, "mine.csv")
+    assert session.data_source == {"kind": "csv", "name": "mine.csv", "examples": 2}
+    with pytest.raises(ValueError, match="target"):
+        session.use_csv("age,chol\n1,2\n", 2, 2)
+    assert decode(session.hello())["task"] == "heart"

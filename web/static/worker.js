@@ -220,13 +220,13 @@ function control(action) {
 }
 
 const handlers = {
-  async start({ data }) {
+  async start({ data, task }) {
     dataChoice = data;
     post("stage", { label: "Getting the configuration", fraction: 0.02 });
-    config = await fetchJson("/api/config", "its configuration");
+    config = await fetchJson(`/api/config?task=${encodeURIComponent(task)}`, "its configuration");
     const stage = (label, fraction) => post("stage", { label, fraction });
     const { browser } = await loadRuntime(config, stage);
-    session = browser.BrowserSession(`webfl-browser/${config.version}`);
+    session = browser.BrowserSession(`webfl-browser/${config.version}`, config.task.definition);
     browser.destroy();
     await restoreResidual();
     await restorePending();

@@ -16,8 +16,8 @@ export class WorkerClient {
     this.paused = false;
   }
 
-  start(data) {
-    this.worker.postMessage({ type: "start", data });
+  start(data, task) {
+    this.worker.postMessage({ type: "start", data, task });
   }
 
   togglePause() {

@@ -29,7 +29,7 @@ function join() {
     view.handle(event);
     if (event.type === "left") client.terminate();
   });
-  client.start(data);
+  client.start(data, document.body.dataset.task);
 }
 
 // A returning volunteer gets Pyodide, NumPy and the core from the service worker's cache.
