@@ -114,7 +114,7 @@ async def history(request: Request) -> Response:
     if fmt not in (None, "json", "csv"):
         return _bad_format(request, ("json", "csv"))
     stem = f"webfl-{engine.task.name}-history"
-    rounds = engine.store.history()
+    rounds = list(engine.history)  # the live one: federated evaluations land there first, the store within FLUSH_S
     if fmt == "csv":
         return _attachment(history_csv(rounds), "text/csv; charset=utf-8", f"{stem}.csv")
     document = history_document(engine.store.runs(), rounds)
