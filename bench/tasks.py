@@ -9,9 +9,8 @@ of those same volunteers, evaluated on the same rows (the pooled holdouts, or MN
 held-out digits). "Rounds to 95%" is the first round whose accuracy reaches 95% of the
 centralised one.
 
-Breast cancer needs feature scaling: the bench sums the volunteers' feature statistics
-(``core.stats``, what the federated statistics step will do over the wire) and serves
-the task with that scaling fixed.
+Breast cancer is served as built in, without scaling: the server fixes it from its
+volunteers' federated feature statistics before round 1.
 
     .venv/bin/python bench/tasks.py [--rounds 10] [--clients 10]
 """
@@ -25,7 +24,6 @@ import sys
 import tempfile
 import time
 import urllib.request
-from functools import reduce
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -36,12 +34,11 @@ import numpy as np  # noqa: E402
 
 from servers import start_server  # noqa: E402
 from webfl.build.paths import DATASETS_DIR  # noqa: E402
-from webfl.core.data import Dataset, features, load_npz, partition as split_shards  # noqa: E402
+from webfl.core.data import Dataset, features, load_npz  # noqa: E402
 from webfl.core.evaluation import holdout_split  # noqa: E402
-from webfl.core.stats import feature_stats, scaling_from_stats  # noqa: E402
 from webfl.core.tasks import BUILT_IN, Task  # noqa: E402
 from webfl.core.training import TrainConfig, local_train  # noqa: E402
-from webfl.simulate import Simulation, local_data  # noqa: E402
+from webfl.simulate import Simulation  # noqa: E402
 
 
 def _splits(sim: Simulation, task: Task) -> tuple[Dataset, Dataset]:
@@ -55,28 +52,20 @@ def _splits(sim: Simulation, task: Task) -> tuple[Dataset, Dataset]:
     return pool(train), pool(hold)
 
 
-def _scaled(task: Task, args) -> Task:
-    """The task with the scaling its volunteers' summed feature statistics give (the shards
-    are the simulator's: the same data, partition and seed)."""
-    if not task.needs_statistics:
-        return task
-    data = local_data(task, None)
-    shards = [data.take(idx) for idx in split_shards(data.y, args.clients, args.partition, args.seed)]
-    stats = reduce(lambda a, b: a + b, (feature_stats(features(s.x)) for s in shards))
-    mean, std = scaling_from_stats(stats)
-    return task.with_scaling(mean, std)
+def _get(server, path: str) -> dict:
+    req = urllib.request.Request(f"{server.url}{path}", headers={"Authorization": f"Bearer {server.token}"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.loads(resp.read())
 
 
 def _history(server, name: str) -> list[dict]:
-    req = urllib.request.Request(f"{server.url}/api/tasks/{name}/history", headers={"Authorization": f"Bearer {server.token}"})
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        return json.loads(resp.read())["rounds"]
+    return _get(server, f"/api/tasks/{name}/history")["rounds"]
 
 
 def run(args) -> list[dict]:
     names = ["mnist", "breast-cancer", "digits"]
     with tempfile.TemporaryDirectory(prefix="webfl-tasks-") as tmp:
-        tasks = {n: _scaled(BUILT_IN[n], args) for n in names}
+        tasks = {n: BUILT_IN[n] for n in names}
         task_file = Path(tmp) / "tasks.json"
         task_file.write_text(json.dumps([tasks[n].to_json() for n in names[1:]]))
         server = start_server(Path(tmp) / "data", "--task", "mnist", "--task-file", str(task_file),
@@ -91,6 +80,8 @@ def run(args) -> list[dict]:
                 code = asyncio.run(sim.main(config, timeout_s=1800))
                 fed_s = time.monotonic() - started
                 history = _history(server, name)
+                # The model as the server ended with it (breast cancer: with the scaling fixed).
+                task = Task.from_json({k: v for k, v in _get(server, f"/api/tasks/{name}").items() if k != "running"})
                 t = task.training
                 train, hold = _splits(sim, task)
                 if name == "mnist":

@@ -89,7 +89,7 @@ def frames(draw) -> bytes:
             header[key] = draw(json_values)
         return raw(header, bytes(32))
     if kind == "types":
-        t = draw(st.sampled_from(["hello", "ready", "update", "eval", "welcome", "model", "task", "status", "nope", 3, None]))
+        t = draw(st.sampled_from(["hello", "ready", "update", "eval", "stats", "welcome", "model", "task", "status", "nope", 3, None]))
         return raw({"type": t, **draw(st.dictionaries(st.text(max_size=12), json_values, max_size=6))})
     if kind == "shape":
         shape = draw(st.lists(st.integers(-5, 2**40), min_size=0, max_size=6))
@@ -121,7 +121,7 @@ def _classify(frame: bytes) -> str:
         msg = decode(frame)
     except ProtocolError:
         return "closing"
-    if msg.type in ("update", "pause", "eval"):
+    if msg.type in ("update", "pause", "eval", "stats"):
         return "kept"
     if msg.type == "ready":
         return "skip"  # would make a fuzz connection selectable

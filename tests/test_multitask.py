@@ -29,7 +29,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 HEART = {
     "name": "heart", "title": "Heart <b>disease</b>", "kind": "tabular", "features": ["age", "chol"],
     "label": "target", "classes": ["no", "yes"], "model": {"type": "mlp", "hidden": []},
-    "training": {"epochs": 3, "batch_size": 8, "lr": 0.5},
+    "training": {"epochs": 3, "batch_size": 8, "lr": 0.5}, "scaling": {"mean": [50, 200], "std": [10, 40]},
 }
 
 
@@ -286,3 +286,62 @@ def test_a_browser_session_reads_a_tabular_csv_by_its_header():
     with pytest.raises(ValueError, match="target"):
         session.use_csv("age,chol\n1,2\n", 2, 2)
     assert decode(session.hello())["task"] == "heart"
+
+
+# -- federated feature statistics ----------------------------------------------------------
+
+
+def test_a_task_without_scaling_gets_it_from_its_volunteers_statistics_before_round_1(tmp_path):
+    from webfl.core.stats import feature_stats
+
+    unscaled = {k: v for k, v in HEART.items() if k != "scaling"}
+
+    async def scenario() -> None:
+        store, coord = Store(tmp_path / "webfl.sqlite3"), RecordingCoordinator()
+        store.save_task("heart", unscaled)
+        engine = RoundEngine(Task.from_json(unscaled), store, coord, None, 0)
+        a, b = Volunteer(engine, coord, "a"), Volunteer(engine, coord, "b")
+        rows = {"a": np.array([[40.0, 180.0], [60.0, 220.0]]), "b": np.array([[50.0, 300.0]])}
+        a.ready(), b.ready()
+        engine.start(RunConfig.from_json({"rounds": 1, "clients_per_round": 2}))
+        report = lambda v, stats: engine.report_statistics(v.id, Message("stats", {"stats": stats}))  # noqa: E731
+        assert "count" in report(a, {"count": [1], "sum": [1], "sumsq": [1]})  # refused: 2 features
+        assert "not the statistics of any real rows" in report(a, {"count": [2, 2], "sum": [10, 10], "sumsq": [1, 1]})
+        assert report(a, feature_stats(rows["a"]).to_dict()) is None
+        await asyncio.sleep(0.3)
+        assert engine.task.needs_statistics and a.task() is None  # waits for clients_per_round reports
+        assert report(b, feature_stats(rows["b"]).to_dict()) is None
+        await until(lambda: a.task() is not None, what="round 1's task")
+        pooled = np.concatenate([rows["a"], rows["b"]])
+        np.testing.assert_allclose(engine.task.scaling.mean, pooled.mean(axis=0))
+        np.testing.assert_allclose(engine.task.scaling.std, pooled.std(axis=0))
+        (definition,) = a.of("definition")  # every volunteer of the task, before its task frame
+        assert Task.from_dict(definition["task"]) == engine.task and b.of("definition")
+        assert a.inbox.index(definition) < a.inbox.index(a.task())
+        assert store.task_definitions()[0]["scaling"] == engine.task.scaling.to_json()  # kept across a restart
+        assert "fixed already" in report(a, feature_stats(rows["a"]).to_dict())
+        assert engine.status()["rejections"]["stats"] == 3
+        await engine.stop()
+        store.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_volunteer_reports_statistics_for_an_unscaled_task_and_adopts_the_fixed_definition():
+    from webfl.core.data import Dataset
+    from webfl.core.evaluation import holdout_split
+    from webfl.core.stats import feature_stats
+    from webfl.core.volunteer import Volunteer as Session
+
+    unscaled = Task.from_json({k: v for k, v in HEART.items() if k != "scaling"})
+    rows = Dataset(np.arange(20, dtype=np.float32).reshape(10, 2), np.arange(10, dtype=np.uint8) % 2)
+    v = Session(rows, task_name="heart")
+    v.hello()
+    welcome = Message("welcome", {"version": __version__, "volunteer": "v1", "task": unscaled.to_dict(), "shard": None})
+    stats, *_ = map(decode, v.receive(encode(welcome)))
+    train, _ = holdout_split(10, unscaled.holdout, 0)
+    assert stats.type == "stats" and stats["stats"] == feature_stats(rows.x[train]).to_dict()  # the rows trained on
+    scaled = unscaled.with_scaling([1.0, 2.0], [3.0, 4.0])
+    assert v.receive(encode(Message("definition", {"task": scaled.to_dict()}))) == [] and v.task == scaled
+    with pytest.raises(ValueError):
+        v.receive(encode(Message("definition", {"task": BUILT_IN["breast-cancer"].to_dict()})))

@@ -35,7 +35,7 @@ def _simulate(server, *args: str) -> subprocess.Popen:
 
 def test_two_tasks_train_at_once_with_federated_evaluation_and_survive_a_restart(tmp_path):
     tasks, csv = tmp_path / "tasks.json", tmp_path / "blobs.csv"
-    tasks.write_text(json.dumps([BLOBS, BUILT_IN["breast-cancer"].with_scaling([0.0] * 30, [1.0] * 30).to_json()]))
+    tasks.write_text(json.dumps([BLOBS, BUILT_IN["breast-cancer"].to_json()]))  # its scaling: federated statistics
     _blobs_csv(csv)
     data = tmp_path / "data"
     server = start_server(data, "--task-file", str(tasks))
@@ -56,6 +56,11 @@ def test_two_tasks_train_at_once_with_federated_evaluation_and_survive_a_restart
             assert all(r["eval_source"] == "federated" and r["eval_volunteers"] >= 1 and r["eval_examples"] > 0 for r in rounds)
         # Separable blobs: the federated model learns them (chance is 0.5).
         assert histories["blobs"][-1]["accuracy"] > 0.8, histories["blobs"]
+        # Breast cancer's features span 0.001 to 4,000: only the scaling the volunteers'
+        # statistics fixed lifts it off the majority class (63%).
+        assert histories["breast-cancer"][-1]["accuracy"] > 0.85, histories["breast-cancer"]
+        scaled = server.api("GET", "/api/tasks/breast-cancer")[1]
+        assert len(scaled["scaling"]["mean"]) == 30 and scaled["scaling"]["mean"][3] > 100  # mean area
     finally:
         server.stop()
     again = start_server(data)  # no flags: the stored tasks, and MNIST as the default
@@ -65,5 +70,6 @@ def test_two_tasks_train_at_once_with_federated_evaluation_and_survive_a_restart
         for name, rounds in histories.items():
             assert again.api("GET", f"/api/tasks/{name}/history")[1]["rounds"] == rounds
         assert again.api("GET", "/api/tasks/blobs/status")[1]["model_version"] == 3
+        assert again.api("GET", "/api/tasks/breast-cancer")[1]["scaling"] == scaled["scaling"]  # kept
     finally:
         again.stop()

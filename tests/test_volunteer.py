@@ -51,7 +51,8 @@ def test_hello_then_ready_once_model_and_data_are_there():
     assert hello.type == "hello" and hello["version"] == __version__ and "none" in hello["codecs"]
     assert v.receive(welcome()) == []  # no data yet
     assert v.receive(model_frame(0)) == []
-    (ready,) = v.set_data(DATA)
+    stats, ready = v.set_data(DATA)  # TASK has no scaling: its feature statistics go first
+    assert decode(stats).type == "stats" and decode(stats)["stats"]["count"] == [16.0] * 4
     assert decode(ready).fields == {"num_examples": 16}  # 20 less the 20% holdout, never trained on
     assert transitions == [("closed", "connecting"), ("connecting", "idle")]
 

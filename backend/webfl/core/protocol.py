@@ -69,6 +69,8 @@ SCHEMAS: dict[str, dict[str, tuple]] = {
     "ready": {"num_examples": (int,)},
     # the sums of the model of that version on the volunteer's holdout (core.evaluation)
     "eval": {"model_version": (int,), "sums": (dict,)},
+    # a tabular task without scaling: this volunteer's per-feature sums (core.stats)
+    "stats": {"stats": (dict,)},
     "pause": {},
     "update": {
         "round": (int,),
@@ -102,6 +104,8 @@ SCHEMAS: dict[str, dict[str, tuple]] = {
     # pace steering: nothing to do now, come back in retry_after_s seconds
     "wait": {"retry_after_s": _NUM, "reason": (str,)},
     "reject": {"reason": (str,), "round": (int, None)},
+    # the task's definition changed (its scaling was fixed by the federated statistics)
+    "definition": {"task": (dict,)},
     "status": {"state": (str,), "round": (int,), "model_version": (int,), "connected": (int,), "history": (list,)},
 }
 OPTIONAL = {

@@ -40,6 +40,7 @@ from .codecs import CODECS, ErrorFeedback, get_codec
 from .data import Dataset, features
 from .downlink import apply_model, digest
 from .evaluation import evaluation_sums, holdout_split
+from .stats import feature_stats
 from .protocol import Message, ProtocolError, decode, encode
 from .tasks import Task
 from .training import Progress, TrainConfig, local_train
@@ -193,7 +194,7 @@ class Volunteer:
         if self.task is not None and data.x.shape[1] != self.task.num_features:
             raise ValueError(f"data has {data.x.shape[1]} features, the task needs {self.task.num_features}")
         self._set_dataset(data)
-        return self._ready()
+        return self._statistics() + self._ready()
 
     def _set_dataset(self, data: Dataset) -> None:
         if len(data) == 0:
@@ -242,7 +243,23 @@ class Volunteer:
         self._split()
         self.shard = msg.fields.get("shard")
         self._to(SessionState.PAUSED if self.state is SessionState.PAUSED else SessionState.IDLE)
-        return self._ready()
+        return self._statistics() + self._ready()
+
+    def _on_definition(self, msg: Message) -> list[bytes]:
+        """The task's scaling is fixed now: the model standardises its inputs from here on."""
+        task = Task.from_dict(msg["task"])
+        if self.task is None or task.name != self.task.name:
+            raise ProtocolError("a definition for another task")
+        self.task = task
+        return []
+
+    def _statistics(self) -> list[bytes]:
+        """For a task whose scaling is still to be measured: per-feature sums of the rows
+        trained on (count, sum, sum of squares), never the rows."""
+        if self.task is None or not self.task.needs_statistics or self._x is None or self._train_idx is None:
+            return []
+        stats = feature_stats(self._x[self._train_idx])
+        return [self._send(Message("stats", {"stats": stats.to_dict()}))]
 
     def _on_model(self, msg: Message) -> list[bytes]:
         if self.task is None:

@@ -20,13 +20,14 @@ import logging
 import numpy as np
 
 from ..core.data import Dataset
-from ..core.protocol import Message
+from ..core.protocol import Message, encode
 from ..core.tasks import Task
 from .coordinator import Coordinator, TaskChannel
 from .rounds.commit import CommitPipeline, Run
 from .rounds.config import RunConfig
 from .rounds.evaluation import FederatedEvaluation
 from .rounds.fedbuff import FedBuff
+from .rounds.statistics import FeatureStatistics
 from .rounds.mode import RunMode, Services
 from .rounds.peers import Peer, PeerState, Peers
 from .rounds.selection import Selection
@@ -65,6 +66,7 @@ class RoundEngine:
         self.selection = Selection(self.peers, self.phase, coordinator, seed, lambda: [r.duration_s for r in self.commits.history])
         self.tasks = TaskBook(self.peers, coordinator, self.tokens)
         self.evaluation = FederatedEvaluation(self.commits, self.store, task.num_classes)
+        self.statistics = FeatureStatistics(task.num_features)
         self.services = Services(self.phase, self.peers, self.selection, self.tasks, self.commits, self.rejections, seed)
         self.run: Run | None = None
         self._mode: RunMode | None = None
@@ -112,6 +114,7 @@ class RoundEngine:
 
     def disconnect(self, peer_id: str) -> None:
         self.peers.remove(peer_id)
+        self.statistics.forget(peer_id)
 
     def ready(self, peer_id: str, num_examples: int) -> None:
         self.peers.ready(peer_id, num_examples, asyncio.get_running_loop().time())
@@ -142,6 +145,32 @@ class RoundEngine:
             self.rejections.add("eval")
             log.info("evaluation report from %s refused: %s", peer_id, reason)
         return reason
+
+    def report_statistics(self, peer_id: str, msg: Message) -> str | None:
+        """Keep a volunteer's feature statistics while the task's scaling is unmeasured."""
+        reason = "the task's scaling is fixed already" if not self.task.needs_statistics else self.statistics.report(peer_id, msg)
+        if reason is not None:
+            self.rejections.add("stats")
+            log.info("feature statistics from %s refused: %s", peer_id, reason)
+        return reason
+
+    async def _measure(self, config: RunConfig) -> None:
+        """Before round 1 of a task without scaling: wait for ``clients_per_round``
+        volunteers' feature statistics (or, after ``select_timeout_s``, ``min_updates``),
+        then fix the scaling, store the definition and send it to the task's volunteers."""
+        loop = asyncio.get_running_loop()
+        since = loop.time()
+        while not (
+            len(self.statistics) >= config.clients_per_round
+            or (len(self.statistics) >= max(1, config.min_updates) and loop.time() - since >= config.select_timeout_s)
+        ):
+            await asyncio.sleep(0.1)
+        task = self.statistics.scaled(self.task)
+        self.task = self.commits.task = task
+        self.model = self.commits.model = task.build_model()
+        self.store.save_definition(task.to_json())
+        log.info("task %s: scaling fixed from %d volunteers' feature statistics", task.name, len(self.statistics))
+        await self.coordinator.publish(encode(Message("definition", {"task": task.to_dict()})))
 
     # -- runs ---------------------------------------------------------------------------
 
@@ -211,6 +240,8 @@ class RoundEngine:
         status_ = "failed"
         self._mode = MODES[run.config.mode](self.services, run)
         try:
+            if self.task.needs_statistics:
+                await self._measure(run.config)
             await self._mode.drive()
             status_ = "completed"
         except asyncio.CancelledError:

@@ -166,6 +166,8 @@ async def _read(websocket: WebSocket, engine: RoundEngine, peer_id: str, max_byt
             engine.pause(peer_id)
         elif msg.type == "eval":
             engine.report_evaluation(peer_id, msg)  # no answer: a refused report changes nothing
+        elif msg.type == "stats":
+            engine.report_statistics(peer_id, msg)
         elif msg.type == "update":
             verdict = await engine.submit(peer_id, msg, len(data))
             reply = Message("accept", {"round": msg["round"]}) if verdict.accepted else Message(

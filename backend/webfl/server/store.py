@@ -368,6 +368,10 @@ class TaskStore:
         """The bytes actually queued for a committed round (known only after its broadcast)."""
         self.store.tx([("UPDATE rounds SET bytes_down = ? WHERE task = ? AND model = ? AND round = ?", (bytes_down, *self._scope, round_))])
 
+    def save_definition(self, definition: dict) -> None:
+        """This task's definition changed (its scaling was fixed): keep the new one."""
+        self.store.save_task(self.task, definition)
+
     def set_evaluations(self, records: list[RoundRecord]) -> None:
         """Committed rounds' evaluations, as federated reports have brought them, in one transaction."""
         sql = (
