@@ -111,7 +111,7 @@ def frames(draw) -> bytes:
         sums = dict(EVAL_SUMS)
         key = draw(st.sampled_from([*sums, "extra"]))
         sums[key] = draw(json_values | st.integers(-(2**60), 2**60))
-        return encode(Message("eval", {"model_version": draw(st.integers(-3, 10)), "sums": sums}))
+        return raw({"type": "eval", "model_version": draw(st.integers(-3, 10)), "sums": sums, "arrays": []})
     pick = draw(st.integers(0, 10**6))  # drawn the same way whatever REPLAYS holds: hypothesis needs that
     return REPLAYS[pick % len(REPLAYS)] if REPLAYS else VALID_UPDATE
 

@@ -68,9 +68,12 @@ def test_each_task_runs_and_counts_on_its_own(tmp_path):
     with _app(tmp_path) as client:
         assert client.post("/api/tasks", json=HEART, headers=AUTH).status_code == 201
         with client.websocket_connect("/ws") as plain, client.websocket_connect("/ws") as heart:
-            assert _hello(plain)["task"]["name"] == "mnist"  # no task named: the default, as today's clients
+            mnist = _hello(plain)
+            assert mnist["task"]["name"] == "mnist"  # no task named: the default, as today's clients
+            assert mnist["evaluate"] is False  # MNIST is evaluated on the server's digits
             welcome = _hello(heart, task="heart")
             assert welcome["task"]["name"] == "heart" and "shard" not in welcome  # demo shards are MNIST's
+            assert welcome["evaluate"] is True
             assert decode(heart.receive_bytes()).type == "model"
             heart.send_bytes(encode(Message("ready", {"num_examples": 50})))
             for _ in range(100):

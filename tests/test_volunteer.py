@@ -123,6 +123,9 @@ def test_new_model_replaces_the_old_one_and_status_keeps_history():
     expected = evaluation_sums(MODEL, params, features(DATA.x)[holdout], DATA.y[holdout], 3)
     assert report.type == "eval" and report["model_version"] == 1 and report["sums"] == expected.to_dict()
     assert report["sums"]["examples"] == 4
+    quiet = joined()
+    quiet.receive(server("welcome", version=__version__, volunteer="v1", task=TASK.to_dict(), evaluate=False))
+    assert quiet.receive(model_frame(1, params)) == []  # the server evaluates on its own data
     v.receive(server("status", state="idle", round=1, model_version=1, connected=3, history=[[1, 0.5]]))
     snap = v.snapshot()
     assert snap["history"] == [[1, 0.5]] and snap["bytes_down"] > 0 and snap["bytes_up"] > 0

@@ -83,7 +83,7 @@ SCHEMAS: dict[str, dict[str, tuple]] = {
         "token": (str,),
     },
     # server -> volunteer
-    "welcome": {"version": (str,), "volunteer": (str,), "task": (dict,), "shard": (dict, None), "resume": (str,)},
+    "welcome": {"version": (str,), "volunteer": (str,), "task": (dict,), "shard": (dict, None), "resume": (str,), "evaluate": (bool,)},
     "model": {
         "model_version": (int,),
         "codec": (str,),
@@ -113,7 +113,7 @@ OPTIONAL = {
     "model": {"base_version", "digest"},
     "reject": {"round"},
     "wait": {"reason"},
-    "welcome": {"shard", "resume"},
+    "welcome": {"shard", "resume", "evaluate"},
 }
 
 
@@ -228,8 +228,8 @@ def _check_fields(kind: str, fields: dict) -> None:
         value = fields[name]
         if value is None and None in types:
             continue
-        # bool is an int subclass in Python but never a valid number here.
-        if isinstance(value, bool) or not isinstance(value, tuple(t for t in types if t is not None)):
+        # bool is an int subclass in Python but never a valid number here (only where bool is named).
+        if (isinstance(value, bool) and bool not in types) or not isinstance(value, tuple(t for t in types if t is not None)):
             raise ProtocolError(f"{kind}: field {name!r} has the wrong type")
         if isinstance(value, float) and not math.isfinite(value):
             raise ProtocolError(f"{kind}: field {name!r} must be finite")

@@ -103,6 +103,8 @@ class Volunteer:
         #: welcome's credential for keeping ``volunteer_id`` on the next connection.
         self.resume_token: str | None = None
         self.task: Task | None = None
+        #: Report ``eval`` sums on new models (welcome says whether the server wants them).
+        self.evaluates = True
         self.shard: dict | None = None
         self.params: np.ndarray | None = None
         self.model_version = -1
@@ -242,6 +244,8 @@ class Volunteer:
         self.task = Task.from_dict(msg["task"])
         self._split()
         self.shard = msg.fields.get("shard")
+        # False where the server evaluates on its own data: a report would only be refused.
+        self.evaluates = msg.fields.get("evaluate", True)
         self._to(SessionState.PAUSED if self.state is SessionState.PAUSED else SessionState.IDLE)
         return self._statistics() + self._ready()
 
@@ -274,7 +278,7 @@ class Volunteer:
 
     def _evaluation(self) -> list[bytes]:
         """The ``eval`` report on a newer model, unless training (its holdout never trains)."""
-        if self.state not in (SessionState.IDLE, SessionState.SUBMITTED) or not self.holdout_examples:
+        if not self.evaluates or self.state not in (SessionState.IDLE, SessionState.SUBMITTED) or not self.holdout_examples:
             return []
         assert self.task is not None and self._x is not None and self._data is not None and self.params is not None
         idx = self._holdout_idx

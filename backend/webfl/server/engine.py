@@ -91,6 +91,11 @@ class RoundEngine:
     def history(self) -> list[RoundRecord]:
         return self.commits.history
 
+    @property
+    def evaluates_on_server(self) -> bool:
+        """Rounds are evaluated on the server's own data: volunteers need not report."""
+        return self.commits.evaluates_on_server
+
     def model_frame(self) -> bytes:
         """A frame that gives any volunteer the model volunteers hold (see core/downlink.py)."""
         return self.commits.chain.full_frame()

@@ -83,7 +83,8 @@ async def volunteer_socket(websocket: WebSocket) -> None:
         peer_id = _resumed_id(svc.tasks, resume, hello.fields.get("resume")) or secrets.token_hex(6)
         subscription = svc.coordinator.subscribe(peer_id)
         engine.connect(peer_id, hello.fields.get("agent", "?")[:64], address, hello["codecs"])
-        welcome = {"version": __version__, "volunteer": peer_id, "task": engine.task.to_dict(), "resume": resume.issue(peer_id)}
+        welcome = {"version": __version__, "volunteer": peer_id, "task": engine.task.to_dict(), "resume": resume.issue(peer_id),
+                   "evaluate": not engine.evaluates_on_server}
         if svc.demo_shards is not None and engine.task.name == DEMO_TASK:
             welcome["shard"] = svc.demo_shards.assign(DEMO_TASK)
         await websocket.send_bytes(encode(Message("welcome", welcome)))

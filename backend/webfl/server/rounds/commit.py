@@ -105,6 +105,11 @@ class CommitPipeline:
         self.history = store.history()
         self.chain = ModelChain(self.params, self.model_version)
 
+    @property
+    def evaluates_on_server(self) -> bool:
+        """The server holds data of its own for this task (MNIST's held-out digits)."""
+        return self._test is not None
+
     async def commit(self, run: Run, aggregator: Aggregator, started: float, bytes_up: int, bytes_down: int) -> RoundRecord | None:
         """Commit ``aggregator``'s round; ``None`` if the aggregate was refused (nothing changed)."""
         round_ = self.model_version + 1
