@@ -51,7 +51,7 @@ def test_kill_9_at_a_crash_point_then_the_restarted_server_resumes_the_run(tmp_p
         assert first.proc.wait(timeout=120) == -9  # SIGKILL from WEBFL_CRASHPOINT
         assert f"WEBFL_CRASHPOINT={point}:3" in first.log()
         store = Store(data / "webfl.sqlite3")
-        committed = [r.to_dict() for r in store.history()]
+        committed = [r.to_dict() for r in store.scoped("mnist", "2nn").history()]
         store.close()
         assert [r["round"] for r in committed] == [1, 2]  # round 3 was in flight: not a trace of it
 

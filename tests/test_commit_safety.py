@@ -11,7 +11,7 @@ from webfl.server.store import Store
 def stored_model(server) -> tuple[int, np.ndarray]:
     store = Store(server.data_dir / "webfl.sqlite3")
     try:
-        return store.latest_checkpoint("mnist", "2nn")
+        return store.scoped("mnist", "2nn").latest_checkpoint()
     finally:
         store.close()
 

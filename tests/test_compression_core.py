@@ -65,9 +65,11 @@ def test_unbiased_codecs_keep_no_residual_and_encoding_randomness_is_not_the_shu
     assert v.residual_state() is None
     # Same delta, encoded with the training seed's own stream, gives different codes.
     from webfl.core.data import features
+    from webfl.core.evaluation import holdout_split
     from webfl.core.training import TrainConfig, local_train
 
-    delta = local_train(MODEL, MODEL.init(0), features(DATA.x), DATA.y, TrainConfig(1, 5, 0.1, 3)).params - MODEL.init(0)
+    train, _ = holdout_split(len(DATA), 0.2, 0)  # the volunteer trains on its rows less the holdout
+    delta = local_train(MODEL, MODEL.init(0), features(DATA.x)[train], DATA.y[train], TrainConfig(1, 5, 0.1, 3)).params - MODEL.init(0)
     same_stream = get_codec("q8").encode(delta, np.random.default_rng(3))
     ours = get_codec("q8").encode(delta, np.random.default_rng([3, 1]))
     assert ours.params == update["codec_params"]

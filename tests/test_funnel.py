@@ -138,7 +138,7 @@ def test_abandoned_rounds_are_recorded_with_why_and_their_funnel_and_counted_in_
     assert metrics[("webfl_rounds_abandoned_total", (("why", "refused_aggregate"),))] == 1
     assert metrics[("webfl_commit_duration_seconds_count", ())] == 0  # a refused aggregate is no commit
     # A new store on the same file (a restart) still has both, in order.
-    store = Store(tmp_path / "webfl.sqlite3")
+    store = Store(tmp_path / "webfl.sqlite3").scoped(TASK.name, TASK.model)
     assert [r.why for r in store.abandoned_rounds()] == ["too_few_updates", "refused_aggregate"]
     assert store.abandoned_counts() == {"too_few_updates": 1, "refused_aggregate": 1}
 
@@ -188,11 +188,11 @@ def test_a_database_from_before_the_funnel_gains_the_column_and_its_rounds_read_
             bytes_down INTEGER NOT NULL, duration_s REAL NOT NULL, committed_at REAL NOT NULL)""")
         db.execute("INSERT INTO rounds VALUES (1, NULL, 1, 0.5, 1.0, 2, 10, 20, 1.0, 1e9)")
     store = Store(path)
-    (old,) = store.history()
-    assert old.round == 1 and old.funnel is None
+    (old,) = store.scoped("mnist", "2nn").history()  # schema 1's rounds were MNIST's
+    assert old.round == 1 and old.funnel is None and old.privacy is None
     store.close()
     with sqlite3.connect(path) as db:
-        assert "funnel" in {row[1] for row in db.execute("PRAGMA table_info(rounds)")}
+        assert {"funnel", "privacy", "task"} <= {row[1] for row in db.execute("PRAGMA table_info(rounds)")}
     Store(path).close()  # migrating twice is a no-op
 
 

@@ -587,10 +587,11 @@ def _database_with_rounds(path) -> None:
     from webfl.server.store import RoundRecord, Store
 
     store = Store(path)
+    scoped = store.scoped("mnist", "2nn")
     rng = np.random.default_rng(0)
     for version in range(1, 4):
         record = RoundRecord(version, None, version, 0.5, 1.0, 2, 10, 10, 1.0, time.time())
-        store.commit_round(record, "mnist", "2nn", rng.normal(size=MODEL_SIZE).astype(np.float32))
+        scoped.commit_round(record, rng.normal(size=MODEL_SIZE).astype(np.float32))
     store.close()
 
 
@@ -654,12 +655,13 @@ def test_checkpoints_are_pruned_to_the_last_n_and_every_kth(tmp_path):
     from webfl.server.store import RoundRecord, Store
 
     store = Store(tmp_path / "db.sqlite3", keep_last=3, keep_every=10)
+    scoped = store.scoped("mnist", "2nn")
     params = np.zeros(10, dtype=np.float32)
-    store.save_checkpoint(0, "mnist", "2nn", params)
+    scoped.save_checkpoint(0, params)
     for version in range(1, 26):
         record = RoundRecord(version, None, version, 0.5, 1.0, 2, 10, 10, 1.0, time.time())
-        store.commit_round(record, "mnist", "2nn", params + version)
-    latest, latest_params = store.latest_checkpoint("mnist", "2nn")
+        scoped.commit_round(record, params + version)
+    latest, latest_params = scoped.latest_checkpoint()
     store.close()
     assert latest == 25 and latest_params[0] == 25
     kept = [r[0] for r in sqlite3.connect(tmp_path / "db.sqlite3").execute("SELECT model_version FROM checkpoints ORDER BY 1")]

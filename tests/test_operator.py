@@ -44,16 +44,17 @@ def seed_history(data_dir: Path, model: str = MODEL) -> list[RoundRecord]:
     of 5 (q8), run 2 completed with its 1 round (no codec)."""
     task = get_task("mnist", model)
     params = task.build_model().init(0)
-    store = Store(data_dir / "webfl.sqlite3")
+    root = Store(data_dir / "webfl.sqlite3")
+    store = root.scoped(task.name, task.model)
     records = []
     for codec, status, total, rounds in (("q8", "stopped", 5, [(0.4, 1000), (3.0, 1100)]), ("none", "completed", 1, [(70.0, 4000)])):
         run_id = store.start_run(RunConfig.from_json({"codec": codec, "rounds": total}).to_dict())
         for duration, up in rounds:
             record = _record(len(records) + 1, run_id, duration, up)
-            store.commit_round(record, task.name, task.model, params)
+            store.commit_round(record, params)
             records.append(record)
         store.end_run(run_id, status)
-    store.close()
+    root.close()
     return records
 
 

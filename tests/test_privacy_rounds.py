@@ -341,7 +341,7 @@ def test_the_task_total_composes_every_run_also_after_a_restart(tmp_path):
         assert first["epsilon"] == first["task_epsilon"] == pytest.approx(rdp_epsilon(z, 2))
         second = await one_run(engine, v, 1)
         assert second["epsilon"] == pytest.approx(rdp_epsilon(z, 1)) and second["task_epsilon"] == pytest.approx(rdp_epsilon(z, 3))
-        engine.store.close()
+        engine.store.store.close()
         # A restarted server reads the earlier runs' accountants from the store.
         again, coord2 = make_engine(tmp_path)
         third = await one_run(again, Volunteer(again, coord2, "a"), 1)
@@ -358,7 +358,7 @@ def test_a_dp_run_whose_accountant_was_not_checkpointed_is_not_resumed(tmp_path)
         run_id = engine.store.start_run(config.to_dict())
         record = RoundRecord(1, run_id, 1, 0.5, 1.0, 1, 10, 10, 1.0, time.time())
         engine.store.commit_round(record, TASK.name, TASK.model, engine.params, {})  # no "privacy" component
-        engine.store.close()
+        engine.store.store.close()
         again, _ = make_engine(tmp_path)
         assert again.resume() is None and again.store.runs()[-1]["status"] == "interrupted"
 

@@ -56,7 +56,7 @@ def test_an_exploding_aggregate_is_refused_before_it_touches_model_chain_store_o
         assert len(a.of("model_notice")) == notices == 1 and engine.model_frames_for(1, None)  # nothing broadcast
         # Model 0 on joining, model 1 with the task of round 2, nothing with its retry.
         assert [m["model_version"] for m in a.of("model")] == [0, 1]
-        assert engine.store.latest_checkpoint(TASK.name, TASK.model)[0] == 1 and len(engine.store.history()) == 1
+        assert engine.store.latest_checkpoint()[0] == 1 and len(engine.store.history()) == 1
         assert engine.status()["run"]["rounds_done"] == 1 and engine.running
         # A fresh volunteer gets exactly the committed model.
         (frame,) = engine.model_frames_for(None, None)
@@ -185,10 +185,10 @@ def test_a_stop_during_the_transaction_waits_for_it_and_the_live_model_follows_t
         assert (await a.update(small(0))).accepted
         await entered.wait()
         assert await engine.stop()
-        assert engine.store.latest_checkpoint(TASK.name, TASK.model)[0] == engine.model_version == 1
+        assert engine.store.latest_checkpoint()[0] == engine.model_version == 1
         assert [r.round for r in engine.history] == [1] == [r.round for r in engine.store.history()]
         assert [m["model_version"] for m in a.of("model_notice")] == [1]
-        np.testing.assert_array_equal(decode(engine.model_frame()).arrays[0], engine.store.latest_checkpoint(TASK.name, TASK.model)[1])
+        np.testing.assert_array_equal(decode(engine.model_frame()).arrays[0], engine.store.latest_checkpoint()[1])
         with sqlite3.connect(tmp_path / "webfl.sqlite3") as db:
             assert db.execute("SELECT status FROM runs").fetchone() == ("stopped",)
 

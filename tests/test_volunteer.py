@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from webfl import __version__
-from webfl.core.data import Dataset
+from webfl.core.data import Dataset, features
+from webfl.core.evaluation import evaluation_sums, holdout_split
 from webfl.core.protocol import Message, ProtocolError, decode, encode
 from webfl.core.tasks import Task
 from webfl.core.volunteer import SessionState, Volunteer
@@ -50,8 +51,9 @@ def test_hello_then_ready_once_model_and_data_are_there():
     assert hello.type == "hello" and hello["version"] == __version__ and "none" in hello["codecs"]
     assert v.receive(welcome()) == []  # no data yet
     assert v.receive(model_frame(0)) == []
-    (ready,) = v.set_data(DATA)
-    assert decode(ready).fields == {"num_examples": 20}
+    stats, ready = v.set_data(DATA)  # TASK has no scaling: its feature statistics go first
+    assert decode(stats).type == "stats" and decode(stats)["stats"]["count"] == [16.0] * 4
+    assert decode(ready).fields == {"num_examples": 16}  # 20 less the 20% holdout, never trained on
     assert transitions == [("closed", "connecting"), ("connecting", "idle")]
 
 
@@ -60,7 +62,7 @@ def test_task_train_update_accept_cycle():
     assert v.receive(task_frame()) == [] and v.state is SessionState.TRAINING
     update = decode(v.train())
     assert update.type == "update" and v.state is SessionState.SUBMITTED
-    assert update["round"] == 1 and update["model_version"] == 0 and update["num_examples"] == 20
+    assert update["round"] == 1 and update["model_version"] == 0 and update["num_examples"] == 16
     (delta,) = update.arrays
     assert delta.shape == (MODEL.size,) and np.abs(delta).sum() > 0
     (ready,) = v.receive(server("accept", round=1))
@@ -70,12 +72,12 @@ def test_task_train_update_accept_cycle():
 
 def test_update_is_the_trained_delta_from_the_global_model():
     from webfl.core.training import TrainConfig, local_train
-    from webfl.core.data import features
 
     v = joined()
     v.receive(task_frame())
     delta = decode(v.train()).arrays[0]
-    expected = local_train(MODEL, MODEL.init(0), features(DATA.x), DATA.y, TrainConfig(1, 5, 0.1, 3)).params - MODEL.init(0)
+    train, _ = holdout_split(len(DATA), TASK.holdout, 0)  # the holdout is never trained on
+    expected = local_train(MODEL, MODEL.init(0), features(DATA.x)[train], DATA.y[train], TrainConfig(1, 5, 0.1, 3)).params - MODEL.init(0)
     np.testing.assert_array_equal(delta, expected)
 
 
@@ -115,8 +117,15 @@ def test_paused_volunteer_ignores_tasks_until_resumed():
 def test_new_model_replaces_the_old_one_and_status_keeps_history():
     v = joined()
     params = np.full(MODEL.size, 0.5, np.float32)
-    assert v.receive(model_frame(1, params)) == []
+    (report,) = map(decode, v.receive(model_frame(1, params)))  # not training: it evaluates the new model
     assert v.model_version == 1 and v.params.tolist() == params.tolist()
+    _, holdout = holdout_split(len(DATA), TASK.holdout, 0)
+    expected = evaluation_sums(MODEL, params, features(DATA.x)[holdout], DATA.y[holdout], 3)
+    assert report.type == "eval" and report["model_version"] == 1 and report["sums"] == expected.to_dict()
+    assert report["sums"]["examples"] == 4
+    quiet = joined()
+    quiet.receive(server("welcome", version=__version__, volunteer="v1", task=TASK.to_dict(), evaluate=False))
+    assert quiet.receive(model_frame(1, params)) == []  # the server evaluates on its own data
     v.receive(server("status", state="idle", round=1, model_version=1, connected=3, history=[[1, 0.5]]))
     snap = v.snapshot()
     assert snap["history"] == [[1, 0.5]] and snap["bytes_down"] > 0 and snap["bytes_up"] > 0

@@ -20,6 +20,7 @@ def _serve(args: argparse.Namespace) -> int:
     from .server.config import Settings
     from .server.origins import default_public_origins, parse_origins
     from .server.store import CorruptDatabase, check_database
+    from .server.taskset import read_task_file
     from .server.timeouts import http_protocol, ws_protocol
 
     overrides = {
@@ -34,6 +35,7 @@ def _serve(args: argparse.Namespace) -> int:
     }
     scheme = "https" if args.ssl_certfile else "http"
     try:
+        overrides["tasks"] = tuple(task for path in args.task_file for task in read_task_file(Path(path)))
         if args.embed_origins is not None:
             overrides["embed_origins"] = parse_origins(args.embed_origins)
         public = parse_origins(args.public_origin or os.environ.get("WEBFL_PUBLIC_ORIGINS"))
@@ -85,7 +87,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from .simulate import Behaviour, Simulation
+    from .core.tasks import Task
+    from .simulate import AdminClient, Behaviour, ServerUnreachable, Simulation
 
     run_config = {
         k: v
@@ -109,8 +112,21 @@ def _simulate(args: argparse.Namespace) -> int:
         }.items()
         if v is not None
     }
+    task = None
+    if args.task is not None:
+        try:
+            described = AdminClient(args.server, None).request("GET", f"/api/tasks/{args.task}")
+            task = Task.from_json({k: v for k, v in described.items() if k != "running"})
+        except (ServerUnreachable, RuntimeError, ValueError) as exc:
+            print(f"webfl simulate: task {args.task}: {exc}", file=sys.stderr)
+            return 2
+    elif args.data is not None:
+        print("webfl simulate: --data needs --task (whose columns the CSV has)", file=sys.stderr)
+        return 2
     sim = Simulation(
         server=args.server,
+        task=task,
+        data=None if args.data is None else Path(args.data),
         clients=args.clients,
         partition=args.partition,
         seed=args.seed,
@@ -132,7 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--data-dir", default=os.environ.get("WEBFL_DATA_DIR", "data"))
-    serve.add_argument("--task", default="mnist")
+    serve.add_argument("--task", help="the default task, a built-in (mnist, breast-cancer, digits); "
+                       "default: the first --task-file's, else mnist")
+    serve.add_argument("--task-file", action="append", default=[], metavar="FILE",
+                       help="serve the task(s) in this JSON file: one definition or a list (repeatable; kept in the store)")
     serve.add_argument("--model", default="2nn", help="2nn (McMahan et al.'s MLP) or softmax")
     serve.add_argument("--seed", type=int, default=0)
     serve.add_argument("--demo-partition", default="iid", help="how demo shards split the data: iid, noniid, dirichlet:A")
@@ -159,7 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     sim = sub.add_parser("simulate", help="run Python volunteers against a server")
     sim.add_argument("--server", default="http://127.0.0.1:8000")
     sim.add_argument("--clients", type=int, default=10)
-    sim.add_argument("--partition", default="iid", help="iid, noniid or dirichlet:ALPHA")
+    sim.add_argument("--task", help="the task to train (a name the server serves; default: its default task)")
+    sim.add_argument("--data", metavar="FILE.csv", help="the task's rows to share among the volunteers (default: a built-in's shipped data)")
+    sim.add_argument("--partition", default="iid", help="iid, noniid or dirichlet:ALPHA (over the labels)")
     sim.add_argument("--seed", type=int, default=0)
     sim.add_argument("--rounds", type=int, help="launch this many rounds through the admin API (needs WEBFL_ADMIN_TOKEN)")
     sim.add_argument("--clients-per-round", type=int)

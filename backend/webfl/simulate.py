@@ -1,7 +1,8 @@
 """Simulated volunteers: the learning core's ``Volunteer`` over real WebSockets.
 
-Each simulated volunteer holds its own shard of the task's training split (its
-"device data"), connects to ``/ws`` like a browser does, trains when selected and
+Each simulated volunteer holds its own shard of the task's data (its "device data":
+a task's CSV given with ``--data``, else a built-in task's shipped data, split by
+``partition``: iid, or Dirichlet over the labels), connects to ``/ws`` like a browser does, trains when selected and
 reconnects by itself when the server goes away. Training runs in a thread pool
 (NumPy releases the GIL) so the event loop keeps every socket alive.
 
@@ -39,10 +40,11 @@ from . import __version__
 from .build.paths import DATASETS_DIR
 from .core.attacks import make_volunteer
 from .core.data import Dataset, load_npz, partition as split_shards
+from .core.tasks import Kind, Task
 from .core.protocol import CLOSE_POLICY, CLOSE_PROTOCOL_ERROR, CLOSE_UNSUPPORTED
 from .core.volunteer import SessionState, TrainingDiverged, Volunteer
 
-__all__ = ["AdminClient", "Behaviour", "ServerUnreachable", "Simulation", "call", "launch_once"]
+__all__ = ["AdminClient", "Behaviour", "ServerUnreachable", "Simulation", "call", "launch_once", "local_data"]
 
 log = logging.getLogger("webfl.simulate")
 
@@ -109,28 +111,48 @@ async def call(admin: AdminClient, method: str, path: str, body: dict | None, de
         return reply
 
 
-async def launch_once(admin: AdminClient, run_config: dict, deadline: float) -> tuple[int, dict]:
+async def launch_once(admin: AdminClient, run_config: dict, deadline: float, api: str = "/api") -> tuple[int, dict]:
     """Start a run exactly once, even if the server goes away mid-request; returns its
     id and config.
 
     A ``POST /api/rounds`` that got no answer may have started the run (a restarted
     server then resumes it by itself), so it is never blindly repeated: the status is
-    read again, and a run other than the one shown before the POST is ours.
+    read again, and a run other than the one shown before the POST is ours. ``api``:
+    ``/api`` (the default task) or ``/api/tasks/NAME``.
     """
-    status = await call(admin, "GET", "/api/status", None, deadline)
+    status = await call(admin, "GET", f"{api}/status", None, deadline)
     before = status["run"]["id"] if status["run"] else None
     while True:
         try:
-            started = await asyncio.to_thread(admin.request, "POST", "/api/rounds", run_config)
+            started = await asyncio.to_thread(admin.request, "POST", f"{api}/rounds", run_config)
             return started["run"], started["config"]
         except ServerUnreachable as exc:
             print(f"webfl simulate: launching the run: {exc}; checking whether it started", file=sys.stderr, flush=True)
-        status = await call(admin, "GET", "/api/status", None, deadline)
+        status = await call(admin, "GET", f"{api}/status", None, deadline)
         if status["run"] and status["run"]["id"] != before:
             return status["run"]["id"], status["run"]["config"]
         if time.monotonic() > deadline:
             raise TimeoutError
         await asyncio.sleep(0.5)  # it never reached the server: launching again is safe
+
+
+def local_data(task: Task, data: Path | None, datasets_dir: Path = DATASETS_DIR) -> Dataset:
+    """The examples the simulated volunteers share: a CSV of ``task``'s, else the
+    built-in's shipped data (its training split, for a task the server also evaluates)."""
+    if data is not None:
+        if task.kind is not Kind.TABULAR:
+            raise ValueError(f"--data takes a CSV for a tabular task; {task.name} is an image task")
+        return task.parse_csv(data.read_bytes())
+    if task.kind is Kind.TABULAR:
+        return task.parse_csv((datasets_dir / f"{task.name}.csv").read_bytes())
+    return load_npz(datasets_dir / f"{task.name}.npz", "train")
+
+
+def _evaluation(entry: dict) -> str:
+    if entry["accuracy"] is None:
+        return "not evaluated"
+    where = "federated over {} examples".format(entry["eval_examples"]) if entry["eval_source"] == "federated" else entry["eval_source"]
+    return f"accuracy {entry['accuracy']:.4f}  loss {entry['loss']:.4f} ({where})"
 
 
 def pick_malicious(clients: int, fraction: float, seed: int) -> list[int]:
@@ -171,7 +193,8 @@ class Simulation:
         partition: str = "iid",
         seed: int = 0,
         token: str | None = None,
-        task: str = "mnist",
+        task: Task | None = None,
+        data: Path | None = None,
         datasets_dir: Path = DATASETS_DIR,
         behaviour: Behaviour = Behaviour(),
         malicious: float = 0.0,
@@ -180,13 +203,17 @@ class Simulation:
         self.server = server.rstrip("/")
         self.ws_url = self.server.replace("https://", "wss://", 1).replace("http://", "ws://", 1) + "/ws"
         self.admin = AdminClient(self.server, token)
-        train = load_npz(datasets_dir / f"{task}.npz", "train")
+        #: None: the server's default task (MNIST, as before tasks had names).
+        self.task = task
+        self.api = "/api" if task is None else f"/api/tasks/{task.name}"
+        train = load_npz(datasets_dir / "mnist.npz", "train") if task is None else local_data(task, data, datasets_dir)
         self.shards: list[Dataset] = [train.take(idx) for idx in split_shards(train.y, clients, partition, seed)]
         #: Indices of the volunteers that attack (``--malicious`` of them, chosen by ``seed``).
         self.malicious = pick_malicious(clients, malicious, seed) if attack else []
         agent = f"webfl-simulate/{__version__}"
         self.volunteers: list[Volunteer] = [
-            make_volunteer(shard, attack if i in self.malicious else None, seed=seed * 1009 + i, agent=agent)
+            make_volunteer(shard, attack if i in self.malicious else None, seed=seed * 1009 + i, agent=agent,
+                           task_name=None if task is None else task.name, holdout_seed=seed * 1009 + i)
             for i, shard in enumerate(self.shards)
         ]
         self._pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2)
@@ -288,18 +315,21 @@ class Simulation:
         """Launch a run and follow it to its end; committed rounds are counted by the
         history (entries of this run), which survives a server restart."""
         deadline = time.monotonic() + timeout_s
-        run_id, config = await launch_once(self.admin, run_config, deadline)
+        run_id, config = await launch_once(self.admin, run_config, deadline, self.api)
         print(f"webfl simulate: run {run_id} started with {len(self.volunteers)} volunteers: {config}", flush=True)
         wanted, printed = run_config.get("rounds", 1), set()
+        # Rounds are printed once evaluated (on the server's data, or federated within
+        # seconds of the commit); with no holdout nothing is evaluated, so none is waited for.
+        evaluated = (lambda e: e["eval_source"] is not None) if self.task is None or self.task.holdout else (lambda e: True)
         while time.monotonic() < deadline:
-            status = await call(self.admin, "GET", "/api/status", None, deadline)
+            status = await call(self.admin, "GET", f"{self.api}/status", None, deadline)
             mine = [entry for entry in status["history"] if entry["run_id"] == run_id]
             for entry in mine:
-                if entry["round"] in printed:
+                if entry["round"] in printed or not evaluated(entry):
                     continue
                 printed.add(entry["round"])
                 print(
-                    f"round {entry['round']:>4}  accuracy {entry['accuracy']:.4f}  loss {entry['loss']:.4f}  "
+                    f"round {entry['round']:>4}  {_evaluation(entry)}  "
                     f"participants {entry['participants']:>3}  up {entry['bytes_up'] / 1e6:.2f} MB  "
                     f"down {entry['bytes_down'] / 1e6:.2f} MB  {entry['duration_s']:.2f} s",
                     flush=True,
@@ -308,7 +338,7 @@ class Simulation:
             # A restarted server resumes an interrupted run at start-up, before it answers;
             # if it shows no run or another one, ours ended (stopped, failed or not resumable).
             ours_running = run is not None and run["id"] == run_id and run["running"]
-            if len(mine) >= wanted or not ours_running:
+            if (len(mine) >= wanted and evaluated(mine[-1])) or (not ours_running and len(mine) < wanted):
                 done = len(mine) >= wanted
                 print(f"webfl simulate: run {run_id} {'completed' if done else 'ended early'} with {len(mine)} round(s)", flush=True)
                 return 0 if done else 1

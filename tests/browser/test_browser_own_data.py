@@ -53,7 +53,7 @@ def test_own_csv_trains_and_never_leaves_the_browser(context, serve, tmp_path):
     # bytes, not as the float32 features the model trains on.
     needles = [csv_text[:64].encode(), lines[1].encode(), lines[1][:40].encode(), x[0].tobytes(), (x[0].astype(np.float32) / 255).tobytes()]
     # The recording sees the worker's own traffic (its config fetch, its socket).
-    assert any(url.endswith("/api/config") for url, _ in sent_http) and sent_ws, "nothing was recorded"
+    assert any("/api/config?task=mnist" in url for url, _ in sent_http) and sent_ws, "nothing was recorded"
     for url, body in sent_http:
         assert not any(n in url.encode() or n in body for n in needles), url
         assert len(body) < 1000, f"unexpected upload of {len(body)} bytes to {url}"

@@ -283,11 +283,11 @@ function control(action) {
 }
 
 const handlers = {
-  async start({ data, cpu: level }) {
+  async start({ data, cpu: level, task }) {
     dataChoice = data;
     if (level in REST_PER_BUSY) cpu = level;
     post("stage", { label: "Getting the configuration", fraction: 0.02 });
-    config = await fetchJson("/api/config", "its configuration");
+    config = await fetchJson(`/api/config?task=${encodeURIComponent(task)}`, "its configuration");
     const stage = (label, fraction) => post("stage", { label, fraction });
     const downloads = countDownloads();
     let runtime;
@@ -298,7 +298,7 @@ const handlers = {
     }
     const { browser, compute } = runtime;
     post("compute", { backend: compute });
-    session = browser.BrowserSession(`webfl-browser/${config.version}`);
+    session = browser.BrowserSession(`webfl-browser/${config.version}`, config.task.definition);
     browser.destroy();
     await restoreResidual();
     await restorePending();

@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import __version__
 from .data import Dataset, parse_csv
+from .tasks import Kind, Task
 from .training import run_steps
 from .volunteer import SessionState, TrainingDiverged, Volunteer
 
@@ -29,6 +30,11 @@ log = logging.getLogger("webfl.browser")
 def version() -> str:
     """The core's version, which the page compares with the server's before joining."""
     return __version__
+
+
+def _plain(obj):
+    # A JS object arrives as a JsProxy with ``to_py`` (nested dicts and lists); tests pass dicts.
+    return obj.to_py() if hasattr(obj, "to_py") else obj
 
 
 def _as_bytes(frame) -> bytes:
@@ -64,8 +70,10 @@ class BrowserSession:
       let us resume: no round can take the frame any more, so it is dropped.
     """
 
-    def __init__(self, agent: str) -> None:
-        self.volunteer = Volunteer(agent=agent)
+    def __init__(self, agent: str, task: dict | None = None) -> None:
+        """``task``: the definition of the task this tab trains (the page's); None: the server's default."""
+        self.task = None if task is None else Task.from_json(_plain(task))
+        self.volunteer = Volunteer(agent=agent, task_name=None if self.task is None else self.task.name)
         self.want_paused = False
         self.data_source: dict | None = None  # {"kind": "demo"|"csv", ...} once data is set
         self.rounds_accepted: list[int] = []
@@ -136,8 +144,14 @@ class BrowserSession:
         return self._set_data(data)
 
     def use_csv(self, text: str, num_features: int, num_classes: int, name: str = "") -> list[bytes]:
-        """The volunteer's own file; ``ValueError`` carries a message for the page."""
-        data = parse_csv(text, num_features, num_classes)
+        """The volunteer's own file; ``ValueError`` carries a message for the page.
+
+        A tabular task's CSV is read by its header (``Task.parse_csv``); an image task's
+        as label-then-pixels rows (``parse_csv``)."""
+        if self.task is not None and self.task.kind is Kind.TABULAR:
+            data = self.task.parse_csv(text)
+        else:
+            data = parse_csv(text, num_features, num_classes)
         self.data_source = {"kind": "csv", "name": name, "examples": len(data)}
         return self._set_data(data)
 

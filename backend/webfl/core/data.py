@@ -49,7 +49,9 @@ class Dataset:
 
 
 def features(x: np.ndarray) -> np.ndarray:
-    """uint8 pixels to float32 in [0, 1]."""
+    """uint8 pixels to float32 in [0, 1]; float rows (a task's CSV, decoded images) as float32, unscaled."""
+    if x.dtype != np.uint8:
+        return np.asarray(x, dtype=np.float32)
     return x.astype(np.float32) / np.float32(255.0)
 
 

@@ -64,8 +64,13 @@ SCHEMAS: dict[str, dict[str, tuple]] = {
         "model_version": (int,),
         "model_digest": (str,),
         "resume": (dict,),  # {"volunteer": id, "token": welcome's resume}: keep that id
+        "task": (str,),  # the task to train; absent: the server's default task
     },
     "ready": {"num_examples": (int,)},
+    # the sums of the model of that version on the volunteer's holdout (core.evaluation)
+    "eval": {"model_version": (int,), "sums": (dict,)},
+    # a tabular task without scaling: this volunteer's per-feature sums (core.stats)
+    "stats": {"stats": (dict,)},
     "pause": {},
     "update": {
         "round": (int,),
@@ -80,7 +85,7 @@ SCHEMAS: dict[str, dict[str, tuple]] = {
         "clipped": (bool,),
     },
     # server -> volunteer
-    "welcome": {"version": (str,), "volunteer": (str,), "task": (dict,), "shard": (dict, None), "resume": (str,)},
+    "welcome": {"version": (str,), "volunteer": (str,), "task": (dict,), "shard": (dict, None), "resume": (str,), "evaluate": (bool,)},
     "model": {
         "model_version": (int,),
         "codec": (str,),
@@ -105,11 +110,13 @@ SCHEMAS: dict[str, dict[str, tuple]] = {
     # pace steering: nothing to do now, come back in retry_after_s seconds
     "wait": {"retry_after_s": _NUM, "reason": (str,)},
     "reject": {"reason": (str,), "round": (int, None)},
+    # the task's definition changed (its scaling was fixed by the federated statistics)
+    "definition": {"task": (dict,)},
     "status": {"state": (str,), "round": (int,), "model_version": (int,), "connected": (int,), "history": (list,),
                "run": (list, None), "privacy": (dict, None)},
 }
 OPTIONAL = {
-    "hello": {"agent", "model_version", "model_digest", "resume"},
+    "hello": {"agent", "model_version", "model_digest", "resume", "task"},
     "model": {"base_version", "digest"},
     "reject": {"round"},
     # [rounds committed, rounds planned] of the current or last run, for "round 3 of 5".
@@ -117,7 +124,7 @@ OPTIONAL = {
     "task": {"clip"},
     "update": {"clipped"},
     "wait": {"reason"},
-    "welcome": {"shard", "resume"},
+    "welcome": {"shard", "resume", "evaluate"},
 }
 
 
@@ -232,7 +239,7 @@ def _check_fields(kind: str, fields: dict) -> None:
         value = fields[name]
         if value is None and None in types:
             continue
-        # bool is an int subclass in Python but never a valid number here.
+        # bool is an int subclass in Python but never a valid number here (only where bool is named).
         if (isinstance(value, bool) and bool not in types) or not isinstance(value, tuple(t for t in types if t is not None)):
             raise ProtocolError(f"{kind}: field {name!r} has the wrong type")
         if isinstance(value, float) and not math.isfinite(value):

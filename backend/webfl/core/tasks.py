@@ -39,7 +39,6 @@ __all__ = [
     "Kind",
     "MLPSpec",
     "Scaling",
-    "TASKS",
     "Task",
     "TrainDefaults",
     "get_task",
@@ -468,16 +467,12 @@ BUILT_IN: dict[str, Task] = {
     ])
 }
 
-#: The tasks the server serves today: MNIST only, until it runs several tasks at once.
-TASKS: dict[str, Task] = {"mnist": BUILT_IN["mnist"]}
-
-
 def get_task(name: str, model: str | None = None) -> Task:
-    """A served task; ``model`` swaps in a named MLP architecture (``webfl serve --model``)."""
+    """A built-in task; ``model`` swaps in a named MLP architecture (``webfl serve --model``)."""
     try:
-        task = TASKS[name]
+        task = BUILT_IN[name]
     except KeyError:
-        raise ValueError(f"unknown task {name!r}; known: {', '.join(TASKS)}") from None
+        raise ValueError(f"unknown task {name!r}; built in: {', '.join(BUILT_IN)}") from None
     if model is not None and model != task.model:
         if model not in MODELS:
             raise ValueError(f"unknown model {model!r}; known: {', '.join(MODELS)}")

@@ -16,6 +16,10 @@ Training that diverges (a non-finite delta) goes TRAINING -> IDLE: ``train()`` r
 ``TrainingDiverged`` whose ``frames`` (a fresh ``ready``) the driver sends; nothing is
 uploaded for that round and the server's deadline or quorum closes it.
 
+Every volunteer keeps a seeded holdout of its examples (the task's ``holdout``
+fraction), never trained on: each newer model that reaches it while it is not training
+is evaluated there and reported as ``eval`` sums (federated evaluation).
+
 Biased codecs (top-k) encode through an ``ErrorFeedback`` kept per (codec spec, model
 size): what top-k drops is added to the next delta. It survives reconnects (the
 object lives on) and, via ``residual_state()``/``load_residual_state()``, page reloads
@@ -40,7 +44,9 @@ from .. import __version__
 from .codecs import CODECS, ErrorFeedback, get_codec
 from .data import Dataset, features
 from .downlink import apply_model, digest
+from .evaluation import evaluation_sums, holdout_split
 from .privacy import l2_clip
+from .stats import feature_stats
 from .protocol import Message, ProtocolError, decode, encode
 from .tasks import Task
 from .training import Progress, Step, TrainConfig, run_steps, train_steps
@@ -93,14 +99,20 @@ class Volunteer:
         data: Dataset | None = None,
         agent: str = "python",
         on_transition: Callable[[SessionState, SessionState], None] | None = None,
+        task_name: str | None = None,
+        holdout_seed: int = 0,
     ) -> None:
-        self.agent = agent
+        """``task_name``: the task to train (None: the server's default); ``holdout_seed``
+        picks which examples are kept for evaluation (the same every session)."""
+        self.agent, self.task_name, self.holdout_seed = agent, task_name, holdout_seed
         self.state = SessionState.CLOSED
         self.on_transition = on_transition
         self.volunteer_id: str | None = None
         #: welcome's credential for keeping ``volunteer_id`` on the next connection.
         self.resume_token: str | None = None
         self.task: Task | None = None
+        #: Report ``eval`` sums on new models (welcome says whether the server wants them).
+        self.evaluates = True
         self.shard: dict | None = None
         self.params: np.ndarray | None = None
         self.model_version = -1
@@ -122,6 +134,9 @@ class Volunteer:
         self.latest_version = -1
         self._data: Dataset | None = None
         self._x: np.ndarray | None = None
+        #: Indices into the data: trained on, and kept for evaluation (once the task is known).
+        self._train_idx: np.ndarray | None = None
+        self._holdout_idx: np.ndarray | None = None
         self._feedback: ErrorFeedback | None = None
         if data is not None:
             self._set_dataset(data)
@@ -137,7 +152,14 @@ class Volunteer:
 
     @property
     def num_examples(self) -> int:
-        return 0 if self._data is None else len(self._data)
+        """The examples trained on (the holdout is not)."""
+        if self._data is None:
+            return 0
+        return len(self._data) if self._train_idx is None else len(self._train_idx)
+
+    @property
+    def holdout_examples(self) -> int:
+        return 0 if self._holdout_idx is None else len(self._holdout_idx)
 
     def snapshot(self) -> dict:
         """Everything a UI shows, as plain data."""
@@ -175,6 +197,8 @@ class Volunteer:
             fields |= {"model_version": self.model_version, "model_digest": digest(self.params)}
         if self.volunteer_id and self.resume_token:
             fields["resume"] = {"volunteer": self.volunteer_id, "token": self.resume_token}
+        if self.task_name is not None:
+            fields["task"] = self.task_name
         return self._send(Message("hello", fields))
 
     def _ready(self) -> list[bytes]:
@@ -188,12 +212,18 @@ class Volunteer:
         if self.task is not None and data.x.shape[1] != self.task.num_features:
             raise ValueError(f"data has {data.x.shape[1]} features, the task needs {self.task.num_features}")
         self._set_dataset(data)
-        return self._ready()
+        return self._statistics() + self._ready()
 
     def _set_dataset(self, data: Dataset) -> None:
         if len(data) == 0:
             raise ValueError("no examples")
         self._data, self._x = data, features(data.x)
+        self._split()
+
+    def _split(self) -> None:
+        if self._data is None or self.task is None:
+            return
+        self._train_idx, self._holdout_idx = holdout_split(len(self._data), self.task.holdout, self.holdout_seed)
 
     def pause(self) -> list[bytes]:
         if self.state in (SessionState.IDLE, SessionState.SUBMITTED):
@@ -228,9 +258,28 @@ class Volunteer:
         self.volunteer_id = msg["volunteer"]
         self.resume_token = msg.fields.get("resume")
         self.task = Task.from_dict(msg["task"])
+        self._split()
         self.shard = msg.fields.get("shard")
+        # False where the server evaluates on its own data: a report would only be refused.
+        self.evaluates = msg.fields.get("evaluate", True)
         self._to(SessionState.PAUSED if self.state is SessionState.PAUSED else SessionState.IDLE)
-        return self._ready()
+        return self._statistics() + self._ready()
+
+    def _on_definition(self, msg: Message) -> list[bytes]:
+        """The task's scaling is fixed now: the model standardises its inputs from here on."""
+        task = Task.from_dict(msg["task"])
+        if self.task is None or task.name != self.task.name:
+            raise ProtocolError("a definition for another task")
+        self.task = task
+        return []
+
+    def _statistics(self) -> list[bytes]:
+        """For a task whose scaling is still to be measured: per-feature sums of the rows
+        trained on (count, sum, sum of squares), never the rows."""
+        if self.task is None or not self.task.needs_statistics or self._x is None or self._train_idx is None:
+            return []
+        stats = feature_stats(self._x[self._train_idx])
+        return [self._send(Message("stats", {"stats": stats.to_dict()}))]
 
     def _on_model(self, msg: Message) -> list[bytes]:
         if self.task is None:
@@ -241,7 +290,16 @@ class Volunteer:
             return []
         was_ready = self.params is not None
         self.params, self.model_version = params, msg["model_version"]
-        return [] if was_ready else self._ready()
+        return self._evaluation() if was_ready else self._ready()
+
+    def _evaluation(self) -> list[bytes]:
+        """The ``eval`` report on a newer model, unless training (its holdout never trains)."""
+        if not self.evaluates or self.state not in (SessionState.IDLE, SessionState.SUBMITTED) or not self.holdout_examples:
+            return []
+        assert self.task is not None and self._x is not None and self._data is not None and self.params is not None
+        idx = self._holdout_idx
+        sums = evaluation_sums(self.task.build_model(), self.params, self._x[idx], self._data.y[idx], self.task.num_classes)
+        return [self._send(Message("eval", {"model_version": self.model_version, "sums": sums.to_dict()}))]
 
     def _on_model_notice(self, msg: Message) -> list[bytes]:
         self.latest_version = max(self.latest_version, msg["model_version"])
@@ -319,7 +377,8 @@ class Volunteer:
             raise RuntimeError(f"no training job (state {self.state.value})")
         assert self._data is not None and self._x is not None and self.params is not None
         model = self.task.build_model()
-        result = yield from train_steps(model, self.params, self._x, self._data.y, job.config)
+        idx = self._train_idx if self._train_idx is not None else slice(None)
+        result = yield from train_steps(model, self.params, self._x[idx], self._data.y[idx], job.config)
         delta = result.params - self.params
         if not np.isfinite(delta).all():
             self.last_metrics = {"round": job.round, "loss": result.loss, "accuracy": result.accuracy, "diverged": True}

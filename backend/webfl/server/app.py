@@ -17,18 +17,18 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
 from .. import __version__
-from ..core.tasks import get_task
+from ..core.tasks import Task, get_task
 from .auth import AdminAuth, load_admin_token
 from .config import Settings
 from .coordinator import InProcessCoordinator
 from .datadir import prepare_data_dir
-from .datasets import DemoShards
-from .engine import RoundEngine
+from .datasets import DEMO_TASK, DemoShards
 from .limits import AddressLimits, FrameRates
 from .security import ResumeTokens
 from .sockets import volunteer_socket
 from .store import Store
-from .web import admin_api, assets, config_api, export, metrics, models, pages, run_settings, signin
+from .taskset import TaskSet
+from .web import admin_api, assets, config_api, export, metrics, models, pages, run_settings, signin, tasks_api
 from .web.bodies import BodyLimit
 from .web.headers import SecurityHeaders
 from .web.services import Services, services
@@ -40,7 +40,7 @@ log = logging.getLogger("webfl.app")
 
 async def shard(request: Request) -> Response:
     svc = services(request)
-    if request.path_params["task"] != svc.engine.task.name:
+    if svc.demo_shards is None or request.path_params["task"] != DEMO_TASK:
         return PlainTextResponse("unknown task", status_code=404)
     try:
         data = svc.demo_shards.shard_npz(request.path_params["index"])
@@ -62,8 +62,15 @@ def _limits(settings: Settings) -> AddressLimits:
     )
 
 
+def _given(settings: Settings) -> list[Task]:
+    """The built-in named by ``--task`` (with ``--model``); MNIST when no task is named at all."""
+    if settings.task is None and settings.tasks:
+        return []
+    return [get_task(settings.task or DEMO_TASK, settings.model)]
+
+
 def create_app(settings: Settings) -> Starlette:
-    task = get_task(settings.task, settings.model)
+    given = _given(settings)  # an unknown name fails here, before the server listens
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict]:
@@ -72,12 +79,17 @@ def create_app(settings: Settings) -> Starlette:
         if created:
             print(f"webfl: admin token (kept in {settings.data_dir / 'admin_token'}): {token}", flush=True)
         store = Store(settings.data_dir / "webfl.sqlite3", keep_last=settings.keep_checkpoints, keep_every=settings.checkpoint_every)
-        shards = DemoShards(settings.datasets_dir / f"{task.name}.npz", settings.demo_partition, settings.demo_shards, settings.seed)
         coordinator = InProcessCoordinator(settings.send_queue)
-        engine = RoundEngine(task, store, coordinator, shards.test, settings.seed)
+        served = {t.name for t in given} | {t.name for t in settings.tasks} | {d["name"] for d in store.task_definitions()}
+        shards = None
+        if DEMO_TASK in served:
+            shards = DemoShards(settings.datasets_dir / f"{DEMO_TASK}.npz", settings.demo_partition, settings.demo_shards, settings.seed)
+        # Only the demo has data on the server; every other task is evaluated on the devices.
+        tasks = TaskSet(store, coordinator, settings.seed, lambda t: shards.test if shards is not None and t.name == DEMO_TASK else None)
+        tasks.load([*settings.tasks, *given], settings.task)
         svc = Services(
             settings=settings,
-            engine=engine,
+            tasks=tasks,
             store=store,
             coordinator=coordinator,
             demo_shards=shards,
@@ -85,12 +97,12 @@ def create_app(settings: Settings) -> Starlette:
             resume_tokens=ResumeTokens(),
             limits=_limits(settings),
         )
-        engine.resume()  # a run a crash interrupted carries on
+        tasks.resume()  # runs a crash interrupted carry on
         try:
-            async with metrics.separate_listener(engine, settings.metrics_host, settings.metrics_port):
+            async with metrics.separate_listener(tasks.default, settings.metrics_host, settings.metrics_port):
                 yield {"services": svc}
         finally:
-            await engine.close()
+            await tasks.stop()
             store.close()
 
     routes = [
@@ -98,6 +110,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/healthz", health),
         Route("/data/{task}/shards/{index:int}.npz", shard),
         *admin_api.routes,
+        *tasks_api.routes,
         *export.routes,
         *models.routes,
         *run_settings.routes,

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..build.paths import DATASETS_DIR
+from ..core.tasks import Task
 from .origins import parse_origins
 
 __all__ = ["Settings"]
@@ -25,7 +26,10 @@ class Settings:
     data_dir: Path = Path("data")
     #: Where task files (``mnist.npz``) are; set-up builds them here.
     datasets_dir: Path = DATASETS_DIR
-    task: str = "mnist"
+    #: The default task: a built-in's name; None is the first of ``tasks``, else MNIST.
+    task: str | None = None
+    #: Tasks from ``--task-file`` (validated there), served and kept in the store.
+    tasks: tuple[Task, ...] = ()
     model: str = "2nn"
     seed: int = 0
     #: Set the admin token explicitly; otherwise one is generated and kept in ``data_dir``.

@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
-__all__ = ["Coordinator", "InProcessCoordinator", "SlowConsumer", "Subscription"]
+__all__ = ["Coordinator", "InProcessCoordinator", "SlowConsumer", "Subscription", "TaskChannel"]
 
 log = logging.getLogger("webfl.coordinator")
 
@@ -88,3 +88,20 @@ class InProcessCoordinator(Coordinator):
     async def publish(self, frame: bytes, to: Iterable[str] | None = None) -> int:
         targets = self._subscribers.values() if to is None else [s for v in to if (s := self._subscribers.get(v))]
         return sum(sub.offer(frame) for sub in list(targets))
+
+
+class TaskChannel(Coordinator):
+    """One task's view of a shared coordinator: "every volunteer" means this task's.
+
+    Several tasks share one server's connections; a commit of one task must not send
+    its model to the volunteers of another.
+    """
+
+    def __init__(self, base: Coordinator, members: Callable[[], Iterable[str]]) -> None:
+        self._base, self._members = base, members
+
+    def subscribe(self, volunteer_id: str) -> Subscription:
+        return self._base.subscribe(volunteer_id)
+
+    async def publish(self, frame: bytes, to: Iterable[str] | None = None) -> int:
+        return await self._base.publish(frame, list(self._members()) if to is None else to)

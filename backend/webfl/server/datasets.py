@@ -9,7 +9,10 @@ from pathlib import Path
 
 from ..core.data import load_npz, partition
 
-__all__ = ["DemoShards"]
+__all__ = ["DEMO_TASK", "DemoShards"]
+
+#: The task whose data the server holds: demo shards for volunteers, held-out digits.
+DEMO_TASK = "mnist"
 
 
 class DemoShards:

@@ -20,13 +20,15 @@ import logging
 import numpy as np
 
 from ..core.data import Dataset
-from ..core.protocol import Message
+from ..core.protocol import Message, encode
 from ..core.tasks import Task
-from .coordinator import Coordinator
+from .coordinator import Coordinator, TaskChannel
 from .rounds.commit import CommitPipeline, Run
 from .rounds.config import RunConfig
+from .rounds.evaluation import EvaluationCohort, FederatedEvaluation
 from .rounds.fedbuff import FedBuff
 from .rounds.funnel import RoundStats
+from .rounds.statistics import FeatureStatistics
 from .rounds.mode import RunMode, Services
 from .rounds.peers import Peer, PeerState, Peers
 from .rounds.selection import Selection
@@ -50,17 +52,27 @@ class RunActive(RuntimeError):
 
 
 class RoundEngine:
-    def __init__(self, task: Task, store: Store, coordinator: Coordinator, test: Dataset, seed: int = 0) -> None:
-        self.task, self.store, self.coordinator, self.seed = task, store, coordinator, seed
+    def __init__(self, task: Task, store: Store, coordinator: Coordinator, test: Dataset | None, seed: int = 0) -> None:
+        """``test``: the server's held-out data for ``task``, if it has any."""
+        self.task, self.seed = task, seed
+        self.store = store.scoped(task.name, task.model)
         self.model = task.build_model()
         self.phase = Phase()
         self.peers = Peers(self.phase)
+        # Broadcasts reach this task's volunteers only: other tasks may share the connections.
+        self.coordinator = coordinator = TaskChannel(coordinator, lambda: [peer.id for peer in self.peers])
         self.rejections = Rejections()
         self.stats = RoundStats()
         self.tokens = TaskTokens()
-        self.commits = CommitPipeline(task, self.model, store, coordinator, self.phase, test, seed, self.status_frame, lambda: [p.id for p in self.peers])
+        self.commits = CommitPipeline(
+            task, self.model, self.store, coordinator, self.phase, test, seed, self.status_frame, lambda: [p.id for p in self.peers],
+            committed=self._committed,
+        )
         self.selection = Selection(self.peers, self.phase, coordinator, seed, lambda: [r.duration_s for r in self.commits.history])
         self.tasks = TaskBook(self.peers, coordinator, self.tokens, self.commits.chain)
+        self.evaluation = FederatedEvaluation(self.commits, self.store, task.num_classes)
+        self.cohort = EvaluationCohort(self.peers, self.tasks.catch_up, coordinator, self.commits.count_bytes_down)
+        self.statistics = FeatureStatistics(task.num_features)
         self.services = Services(self.phase, self.peers, self.selection, self.tasks, self.commits, self.rejections, self.stats, seed)
         self.run: Run | None = None
         self._mode: RunMode | None = None
@@ -84,6 +96,11 @@ class RoundEngine:
     @property
     def history(self) -> list[RoundRecord]:
         return self.commits.history
+
+    @property
+    def evaluates_on_server(self) -> bool:
+        """Rounds are evaluated on the server's own data: volunteers need not report."""
+        return self.commits.evaluates_on_server
 
     def model_frame(self) -> bytes:
         """A frame that gives any volunteer the model volunteers hold (see core/downlink.py)."""
@@ -117,6 +134,7 @@ class RoundEngine:
 
     def disconnect(self, peer_id: str) -> None:
         self.peers.remove(peer_id)
+        self.statistics.forget(peer_id)
 
     def ready(self, peer_id: str, num_examples: int) -> None:
         self.peers.ready(peer_id, num_examples, asyncio.get_running_loop().time())
@@ -139,6 +157,40 @@ class RoundEngine:
         if not verdict.accepted:
             self.rejections.add(verdict.kind or "malformed")
         return verdict
+
+    def report_evaluation(self, peer_id: str, msg: Message) -> str | None:
+        """Fold in an ``eval`` report on a committed model; the reason it was refused, or None."""
+        reason = self.evaluation.report(peer_id, msg)
+        if reason is not None:
+            self.rejections.add("eval")
+            log.info("evaluation report from %s refused: %s", peer_id, reason)
+        return reason
+
+    def report_statistics(self, peer_id: str, msg: Message) -> str | None:
+        """Keep a volunteer's feature statistics while the task's scaling is unmeasured."""
+        reason = "the task's scaling is fixed already" if not self.task.needs_statistics else self.statistics.report(peer_id, msg)
+        if reason is not None:
+            self.rejections.add("stats")
+            log.info("feature statistics from %s refused: %s", peer_id, reason)
+        return reason
+
+    async def _measure(self, config: RunConfig) -> None:
+        """Before round 1 of a task without scaling: wait for ``clients_per_round``
+        volunteers' feature statistics (or, after ``select_timeout_s``, ``min_updates``),
+        then fix the scaling, store the definition and send it to the task's volunteers."""
+        loop = asyncio.get_running_loop()
+        since = loop.time()
+        while not (
+            len(self.statistics) >= config.clients_per_round
+            or (len(self.statistics) >= max(1, config.min_updates) and loop.time() - since >= config.select_timeout_s)
+        ):
+            await asyncio.sleep(0.1)
+        task = self.statistics.scaled(self.task)
+        self.task = self.commits.task = task
+        self.model = self.commits.model = task.build_model()
+        self.store.save_definition(task.to_json())
+        log.info("task %s: scaling fixed from %d volunteers' feature statistics", task.name, len(self.statistics))
+        await self.coordinator.publish(encode(Message("definition", {"task": task.to_dict()})))
 
     # -- runs ---------------------------------------------------------------------------
 
@@ -222,9 +274,16 @@ class RoundEngine:
         return True
 
     async def close(self) -> None:
-        """Stop the run and the announcements (before the store closes)."""
+        """Stop the run, the announcements and the models sent for evaluation (before the store closes)."""
         await self.stop()
         await self.commits.announcer.close()
+        await self.cohort.close()
+
+    def _committed(self, index: int) -> None:
+        # Without data of its own, the server learns how good the new model is only from
+        # the volunteers' holdouts: a few ready ones get it to evaluate.
+        if not self.commits.evaluates_on_server:
+            self.cohort.send(index, self.commits.model_version)
 
     async def _drive(self, run: Run) -> None:
         status_ = "failed"
@@ -232,6 +291,8 @@ class RoundEngine:
         try:
             # Volunteers see the new run (and a dp run's guarantee) before its first task.
             await self.coordinator.publish(self.status_frame())
+            if self.task.needs_statistics:
+                await self._measure(run.config)
             await self._mode.drive()
             status_ = "completed"
         except asyncio.CancelledError:

@@ -29,11 +29,13 @@ from ..core.protocol import (
     encode,
 )
 from .coordinator import SlowConsumer
+from .datasets import DEMO_TASK
 from .engine import RoundEngine
 from .limits import ConnectionLimits, RateLimited
 from .logsafe import untrusted
 from .origins import origin_allowed
 from .security import ResumeTokens
+from .taskset import TaskSet
 from .web.services import services
 
 __all__ = ["volunteer_socket"]
@@ -71,13 +73,20 @@ async def volunteer_socket(websocket: WebSocket) -> None:
                 CLOSE_POLICY,
                 f"client version {hello['version']} does not match server version {__version__}; reload the page",
             )
+        wanted = hello.fields.get("task")
+        if wanted is not None:
+            if wanted not in svc.tasks:
+                raise _Closed(CLOSE_POLICY, f"this server has no task named {wanted[:40]!r}")
+            engine = svc.tasks.get(wanted)
         resume = svc.resume_tokens
         # No await from the check to connect(): no other connection can take the id between.
-        peer_id = _resumed_id(engine, resume, hello.fields.get("resume")) or secrets.token_hex(6)
+        peer_id = _resumed_id(svc.tasks, resume, hello.fields.get("resume")) or secrets.token_hex(6)
         subscription = svc.coordinator.subscribe(peer_id)
         engine.connect(peer_id, hello.fields.get("agent", "?")[:64], address, hello["codecs"])
-        shard = svc.demo_shards.assign(engine.task.name)
-        welcome = {"version": __version__, "volunteer": peer_id, "task": engine.task.to_dict(), "shard": shard, "resume": resume.issue(peer_id)}
+        welcome = {"version": __version__, "volunteer": peer_id, "task": engine.task.to_dict(), "resume": resume.issue(peer_id),
+                   "evaluate": not engine.evaluates_on_server}
+        if svc.demo_shards is not None and engine.task.name == DEMO_TASK:
+            welcome["shard"] = svc.demo_shards.assign(DEMO_TASK)
         await websocket.send_bytes(encode(Message("welcome", welcome)))
         for frame in engine.welcome_frames(peer_id, hello.fields.get("model_version"), hello.fields.get("model_digest")):
             await websocket.send_bytes(frame)
@@ -110,14 +119,14 @@ async def volunteer_socket(websocket: WebSocket) -> None:
             engine.disconnect(peer_id)
 
 
-def _resumed_id(engine: RoundEngine, tokens: ResumeTokens, claim: object) -> str | None:
-    """The id a ``hello.resume`` claim proves, unless a live connection still holds it."""
+def _resumed_id(tasks: TaskSet, tokens: ResumeTokens, claim: object) -> str | None:
+    """The id a ``hello.resume`` claim proves, unless a live connection (of any task) still holds it."""
     if claim is None:
         return None
     peer_id = tokens.claimed_id(claim)
     if peer_id is None:
         log.info("resume refused: the credential does not verify")
-    elif peer_id in engine.peers:
+    elif any(peer_id in engine.peers for engine in tasks):
         # Two tabs must not share an id (one could submit the other's round); the old
         # connection of a reloaded tab is normally gone by the time the new one says hello.
         log.info("resume of %s refused: it is still connected", peer_id)
@@ -156,6 +165,10 @@ async def _read(websocket: WebSocket, engine: RoundEngine, peer_id: str, max_byt
             engine.ready(peer_id, msg["num_examples"])
         elif msg.type == "pause":
             engine.pause(peer_id)
+        elif msg.type == "eval":
+            engine.report_evaluation(peer_id, msg)  # no answer: a refused report changes nothing
+        elif msg.type == "stats":
+            engine.report_statistics(peer_id, msg)
         elif msg.type == "update":
             verdict = await engine.submit(peer_id, msg, len(data))
             reply = Message("accept", {"round": msg["round"]}) if verdict.accepted else Message(

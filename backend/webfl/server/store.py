@@ -1,7 +1,11 @@
-"""Durable state in SQLite: runs, committed rounds with their metrics and cohort funnel,
-abandoned rounds with theirs, a checkpoint
-of the global model at every commit, and the named states of a run's components (the
-server optimizer, the rule, ...) as of its last commit.
+"""Durable state in SQLite: task definitions, runs, committed rounds with their metrics,
+cohort funnel and privacy, abandoned rounds with theirs, a checkpoint of the global
+model at every commit, and the named states of a run's components (the server
+optimizer, the rule, the accountant, ...) as of its last commit.
+
+Runs, rounds and checkpoints belong to one task and its model (``Store.scoped`` gives
+an engine its ``TaskStore``): two tasks, or one task's two models, each keep their own
+round numbers and model versions in one file.
 
 Individual updates are never stored: they are folded into the round's aggregate
 as they arrive. Each commit is one transaction, so a crash leaves either the old
@@ -17,6 +21,7 @@ import io
 import json
 import os
 import sqlite3
+import logging
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -26,34 +31,54 @@ import numpy as np
 
 from .crashpoints import crashpoint
 
-__all__ = ["AbandonedRound", "CorruptDatabase", "RoundRecord", "Store", "check_database"]
+log = logging.getLogger("webfl.store")
+
+__all__ = ["AbandonedRound", "CorruptDatabase", "RoundRecord", "Store", "TaskStore", "check_database"]
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
+#: Bumped by every migration in ``Store._migrate`` (SQLite's ``user_version``).
+SCHEMA_VERSION = 2
+
 _SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    name TEXT PRIMARY KEY,
+    definition TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY,
+    task TEXT NOT NULL,
+    model TEXT NOT NULL,
     config TEXT NOT NULL,
     started_at REAL NOT NULL,
     ended_at REAL,
     status TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS rounds (
-    round INTEGER PRIMARY KEY,
+    task TEXT NOT NULL,
+    model TEXT NOT NULL,
+    round INTEGER NOT NULL,
     run_id INTEGER REFERENCES runs(id),
     model_version INTEGER NOT NULL,
-    accuracy REAL NOT NULL,
-    loss REAL NOT NULL,
+    accuracy REAL,
+    loss REAL,
     participants INTEGER NOT NULL,
     bytes_up INTEGER NOT NULL,
     bytes_down INTEGER NOT NULL,
     duration_s REAL NOT NULL,
     committed_at REAL NOT NULL,
+    eval_source TEXT,
+    eval_examples INTEGER NOT NULL DEFAULT 0,
+    eval_volunteers INTEGER NOT NULL DEFAULT 0,
     funnel TEXT,
-    privacy TEXT
+    privacy TEXT,
+    PRIMARY KEY (task, model, round)
 );
 CREATE TABLE IF NOT EXISTS abandoned_rounds (
     id INTEGER PRIMARY KEY,
+    task TEXT NOT NULL,
+    model TEXT NOT NULL,
     round INTEGER NOT NULL,
     run_id INTEGER REFERENCES runs(id),
     model_version INTEGER NOT NULL,
@@ -63,11 +88,12 @@ CREATE TABLE IF NOT EXISTS abandoned_rounds (
     abandoned_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS checkpoints (
-    model_version INTEGER PRIMARY KEY,
     task TEXT NOT NULL,
     model TEXT NOT NULL,
+    model_version INTEGER NOT NULL,
     params BLOB NOT NULL,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    PRIMARY KEY (task, model, model_version)
 );
 CREATE TABLE IF NOT EXISTS component_state (
     run_id INTEGER NOT NULL REFERENCES runs(id),
@@ -79,19 +105,33 @@ CREATE TABLE IF NOT EXISTS component_state (
 );
 """
 
+#: Each table's CREATE statement, by name (migrations build the new tables from these).
+_TABLES = {sql.split()[5]: sql for sql in _SCHEMA.split(";") if sql.strip()}
+
+#: The tables of schema 1 (0.1 to 0.3): rounds and checkpoints keyed by model version alone.
+_V1_ROUND_COLUMNS = "round, run_id, model_version, accuracy, loss, participants, bytes_up, bytes_down, duration_s, committed_at"
+
+#: Schema 1 served only MNIST; its data becomes this task's unless a checkpoint names another.
+_V1_TASK = ("mnist", "2nn")
+
 
 @dataclass(frozen=True)
 class RoundRecord:
     round: int
     run_id: int | None
     model_version: int
-    accuracy: float
-    loss: float
+    #: Of this round's model: on the server's held-out data (``eval_source`` "server"), or
+    #: example-weighted over the volunteers' holdouts ("federated"); None until reported.
+    accuracy: float | None
+    loss: float | None
     participants: int
     bytes_up: int
     bytes_down: int
     duration_s: float
     committed_at: float
+    eval_source: str | None = None
+    eval_examples: int = 0
+    eval_volunteers: int = 0
     #: The round's cohort funnel (``rounds/funnel.py``); ``None`` for rounds older than it.
     funnel: dict | None = None
     #: A dp run's round: ``epsilon`` (the run's, cumulative), ``clip``, ``clipped_fraction``
@@ -182,19 +222,25 @@ class Store:
     def __init__(self, path: Path, keep_last: int = 5, keep_every: int = 50) -> None:
         if keep_last < 1 or keep_every < 0:
             raise ValueError("keep at least the last checkpoint (keep_last >= 1, keep_every >= 0)")
-        self._keep_last, self._keep_every = keep_last, keep_every
+        self.keep_last, self.keep_every = keep_last, keep_every
         self._lock = threading.Lock()
         self._db = _open(path)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
         self._migrate()
+        self._db.executescript(_SCHEMA)
+        self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
-    def _tx(self, statements: list[tuple[str, tuple]], crash_at: str | None = None, round_: int | None = None) -> list[sqlite3.Cursor]:
+    def scoped(self, task: str, model: str) -> TaskStore:
+        """The runs, rounds and checkpoints of ``task`` trained as ``model``."""
+        return TaskStore(self, task, model)
+
+    def tx(self, statements: list[tuple[str, tuple]], crash_at: str | None = None, round_: int | None = None) -> list[sqlite3.Cursor]:
+        """Run ``statements`` as one transaction (``crash_at``: a crash point inside it, for tests)."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -207,102 +253,59 @@ class Store:
             self._db.execute("COMMIT")
             return cursors
 
-    def _query(self, sql: str, args: tuple = ()) -> list[tuple]:
+    def query(self, sql: str, args: tuple = ()) -> list[tuple]:
         with self._lock:
             return self._db.execute(sql, args).fetchall()
 
-    # -- runs ------------------------------------------------------------------
+    # -- task definitions --------------------------------------------------------
 
-    def start_run(self, config: dict) -> int:
-        (cur,) = self._tx([("INSERT INTO runs (config, started_at, status) VALUES (?, ?, 'running')", (json.dumps(config), time.time()))])
-        return int(cur.lastrowid)
+    def save_task(self, name: str, definition: dict) -> None:
+        """Keep (or replace) a task's definition JSON."""
+        self.tx([("INSERT OR REPLACE INTO tasks (name, definition, created_at) VALUES (?, ?, ?)", (name, json.dumps(definition), time.time()))])
+
+    def task_definitions(self) -> list[dict]:
+        """Every stored definition, in the order they were first created."""
+        return [json.loads(d) for (d,) in self.query("SELECT definition FROM tasks ORDER BY created_at, name")]
+
+    # -- runs of any task --------------------------------------------------------
 
     def end_run(self, run_id: int, status: str) -> None:
-        self._tx([("UPDATE runs SET ended_at = ?, status = ? WHERE id = ?", (time.time(), status, run_id))])
-
-    def interrupted_runs(self) -> list[int]:
-        """Runs still marked running: the server stopped under them."""
-        return [r[0] for r in self._query("SELECT id FROM runs WHERE status = 'running' ORDER BY id")]
+        self.tx([("UPDATE runs SET ended_at = ?, status = ? WHERE id = ?", (time.time(), status, run_id))])
 
     def run_config(self, run_id: int) -> dict:
-        return json.loads(self._query("SELECT config FROM runs WHERE id = ?", (run_id,))[0][0])
-
-    def runs(self) -> list[dict]:
-        """Every run, oldest first: ``id``, ``status`` (running, completed, stopped, failed,
-        interrupted), ``started_at``, ``ended_at`` and ``config``."""
-        rows = self._query("SELECT id, status, started_at, ended_at, config FROM runs ORDER BY id")
-        return [{"id": i, "status": st, "started_at": t0, "ended_at": t1, "config": json.loads(c)} for i, st, t0, t1, c in rows]
+        return json.loads(self.query("SELECT config FROM runs WHERE id = ?", (run_id,))[0][0])
 
     def rounds_in_run(self, run_id: int) -> int:
-        return int(self._query("SELECT COUNT(*) FROM rounds WHERE run_id = ?", (run_id,))[0][0])
+        return int(self.query("SELECT COUNT(*) FROM rounds WHERE run_id = ?", (run_id,))[0][0])
 
     def component_states(self, run_id: int) -> dict[str, tuple[int, dict]]:
         """Each component's ``(model_version, state)`` as of the run's last commit."""
-        rows = self._query("SELECT name, model_version, fields, arrays FROM component_state WHERE run_id = ?", (run_id,))
+        rows = self.query("SELECT name, model_version, fields, arrays FROM component_state WHERE run_id = ?", (run_id,))
         return {name: (int(version), _unpack(fields, blob)) for name, version, fields, blob in rows}
 
-    # -- rounds and checkpoints ------------------------------------------------
-
-    def save_checkpoint(self, model_version: int, task: str, model: str, params: np.ndarray) -> None:
-        self._tx([_checkpoint_sql(model_version, task, model, params)])
-
-    def commit_round(self, record: RoundRecord, task: str, model: str, params: np.ndarray, components: dict[str, dict] | None = None) -> None:
-        """Record a committed round, its new global model and the run's component states atomically."""
-        row = {**asdict(record), "funnel": _json_or_null(record.funnel), "privacy": _json_or_null(record.privacy)}
-        cols = ", ".join(row)
-        marks = ", ".join("?" for _ in row)
-        statements = [
-            (f"INSERT INTO rounds ({cols}) VALUES ({marks})", tuple(row.values())),
-            _checkpoint_sql(record.model_version, task, model, params),
-            self._prune_sql(record.model_version),
-        ]
-        if record.run_id is not None:
-            for name, state in (components or {}).items():
-                fields, blob = _pack(state)
-                statements.append(
-                    (
-                        "INSERT OR REPLACE INTO component_state (run_id, name, model_version, fields, arrays) VALUES (?, ?, ?, ?, ?)",
-                        (record.run_id, name, record.model_version, fields, blob),
-                    )
-                )
-        self._tx(statements, crash_at="checkpoint", round_=record.round)
-
-    def set_bytes_down(self, round_: int, bytes_down: int) -> None:
-        """The bytes actually queued for a committed round (known only after its broadcast)."""
-        self._tx([("UPDATE rounds SET bytes_down = ? WHERE round = ?", (bytes_down, round_))])
-
-    def abandon_round(self, record: AbandonedRound) -> None:
-        self._tx([
-            (
-                "INSERT INTO abandoned_rounds (round, run_id, model_version, why, funnel, duration_s, abandoned_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (record.round, record.run_id, record.model_version, record.why, _json_or_null(record.funnel), record.duration_s, record.abandoned_at),
-            )
-        ])
-
-    def abandoned_rounds(self) -> list[AbandonedRound]:
-        rows = self._query("SELECT round, run_id, model_version, why, funnel, duration_s, abandoned_at FROM abandoned_rounds ORDER BY id")
-        return [AbandonedRound(r, run, v, why, _parse_json(funnel), d, t) for r, run, v, why, funnel, d, t in rows]
-
-    def abandoned_counts(self) -> dict[str, int]:
-        """Abandoned rounds by why, for ``/metrics``."""
-        return dict(self._query("SELECT why, COUNT(*) FROM abandoned_rounds GROUP BY why"))
+    # -- migrations --------------------------------------------------------------
 
     def _migrate(self) -> None:
-        """Bring an older database up to this schema."""
-        # Before the cohort funnel, rounds had no funnel column (NULL: not recorded).
-        columns = {row[1] for row in self._query("PRAGMA table_info(rounds)")}
-        if "funnel" not in columns:
-            self._tx([("ALTER TABLE rounds ADD COLUMN funnel TEXT", ())])
-        # Before differential privacy, rounds had no privacy column (NULL: not private).
-        if "privacy" not in columns:
-            self._tx([("ALTER TABLE rounds ADD COLUMN privacy TEXT", ())])
-        self._migrate_server_opt_state()
+        """Bring an older file to ``SCHEMA_VERSION``, each step in one transaction."""
+        tables = {r[0] for r in self.query("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "server_opt_state" in tables:
+            self._migrate_server_opt()
+        old = [t for t in ("runs", "rounds", "checkpoints") if t in tables and "task" not in {r[1] for r in self.query(f"PRAGMA table_info({t})")}]
+        if old:
+            self._migrate_by_task(old)
+        if "abandoned_rounds" in tables and "task" not in {r[1] for r in self.query("PRAGMA table_info(abandoned_rounds)")}:
+            self.tx([("DROP TABLE abandoned_rounds", ())])  # a development schema's; nothing needs it
+        # Rounds from before the cohort funnel and before differential privacy have neither
+        # column (NULL: not recorded, not private).
+        columns = {r[1] for r in self.query("PRAGMA table_info(rounds)")}
+        for column in ("funnel", "privacy"):
+            if columns and column not in columns:
+                self.tx([(f"ALTER TABLE rounds ADD COLUMN {column} TEXT", ())])
 
-    def _migrate_server_opt_state(self) -> None:
+    def _migrate_server_opt(self) -> None:
         """0.1.0 kept only the server optimizer's state, in a table of its own."""
-        if not self._query("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'server_opt_state'"):
-            return
-        rows = self._query("SELECT run_id, model_version, spec, steps, state FROM server_opt_state")
+        self._db.execute(_TABLES["component_state"])  # which this step fills
+        rows = self.query("SELECT run_id, model_version, spec, steps, state FROM server_opt_state")
         statements = []
         for run_id, version, spec, steps, blob in rows:
             state: dict = {"spec": spec, "steps": steps}
@@ -315,20 +318,153 @@ class Store:
                     (run_id, version, fields, arrays),
                 )
             )
-        self._tx([*statements, ("DROP TABLE server_opt_state", ())])
+        self.tx([*statements, ("DROP TABLE server_opt_state", ())])
 
-    def _prune_sql(self, latest: int) -> tuple[str, tuple]:
-        """Drop checkpoints older than the last ``keep_last``, except every ``keep_every``-th."""
-        every = self._keep_every
-        return (
-            "DELETE FROM checkpoints WHERE model_version <= ? AND (? = 0 OR model_version % ? != 0)",
-            (latest - self._keep_last, every, every or 1),
+    def _migrate_by_task(self, tables: list[str]) -> None:
+        """Schema 1 keyed rounds and checkpoints by model version alone: another model on
+        the same folder failed its first commit (``UNIQUE constraint failed: rounds.round``).
+        Its runs and rounds become the task and model of its latest checkpoint (MNIST's
+        ``2nn`` if it has none); its checkpoints keep the task and model they name."""
+        latest = self.query("SELECT task, model FROM checkpoints ORDER BY model_version DESC LIMIT 1") if "checkpoints" in tables else []
+        task, model = latest[0] if latest else _V1_TASK
+        copies = {
+            "runs": ("id, task, model, config, started_at, ended_at, status", "id, ?, ?, config, started_at, ended_at, status", (task, model)),
+            "rounds": (f"task, model, {_V1_ROUND_COLUMNS}", f"?, ?, {_V1_ROUND_COLUMNS}", (task, model)),
+            "checkpoints": ("task, model, model_version, params, created_at", "task, model, model_version, params, created_at", ()),
+        }
+        statements: list[tuple[str, tuple]] = []
+        for table in tables:
+            into, select, args = copies[table]
+            statements += [
+                (f"ALTER TABLE {table} RENAME TO {table}_v1", ()),
+                (_TABLES[table], ()),
+                (f"INSERT INTO {table} ({into}) SELECT {select} FROM {table}_v1", args),
+                (f"DROP TABLE {table}_v1", ()),
+            ]
+        # Renaming must not rewrite other tables' REFERENCES runs(id) to the old copy.
+        self._db.execute("PRAGMA legacy_alter_table = ON")
+        self.tx(statements)
+        self._db.execute("PRAGMA legacy_alter_table = OFF")
+        log.info("store migrated to schema %d: existing runs and rounds are task %s/%s's", SCHEMA_VERSION, task, model)
+
+
+class TaskStore:
+    """One task's (and model's) runs, rounds and checkpoints in a ``Store``: what an engine writes."""
+
+    def __init__(self, store: Store, task: str, model: str) -> None:
+        self.store, self.task, self.model = store, task, model
+        self._scope = (task, model)
+
+    # -- runs ------------------------------------------------------------------
+
+    def start_run(self, config: dict) -> int:
+        (cur,) = self.store.tx(
+            [("INSERT INTO runs (task, model, config, started_at, status) VALUES (?, ?, ?, ?, 'running')", (*self._scope, json.dumps(config), time.time()))]
+        )
+        return int(cur.lastrowid)
+
+    def end_run(self, run_id: int, status: str) -> None:
+        self.store.end_run(run_id, status)
+
+    def interrupted_runs(self) -> list[int]:
+        """Runs still marked running: the server stopped under them."""
+        return [r[0] for r in self.store.query("SELECT id FROM runs WHERE task = ? AND model = ? AND status = 'running' ORDER BY id", self._scope)]
+
+    def run_config(self, run_id: int) -> dict:
+        return self.store.run_config(run_id)
+
+    def runs(self) -> list[dict]:
+        """Every run, oldest first: ``id``, ``status`` (running, completed, stopped, failed,
+        interrupted), ``started_at``, ``ended_at`` and ``config``."""
+        rows = self.store.query("SELECT id, status, started_at, ended_at, config FROM runs WHERE task = ? AND model = ? ORDER BY id", self._scope)
+        return [{"id": i, "status": st, "started_at": t0, "ended_at": t1, "config": json.loads(c)} for i, st, t0, t1, c in rows]
+
+    def rounds_in_run(self, run_id: int) -> int:
+        return self.store.rounds_in_run(run_id)
+
+    def component_states(self, run_id: int) -> dict[str, tuple[int, dict]]:
+        return self.store.component_states(run_id)
+
+    # -- rounds and checkpoints ------------------------------------------------
+
+    def save_checkpoint(self, model_version: int, params: np.ndarray) -> None:
+        self.store.tx([self._checkpoint_sql(model_version, params)])
+
+    def commit_round(self, record: RoundRecord, params: np.ndarray, components: dict[str, dict] | None = None) -> None:
+        """Record a committed round, its new global model and the run's component states atomically."""
+        row = {"task": self.task, "model": self.model, **asdict(record), "funnel": _json_or_null(record.funnel), "privacy": _json_or_null(record.privacy)}
+        statements = [
+            (f"INSERT INTO rounds ({', '.join(row)}) VALUES ({', '.join('?' for _ in row)})", tuple(row.values())),
+            self._checkpoint_sql(record.model_version, params),
+            self._prune_sql(record.model_version),
+        ]
+        if record.run_id is not None:
+            for name, state in (components or {}).items():
+                fields, blob = _pack(state)
+                statements.append(
+                    (
+                        "INSERT OR REPLACE INTO component_state (run_id, name, model_version, fields, arrays) VALUES (?, ?, ?, ?, ?)",
+                        (record.run_id, name, record.model_version, fields, blob),
+                    )
+                )
+        self.store.tx(statements, crash_at="checkpoint", round_=record.round)
+
+    def set_bytes_down(self, round_: int, bytes_down: int) -> None:
+        """The bytes actually queued for a committed round (known only after its broadcast)."""
+        self.store.tx([("UPDATE rounds SET bytes_down = ? WHERE task = ? AND model = ? AND round = ?", (bytes_down, *self._scope, round_))])
+
+    def abandon_round(self, record: AbandonedRound) -> None:
+        self.store.tx([
+            (
+                "INSERT INTO abandoned_rounds (task, model, round, run_id, model_version, why, funnel, duration_s, abandoned_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (*self._scope, record.round, record.run_id, record.model_version, record.why, _json_or_null(record.funnel),
+                 record.duration_s, record.abandoned_at),
+            )
+        ])
+
+    def abandoned_rounds(self) -> list[AbandonedRound]:
+        rows = self.store.query(
+            "SELECT round, run_id, model_version, why, funnel, duration_s, abandoned_at FROM abandoned_rounds"
+            " WHERE task = ? AND model = ? ORDER BY id", self._scope
+        )
+        return [AbandonedRound(r, run, v, why, _parse_json(funnel), d, t) for r, run, v, why, funnel, d, t in rows]
+
+    def abandoned_counts(self) -> dict[str, int]:
+        """Abandoned rounds by why, for ``/metrics``."""
+        return dict(self.store.query("SELECT why, COUNT(*) FROM abandoned_rounds WHERE task = ? AND model = ? GROUP BY why", self._scope))
+
+    def save_definition(self, definition: dict) -> None:
+        """This task's definition changed (its scaling was fixed): keep the new one."""
+        self.store.save_task(self.task, definition)
+
+    def set_evaluations(self, records: list[RoundRecord]) -> None:
+        """Committed rounds' evaluations, as federated reports have brought them, in one transaction."""
+        sql = (
+            "UPDATE rounds SET accuracy = ?, loss = ?, eval_source = ?, eval_examples = ?, eval_volunteers = ? "
+            "WHERE task = ? AND model = ? AND round = ?"
+        )
+        self.store.tx(
+            [(sql, (r.accuracy, r.loss, r.eval_source, r.eval_examples, r.eval_volunteers, *self._scope, r.round)) for r in records]
         )
 
-    def latest_checkpoint(self, task: str, model: str) -> tuple[int, np.ndarray] | None:
-        rows = self._query(
-            "SELECT model_version, params FROM checkpoints WHERE task = ? AND model = ? ORDER BY model_version DESC LIMIT 1",
-            (task, model),
+    def _checkpoint_sql(self, model_version: int, params: np.ndarray) -> tuple[str, tuple]:
+        return (
+            "INSERT OR REPLACE INTO checkpoints (task, model, model_version, params, created_at) VALUES (?, ?, ?, ?, ?)",
+            (*self._scope, model_version, np.asarray(params, dtype="<f4").tobytes(), time.time()),
+        )
+
+    def _prune_sql(self, latest: int) -> tuple[str, tuple]:
+        """Drop this task's checkpoints older than the last ``keep_last``, except every ``keep_every``-th."""
+        every = self.store.keep_every
+        return (
+            "DELETE FROM checkpoints WHERE task = ? AND model = ? AND model_version <= ? AND (? = 0 OR model_version % ? != 0)",
+            (*self._scope, latest - self.store.keep_last, every, every or 1),
+        )
+
+    def latest_checkpoint(self) -> tuple[int, np.ndarray] | None:
+        rows = self.store.query(
+            "SELECT model_version, params FROM checkpoints WHERE task = ? AND model = ? ORDER BY model_version DESC LIMIT 1", self._scope
         )
         if not rows:
             return None
@@ -337,7 +473,7 @@ class Store:
 
     def history(self) -> list[RoundRecord]:
         fields = ", ".join(RoundRecord.__dataclass_fields__)
-        rows = self._query(f"SELECT {fields} FROM rounds ORDER BY round")
+        rows = self.store.query(f"SELECT {fields} FROM rounds WHERE task = ? AND model = ? ORDER BY round", self._scope)
         return [RoundRecord(*row[:-2], _parse_json(row[-2]), _parse_json(row[-1])) for row in rows]
 
 
@@ -347,13 +483,6 @@ def _json_or_null(value: dict | None) -> str | None:
 
 def _parse_json(text: str | None) -> dict | None:
     return None if text is None else json.loads(text)
-
-
-def _checkpoint_sql(model_version: int, task: str, model: str, params: np.ndarray) -> tuple[str, tuple]:
-    return (
-        "INSERT OR REPLACE INTO checkpoints (model_version, task, model, params, created_at) VALUES (?, ?, ?, ?, ?)",
-        (model_version, task, model, np.asarray(params, dtype="<f4").tobytes(), time.time()),
-    )
 
 
 def _pack(state: dict) -> tuple[str, bytes | None]:

@@ -16,8 +16,8 @@ export class WorkerClient {
     this.paused = false;
   }
 
-  start(data, cpu) {
-    this.worker.postMessage({ type: "start", data, cpu });
+  start(data, cpu, task) {
+    this.worker.postMessage({ type: "start", data, cpu, task });
   }
 
   setCpu(level) {

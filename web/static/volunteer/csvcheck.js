@@ -6,13 +6,21 @@
 const HEAD_BYTES = 64 * 1024;
 
 // Resolves to a message for the volunteer, or null when nothing is obviously wrong.
-export async function firstLook(file, numFeatures) {
+// ``columns``: a tabular task's column names (features and label), which the header must
+// name in any order; without them, rows are a label and ``numFeatures`` values.
+export async function firstLook(file, numFeatures, columns = null) {
   if (file.size === 0) return "the file is empty";
   const text = await file.slice(0, HEAD_BYTES).text();
   if (text.includes("\u0000")) return "it is not a text (CSV) file";
   const lines = text.split(/\r?\n/);
   if (file.size > HEAD_BYTES) lines.pop(); // the last line may be cut short
   const rows = lines.filter((line) => line.trim());
+  if (columns) {
+    const header = (rows[0] ?? "").split(",").map((name) => name.trim().replace(/^"(.*)"$/, "$1"));
+    const missing = columns.find((name) => !header.includes(name));
+    if (missing !== undefined) return `its header row has no column “${missing.slice(0, 40)}”`;
+    return rows.length > 1 || file.size > HEAD_BYTES ? null : "the file has no data rows";
+  }
   if (rows.length && !isNumber(rows[0].split(",")[0])) rows.shift(); // a header row
   if (!rows.length) return file.size > HEAD_BYTES ? null : "the file has no data rows";
   const columns = rows[0].split(",");

@@ -34,7 +34,7 @@ function join() {
     view.handle(event);
     if (event.type === "left") client.terminate();
   });
-  client.start(data, settings.cpu);
+  client.start(data, settings.cpu, document.body.dataset.task);
   applyHolds();
 }
 
@@ -158,7 +158,8 @@ if (document.body.dataset.mode === "embed") {
 async function checkCsv() {
   const input = view.q("csv-file");
   const file = input.files[0];
-  const problem = file ? await firstLook(file, Number(document.body.dataset.numFeatures)) : null;
+  const columns = document.body.dataset.columns ? JSON.parse(document.body.dataset.columns) : null;
+  const problem = file ? await firstLook(file, Number(document.body.dataset.numFeatures), columns) : null;
   const box = view.q("csv-problem");
   box.hidden = !problem;
   box.textContent = problem ? `Your file “${file.name}” cannot be used: ${problem}.` : "";

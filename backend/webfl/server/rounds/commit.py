@@ -32,7 +32,7 @@ from ...core.tasks import Task
 from ..coordinator import Coordinator
 from ..crashpoints import crashpoint
 from ..privacy.run import DPRule, PrivacyLedger
-from ..store import RoundRecord, Store
+from ..store import RoundRecord, TaskStore
 from .announce import Announcement, Announcer
 from .config import RunConfig
 from .seeds import downlink_rng
@@ -111,23 +111,31 @@ class CommitPipeline:
     """Owns the global model (``params``, ``model_version``, ``history``) and its downlink chain."""
 
     def __init__(
-        self, task: Task, model: MLP, store: Store, coordinator: Coordinator, phase: Phase, test: Dataset, seed: int,
+        self, task: Task, model: MLP, store: TaskStore, coordinator: Coordinator, phase: Phase, test: Dataset | None, seed: int,
         status_frame: Callable[[], bytes], recipients: Callable[[], list[str]],
+        committed: Callable[[int], None] = lambda index: None,
     ) -> None:
         """``status_frame``: the status frame announced after every commit; ``recipients``:
-        the ids of the volunteers connected now."""
+        the ids of the volunteers connected now; ``committed(index)``: called with each new
+        history entry's index once it is announced (federated evaluation starts there)."""
         self.task, self.model, self.store, self._coordinator, self._phase, self._seed = task, model, store, coordinator, phase, seed
         self.status_frame = status_frame
-        self.announcer = Announcer(coordinator, recipients, self._count_notices)
-        self._test_x, self._test_y = features(test.x), test.y
-        checkpoint = store.latest_checkpoint(task.name, task.model)
+        self.committed = committed
+        self.announcer = Announcer(coordinator, recipients, self.count_bytes_down)
+        self._test = None if test is None else (features(test.x), test.y)
+        checkpoint = store.latest_checkpoint()
         if checkpoint is None:
             self.model_version, self.params = 0, model.init(seed)
-            store.save_checkpoint(0, task.name, task.model, self.params)
+            store.save_checkpoint(0, self.params)
         else:
             self.model_version, self.params = checkpoint
         self.history = store.history()
         self.chain = ModelChain(self.params, self.model_version)
+
+    @property
+    def evaluates_on_server(self) -> bool:
+        """The server holds data of its own for this task (MNIST's held-out digits)."""
+        return self._test is not None
 
     async def commit(
         self, run: Run, aggregator: Aggregator, started: float, bytes_up: int, bytes_down: int, funnel: dict | None = None
@@ -153,10 +161,11 @@ class CommitPipeline:
             self._phase.to(RoundState.BROADCASTING)
             step = self.chain.prepare(params, round_, run.config.downlink, downlink_rng(self._seed, round_))
             record = RoundRecord(
-                round_, run.id, round_, accuracy, loss, participants, bytes_up, bytes_down, time.monotonic() - started, time.time(), funnel, privacy
+                round_, run.id, round_, accuracy, loss, participants, bytes_up, bytes_down, time.monotonic() - started, time.time(),
+                eval_source=None if self._test is None else "server", funnel=funnel, privacy=privacy,
             )
             states = {name: c.state() for name, c in run.components.items()}
-            stopped = await _uninterrupted(asyncio.to_thread(self.store.commit_round, record, self.task.name, self.task.model, params, states))
+            stopped = await _uninterrupted(asyncio.to_thread(self.store.commit_round, record, params, states))
         except BaseException:
             _restore(run, before)
             raise
@@ -166,12 +175,14 @@ class CommitPipeline:
         run.rounds_done += 1
         self.history.append(record)
         self.announcer.announce(Announcement(round_, len(self.history) - 1, self.notice_frame(), self.status_frame()))
-        log.info("round %d committed: %d update(s), accuracy %.4f, loss %.4f", round_, participants, accuracy, loss)
+        self.committed(len(self.history) - 1)
+        log.info("round %d committed: %d update(s), accuracy %s, loss %s", round_, participants, accuracy, loss)
         if stopped:
             raise asyncio.CancelledError
         return record
 
-    async def _count_notices(self, index: int, nbytes: int) -> None:
+    async def count_bytes_down(self, index: int, nbytes: int) -> None:
+        """Add ``nbytes`` sent after the commit of history entry ``index`` (notices, models)."""
         record = self.history[index]
         record = self.history[index] = replace(record, bytes_down=record.bytes_down + nbytes)
         await asyncio.to_thread(self.store.set_bytes_down, record.round, record.bytes_down)
@@ -181,17 +192,20 @@ class CommitPipeline:
         fields = {"model_version": self.chain.version, "digest": self.chain.digest, "url": model_url(self.chain.digest)}
         return encode(Message("model_notice", fields))
 
-    def _evaluate(self, params: np.ndarray) -> tuple[float, float]:
+    def _evaluate(self, params: np.ndarray) -> tuple[float | None, float | None]:
+        """Loss and accuracy on the server's held-out data; None without any."""
+        if self._test is None:
+            return None, None
         with np.errstate(all="ignore"):  # overflow shows up as a non-finite loss, refused above
-            return self.model.evaluate(params, self._test_x, self._test_y)
+            return self.model.evaluate(params, *self._test)
 
 
-def _refusal(delta: np.ndarray, params: np.ndarray, loss: float) -> str | None:
+def _refusal(delta: np.ndarray, params: np.ndarray, loss: float | None) -> str | None:
     if not np.isfinite(delta).all():
         return "the aggregate holds NaN or Inf"
     if not np.isfinite(params).all() or float(np.abs(params).max()) > MAX_PARAM_ABS:
         return f"the step would move a parameter beyond {MAX_PARAM_ABS:g} (an exploding aggregate)"
-    if not math.isfinite(loss):
+    if loss is not None and not math.isfinite(loss):
         return f"the new model evaluates to a loss of {loss}"
     return None
 

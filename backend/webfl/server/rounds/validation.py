@@ -36,6 +36,8 @@ REASONS = {
     "nan": "the update holds NaN or Inf",
     "malformed": "wrong dtype, shape or codec parameters",
     "norm": "the update's L2 norm is out of bounds",
+    "stats": "feature statistics refused (malformed, impossible sums, or the task's scaling is fixed already)",
+    "eval": "an evaluation report refused (unknown or old model, second report, sums that do not add up)",
     "protocol": "a frame that breaks the protocol (connection closed)",
     "rate": "over a rate limit (connection closed)",
     "connections": "too many connections from one address (refused)",

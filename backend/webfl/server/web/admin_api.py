@@ -17,9 +17,9 @@ from starlette.routing import Route
 
 from ..engine import RunActive, RunConfig
 from .bodies import read_json
-from .services import services
+from .services import services, task_engine
 
-__all__ = ["admin_only", "routes"]
+__all__ = ["admin_only", "routes", "start_rounds", "status", "stop_rounds"]
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -49,9 +49,13 @@ def _bad(exc: Exception) -> Response:
 
 @admin_only
 async def start_rounds(request: Request) -> Response:
-    engine = services(request).engine
+    engine = task_engine(request)
     try:
-        config = RunConfig.from_json(await read_json(request))
+        body = await read_json(request)
+        if isinstance(body, dict):  # the task's training defaults, unless the run sets its own
+            t = engine.task.training
+            body = {"local_epochs": t.epochs, "batch_size": t.batch_size, "lr": t.lr, **body}
+        config = RunConfig.from_json(body)
     except (ValueError, OverflowError) as exc:
         return _bad(exc)
     try:
@@ -65,12 +69,12 @@ async def start_rounds(request: Request) -> Response:
 
 @admin_only
 async def stop_rounds(request: Request) -> Response:
-    return JSONResponse({"stopped": await services(request).engine.stop()})
+    return JSONResponse({"stopped": await task_engine(request).stop()})
 
 
 @admin_only
 async def status(request: Request) -> Response:
-    return JSONResponse(services(request).engine.status())
+    return JSONResponse(task_engine(request).status())
 
 
 routes = [

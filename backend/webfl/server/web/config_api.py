@@ -18,8 +18,13 @@ __all__ = ["routes"]
 
 
 async def client_config(request: Request) -> Response:
-    """Where the worker gets its runtime, and what version it must be (public)."""
-    settings = services(request).settings
+    """Where the worker gets its runtime, what version it must be, and its task
+    (``?task=NAME``; the default task without one). Public."""
+    svc = services(request)
+    settings, wanted = svc.settings, request.query_params.get("task")
+    if wanted is not None and wanted not in svc.tasks:
+        return JSONResponse({"error": f"no task named {wanted[:40]!r}"}, status_code=404)
+    engine = svc.engine if wanted is None else svc.tasks.get(wanted)
     try:
         core = json.loads(paths.CORE_WHEEL_INFO.read_text())
     except (OSError, ValueError):
@@ -35,7 +40,7 @@ async def client_config(request: Request) -> Response:
         index_url, numpy = f"/pyodide/{PYODIDE_VERSION}/", {"name": "numpy", "url": url, "sha256": numpy_lock.get("sha256")}
     body = {
         "version": __version__,
-        "task": services(request).engine.task.to_dict(),
+        "task": engine.task.to_dict(),
         "pyodide": {"version": PYODIDE_VERSION, "index_url": index_url},
         "numpy": numpy,
         "core": {"url": f"/wheels/{core['file']}", "version": core["version"], "sha256": core["sha256"]},

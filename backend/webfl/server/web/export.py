@@ -22,12 +22,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ...core.models import MLP
-from ..engine import RoundEngine
 from ..store import AbandonedRound, RoundRecord
 from .admin_api import admin_only
-from .services import services
+from .services import task_engine
 
-__all__ = ["HISTORY_COLUMNS", "history_csv", "history_document", "model_npz", "model_onnx", "routes"]
+__all__ = ["HISTORY_COLUMNS", "history", "history_csv", "history_document", "model", "model_npz", "model_onnx", "routes"]
 
 #: Opset 17 is read by every onnxruntime since 1.11.
 ONNX_OPSET = 17
@@ -96,10 +95,6 @@ def _json(value: dict | None) -> str | None:
     return None if value is None else json.dumps(value)
 
 
-def _engine(request: Request) -> RoundEngine:
-    return services(request).engine
-
-
 def _attachment(content: bytes | str, media_type: str, filename: str) -> Response:
     return Response(content, media_type=media_type, headers={"Content-Disposition": f'attachment; filename="{filename}"'})
 
@@ -112,7 +107,7 @@ def _bad_format(request: Request, known: tuple[str, ...]) -> Response:
 @admin_only
 async def model(request: Request) -> Response:
     """``GET /api/model?format=npz|onnx`` (npz when absent)."""
-    engine = _engine(request)
+    engine = task_engine(request)
     fmt = request.query_params.get("format", "npz")
     stem = f"webfl-{engine.task.name}-{engine.task.model}-v{engine.model_version}"
     if fmt == "npz":
@@ -125,12 +120,12 @@ async def model(request: Request) -> Response:
 @admin_only
 async def history(request: Request) -> Response:
     """``GET /api/history``: runs and rounds as JSON; ``?format=json|csv`` downloads them."""
-    engine = _engine(request)
+    engine = task_engine(request)
     fmt = request.query_params.get("format")
     if fmt not in (None, "json", "csv"):
         return _bad_format(request, ("json", "csv"))
     stem = f"webfl-{engine.task.name}-history"
-    rounds = engine.store.history()
+    rounds = list(engine.history)  # the live one: federated evaluations land there first, the store within FLUSH_S
     if fmt == "csv":
         return _attachment(history_csv(rounds), "text/csv; charset=utf-8", f"{stem}.csv")
     document = history_document(engine.store.runs(), rounds, engine.store.abandoned_rounds())

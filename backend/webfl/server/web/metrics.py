@@ -106,7 +106,7 @@ class EngineCollector(Collector):
         yield _durations(history)
         yield _commit_times(status["engine"]["commit_seconds"])
 
-        if history:
+        if history and history[-1]["accuracy"] is not None:  # None: no server-side data for this task
             last = history[-1]
             yield GaugeMetricFamily("webfl_test_accuracy", "Held-out accuracy of the last committed model", value=last["accuracy"])
             yield GaugeMetricFamily("webfl_test_loss", "Held-out loss of the last committed model", value=last["loss"])

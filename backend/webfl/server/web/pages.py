@@ -1,4 +1,5 @@
-"""Pages: ``/`` the volunteer page, ``/embed`` its compact twin for other sites' iframes,
+"""Pages: ``/t/{name}`` a task's volunteer page, ``/`` the list of tasks (or the only
+task's page), ``/embed?task=NAME`` the compact twin for other sites' iframes,
 ``/admin`` the operator's page (or its sign-in form, see ``signin``), and
 ``/api/embed/check``, which tells ``embed.js`` whether its host page may embed the widget.
 
@@ -16,6 +17,7 @@ from starlette.routing import Route
 
 from ... import __version__
 from ...build import paths
+from ..datasets import DEMO_TASK
 from ..origins import origin_allowed
 from .assets import PYODIDE_VERSION, UPLOT_VERSION
 from .services import services
@@ -62,21 +64,44 @@ def page_headers(frame_ancestors: str = "'none'") -> dict:
     }
 
 
-def task_info(request: Request) -> dict:
-    return services(request).engine.task.to_dict()
+def task_info(request: Request, name: str | None = None) -> dict | None:
+    """The named task (the default one without a name) as the page shows it; None if not served."""
+    tasks = services(request).tasks
+    if name is None:
+        return tasks.default.task.to_dict()
+    return tasks.get(name).task.to_dict() if name in tasks else None
 
 
-async def volunteer_page(request: Request) -> Response:
-    return render("volunteer.html", {"task": task_info(request), "mode": "page"}, headers=page_headers())
+async def home(request: Request) -> Response:
+    """The only task's page, or the list of tasks to choose from."""
+    tasks = services(request).tasks
+    if len(tasks) == 1:
+        return _volunteer(request, task_info(request))
+    listed = [e.task.to_dict() for e in tasks]
+    return render("tasks.html", {"tasks": listed}, headers=page_headers())
+
+
+async def task_page(request: Request) -> Response:
+    task = task_info(request, request.path_params["task"])
+    if task is None:
+        return render("embed_error.html", {"message": "This server has no task of that name."}, status_code=404, headers=page_headers())
+    return _volunteer(request, task)
+
+
+def _volunteer(request: Request, task: dict, mode: str = "page", headers: dict | None = None) -> Response:
+    # Demo data exists for MNIST only; every other task trains on the volunteer's own file.
+    demo = services(request).demo_shards is not None and task["name"] == DEMO_TASK
+    return render("volunteer.html", {"task": task, "mode": mode, "demo": demo}, headers=headers or page_headers())
 
 
 async def embed_page(request: Request) -> Response:
-    task = task_info(request)
     headers = page_headers(" ".join(["'self'", *services(request).settings.embed_origins]))
-    wanted = request.query_params.get("task", task["name"])
-    if wanted != task["name"]:
-        return render("embed_error.html", {"message": f"This server trains {task['title']!r}, not {wanted!r}."}, status_code=404, headers=headers)
-    return render("volunteer.html", {"task": task, "mode": "embed"}, headers=headers)
+    wanted = request.query_params.get("task")
+    task = task_info(request, wanted)
+    if task is None:
+        # The name is escaped by the template.
+        return render("embed_error.html", {"message": f"This server trains no task named {wanted[:40]!r}."}, status_code=404, headers=headers)
+    return _volunteer(request, task, "embed", headers)
 
 
 async def embed_check(request: Request) -> Response:
@@ -92,12 +117,13 @@ async def embed_check(request: Request) -> Response:
     headers = {"Vary": "Origin", "Cache-Control": "no-store"}
     if origin:
         headers["Access-Control-Allow-Origin"] = origin
-    task = task_info(request)
+    task = task_info(request, request.query_params.get("task")) or task_info(request)
     return JSONResponse({"allowed": allowed, "origin": origin, "task": task["name"], "title": task["title"]}, headers=headers)
 
 
 routes = [
-    Route("/", volunteer_page),
+    Route("/", home),
+    Route("/t/{task}", task_page),
     Route("/embed", embed_page),
     Route("/api/embed/check", embed_check),
 ]

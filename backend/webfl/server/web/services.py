@@ -14,8 +14,9 @@ from ..engine import RoundEngine
 from ..limits import AddressLimits
 from ..security import ResumeTokens
 from ..store import Store
+from ..taskset import TaskSet
 
-__all__ = ["Services", "services"]
+__all__ = ["Services", "services", "task_engine"]
 
 
 @dataclass(frozen=True)
@@ -23,13 +24,19 @@ class Services:
     """Built once by the app's lifespan; every handler reads it through ``services()``."""
 
     settings: Settings
-    engine: RoundEngine
+    tasks: TaskSet
     store: Store
     coordinator: Coordinator
-    demo_shards: DemoShards
+    #: MNIST's demo shards for volunteers without data; None when MNIST is not served.
+    demo_shards: DemoShards | None
     admin: AdminAuth
     resume_tokens: ResumeTokens
     limits: AddressLimits
+
+    @property
+    def engine(self) -> RoundEngine:
+        """The default task's engine: what the task-less endpoints and ``hello`` address."""
+        return self.tasks.default
 
     @property
     def browser_origins(self) -> tuple[str, ...]:
@@ -40,3 +47,10 @@ class Services:
 def services(conn: HTTPConnection) -> Services:
     """The running app's services (lifespan state, so each app has its own)."""
     return conn.state.services
+
+
+def task_engine(conn: HTTPConnection) -> RoundEngine:
+    """The engine of the path's ``{task}`` (``UnknownTask`` if none is served), else the default's."""
+    svc = services(conn)
+    name = conn.path_params.get("task")
+    return svc.engine if name is None else svc.tasks.get(name)

@@ -1,0 +1,129 @@
+"""The tasks one server serves, each with its own ``RoundEngine`` (runs, model, history,
+checkpoints), side by side on one store and one set of connections.
+
+The default task answers today's task-less endpoints (``/api/rounds``, ``/api/status``,
+...) and a ``hello`` that names no task. Tasks created at run time (``POST /api/tasks``)
+or loaded from ``--task-file`` are kept in the store and served again after a restart.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from ..core.data import Dataset
+from ..core.tasks import Task
+from .coordinator import Coordinator
+from .engine import RoundEngine
+from .store import Store
+
+__all__ = ["TaskInUse", "TaskSet", "UnknownTask", "read_task_file"]
+
+log = logging.getLogger("webfl.tasks")
+
+
+class TaskInUse(Exception):
+    """A task of that name is served already (or runs, and cannot be changed)."""
+
+
+class UnknownTask(KeyError):
+    """No task of that name is served."""
+
+    def __str__(self) -> str:
+        return f"no task named {self.args[0]!r}"
+
+
+def read_task_file(path: Path) -> list[Task]:
+    """The tasks in a JSON file (one definition or a list); ``ValueError`` naming the file and entry."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    entries = document if isinstance(document, list) else [document]
+    tasks = []
+    for i, entry in enumerate(entries):
+        try:
+            tasks.append(Task.from_json(entry))
+        except ValueError as exc:
+            where = f"{path}[{i}]" if isinstance(document, list) else str(path)
+            raise ValueError(f"{where}: {exc}") from None
+    return tasks
+
+
+class TaskSet:
+    """Name -> engine, in the order tasks were loaded; ``default`` is one of them."""
+
+    def __init__(self, store: Store, coordinator: Coordinator, seed: int, held_out: Callable[[Task], Dataset | None]) -> None:
+        """``held_out``: the server's own evaluation data for a task, None for most (they
+        are evaluated on the volunteers' devices)."""
+        self._store, self._coordinator, self._seed, self._held_out = store, coordinator, seed, held_out
+        self._engines: dict[str, RoundEngine] = {}
+        self._default: str | None = None
+
+    def __iter__(self) -> Iterator[RoundEngine]:
+        return iter(list(self._engines.values()))
+
+    def __len__(self) -> int:
+        return len(self._engines)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._engines
+
+    @property
+    def default(self) -> RoundEngine:
+        assert self._default is not None, "no task is served"
+        return self._engines[self._default]
+
+    def set_default(self, name: str) -> None:
+        self.get(name)
+        self._default = name
+
+    def get(self, name: str) -> RoundEngine:
+        try:
+            return self._engines[name]
+        except KeyError:
+            raise UnknownTask(name) from None
+
+    def add(self, task: Task, *, persist: bool = True) -> RoundEngine:
+        """Serve ``task`` (``TaskInUse`` if its name is taken); ``persist`` keeps it across restarts."""
+        if task.name in self._engines:
+            raise TaskInUse(f"a task named {task.name!r} exists already")
+        if persist:
+            self._store.save_task(task.name, task.to_json())
+        engine = RoundEngine(task, self._store, self._coordinator, self._held_out(task), self._seed)
+        self._engines[task.name] = engine
+        if self._default is None:
+            self._default = task.name
+        log.info("serving task %s (%s, model %s)", task.name, task.kind.value, task.model)
+        return engine
+
+    def load(self, given: list[Task], default: str | None) -> None:
+        """Serve the stored tasks, then ``given`` (this start's ``--task-file`` tasks and
+        ``--task``: a given definition replaces a stored one of its name, since the operator
+        changed it and nothing runs yet). The default is ``default``, else the first given."""
+        names = {t.name for t in given}
+        for definition in self._store.task_definitions():
+            try:
+                task = Task.from_json(definition)
+            except ValueError as exc:
+                log.error("stored task %r no longer validates (%s); not served", definition.get("name"), exc)
+                continue
+            if task.name not in names:
+                self.add(task, persist=False)
+        for task in given:
+            self.add(task)
+        if default or given:
+            self.set_default(default or given[0].name)
+
+    def resume(self) -> None:
+        for engine in self:
+            engine.resume()
+
+    async def stop(self) -> None:
+        """Shutdown: stop every run and its announcements, and write the evaluations
+        reported since the last flush (before the store closes)."""
+        for engine in self:
+            await engine.close()
+            engine.evaluation.flush()

@@ -1,0 +1,77 @@
+"""``/api/tasks``: the tasks a server serves, and each task's runs, status, model and history.
+
+``/api/tasks/{name}/...`` answers what today's task-less endpoints answer for the default
+task (the same handlers, addressed by the path's ``{task}``). Definitions are public (a
+volunteer sees them on the page anyway); creating one and everything about runs needs
+the admin token.
+"""
+
+from __future__ import annotations
+
+from functools import wraps
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ...core.tasks import Task
+from ..taskset import TaskInUse
+from . import admin_api, export
+from .admin_api import Handler, admin_only
+from .bodies import read_json
+from .services import services
+
+__all__ = ["routes"]
+
+
+def _describe(task: Task, running: bool) -> dict:
+    return {**task.to_json(), "running": running}
+
+
+def _known(handler: Handler) -> Handler:
+    """404 for a ``{task}`` the server does not serve, before the handler runs."""
+
+    @wraps(handler)
+    async def checked(request: Request) -> Response:
+        name = request.path_params["task"]
+        if name not in services(request).tasks:
+            return JSONResponse({"error": f"no task named {name[:40]!r}"}, status_code=404)
+        return await handler(request)
+
+    return checked
+
+
+async def list_tasks(request: Request) -> Response:
+    svc = services(request)
+    return JSONResponse({"tasks": [_describe(e.task, e.running) for e in svc.tasks], "default": svc.engine.task.name})
+
+
+@_known
+async def get_task(request: Request) -> Response:
+    engine = services(request).tasks.get(request.path_params["task"])
+    return JSONResponse(_describe(engine.task, engine.running))
+
+
+@admin_only
+async def create_task(request: Request) -> Response:
+    try:
+        task = Task.from_json(await read_json(request))
+    except ValueError as exc:
+        return JSONResponse({"error": str(exc)[:500]}, status_code=400)
+    try:
+        engine = services(request).tasks.add(task)
+    except TaskInUse as exc:
+        return JSONResponse({"error": str(exc)}, status_code=409)
+    return JSONResponse(_describe(engine.task, False), status_code=201, headers={"Location": f"/api/tasks/{task.name}"})
+
+
+routes = [
+    Route("/api/tasks", list_tasks, methods=["GET"]),
+    Route("/api/tasks", create_task, methods=["POST"]),
+    Route("/api/tasks/{task}", get_task, methods=["GET"]),
+    Route("/api/tasks/{task}/rounds", _known(admin_api.start_rounds), methods=["POST"]),
+    Route("/api/tasks/{task}/rounds/stop", _known(admin_api.stop_rounds), methods=["POST"]),
+    Route("/api/tasks/{task}/status", _known(admin_api.status), methods=["GET"]),
+    Route("/api/tasks/{task}/model", _known(export.model), methods=["GET"]),
+    Route("/api/tasks/{task}/history", _known(export.history), methods=["GET"]),
+]
