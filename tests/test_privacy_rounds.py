@@ -357,7 +357,7 @@ def test_a_dp_run_whose_accountant_was_not_checkpointed_is_not_resumed(tmp_path)
         config = dp_run({"noise_multiplier": 1.0, "clip": 1.0}, rounds=3, clients_per_round=1)
         run_id = engine.store.start_run(config.to_dict())
         record = RoundRecord(1, run_id, 1, 0.5, 1.0, 1, 10, 10, 1.0, time.time())
-        engine.store.commit_round(record, TASK.name, TASK.model, engine.params, {})  # no "privacy" component
+        engine.store.commit_round(record, engine.params, {})  # no "privacy" component
         engine.store.store.close()
         again, _ = make_engine(tmp_path)
         assert again.resume() is None and again.store.runs()[-1]["status"] == "interrupted"
