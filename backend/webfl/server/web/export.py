@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ...core.models import MLP
+from ...core.stats import Standardised, fold
 from ..store import AbandonedRound, RoundRecord
 from .admin_api import admin_only
 from .services import task_engine
@@ -113,7 +114,12 @@ async def model(request: Request) -> Response:
     if fmt == "npz":
         return _attachment(model_npz(engine.model, engine.params, engine.model_version), "application/octet-stream", f"{stem}.npz")
     if fmt == "onnx":
-        return _attachment(model_onnx(engine.model, engine.params, stem), "application/octet-stream", f"{stem}.onnx")
+        model, params = engine.model, engine.params
+        if isinstance(model, Standardised) and isinstance(model.inner, MLP):
+            model, params = model.inner, fold(model, params)  # the scaling folded into the first layer
+        if not isinstance(model, MLP):
+            return JSONResponse({"error": f"ONNX export covers MLP models; task {engine.task.name!r} trains a {engine.task.model}"}, status_code=400)
+        return _attachment(model_onnx(model, params, stem), "application/octet-stream", f"{stem}.onnx")
     return _bad_format(request, ("npz", "onnx"))
 
 
