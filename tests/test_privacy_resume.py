@@ -23,10 +23,11 @@ def test_kill_9_during_a_dp_commit_then_resume_keeps_epsilon_exact(tmp_path, poi
         config = {"rounds": 4, "clients_per_round": 3, "local_epochs": 1, "dp": {"noise_multiplier": Z, "clip": "adaptive", "count_noise": 2.0}}
         assert first.api("POST", "/api/rounds", config)[0] == 202
         assert first.proc.wait(timeout=120) == -9
-        store = Store(data / "webfl.sqlite3")
+        whole = Store(data / "webfl.sqlite3")
+        store = whole.scoped("mnist", "softmax")
         committed = [r.to_dict() for r in store.history()]
         (version, accountant), (_, rule) = store.component_states(1)["privacy"], store.component_states(1)["rule"]
-        store.close()
+        whole.close()
         # Killed in round 3: two rounds charged, in the same transactions as their models.
         assert [r["round"] for r in committed] == [1, 2] and version == 2
         assert sum(e["rounds"] for e in accountant["events"]) == 2
