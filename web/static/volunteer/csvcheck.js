@@ -23,12 +23,12 @@ export async function firstLook(file, numFeatures, columns = null) {
   }
   if (rows.length && !isNumber(rows[0].split(",")[0])) rows.shift(); // a header row
   if (!rows.length) return file.size > HEAD_BYTES ? null : "the file has no data rows";
-  const columns = rows[0].split(",");
-  if (columns.length !== numFeatures + 1) {
-    return `each row needs a label and ${numFeatures} features, got ${columns.length} columns`;
+  const cells = rows[0].split(",");
+  if (cells.length !== numFeatures + 1) {
+    return `each row needs a label and ${numFeatures} features, got ${cells.length} columns`;
   }
-  const bad = columns.findIndex((value) => !isNumber(value));
-  return bad >= 0 ? `not a numeric CSV: “${columns[bad].trim().slice(0, 20)}” in the first row` : null;
+  const bad = cells.findIndex((value) => !isNumber(value));
+  return bad >= 0 ? `not a numeric CSV: “${cells[bad].trim().slice(0, 20)}” in the first row` : null;
 }
 
 function isNumber(value) {
