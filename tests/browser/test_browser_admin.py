@@ -143,17 +143,18 @@ def test_runs_rounds_with_their_run_markers_and_downloads_at_390_px(browser, ser
 def test_a_dp_run_shows_epsilon_clip_and_clipped_by_round_and_its_guarantee(context, serve, tmp_path):
     # A finished dp run of 2 rounds in the store, with its accountant's state as a commit leaves it.
     task = get_task("mnist", "softmax")
-    store = Store(tmp_path / "data0" / "webfl.sqlite3")
+    whole = Store(tmp_path / "data0" / "webfl.sqlite3")
+    store = whole.scoped(task.name, task.model)
     config = RunConfig.from_json({"rounds": 2, "clients_per_round": 4, "dp": {"noise_multiplier": 2, "clip": 0.5}})
     run_id = store.start_run(config.to_dict())
     accountant = Accountant()
     for r in (1, 2):
         accountant.charge(config.dp.mechanism)
         privacy = {"epsilon": accountant.epsilon(1e-5), "clip": 0.5, "clipped_fraction": 0.25 * r}
-        record = RoundRecord(r, run_id, r, 0.5, 1.0, 4, 10, 10, 1.0, time.time(), None, privacy)
-        store.commit_round(record, task.name, task.model, task.build_model().init(0), {"privacy": accountant.state()})
+        record = RoundRecord(r, run_id, r, 0.5, 1.0, 4, 10, 10, 1.0, time.time(), eval_source="server", privacy=privacy)
+        store.commit_round(record, task.build_model().init(0), {"privacy": accountant.state()})
     store.end_run(run_id, "completed")
-    store.close()
+    whole.close()
     task_total = accountant.epsilon(1e-5)
 
     server = serve("--model", "softmax")

@@ -61,7 +61,7 @@ def test_version_mismatch_is_explained(context, serve):
         config["version"] = "0.0.1"
         route.fulfill(response=response, json=config)
 
-    page.route("**/api/config", older_server)
+    page.route("**/api/config*", older_server)  # the worker asks for its task's: /api/config?task=
     page.goto(server.url)
     page.get_by_test_id("join").click()
     wait_state(page, "error")

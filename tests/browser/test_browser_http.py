@@ -90,7 +90,7 @@ def test_pages_forbid_framing_except_the_widget(tmp_path):
     assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
     assert "frame-ancestors 'self' https://blog.example https://news.example" in embed.headers["content-security-policy"]
     assert 'data-testid="join"' in embed.text and 'data-testid="state"' in embed.text
-    assert wrong_task.status_code == 404 and "not &#39;cifar&#39;" in wrong_task.text
+    assert wrong_task.status_code == 404 and "no task named &#39;cifar&#39;" in wrong_task.text
     assert script.headers["content-type"].startswith("text/javascript")
     assert "document.currentScript" in script.text
 

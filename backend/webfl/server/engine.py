@@ -138,6 +138,9 @@ class RoundEngine:
 
     def ready(self, peer_id: str, num_examples: int) -> None:
         self.peers.ready(peer_id, num_examples, asyncio.get_running_loop().time())
+        peer = self.peers.get(peer_id)
+        if peer is not None and peer.state is PeerState.READY and not self.commits.evaluates_on_server:
+            self.cohort.offer(peer)
 
     def pause(self, peer_id: str) -> None:
         peer = self.peers.get(peer_id)

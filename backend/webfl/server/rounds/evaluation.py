@@ -55,18 +55,32 @@ class EvaluationCohort:
         ``count_bytes(index, nbytes)``: adds them to that commit's ``bytes_down``."""
         self._peers, self._catch_up, self._coordinator, self._count_bytes, self.size = peers, catch_up, coordinator, count_bytes, size
         self._sending: set[asyncio.Task] = set()
+        self._current: tuple[int, int] | None = None  # (history index, model version) being evaluated
+        self._sent = 0  # volunteers sent that model so far
 
     def send(self, index: int, version: int) -> None:
         """Start sending model ``version`` (history entry ``index``) in the background."""
-        task = asyncio.create_task(self._send(index, version), name=f"evaluate-{version}")
+        self._current, self._sent = (index, version), 0
+        lacking = [p for p in self._peers if p.state is PeerState.READY and p.model_version != version]
+        # Who evaluates is no secret and needs no seed: any ready volunteer's holdout will do.
+        self._start(random.sample(lacking, min(self.size, len(lacking))))
+
+    def offer(self, peer: Peer) -> None:
+        """``peer`` just became ready: a volunteer that trained the round (busy at its
+        commit) evaluates its model too, while the cohort has room."""
+        if self._current is not None and peer.model_version != self._current[1] and self._sent < self.size:
+            self._start([peer])
+
+    def _start(self, peers: list[Peer]) -> None:
+        assert self._current is not None
+        self._sent += len(peers)
+        task = asyncio.create_task(self._send(self._current[0], peers), name="evaluate")
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
 
-    async def _send(self, index: int, version: int) -> None:
-        lacking = [p for p in self._peers if p.state is PeerState.READY and p.model_version != version]
+    async def _send(self, index: int, peers: list[Peer]) -> None:
         nbytes = 0
-        # Who evaluates is no secret and needs no seed: any ready volunteer's holdout will do.
-        for peer in random.sample(lacking, min(self.size, len(lacking))):
+        for peer in peers:
             for frame in self._catch_up(peer):
                 if not await self._coordinator.publish(frame, to=[peer.id]):
                     break
