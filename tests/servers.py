@@ -23,6 +23,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def read_to_close(sock: socket.socket) -> bytes:
+    """Everything ``sock`` receives until the peer closes it; a reset ends it too, keeping what came before."""
+    answer = b""
+    try:
+        while chunk := sock.recv(65536):
+            answer += chunk
+    except OSError:
+        pass
+    return answer
+
+
 @dataclass
 class ServerProcess:
     url: str
