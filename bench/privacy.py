@@ -1,6 +1,6 @@
 """Differential privacy: accuracy against epsilon on MNIST and breast cancer, and an empirical audit.
 
-    python3 bench/privacy.py                       # both parts on both tasks, short default (~4 min on 2 cores)
+    python3 bench/privacy.py                       # both parts on both tasks, short default (~5 min on 2 cores)
     python3 bench/privacy.py --tasks mnist --rounds 50 --noise 0.5,1,2,4,8 --audit-runs 10000 --audit-noise 0.5,1,2   # bigger
 
 Simulated in-process with the core's own code, the code the server and the browser run:
@@ -90,7 +90,7 @@ DEFAULTS = {
     # C: half the median delta norm, 1.96.
     "mnist": TaskDefaults("softmax", per_user=8, local_epochs=2, lr=0.5, clip=1.0, cohorts="50,200,1000", noise="1,2,4,8"),
     # 455 training rows: one row a user gives the most users, and m=455 is all of them each round.
-    # C: about the median delta norm, 2.1 (half of it costs 2-3 points by clipping alone).
+    # C: about the median delta norm, 2.1 (half of it costs 1.8-3.5 points by clipping alone).
     "breast-cancer": TaskDefaults(None, per_user=1, local_epochs=1, lr=1.0, clip=2.0,
                                   cohorts="25,100,455", noise="0,0.5,1,2,4,8"),
 }
@@ -285,7 +285,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=30)
     p.add_argument("--local-epochs", type=int)
     p.add_argument("--lr", type=float)
-    p.add_argument("--clip", type=float, help="fixed clip norm (about half the median update norm)")
+    p.add_argument("--clip", type=float, help="fixed clip norm (each task's default: see DEFAULTS)")
     p.add_argument("--cohorts", help="expected users per round, comma-separated")
     p.add_argument("--noise", help="noise multipliers z, comma-separated")
     p.add_argument("--adaptive", default="2", help="noise multipliers of the adaptive-clipping rows")
@@ -297,10 +297,11 @@ def main() -> None:
     p.add_argument("--skip-audit", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
+    tasks = args.tasks.split(",")
+    if unknown := [name for name in tasks if name not in DEFAULTS]:
+        p.error(f"--tasks: unknown task {unknown[0]!r}; measured: {', '.join(DEFAULTS)}")
     started = time.monotonic()
-    for name in args.tasks.split(","):
-        if name not in DEFAULTS:
-            p.error(f"--tasks: unknown task {name!r}; measured: {', '.join(DEFAULTS)}")
+    for name in tasks:
         task_args = for_task(args, name)
         fed = load(name, task_args)
         if not args.skip_accuracy:
