@@ -1,7 +1,7 @@
-"""Differential privacy: accuracy against epsilon on MNIST, and an empirical audit.
+"""Differential privacy: accuracy against epsilon on MNIST and breast cancer, and an empirical audit.
 
-    python3 bench/privacy.py                       # both parts, short default (~2 min on 2 cores)
-    python3 bench/privacy.py --rounds 50 --noise 0.5,1,2,4,8 --audit-runs 10000 --audit-noise 0.5,1,2   # bigger
+    python3 bench/privacy.py                       # both parts on both tasks, short default (~5 min on 2 cores)
+    python3 bench/privacy.py --tasks mnist --rounds 50 --noise 0.5,1,2,4,8 --audit-runs 10000 --audit-noise 0.5,1,2   # bigger
 
 Simulated in-process with the core's own code, the code the server and the browser run:
 ``local_train`` on each volunteer's shard, ``l2_clip`` (the volunteer's clip), ``DPSum``
@@ -9,7 +9,11 @@ Simulated in-process with the core's own code, the code the server and the brows
 non-private baseline is FedAvg through the core's ``fedavg`` rule, on the same volunteers,
 the same selections and the same initial model, in the same run.
 
-Volunteers are users holding ``--per-user`` digits each of the 8,000 training digits. Each
+Volunteers are users holding ``--per-user`` examples each of a task's training split: MNIST's
+8,000 training digits (8 a user), or the 455 training rows of breast cancer (scikit-learn's
+CSV, the task's 20% holdout kept for the test; one row a user), standardised with the
+training rows' mean and std as a server fixes them from federated statistics. Task settings
+left out of the command line take the task's own defaults (``DEFAULTS``). Each
 round selects each user independently with probability ``q = m / N`` (Poisson), so both
 epsilons printed are claims this simulation satisfies: ``sampling none`` (no
 amplification, webfl's default) and ``sampling poisson``.
@@ -45,9 +49,11 @@ from webfl.build.paths import DATASETS_DIR  # noqa: E402
 from webfl.core.aggregation import get_aggregator  # noqa: E402
 from webfl.core.codecs import Encoded, get_codec  # noqa: E402
 from webfl.core.data import Dataset, features, load_npz  # noqa: E402
+from webfl.core.evaluation import holdout_split  # noqa: E402
 from webfl.core.models import MLP  # noqa: E402
 from webfl.core.privacy import AdaptiveClip, DPSum, Mechanism, l2_clip  # noqa: E402
-from webfl.core.tasks import get_task  # noqa: E402
+from webfl.core.stats import Standardised, feature_stats, scaling_from_stats  # noqa: E402
+from webfl.core.tasks import Kind, get_task  # noqa: E402
 from webfl.core.training import TrainConfig, local_train  # noqa: E402
 from webfl.server.privacy import Accountant, AccountantKind  # noqa: E402
 
@@ -59,16 +65,54 @@ logging.getLogger("absl").setLevel(logging.ERROR)
 
 @dataclass
 class Federation:
-    model: MLP
+    name: str
+    model: MLP | Standardised
     users: list[tuple[np.ndarray, np.ndarray]]  # (features, labels) per user
     test_x: np.ndarray
     test_y: np.ndarray
     config: TrainConfig
 
 
-def load(args) -> Federation:
-    path = DATASETS_DIR / "mnist.npz"
-    train, test = load_npz(path, "train"), load_npz(path, "test")
+@dataclass(frozen=True)
+class TaskDefaults:
+    """A task's bench settings where the command line gives none."""
+
+    model: str | None  # None: the task's own model
+    per_user: int
+    local_epochs: int
+    lr: float
+    clip: float  # against the median delta norm of the first round (see DEFAULTS)
+    cohorts: str
+    noise: str
+
+
+DEFAULTS = {
+    # C: half the median delta norm, 1.96.
+    "mnist": TaskDefaults("softmax", per_user=8, local_epochs=2, lr=0.5, clip=1.0, cohorts="50,200,1000", noise="1,2,4,8"),
+    # 455 training rows: one row a user gives the most users, and m=455 is all of them each round.
+    # C: about the median delta norm, 2.1 (half of it costs 1.8-3.5 points by clipping alone).
+    "breast-cancer": TaskDefaults(None, per_user=1, local_epochs=1, lr=1.0, clip=2.0,
+                                  cohorts="25,100,455", noise="0,0.5,1,2,4,8"),
+}
+
+
+def for_task(args: argparse.Namespace, name: str) -> argparse.Namespace:
+    """``args`` with ``name``'s defaults in place of the task settings the command line left out."""
+    given = {k: v for k, v in vars(args).items() if v is not None}
+    return argparse.Namespace(**{**vars(DEFAULTS[name]), **given})
+
+
+def load(name: str, args) -> Federation:
+    task = get_task(name, args.model)
+    if task.kind is Kind.TABULAR:
+        rows = task.parse_csv((DATASETS_DIR / f"{name}.csv").read_bytes())
+        train_idx, test_idx = holdout_split(len(rows), task.holdout, args.seed)
+        train, test = rows.take(train_idx), rows.take(test_idx)
+        # The standardisation a server fixes from its volunteers' feature statistics before round 1.
+        task = task.with_scaling(*scaling_from_stats(feature_stats(train.x)))
+    else:
+        path = DATASETS_DIR / f"{name}.npz"
+        train, test = load_npz(path, "train"), load_npz(path, "test")
     rng = np.random.default_rng(args.seed)
     order = rng.permutation(len(train))
     n_users = len(train) // args.per_user
@@ -76,9 +120,8 @@ def load(args) -> Federation:
     for idx in np.split(order[: n_users * args.per_user], n_users):
         shard: Dataset = train.take(idx)
         users.append((features(shard.x), shard.y))
-    model = get_task("mnist", args.model).build_model()
     config = TrainConfig(epochs=args.local_epochs, batch_size=args.per_user, lr=args.lr, seed=0)
-    return Federation(model, users, features(test.x), test.y, config)
+    return Federation(name, task.build_model(), users, features(test.x), test.y, config)
 
 
 def deltas(fed: Federation, params: np.ndarray, chosen: np.ndarray, round_: int):
@@ -126,7 +169,7 @@ def fmt_eps(e: float | None) -> str:
 def accuracy_table(fed: Federation, args) -> None:
     n_users = len(fed.users)
     rng = np.random.default_rng(args.seed + 1)
-    print(f"\n#### Accuracy against epsilon: MNIST {args.model}, {n_users} users of {args.per_user} digits,"
+    print(f"\n#### Accuracy against epsilon: {fed.name} {args.model or 'built-in model'}, {n_users} users of {args.per_user} examples,"
           f" {args.rounds} rounds, E={args.local_epochs}, lr={args.lr}, C={args.clip}, delta={DELTA:g}\n")
     cohorts = [int(c) for c in args.cohorts.split(",")]
     zs = [float(z) for z in args.noise.split(",")]
@@ -184,7 +227,7 @@ def bounded_eps(scores: np.ndarray, present: np.ndarray, t: float) -> tuple[floa
 
 def audit(fed: Federation, args) -> None:
     m, rounds, runs = args.audit_cohort, args.audit_rounds, args.audit_runs
-    print(f"\n#### Empirical audit: {runs} runs of {rounds} rounds each, m={m}, C={args.clip}, delta={DELTA:g}\n")
+    print(f"\n#### Empirical audit: {fed.name}, {runs} runs of {rounds} rounds each, m={m}, C={args.clip}, delta={DELTA:g}\n")
     print("| z | canary runs | threshold | FP / no canary | FN / canary | empirical ε (95%) | accountant ε (RDP) | within | seconds |")
     print("|---:|---:|---:|---:|---:|---:|---:|:---:|---:|")
     failed = False
@@ -235,14 +278,16 @@ def audit_one(fed: Federation, args, z: float) -> bool:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="softmax", choices=["softmax", "2nn"])
-    p.add_argument("--per-user", type=int, default=8, help="digits each simulated user holds")
+    # Task settings: None takes each task's own default (DEFAULTS).
+    p.add_argument("--tasks", default=",".join(DEFAULTS), help="tasks measured, comma-separated")
+    p.add_argument("--model", choices=["softmax", "2nn"], help="MNIST's model (default softmax)")
+    p.add_argument("--per-user", type=int, help="examples each simulated user holds")
     p.add_argument("--rounds", type=int, default=30)
-    p.add_argument("--local-epochs", type=int, default=2)
-    p.add_argument("--lr", type=float, default=0.5)
-    p.add_argument("--clip", type=float, default=1.0, help="fixed clip norm (about half the median update norm here)")
-    p.add_argument("--cohorts", default="50,200,1000", help="expected users per round, comma-separated")
-    p.add_argument("--noise", default="1,2,4,8", help="noise multipliers z, comma-separated")
+    p.add_argument("--local-epochs", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--clip", type=float, help="fixed clip norm (each task's default: see DEFAULTS)")
+    p.add_argument("--cohorts", help="expected users per round, comma-separated")
+    p.add_argument("--noise", help="noise multipliers z, comma-separated")
     p.add_argument("--adaptive", default="2", help="noise multipliers of the adaptive-clipping rows")
     p.add_argument("--audit-runs", type=int, default=1500)
     p.add_argument("--audit-rounds", type=int, default=2)
@@ -252,12 +297,17 @@ def main() -> None:
     p.add_argument("--skip-audit", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
+    tasks = args.tasks.split(",")
+    if unknown := [name for name in tasks if name not in DEFAULTS]:
+        p.error(f"--tasks: unknown task {unknown[0]!r}; measured: {', '.join(DEFAULTS)}")
     started = time.monotonic()
-    fed = load(args)
-    if not args.skip_accuracy:
-        accuracy_table(fed, args)
-    if not args.skip_audit:
-        audit(fed, args)
+    for name in tasks:
+        task_args = for_task(args, name)
+        fed = load(name, task_args)
+        if not args.skip_accuracy:
+            accuracy_table(fed, task_args)
+        if not args.skip_audit:
+            audit(fed, task_args)
     print(f"\n({time.monotonic() - started:.0f} s)")
 
 

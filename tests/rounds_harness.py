@@ -100,3 +100,12 @@ async def until(predicate, timeout: float = 5.0, what: str = "condition") -> Non
 
 def small(seed: int, scale: float = 0.01) -> np.ndarray:
     return np.random.default_rng(seed).normal(0, scale, TASK.build_model().size).astype(np.float32)
+
+
+def make_engine_with(tmp_path: Path, *ready: str, codecs=("none",), seed: int = 0) -> tuple[RoundEngine, RecordingCoordinator, list[Volunteer]]:
+    """:func:`make_engine` with the volunteers ``ready`` joined, then each ready for a task, in that order."""
+    engine, coordinator = make_engine(tmp_path, seed)
+    volunteers = [Volunteer(engine, coordinator, peer_id, codecs) for peer_id in ready]
+    for v in volunteers:
+        v.ready()
+    return engine, coordinator, volunteers

@@ -23,6 +23,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def read_to_close(sock: socket.socket) -> bytes:
+    """Everything ``sock`` receives until the peer closes it; a reset ends it too, keeping what came before."""
+    answer = b""
+    try:
+        while chunk := sock.recv(65536):
+            answer += chunk
+    except OSError:
+        pass
+    return answer
+
+
 @dataclass
 class ServerProcess:
     url: str
@@ -98,3 +109,29 @@ def start_server(
             time.sleep(0.1)
     server.stop(kill=True)
     raise RuntimeError(f"server did not come up:\n{server.log()}")
+
+
+def simulate_through_a_kill(server: ServerProcess, url: str, rounds: int) -> tuple[str, str, dict]:
+    """``webfl simulate`` (3 volunteers, ``rounds`` rounds) against ``url`` while ``server``,
+    started with a ``WEBFL_CRASHPOINT``, SIGKILLs itself; it is restarted on the same data
+    and port. Returns the simulator's stdout and stderr and the restarted server's status
+    at the simulator's end. The simulator must exit 0."""
+    port = int(server.url.rsplit(":", 1)[1])
+    cmd = [sys.executable, "-m", "webfl.cli", "simulate", "--server", url, "--clients", "3", "--rounds", str(rounds),
+           "--local-epochs", "1", "--timeout-s", "240"]
+    sim = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "WEBFL_ADMIN_TOKEN": TOKEN})
+    restarted = None
+    try:
+        assert server.proc.wait(timeout=120) == -9
+        time.sleep(1.0)  # the simulator's status polls and its volunteers now meet a dead server
+        restarted = start_server(server.data_dir, port=port)
+        out, err = sim.communicate(timeout=240)
+        assert sim.returncode == 0, out + err
+        return out, err, restarted.status()
+    finally:
+        if sim.poll() is None:
+            sim.kill()
+            sim.communicate()
+        if restarted is not None:
+            restarted.stop()
+        server.stop(kill=True)

@@ -20,6 +20,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 import psycopg
 
@@ -74,11 +75,27 @@ def _started_or_stopped(service, wait) -> None:
 
 
 @dataclass
-class Redis:
+class _Foreground:
+    """A service in the foreground of a process started here, in its own folder ``root``."""
+
     port: int
     root: Path
     proc: subprocess.Popen
 
+    @classmethod
+    def _launch(cls, cmd: list[str], root: Path, port: int, log: Path) -> Self:
+        """Start ``cmd`` and wait for it to listen on ``port``; if it does not, it is stopped and removed."""
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        service = cls(port, root, proc)
+        _started_or_stopped(service, lambda: _wait_port(port, proc, log))
+        return service
+
+    def stop(self) -> None:
+        _stop(self.proc)  # SIGTERM: redis's shutdown, nginx's fast shutdown
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+class Redis(_Foreground):
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
@@ -88,18 +105,11 @@ class Redis:
         binary = find_binary("redis-server", "/usr/bin/redis-server")
         root, port = Path(tempfile.mkdtemp(prefix="webfl-redis-")), free_port()
         log = root / "redis.log"
+        log.touch()
         # No persistence, loopback only, no config file: the test owns every setting.
         cmd = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(root), "--save", "",
                "--appendonly", "no", "--daemonize", "no", "--logfile", str(log)]
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        log.touch()
-        service = cls(port, root, proc)
-        _started_or_stopped(service, lambda: _wait_port(port, proc, log))
-        return service
-
-    def stop(self) -> None:
-        _stop(self.proc)
-        shutil.rmtree(self.root, ignore_errors=True)
+        return cls._launch(cmd, root, port, log)
 
 
 @dataclass
@@ -167,13 +177,8 @@ class Postgres:
             shutil.rmtree(self.root, ignore_errors=True)
 
 
-@dataclass
-class Nginx:
+class Nginx(_Foreground):
     """nginx with ``deploy/nginx/webfl.conf``, its upstream pointed at the given members."""
-
-    port: int
-    root: Path
-    proc: subprocess.Popen
 
     @property
     def url(self) -> str:
@@ -193,14 +198,7 @@ class Nginx:
         test = subprocess.run([*cmd, "-t"], capture_output=True, text=True)
         if test.returncode:
             raise RuntimeError(f"nginx -t refused the configuration:\n{test.stderr}")
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        service = cls(port, root, proc)
-        _started_or_stopped(service, lambda: _wait_port(port, proc, log))
-        return service
+        return cls._launch(cmd, root, port, log)
 
     def log(self, name: str = "error.log") -> str:
         return (self.root / name).read_text(errors="replace")
-
-    def stop(self) -> None:
-        _stop(self.proc)  # SIGTERM: nginx's fast shutdown
-        shutil.rmtree(self.root, ignore_errors=True)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-from rounds_harness import TASK, Volunteer, make_engine, small, until
+from rounds_harness import TASK, Volunteer, make_engine, make_engine_with, small, until
 
 from webfl.server.engine import RunConfig
 from webfl.server.rounds.funnel import Funnel
@@ -110,10 +110,7 @@ def test_the_hint_says_how_many_are_ready_of_how_many_needed_and_who_cannot_deco
 
 def test_abandoned_rounds_are_recorded_with_why_and_their_funnel_and_counted_in_metrics(tmp_path):
     async def main():
-        engine, coord = make_engine(tmp_path)
-        a, b = Volunteer(engine, coord, "a"), Volunteer(engine, coord, "b")
-        a.ready()
-        b.ready()
+        engine, coord, (a, b) = make_engine_with(tmp_path, "a", "b")
         engine.start(RunConfig.from_json(dict(rounds=1, clients_per_round=2, min_updates=2, deadline_s=0.3, max_wait_s=0)))
         await until(lambda: a.task() and b.task(), what="tasks")
         assert (await a.update(small(0))).accepted  # b never answers: 1 of 2 needed
@@ -145,10 +142,7 @@ def test_abandoned_rounds_are_recorded_with_why_and_their_funnel_and_counted_in_
 
 def test_fedbuff_has_a_funnel_per_buffer_and_caps_weights_too(tmp_path):
     async def main():
-        engine, coord = make_engine(tmp_path)
-        vs = [Volunteer(engine, coord, f"v{i}") for i in range(3)]
-        for v in vs:
-            v.ready()
+        engine, coord, vs = make_engine_with(tmp_path, *[f"v{i}" for i in range(3)])
         engine.start(RunConfig.from_json(dict(mode="fedbuff", rounds=1, clients_per_round=3, buffer_size=2, deadline_s=30, max_examples=200)))
         await until(lambda: all(v.task() for v in vs), what="3 tasks")
         before = engine.params.copy()
@@ -198,10 +192,7 @@ def test_a_database_from_before_the_funnel_gains_the_column_and_its_rounds_read_
 
 def test_a_task_that_cannot_be_sent_is_selected_but_not_trained(tmp_path):
     async def main():
-        engine, coord = make_engine(tmp_path)
-        a, b = Volunteer(engine, coord, "a"), Volunteer(engine, coord, "b")
-        a.ready()
-        b.ready()
+        engine, coord, (a, b) = make_engine_with(tmp_path, "a", "b")
         del coord.inbox["b"]  # b's connection takes no frame: its task is never queued
         engine.start(RunConfig.from_json(dict(rounds=1, clients_per_round=2, deadline_s=30)))
         await until(lambda: a.task() is not None, what="a's task")

@@ -28,7 +28,7 @@ import pytest
 import websockets
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-from servers import start_server
+from servers import read_to_close, start_server
 from test_server import MODEL_SIZE, global_params
 
 from webfl import __version__
@@ -382,12 +382,7 @@ def test_fuzzing_the_admin_http_api(tmp_path):
                     # bound, or one its Content-Length does not describe, may be cut short.
                     declared = headers.get("Content-Length", str(len(body)))
                     assert len(body) > MAX_BODY_BYTES or declared != str(len(body)), (method, path, len(body))
-                answer = b""
-                try:
-                    while chunk := s.recv(65536):
-                        answer += chunk
-                except OSError:
-                    pass
+                answer = read_to_close(s)
             if not answer.startswith(b"HTTP/1.1 "):
                 assert cut, (method, path, answer[:100])  # only a cut-short body may go unanswered
                 return 0

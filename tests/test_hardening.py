@@ -17,7 +17,7 @@ import urllib.request
 
 import numpy as np
 import pytest
-from servers import start_server
+from servers import read_to_close, start_server
 from test_server import MODEL_SIZE, Client, global_params
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -37,6 +37,20 @@ def test_norm_bound_in_run_config():
             RunConfig.from_json({"norm_bound": bad})
 
 
+def _refused_then_accepted(server, before: np.ndarray, a: tuple, b: tuple, bad: float) -> None:
+    """``a``'s delta with one ``bad`` value (NaN or Inf), then scaled past the 1.0 norm bound: each
+    refused with its reason and the model unchanged; then ``a``'s and ``b``'s own deltas are accepted.
+    ``a`` and ``b`` are ``(client, task, delta)``."""
+    (ca, ta, da), (cb, tb, db) = a, b
+    poisoned = da.copy()
+    poisoned[3] = bad
+    assert "NaN or Inf" in ca.update(ta, poisoned)["reason"]
+    assert "fixed bound" in ca.update(ta, da * 1e4)["reason"]
+    np.testing.assert_array_equal(global_params(server), before)
+    assert ca.update(ta, da).type == "accept"
+    assert cb.update(tb, db).type == "accept"
+
+
 def test_tokens_stop_replays_and_every_rejection_is_counted(server):
     a, b = Client(server), Client(server)
     a.join()
@@ -48,8 +62,6 @@ def test_tokens_stop_replays_and_every_rejection_is_counted(server):
     assert ta["token"] != tb["token"] and re.fullmatch(r"[0-9a-f]{32}", ta["token"])
     rng = np.random.default_rng(1)
     da, db = rng.normal(0, 0.001, MODEL_SIZE), rng.normal(0, 0.001, MODEL_SIZE)
-    nan = da.copy()
-    nan[3] = np.inf
     # b replays a's exact update frame (a's token) on its own connection.
     frame = encode(Message("update", dict(round=1, model_version=0, num_examples=100, loss=1.0, accuracy=0.5, codec="none",
                                           codec_params={}, token=ta["token"]), (da.astype(np.float32),)))
@@ -57,11 +69,7 @@ def test_tokens_stop_replays_and_every_rejection_is_counted(server):
     assert "session token" in b.recv_verdict()["reason"]
     assert "session token" in a.update(ta, da, token="0" * 32)["reason"]
     assert "session token" in a.update(ta, da, token="")["reason"]
-    assert "NaN or Inf" in a.update(ta, nan)["reason"]
-    assert "fixed bound" in a.update(ta, da * 1e4)["reason"]
-    np.testing.assert_array_equal(global_params(server), before)
-    assert a.update(ta, da).type == "accept"
-    assert b.update(tb, db).type == "accept"
+    _refused_then_accepted(server, before, (a, ta, da), (b, tb, db), bad=np.inf)
     for c in (a, b):
         c.recv("model_notice")
         c.send("ready", num_examples=100)
@@ -84,16 +92,10 @@ def test_fedbuff_checks_tokens_and_counts_rejections(server):
     assert ta["token"] != tb["token"] and (ta["round"], ta["model_version"]) == (tb["round"], tb["model_version"])
     rng = np.random.default_rng(2)
     da, db = rng.normal(0, 0.001, MODEL_SIZE), rng.normal(0, 0.001, MODEL_SIZE)
-    nan = da.copy()
-    nan[0] = np.nan
     # Same round and model as b's own task, but a's token: refused, and b's task stays open.
     assert "session token" in b.update(tb, db, token=ta["token"])["reason"]
     assert "session token" in a.update(ta, da, token="")["reason"]
-    assert "NaN or Inf" in a.update(ta, nan)["reason"]
-    assert "fixed bound" in a.update(ta, da * 1e4)["reason"]
-    np.testing.assert_array_equal(global_params(server), before)
-    assert a.update(ta, da).type == "accept"
-    assert b.update(tb, db).type == "accept"
+    _refused_then_accepted(server, before, (a, ta, da), (b, tb, db), bad=np.nan)
     status = server.wait_for(lambda s: len(s["history"]) == 1, timeout=30, what="the FedBuff commit")
     assert status["rejections"] == {"token": 2, "nan": 1, "norm": 1}, status["rejections"]
     np.testing.assert_allclose(global_params(server), before + (da + db).astype(np.float32) / 2, atol=1e-6)
@@ -296,12 +298,7 @@ def _stream_post(url: str, path: str, total: int, chunked: bool, token: str = ""
             sent += len(block)
     except OSError:
         pass  # the server answered and closed: the rest of the body is never read
-    answer = b""
-    try:
-        while chunk := s.recv(65536):
-            answer += chunk
-    except OSError:
-        pass
+    answer = read_to_close(s)
     s.close()
     return sent, answer
 

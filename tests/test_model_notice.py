@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 
 import numpy as np
-from rounds_harness import TASK, RecordingCoordinator, Volunteer, make_engine, small, until
+from rounds_harness import TASK, RecordingCoordinator, Volunteer, make_engine, make_engine_with, small, until
 from starlette.testclient import TestClient
 
 from webfl.core.data import Dataset
@@ -38,10 +38,7 @@ def models_before_tasks(v: Volunteer) -> list[tuple[int, list]]:
 
 def test_a_commit_sends_a_notice_to_all_and_the_model_only_to_the_selected_with_their_task(tmp_path):
     async def main():
-        engine, coord = make_engine(tmp_path)
-        vs = [Volunteer(engine, coord, f"v{i}") for i in range(6)]
-        for v in vs:
-            v.ready()
+        engine, coord, vs = make_engine_with(tmp_path, *[f"v{i}" for i in range(6)])
         config = dict(rounds=2, clients_per_round=2, downlink="delta:q8", deadline_s=30, max_wait_s=0)
         engine.start(RunConfig.from_json(config))
         await until(lambda: sum(v.task() is not None for v in vs) == 2, what="round 1's tasks")

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-from rounds_harness import TASK, Volunteer, make_engine, small, until
+from rounds_harness import TASK, Volunteer, make_engine, make_engine_with, small, until
 from starlette.testclient import TestClient
 
 from webfl.core.privacy import l2_clip
@@ -114,10 +114,7 @@ def test_every_released_model_carries_the_noise_and_the_history_the_accountants_
     z, clip, m, rounds = 1.0, 0.5, 3, 2
 
     async def main():
-        engine, coord = make_engine(tmp_path)
-        vs = [Volunteer(engine, coord, f"v{i}") for i in range(m)]
-        for v in vs:
-            v.ready()
+        engine, coord, vs = make_engine_with(tmp_path, *[f"v{i}" for i in range(m)])
         engine.start(dp_run({"noise_multiplier": z, "clip": clip}, rounds=rounds, clients_per_round=m))
         # Before anyone trains, every volunteer is told the run is private (epsilon 0 so far).
         await until(lambda: all(v.task() for v in vs), what="the first tasks")
@@ -174,9 +171,7 @@ def test_a_volunteer_ignores_a_malformed_privacy_statement(bad):
 
 def test_a_run_without_dp_has_null_epsilon_and_no_clip_in_its_tasks(tmp_path):
     async def main():
-        engine, coord = make_engine(tmp_path)
-        v = Volunteer(engine, coord, "a")
-        v.ready()
+        engine, coord, (v,) = make_engine_with(tmp_path, "a")
         engine.start(RunConfig.from_json({"rounds": 1, "clients_per_round": 1, "deadline_s": 30}))
         await until(lambda: v.task() is not None, what="a task")
         assert "clip" not in v.task().fields
@@ -191,9 +186,7 @@ def test_a_run_without_dp_has_null_epsilon_and_no_clip_in_its_tasks(tmp_path):
 
 def test_clipping_only_reports_no_epsilon(tmp_path):
     async def main():
-        engine, coord = make_engine(tmp_path)
-        v = Volunteer(engine, coord, "a")
-        v.ready()
+        engine, coord, (v,) = make_engine_with(tmp_path, "a")
         engine.start(dp_run({"noise_multiplier": 0, "clip": 0.1}, rounds=1, clients_per_round=1))
         await until(lambda: v.task() is not None, what="a task")
         before = engine.params.copy()
@@ -211,9 +204,7 @@ def test_max_epsilon_stops_the_run_before_the_round_that_would_exceed_it(tmp_pat
     cap = (rdp_epsilon(z, 2) + rdp_epsilon(z, 3)) / 2  # two rounds fit, a third would not
 
     async def main():
-        engine, coord = make_engine(tmp_path)
-        v = Volunteer(engine, coord, "a")
-        v.ready()
+        engine, coord, (v,) = make_engine_with(tmp_path, "a")
         engine.start(dp_run({"noise_multiplier": z, "clip": 1.0, "max_epsilon": cap}, rounds=10, clients_per_round=1))
         for r in range(2):
             await until(lambda: v.task() and v.task()["round"] == r + 1, what=f"task {r + 1}")
@@ -230,10 +221,7 @@ def test_max_epsilon_stops_the_run_before_the_round_that_would_exceed_it(tmp_pat
 
 def test_adaptive_clip_moves_between_rounds_and_tasks_carry_its_value(tmp_path):
     async def main():
-        engine, coord = make_engine(tmp_path)
-        vs = [Volunteer(engine, coord, f"v{i}") for i in range(2)]
-        for v in vs:
-            v.ready()
+        engine, coord, vs = make_engine_with(tmp_path, *[f"v{i}" for i in range(2)])
         dp = {"noise_multiplier": 1.0, "clip": "adaptive", "initial_clip": 0.05, "count_noise": 1.0}
         engine.start(dp_run(dp, rounds=2, clients_per_round=2))
         clips = []
@@ -305,10 +293,7 @@ def test_poisson_draws_each_volunteer_independently_with_probability_q():
 
 def test_a_poisson_run_selects_a_random_subset_of_the_ready_pool(tmp_path):
     async def main():
-        engine, coord = make_engine(tmp_path)
-        vs = [Volunteer(engine, coord, f"v{i:02d}") for i in range(40)]
-        for v in vs:
-            v.ready()
+        engine, coord, vs = make_engine_with(tmp_path, *[f"v{i:02d}" for i in range(40)])
         dp = {"noise_multiplier": 1.0, "clip": 1.0, "sampling": "poisson", "population": 40, "delta": 1e-3}
         engine.start(dp_run(dp, rounds=1, clients_per_round=10, select_timeout_s=0.05))
         await until(lambda: engine.status()["open_round"] is not None, what="a round")

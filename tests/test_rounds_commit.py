@@ -6,7 +6,7 @@ import sqlite3
 import time
 
 import numpy as np
-from rounds_harness import TASK, Volunteer, held_out, make_engine, small, until
+from rounds_harness import TASK, held_out, make_engine_with, small, until
 
 from webfl.core.protocol import decode
 from webfl.server.engine import RoundEngine, RunConfig
@@ -32,9 +32,7 @@ def hostile(scale: float = 1e30) -> np.ndarray:
 
 def test_an_exploding_aggregate_is_refused_before_it_touches_model_chain_store_or_optimizer(tmp_path):
     async def main():
-        engine, coord = make_engine(tmp_path)
-        a = Volunteer(engine, coord, "a")
-        a.ready()
+        engine, coord, (a,) = make_engine_with(tmp_path, "a")
         engine.start(RunConfig.from_json({"rounds": 2, "clients_per_round": 1, "server_opt": "fedavgm:lr=1,momentum=0.9", "deadline_s": 30}))
         engine.run.components["probe"] = probe = Probe()
         await until(lambda: a.task() is not None, what="a task")
@@ -75,9 +73,7 @@ def test_an_exploding_aggregate_is_refused_before_it_touches_model_chain_store_o
 
 def test_a_failed_transaction_broadcasts_nothing_and_leaves_everything_as_stored(tmp_path):
     async def main():
-        engine, coord = make_engine(tmp_path)
-        a = Volunteer(engine, coord, "a")
-        a.ready()
+        engine, coord, (a,) = make_engine_with(tmp_path, "a")
         before = engine.params.copy()
 
         def disk_full(*args, **kwargs):
@@ -101,9 +97,7 @@ def test_a_failed_transaction_broadcasts_nothing_and_leaves_everything_as_stored
 
 def test_resume_restores_every_component_from_the_last_commit(tmp_path):
     async def main():
-        engine, coord = make_engine(tmp_path)
-        a = Volunteer(engine, coord, "a")
-        a.ready()
+        engine, coord, (a,) = make_engine_with(tmp_path, "a")
         engine.start(RunConfig.from_json({"rounds": 3, "clients_per_round": 1, "server_opt": "fedadam:lr=0.01", "deadline_s": 30}))
         await until(lambda: a.task() is not None, what="a task")
         assert (await a.update(small(0))).accepted
@@ -125,10 +119,7 @@ def test_resume_restores_an_adaptive_rule_s_norm_history(tmp_path):
     from its prior (which would reopen the window a hostile update can slip through)."""
 
     async def main():
-        engine, coord = make_engine(tmp_path)
-        vols = [Volunteer(engine, coord, f"v{i}") for i in range(3)]
-        for v in vols:
-            v.ready()
+        engine, coord, vols = make_engine_with(tmp_path, *[f"v{i}" for i in range(3)])
         config = {"rounds": 5, "clients_per_round": 3, "aggregator": "clipped:x=3", "deadline_s": 30}
         engine.start(RunConfig.from_json(config))
         for round_ in (1, 2):
@@ -168,9 +159,7 @@ def test_a_store_from_0_1_0_keeps_its_optimizer_state(tmp_path):
 
 def test_a_stop_during_the_transaction_waits_for_it_and_the_live_model_follows_the_store(tmp_path):
     async def main():
-        engine, coord = make_engine(tmp_path)
-        a = Volunteer(engine, coord, "a")
-        a.ready()
+        engine, coord, (a,) = make_engine_with(tmp_path, "a")
         real, entered = engine.store.commit_round, asyncio.Event()
         loop = asyncio.get_running_loop()
 

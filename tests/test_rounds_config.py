@@ -53,3 +53,14 @@ def test_training_settings_take_the_cores_bounds():
             with pytest.raises(ValueError):
                 TrainConfig(**{key: lo})
     RunConfig.from_json({"lr": 1e-9})  # 0.1.0's server refused lrs its volunteers accepted
+
+
+def test_the_core_and_the_server_word_a_bound_alike():
+    """One check (``training.check_bounds``) words every bound, so a volunteer's refusal reads as the 400 does."""
+    for body, train, message in (({"lr": 0}, {"lr": 0}, "lr must be in (0, 10]"),
+                                 ({"local_epochs": 101}, {"epochs": 101}, "epochs must be between 1 and 100")):
+        with pytest.raises(ValueError) as server:
+            RunConfig.from_json(body)
+        with pytest.raises(ValueError) as core:
+            TrainConfig(**train)
+        assert str(core.value) == message and str(server.value).endswith(message), (core.value, server.value)

@@ -4,7 +4,7 @@ steering and the codec-capability check (the same selection service as sync roun
 import asyncio
 
 import numpy as np
-from rounds_harness import TASK, Volunteer, make_engine, small, until
+from rounds_harness import TASK, Volunteer, make_engine, make_engine_with, small, until
 
 from webfl.server.engine import RunConfig
 from webfl.server.rounds.fedbuff import staleness_weight
@@ -47,10 +47,7 @@ def test_updates_weigh_examples_times_the_staleness_discount_and_too_stale_ones_
 
 def test_a_buffer_commits_the_staleness_weighted_mean_of_exactly_buffer_size_updates(tmp_path):
     async def main():
-        engine, coord = make_engine(tmp_path)
-        vs = [Volunteer(engine, coord, f"v{i}") for i in range(3)]
-        for v in vs:
-            v.ready()
+        engine, coord, vs = make_engine_with(tmp_path, *[f"v{i}" for i in range(3)])
         engine.start(fedbuff(rounds=2, clients_per_round=3, buffer_size=2, staleness_exponent=0.5))
         await until(lambda: all(v.task() for v in vs), what="3 tasks")
         first = [v.task() for v in vs]
@@ -74,10 +71,7 @@ def test_a_buffer_commits_the_staleness_weighted_mean_of_exactly_buffer_size_upd
 
 def test_expired_tasks_free_their_slot_and_surplus_volunteers_are_steered(tmp_path):
     async def main():
-        engine, coord = make_engine(tmp_path)
-        a, b = Volunteer(engine, coord, "a"), Volunteer(engine, coord, "b")
-        a.ready()
-        b.ready()
+        engine, coord, (a, b) = make_engine_with(tmp_path, "a", "b")
         engine.start(RunConfig.from_json({"mode": "fedbuff", "rounds": 1, "clients_per_round": 1, "buffer_size": 1, "deadline_s": 0.2,
                                               "max_wait_s": 0.05}))
         await until(lambda: a.task() or b.task(), what="one task")

@@ -4,7 +4,7 @@ and retry, min_updates, pace steering and the codec-capability check."""
 import asyncio
 
 import numpy as np
-from rounds_harness import Volunteer, make_engine, small, until
+from rounds_harness import Volunteer, make_engine, make_engine_with, small, until
 
 from webfl.server.engine import PeerState, RunConfig
 
@@ -15,10 +15,7 @@ def run(coro):
 
 def test_over_selection_picks_the_cohort_steers_the_rest_and_closes_at_clients_per_round(tmp_path):
     async def main():
-        engine, coord = make_engine(tmp_path)
-        vs = [Volunteer(engine, coord, f"v{i}") for i in range(5)]
-        for v in vs:
-            v.ready()
+        engine, coord, vs = make_engine_with(tmp_path, *[f"v{i}" for i in range(5)])
         engine.start(RunConfig.from_json(dict(rounds=1, clients_per_round=2, over_selection=1.5, deadline_s=30)))
         await until(lambda: sum(v.task() is not None for v in vs) == 3, what="3 tasks")
         chosen = [v for v in vs if v.task() is not None]
@@ -48,9 +45,7 @@ def test_over_selection_picks_the_cohort_steers_the_rest_and_closes_at_clients_p
 
 def test_select_timeout_starts_with_fewer_but_never_below_min_updates(tmp_path):
     async def main():
-        engine, coord = make_engine(tmp_path)
-        a = Volunteer(engine, coord, "a")
-        a.ready()
+        engine, coord, (a,) = make_engine_with(tmp_path, "a")
         engine.start(RunConfig.from_json(dict(rounds=1, clients_per_round=3, min_updates=2, select_timeout_s=0.05, deadline_s=30)))
         await asyncio.sleep(0.3)  # well past the select timeout: one is below min_updates
         assert engine.state.value == "selecting" and a.task() is None
@@ -65,10 +60,7 @@ def test_select_timeout_starts_with_fewer_but_never_below_min_updates(tmp_path):
 
 def test_deadline_abandons_a_round_below_min_updates_and_retries_it(tmp_path):
     async def main():
-        engine, coord = make_engine(tmp_path)
-        a, b = Volunteer(engine, coord, "a"), Volunteer(engine, coord, "b")
-        a.ready()
-        b.ready()
+        engine, coord, (a, b) = make_engine_with(tmp_path, "a", "b")
         before = engine.params.copy()
         engine.start(RunConfig.from_json(dict(rounds=1, clients_per_round=2, min_updates=2, deadline_s=0.2, max_wait_s=0)))
         await until(lambda: a.task() and b.task(), what="tasks")
@@ -92,10 +84,7 @@ def test_deadline_abandons_a_round_below_min_updates_and_retries_it(tmp_path):
 
 def test_a_volunteer_that_leaves_does_not_hold_the_round_to_its_deadline(tmp_path):
     async def main():
-        engine, coord = make_engine(tmp_path)
-        a, b = Volunteer(engine, coord, "a"), Volunteer(engine, coord, "b")
-        a.ready()
-        b.ready()
+        engine, coord, (a, b) = make_engine_with(tmp_path, "a", "b")
         engine.start(RunConfig.from_json(dict(rounds=1, clients_per_round=2, min_updates=1, deadline_s=60)))
         await until(lambda: a.task() and b.task(), what="tasks")
         assert (await a.update(small(0))).accepted

@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 import redis
 import websockets.sync.client as ws_client
 
-from servers import TOKEN, free_port, start_server
+from servers import TOKEN, free_port, simulate_through_a_kill, start_server
 from services import DEPLOY, Missing, Postgres, find_binary  # also puts deploy/ on sys.path
 from nginx_site import SITE, site_config  # noqa: I001 - needs the line above
 from webfl import __version__
@@ -203,25 +202,8 @@ def test_local_sh_starts_the_stack_idempotently_and_stops_it(local_stack):
 def test_the_simulator_rides_out_a_member_restart_behind_nginx(tmp_path, nginx_proxy):
     """Through the proxy a dead member is a 502, not a refused connection: still ridden out."""
     member = start_server(tmp_path / "data", env={"WEBFL_CRASHPOINT": "training:2"})  # kill -9 mid-round 2
-    port = int(member.url.rsplit(":", 1)[1])
-    proxy = nginx_proxy([f"127.0.0.1:{port}"])
-    cmd = [sys.executable, "-m", "webfl.cli", "simulate", "--server", proxy.url, "--clients", "3", "--rounds", "3",
-           "--local-epochs", "1", "--timeout-s", "240"]
-    sim = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "WEBFL_ADMIN_TOKEN": TOKEN})
-    restarted = None
-    try:
-        assert member.proc.wait(timeout=120) == -9
-        time.sleep(1.0)
-        restarted = start_server(tmp_path / "data", port=port)
-        out, err = sim.communicate(timeout=240)
-        assert sim.returncode == 0, out + err
-        assert [h["round"] for h in restarted.status()["history"]] == [1, 2, 3]
-    finally:
-        if sim.poll() is None:
-            sim.kill()
-            sim.communicate()
-        if restarted is not None:
-            restarted.stop()
-        member.stop(kill=True)
+    proxy = nginx_proxy([f"127.0.0.1:{member.url.rsplit(':', 1)[1]}"])
+    out, err, status = simulate_through_a_kill(member, proxy.url, rounds=3)
+    assert [h["round"] for h in status["history"]] == [1, 2, 3]
     assert "HTTP 502" in err and "server back after" in err
     assert [line.split()[1] for line in out.splitlines() if line.startswith("round ")] == ["1", "2", "3"]

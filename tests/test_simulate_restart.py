@@ -2,41 +2,19 @@
 follows it to the end through a ``kill -9`` and a restart on the same data and port."""
 
 import asyncio
-import os
 import sqlite3
-import subprocess
-import sys
 import time
 
 import pytest
 
-from servers import TOKEN, start_server
+from servers import simulate_through_a_kill, start_server
 from webfl.simulate import AdminClient, ServerUnreachable, launch_once
 
 
 def test_the_simulator_finishes_its_run_through_a_kill_9_and_restart(tmp_path):
     # The server SIGKILLs itself mid-round 3, an accepted update only in memory.
     server = start_server(tmp_path / "data", env={"WEBFL_CRASHPOINT": "training:3"})
-    port = int(server.url.rsplit(":", 1)[1])
-    cmd = [
-        sys.executable, "-m", "webfl.cli", "simulate", "--server", server.url, "--clients", "3",
-        "--rounds", "6", "--local-epochs", "1", "--timeout-s", "240",
-    ]
-    sim = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "WEBFL_ADMIN_TOKEN": TOKEN})
-    restarted = None
-    try:
-        assert server.proc.wait(timeout=120) == -9
-        time.sleep(1.0)  # the simulator's status polls and its volunteers now meet a refused port
-        restarted = start_server(tmp_path / "data", port=port)
-        out, err = sim.communicate(timeout=240)
-        assert sim.returncode == 0, out + err
-    finally:
-        if sim.poll() is None:
-            sim.kill()
-            sim.communicate()
-        if restarted is not None:
-            restarted.stop()
-        server.stop(kill=True)
+    out, err, _ = simulate_through_a_kill(server, server.url, rounds=6)
     assert "server unreachable" in err and "server back after" in err
     assert "completed with 6 round(s)" in out
     # One progress line per committed round, each once: 1-2 were seen before the kill, 3 re-ran after it.

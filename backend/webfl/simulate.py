@@ -41,6 +41,7 @@ from .build.paths import DATASETS_DIR
 from .core.attacks import make_volunteer
 from .core.data import Dataset, load_npz, partition as split_shards
 from .core.tasks import Kind, Task
+from .core.training import check_bounds
 from .core.protocol import CLOSE_POLICY, CLOSE_PROTOCOL_ERROR, CLOSE_UNSUPPORTED
 from .core.volunteer import SessionState, TrainingDiverged, Volunteer
 
@@ -155,10 +156,13 @@ def _evaluation(entry: dict) -> str:
     return f"accuracy {entry['accuracy']:.4f}  loss {entry['loss']:.4f} ({where})"
 
 
+#: A fraction's bounds, as :func:`check_bounds` takes them.
+PROBABILITY = (0.0, 1.0, True)
+
+
 def pick_malicious(clients: int, fraction: float, seed: int) -> list[int]:
     """Which of ``clients`` volunteers attack: ``round(fraction * clients)`` of them."""
-    if not 0.0 <= fraction <= 1.0:
-        raise ValueError("--malicious must be a fraction in [0, 1]")
+    check_bounds("--malicious", fraction, PROBABILITY)
     count = int(round(fraction * clients))
     return sorted(random.Random(seed).sample(range(clients), count))
 
@@ -172,8 +176,8 @@ class Behaviour:
     churn_period_s: float = 5.0
 
     def __post_init__(self) -> None:
-        if not (0 <= self.churn <= 1 and 0 <= self.dropout <= 1):
-            raise ValueError("churn and dropout are probabilities in [0, 1]")
+        check_bounds("churn", self.churn, PROBABILITY)
+        check_bounds("dropout", self.dropout, PROBABILITY)
         if self.speed_spread < 1:
             raise ValueError("speed_spread must be >= 1")
 

@@ -3,21 +3,29 @@
 from __future__ import annotations
 
 import pytest
-from playwright.sync_api import expect
+from playwright.sync_api import Page, expect
 
 from browser_helpers import wait_state
 
 pytestmark = pytest.mark.browser
 
 
-def test_missing_numpy_wheel_is_named(context, serve):
+def _join_failing(context, serve, pattern: str, handler, *, page_only: bool = False) -> Page:
+    """A fresh page that joins while requests matching ``pattern`` go to ``handler``, once it
+    shows its error. The context's route also covers the workers' requests; ``page_only``
+    routes the page's alone."""
     server = serve()
     page = context.new_page()
-    # The context routes the service worker's requests too (the worker's go through it): NumPy gets a 404.
-    context.route("**/wheels/numpy-*.whl", lambda route: route.fulfill(status=404, body="not here"))
+    (page if page_only else context).route(pattern, handler)
     page.goto(server.url)
     page.get_by_test_id("join").click()
     wait_state(page, "error")
+    return page
+
+
+def test_missing_numpy_wheel_is_named(context, serve):
+    # The context routes the service worker's requests too (the worker's go through it): NumPy gets a 404.
+    page = _join_failing(context, serve, "**/wheels/numpy-*.whl", lambda route: route.fulfill(status=404, body="not here"))
     expect(page.get_by_test_id("error")).to_have_text(
         "The NumPy wheel could not be loaded (HTTP 404 at /wheels/numpy-2.0.2-cp312-cp312-pyodide_2024_0_wasm32.whl)."
     )
@@ -25,46 +33,30 @@ def test_missing_numpy_wheel_is_named(context, serve):
 
 
 def test_a_tampered_core_wheel_never_runs(context, serve):
-    server = serve()
-    page = context.new_page()
-
     def tampered(route):
         response = route.fetch()
         route.fulfill(response=response, body=response.body() + b"\0")
 
-    context.route("**/wheels/webfl-*.whl", tampered)
-    page.goto(server.url)
-    page.get_by_test_id("join").click()
-    wait_state(page, "error")
+    page = _join_failing(context, serve, "**/wheels/webfl-*.whl", tampered)
     expect(page.get_by_test_id("error")).to_contain_text(
         "The webfl learning core wheel at /wheels/webfl-0.1.0-py3-none-any.whl is not the file the server announced"
     )
 
 
 def test_missing_runtime_is_named(context, serve):
-    server = serve()
-    page = context.new_page()
-    context.route("**/pyodide.asm.wasm", lambda route: route.fulfill(status=404, body="not here"))
-    page.goto(server.url)
-    page.get_by_test_id("join").click()
-    wait_state(page, "error")
+    page = _join_failing(context, serve, "**/pyodide.asm.wasm", lambda route: route.fulfill(status=404, body="not here"))
     expect(page.get_by_test_id("error")).to_contain_text("The Python runtime (Pyodide 0.27.7) could not be loaded (HTTP 404 at /pyodide/0.27.7/pyodide.asm.wasm)")
 
 
 def test_version_mismatch_is_explained(context, serve):
-    server = serve()
-    page = context.new_page()
-
     def older_server(route):
         response = route.fetch()
         config = response.json()
         config["version"] = "0.0.1"
         route.fulfill(response=response, json=config)
 
-    page.route("**/api/config*", older_server)  # the worker asks for its task's: /api/config?task=
-    page.goto(server.url)
-    page.get_by_test_id("join").click()
-    wait_state(page, "error")
+    # The worker asks for its task's: /api/config?task=
+    page = _join_failing(context, serve, "**/api/config*", older_server, page_only=True)
     expect(page.get_by_test_id("error")).to_contain_text("learning core is version 0.1.0 but the server runs 0.0.1")
 
 

@@ -11,7 +11,7 @@ import numpy as np
 from .kernels import Kernels
 from .models import MLP
 
-__all__ = ["BOUNDS", "Step", "TrainConfig", "TrainResult", "describe_bounds", "in_bounds", "local_train", "run_steps", "train_steps"]
+__all__ = ["BOUNDS", "Step", "TrainConfig", "TrainResult", "check_bounds", "describe_bounds", "in_bounds", "local_train", "run_steps", "train_steps"]
 
 #: ``progress(epoch, batch, batches_per_epoch, loss)``, called after every batch.
 Progress = Callable[[int, int, int, float], None]
@@ -39,6 +39,13 @@ def describe_bounds(lo: float, hi: float, closed: bool) -> str:
     return f"{'[' if closed else '('}{lo:g}, {hi:g}]"
 
 
+def check_bounds(name: str, value: float, bounds: tuple[float, float, bool]) -> None:
+    """A ValueError naming ``name`` unless ``value`` is within ``bounds`` (a :data:`BOUNDS` entry's shape)."""
+    lo, hi, closed = bounds
+    if not in_bounds(value, lo, hi, closed):
+        raise ValueError(f"{name} must be between {lo:g} and {hi:g}" if closed else f"{name} must be in {describe_bounds(lo, hi, closed)}")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 2
@@ -49,9 +56,8 @@ class TrainConfig:
     prox_mu: float = 0.0
 
     def __post_init__(self) -> None:
-        for name, (lo, hi, closed) in BOUNDS.items():
-            if not in_bounds(getattr(self, name), lo, hi, closed):
-                raise ValueError(f"{name} must be in {describe_bounds(lo, hi, closed)}")
+        for name, bounds in BOUNDS.items():
+            check_bounds(name, getattr(self, name), bounds)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -17,7 +17,7 @@ from ...core.aggregation import NORM_BOUND_GRAMMAR, Aggregator, NormBound, get_a
 from ...core.codecs import Codec, get_codec
 from ...core.downlink import Downlink, get_downlink
 from ...core.server_opt import ServerOptimizer, get_server_opt
-from ...core.training import BOUNDS, describe_bounds, in_bounds
+from ...core.training import BOUNDS, check_bounds
 from ..privacy import DPSettings, check_compatible
 from ..privacy.run import DPRule
 from .funnel import capped_weight
@@ -209,7 +209,5 @@ def _parse(name: str, value: object, kind: str) -> object:
     integer = kind == "int"
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (integer and value != int(value)):
         raise ValueError(f"{name} must be {'an integer' if integer else 'a number'}")
-    lo, hi, closed = LIMITS[name]
-    if not in_bounds(value, lo, hi, closed):
-        raise ValueError(f"{name} must be between {lo:g} and {hi:g}" if closed else f"{name} must be in {describe_bounds(lo, hi, closed)}")
+    check_bounds(name, value, LIMITS[name])
     return int(value) if integer else float(value)
