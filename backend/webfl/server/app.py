@@ -78,7 +78,7 @@ def create_app(settings: Settings) -> Starlette:
         token, created = load_admin_token(settings.admin_token, settings.data_dir)
         if created:
             print(f"webfl: admin token (kept in {settings.data_dir / 'admin_token'}): {token}", flush=True)
-        store = Store(settings.data_dir / "webfl.sqlite3", keep_last=settings.keep_checkpoints, keep_every=settings.checkpoint_every)
+        store = Store(settings.store_target, keep_last=settings.keep_checkpoints, keep_every=settings.checkpoint_every)
         coordinator = InProcessCoordinator(settings.send_queue)
         served = {t.name for t in given} | {t.name for t in settings.tasks} | {d["name"] for d in store.task_definitions()}
         shards = None
@@ -93,8 +93,8 @@ def create_app(settings: Settings) -> Starlette:
             store=store,
             coordinator=coordinator,
             demo_shards=shards,
-            admin=AdminAuth(token, settings.data_dir),
-            resume_tokens=ResumeTokens(),
+            admin=AdminAuth(token, store, settings.data_dir),
+            resume_tokens=ResumeTokens(store.secret("resume_tokens")),
             limits=_limits(settings),
         )
         tasks.resume()  # runs a crash interrupted carry on
