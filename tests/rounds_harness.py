@@ -16,6 +16,7 @@ from webfl.core.protocol import Message, decode
 from webfl.core.tasks import get_task
 from webfl.server.coordinator import Coordinator, Subscription
 from webfl.server.engine import RoundEngine
+from webfl.server.storage import PostgresURL
 from webfl.server.store import Store
 
 TASK = get_task("mnist", "softmax")  # 7,850 parameters: quick to aggregate and evaluate
@@ -43,9 +44,10 @@ def held_out(n: int = 64, seed: int = 0) -> Dataset:
     return Dataset(rng.integers(0, 256, (n, TASK.num_features), dtype=np.uint8), rng.integers(0, 10, n, dtype=np.uint8))
 
 
-def make_engine(tmp_path: Path, seed: int = 0) -> tuple[RoundEngine, RecordingCoordinator]:
+def make_engine(tmp_path: Path, seed: int = 0, target: Path | PostgresURL | None = None) -> tuple[RoundEngine, RecordingCoordinator]:
+    """``target``: where the store is (``conftest.store_target``); the SQLite file in ``tmp_path`` unless given."""
     coordinator = RecordingCoordinator()
-    store = Store(tmp_path / "webfl.sqlite3")
+    store = Store(target or tmp_path / "webfl.sqlite3")
     return RoundEngine(TASK, store, coordinator, held_out(), seed), coordinator
 
 

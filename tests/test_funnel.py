@@ -108,9 +108,9 @@ def test_the_hint_says_how_many_are_ready_of_how_many_needed_and_who_cannot_deco
     run(main())
 
 
-def test_abandoned_rounds_are_recorded_with_why_and_their_funnel_and_counted_in_metrics(tmp_path):
+def test_abandoned_rounds_are_recorded_with_why_and_their_funnel_and_counted_in_metrics(tmp_path, store_target):
     async def main():
-        engine, coord = make_engine(tmp_path)
+        engine, coord = make_engine(tmp_path, target=store_target)
         a, b = Volunteer(engine, coord, "a"), Volunteer(engine, coord, "b")
         a.ready()
         b.ready()
@@ -138,7 +138,7 @@ def test_abandoned_rounds_are_recorded_with_why_and_their_funnel_and_counted_in_
     assert metrics[("webfl_rounds_abandoned_total", (("why", "refused_aggregate"),))] == 1
     assert metrics[("webfl_commit_duration_seconds_count", ())] == 0  # a refused aggregate is no commit
     # A new store on the same file (a restart) still has both, in order.
-    store = Store(tmp_path / "webfl.sqlite3").scoped(TASK.name, TASK.model)
+    store = Store(store_target).scoped(TASK.name, TASK.model)
     assert [r.why for r in store.abandoned_rounds()] == ["too_few_updates", "refused_aggregate"]
     assert store.abandoned_counts() == {"too_few_updates": 1, "refused_aggregate": 1}
 

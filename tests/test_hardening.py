@@ -652,13 +652,11 @@ def test_the_data_folder_is_private(tmp_path):
         server.stop()
 
 
-def test_checkpoints_are_pruned_to_the_last_n_and_every_kth(tmp_path):
+def test_checkpoints_are_pruned_to_the_last_n_and_every_kth(tmp_path, store_target):
     """Issue 16.12: about 0.8 MB a round used to be kept forever."""
-    import sqlite3
-
     from webfl.server.store import RoundRecord, Store
 
-    store = Store(tmp_path / "db.sqlite3", keep_last=3, keep_every=10)
+    store = Store(store_target, keep_last=3, keep_every=10)
     scoped = store.scoped("mnist", "2nn")
     params = np.zeros(10, dtype=np.float32)
     scoped.save_checkpoint(0, params)
@@ -666,9 +664,9 @@ def test_checkpoints_are_pruned_to_the_last_n_and_every_kth(tmp_path):
         record = RoundRecord(version, None, version, 0.5, 1.0, 2, 10, 10, 1.0, time.time())
         scoped.commit_round(record, params + version)
     latest, latest_params = scoped.latest_checkpoint()
-    store.close()
     assert latest == 25 and latest_params[0] == 25
-    kept = [r[0] for r in sqlite3.connect(tmp_path / "db.sqlite3").execute("SELECT model_version FROM checkpoints ORDER BY 1")]
+    kept = [r[0] for r in store.query("SELECT model_version FROM checkpoints ORDER BY 1")]
+    store.close()
     assert kept == [0, 10, 20, 23, 24, 25]
     with pytest.raises(ValueError):
         Store(tmp_path / "other.sqlite3", keep_last=0)
