@@ -194,6 +194,20 @@ def test_a_commit_is_all_or_nothing_on_postgres(postgres_database):
     store.close()
 
 
+def test_a_connection_the_database_dropped_fails_that_call_and_the_next_one_reconnects(postgres_database):
+    store = Store(postgres_database)
+    mnist = store.scoped("mnist", "2nn")
+    run = mnist.start_run({})
+    with psycopg.connect(postgres_database.url, autocommit=True) as admin:  # as a database restart would
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'webfl'")
+    with pytest.raises(psycopg.OperationalError):
+        mnist.commit_round(RoundRecord(1, run, 1, 0.5, 1.0, 2, 10, 10, 1.0, time.time()), np.ones(4, np.float32))
+    assert mnist.history() == [] and mnist.runs()[0]["status"] == "running"  # nothing half-written
+    mnist.end_run(run, "failed")
+    assert mnist.runs()[0]["status"] == "failed"
+    store.close()
+
+
 # -- the URL and start-up --------------------------------------------------------------------
 
 

@@ -19,7 +19,8 @@ def _serve(args: argparse.Namespace) -> int:
     from .server.app import create_app
     from .server.config import Settings
     from .server.origins import default_public_origins, parse_origins
-    from .server.storage import CorruptDatabase, DatabaseUnavailable, PostgresConnection, check_database, parse_database_url
+    from .server.storage import CorruptDatabase, DatabaseUnavailable, check_database, parse_database_url
+    from .server.store import NewerSchema, Store
     from .server.taskset import read_task_file
     from .server.timeouts import http_protocol, ws_protocol
 
@@ -55,10 +56,10 @@ def _serve(args: argparse.Namespace) -> int:
     settings = Settings(**overrides)
     try:
         if settings.database is None:
-            check_database(settings.store_target)
+            check_database(settings.store_target)  # read-only: a damaged file is left as it is
         else:
-            PostgresConnection(settings.database).close()  # reachable, and we may sign in
-    except (CorruptDatabase, DatabaseUnavailable) as exc:
+            Store(settings.database).close()  # reachable, we may sign in, and the schema is ours (migrated)
+    except (CorruptDatabase, DatabaseUnavailable, NewerSchema) as exc:
         print(f"webfl serve: {exc}", file=sys.stderr, flush=True)
         return 3
     app = create_app(settings)
