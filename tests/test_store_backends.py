@@ -61,6 +61,17 @@ def test_a_signed_out_session_is_refused_by_every_store_until_it_would_have_expi
     second.close()
 
 
+def test_a_damaged_session_key_file_is_replaced_by_a_drawn_key(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "session_secret").write_text("abcd\n")  # too short to be a key
+    with TestClient(create_app(Settings(data_dir=data, admin_token=TOKEN))) as client:
+        assert client.get("/healthz").status_code == 200
+    store = Store(data / "webfl.sqlite3")
+    assert len(store.secret("session")) == 32 and store.secret("session") != bytes.fromhex("abcd")
+    store.close()
+
+
 def test_a_data_folder_from_before_keeps_its_session_key_and_signed_out_sessions(tmp_path):
     """An upgrade signs nobody out and lets no signed-out cookie back in."""
     data = tmp_path / "data"
@@ -217,7 +228,8 @@ def test_a_database_url_prints_without_its_password():
     assert str(url) == "postgresql://webfl:***@db.internal:5432/webfl"
 
 
-@pytest.mark.parametrize("url", ["mysql://webfl@127.0.0.1/webfl", "postgresql://webfl@127.0.0.1:port/webfl", "/var/lib/webfl.db", "postgresql:///webfl"])
+@pytest.mark.parametrize("url", ["mysql://webfl@127.0.0.1/webfl", "postgresql://webfl@127.0.0.1:port/webfl", "/var/lib/webfl.db",
+                                 "postgresql://webfl@[::1/webfl", "postgresql://webfl@127.0.0.1/webfl?no_such_option=1"])
 def test_a_url_that_is_no_postgresql_url_is_refused_with_what_one_looks_like(url):
     with pytest.raises(ValueError, match="postgresql://USER@HOST:PORT/DATABASE"):
         parse_database_url(url)

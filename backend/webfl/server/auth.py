@@ -29,7 +29,7 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
 from .datadir import write_private
-from .security import Signer
+from .security import KEY_BYTES, Signer
 from .store import Store
 
 __all__ = [
@@ -76,7 +76,10 @@ def load_session_secret(store: Store, data_dir: Path) -> bytes:
         try:
             kept = bytes.fromhex(path.read_text().strip())
         except ValueError:
-            log.warning("%s is not a hex key: ignored (signed-in admins sign in again)", path)
+            pass
+        if kept is None or len(kept) < KEY_BYTES:
+            log.warning("%s does not hold a %d-byte hex key: ignored (signed-in admins sign in again)", path, KEY_BYTES)
+            kept = None
     key = store.secret("session", kept)
     path.unlink(missing_ok=True)
     return key

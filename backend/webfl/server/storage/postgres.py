@@ -76,8 +76,6 @@ def parse_database_url(text: str) -> PostgresURL:
         raise ValueError(f"{usage}; this one does not parse ({exc})") from None
     if parts.scheme not in _SCHEMES:
         raise ValueError(f"{usage}, not a {parts.scheme or 'schemeless'} one")
-    if not parts.hostname and "host=" not in parts.query:
-        raise ValueError(f"{usage}; this one names no host")
     url = PostgresURL(text.strip())
     try:
         _driver().conninfo.conninfo_to_dict(url.url)
@@ -90,7 +88,8 @@ def parse_database_url(text: str) -> PostgresURL:
 
 @functools.lru_cache(maxsize=512)
 def _placeholders(sql: str) -> str:
-    """``?`` to psycopg's ``%s`` (and a literal ``%``, the modulo in pruning, to ``%%``)."""
+    """``?`` to psycopg's ``%s`` (and a literal ``%``, the modulo in pruning, to ``%%``).
+    The store's SQL has no string literal holding either character."""
     return sql.replace("%", "%%").replace("?", "%s")
 
 
