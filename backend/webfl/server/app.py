@@ -78,6 +78,8 @@ def create_app(settings: Settings) -> Starlette:
         token, created = load_admin_token(settings.admin_token, settings.data_dir)
         if created:
             print(f"webfl: admin token (kept in {settings.data_dir / 'admin_token'}): {token}", flush=True)
+            if settings.database is not None:
+                log.warning("this member generated its own admin token: members on one database must share WEBFL_ADMIN_TOKEN")
         store = Store(settings.store_target, keep_last=settings.keep_checkpoints, keep_every=settings.checkpoint_every)
         coordinator = InProcessCoordinator(settings.send_queue)
         served = {t.name for t in given} | {t.name for t in settings.tasks} | {d["name"] for d in store.task_definitions()}
