@@ -93,7 +93,7 @@ def _adopt_revoked_sessions(store: Store, path: Path) -> None:
         return  # no file: nothing to adopt
     for line in lines:
         sid, _, expires = line.partition(" ")
-        if sid and expires.isdigit() and int(expires) >= time.time():
+        if sid and expires.isascii() and expires.isdigit() and int(expires) >= time.time():
             store.revoke_session(sid, int(expires))
     path.unlink()
 
