@@ -26,7 +26,7 @@ from webfl.core.protocol import Message, decode, encode
 from webfl.server.app import create_app
 from webfl.server.config import Settings
 from webfl.server.security import TaskTokens
-from webfl.server.storage import PostgresURL, parse_database_url
+from webfl.server.storage import DatabaseUnavailable, PostgresURL, parse_database_url
 from webfl.server.store import SCHEMA_VERSION, NewerSchema, RoundRecord, Store
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -205,18 +205,48 @@ def test_a_commit_is_all_or_nothing_on_postgres(postgres_database):
     store.close()
 
 
+def _drop_connections(url: PostgresURL) -> None:
+    """What a database restart does to the members' connections."""
+    with psycopg.connect(url.url, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'webfl'")
+
+
 def test_a_connection_the_database_dropped_fails_that_call_and_the_next_one_reconnects(postgres_database):
     store = Store(postgres_database)
     mnist = store.scoped("mnist", "2nn")
     run = mnist.start_run({})
-    with psycopg.connect(postgres_database.url, autocommit=True) as admin:  # as a database restart would
-        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'webfl'")
-    with pytest.raises(psycopg.OperationalError):
+    _drop_connections(postgres_database)
+    with pytest.raises(DatabaseUnavailable, match="lost the database"):
         mnist.commit_round(RoundRecord(1, run, 1, 0.5, 1.0, 2, 10, 10, 1.0, time.time()), np.ones(4, np.float32))
     assert mnist.history() == [] and mnist.runs()[0]["status"] == "running"  # nothing half-written
     mnist.end_run(run, "failed")
     assert mnist.runs()[0]["status"] == "failed"
     store.close()
+
+
+def test_while_the_database_stays_away_calls_fail_at_once_instead_of_each_waiting(postgres_database, postgres_cluster):
+    store = Store(postgres_database)
+    name = postgres_database.url.rpartition("/")[2]
+    with psycopg.connect(postgres_cluster.url, autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE {name} WITH (FORCE)")  # its connections go, and it does not come back
+    with pytest.raises(DatabaseUnavailable, match="lost the database"):
+        store.task_definitions()
+    with pytest.raises(DatabaseUnavailable, match="cannot open the database"):
+        store.task_definitions()  # the reconnect is refused...
+    t0 = time.monotonic()
+    with pytest.raises(DatabaseUnavailable, match="trying again shortly"):
+        store.task_definitions()  # ...and for a while nothing waits on the network again
+    assert time.monotonic() - t0 < 0.5
+    store.close()
+
+
+def test_a_request_the_database_cannot_answer_is_a_503_and_the_member_carries_on(tmp_path, postgres_database):
+    with TestClient(create_app(Settings(data_dir=tmp_path, admin_token=TOKEN, database=postgres_database))) as client:
+        assert client.get("/api/history", headers=AUTH).status_code == 200
+        _drop_connections(postgres_database)
+        lost = client.get("/api/history", headers=AUTH)
+        assert lost.status_code == 503 and "lost the database" in lost.json()["error"] and "webfl-test" not in lost.text
+        assert client.get("/api/history", headers=AUTH).status_code == 200  # connected again
 
 
 # -- the URL and start-up --------------------------------------------------------------------

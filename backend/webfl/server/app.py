@@ -26,6 +26,7 @@ from .datasets import DEMO_TASK, DemoShards
 from .limits import AddressLimits, FrameRates
 from .security import ResumeTokens
 from .sockets import volunteer_socket
+from .storage import DatabaseUnavailable
 from .store import Store
 from .taskset import TaskSet
 from .web import admin_api, assets, config_api, export, metrics, models, pages, run_settings, signin, tasks_api
@@ -124,4 +125,10 @@ def create_app(settings: Settings) -> Starlette:
         *assets.routes,
     ]
     middleware = [Middleware(SecurityHeaders), Middleware(BodyLimit, max_bytes=settings.max_body_bytes)]
-    return Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
+    return Starlette(routes=routes, lifespan=lifespan, middleware=middleware, exception_handlers={DatabaseUnavailable: _database_unavailable})
+
+
+async def _database_unavailable(request: Request, exc: Exception) -> Response:
+    """A request the shared database could not answer: 503 with the reason, and the member stays up."""
+    log.warning("%s %s: %s", request.method, request.url.path, exc)
+    return JSONResponse({"error": str(exc)}, status_code=503, headers={"Retry-After": "5"})
