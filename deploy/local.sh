@@ -98,7 +98,10 @@ start_members() {
     port=$((MEMBER_PORT + i - 1))
     mkdir -p "$DIR/member-$i"
     if alive "$DIR/member-$i/webfl.pid"; then log "member $i: running"; continue; fi
-    WEBFL_ADMIN_TOKEN="$WEBFL_ADMIN_TOKEN" nohup "$WEBFL" serve --host 127.0.0.1 --port "$port" \
+    # The store (history, checkpoints, shared keys) is PostgreSQL's; the password goes by
+    # PGPASSWORD, never on the command line where ps shows it.
+    PGPASSWORD="$(cat "$DIR/postgres/password")" WEBFL_ADMIN_TOKEN="$WEBFL_ADMIN_TOKEN" nohup "$WEBFL" serve \
+      --host 127.0.0.1 --port "$port" --database "postgresql://webfl@127.0.0.1:$PG_PORT/webfl" \
       --data-dir "$DIR/member-$i" --log-level warning \
       --forwarded-allow-ips 127.0.0.1 --public-origin "http://127.0.0.1:$HTTP_PORT" >> "$DIR/member-$i/webfl.log" 2>&1 &
     echo $! > "$DIR/member-$i/webfl.pid"

@@ -1,3 +1,4 @@
+import itertools
 import os
 import sys
 from pathlib import Path
@@ -69,3 +70,42 @@ def nginx_proxy():
     yield start
     for service in started:
         service.stop()
+
+
+# -- the store on each of its backends -------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster():
+    """One PostgreSQL for the session's store tests; ``store_target`` gives each test its own database."""
+    from services import Postgres
+
+    service = _service(Postgres.start)
+    yield service
+    service.stop()
+
+
+@pytest.fixture
+def postgres_database(request):
+    """An empty PostgreSQL database of this test's own, on the session's cluster."""
+    import psycopg
+
+    from webfl.server.storage import PostgresURL
+
+    cluster = request.getfixturevalue("postgres_cluster")
+    name = f"t{os.getpid()}_{next(_databases)}"
+    with psycopg.connect(cluster.url, autocommit=True, connect_timeout=10) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return PostgresURL(cluster.url.rpartition("/")[0] + "/" + name)
+
+
+_databases = itertools.count()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_target(request, tmp_path: Path):
+    """Where a ``Store`` keeps its data, on each backend: the data folder's SQLite file, or
+    an empty PostgreSQL database."""
+    if request.param == "sqlite":
+        return tmp_path / "webfl.sqlite3"
+    return request.getfixturevalue("postgres_database")

@@ -16,6 +16,7 @@ from webfl.core.protocol import Message, decode
 from webfl.core.tasks import get_task
 from webfl.server.coordinator import Coordinator, Subscription
 from webfl.server.engine import RoundEngine
+from webfl.server.storage import PostgresURL
 from webfl.server.store import Store
 
 TASK = get_task("mnist", "softmax")  # 7,850 parameters: quick to aggregate and evaluate
@@ -43,9 +44,10 @@ def held_out(n: int = 64, seed: int = 0) -> Dataset:
     return Dataset(rng.integers(0, 256, (n, TASK.num_features), dtype=np.uint8), rng.integers(0, 10, n, dtype=np.uint8))
 
 
-def make_engine(tmp_path: Path, seed: int = 0) -> tuple[RoundEngine, RecordingCoordinator]:
+def make_engine(tmp_path: Path, seed: int = 0, target: Path | PostgresURL | None = None) -> tuple[RoundEngine, RecordingCoordinator]:
+    """``target``: where the store is (``conftest.store_target``); the SQLite file in ``tmp_path`` unless given."""
     coordinator = RecordingCoordinator()
-    store = Store(tmp_path / "webfl.sqlite3")
+    store = Store(target or tmp_path / "webfl.sqlite3")
     return RoundEngine(TASK, store, coordinator, held_out(), seed), coordinator
 
 
@@ -102,9 +104,11 @@ def small(seed: int, scale: float = 0.01) -> np.ndarray:
     return np.random.default_rng(seed).normal(0, scale, TASK.build_model().size).astype(np.float32)
 
 
-def make_engine_with(tmp_path: Path, *ready: str, codecs=("none",), seed: int = 0) -> tuple[RoundEngine, RecordingCoordinator, list[Volunteer]]:
+def make_engine_with(
+    tmp_path: Path, *ready: str, codecs=("none",), seed: int = 0, target: Path | PostgresURL | None = None
+) -> tuple[RoundEngine, RecordingCoordinator, list[Volunteer]]:
     """:func:`make_engine` with the volunteers ``ready`` joined, then each ready for a task, in that order."""
-    engine, coordinator = make_engine(tmp_path, seed)
+    engine, coordinator = make_engine(tmp_path, seed, target)
     volunteers = [Volunteer(engine, coordinator, peer_id, codecs) for peer_id in ready]
     for v in volunteers:
         v.ready()

@@ -2,14 +2,28 @@
 coordinate) must not desynchronise the live model from the store. The commit is refused
 before anything is applied; volunteers, the store and a fresh volunteer agree throughout."""
 
+from pathlib import Path
+
 import numpy as np
+import pytest
 from test_server import MODEL_SIZE, Client, global_params
 
+from servers import start_server
 from webfl.server.store import Store
 
 
+@pytest.fixture
+def server(tmp_path, store_target):
+    """A real server on each store backend; ``server.store_target`` says where its store is."""
+    on_postgres = not isinstance(store_target, Path)
+    proc = start_server(tmp_path / "data", *(("--database", store_target.url) if on_postgres else ()))
+    proc.store_target = store_target if on_postgres else proc.data_dir / "webfl.sqlite3"
+    yield proc
+    proc.stop()
+
+
 def stored_model(server) -> tuple[int, np.ndarray]:
-    store = Store(server.data_dir / "webfl.sqlite3")
+    store = Store(server.store_target)
     try:
         return store.scoped("mnist", "2nn").latest_checkpoint()
     finally:

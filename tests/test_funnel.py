@@ -108,9 +108,16 @@ def test_the_hint_says_how_many_are_ready_of_how_many_needed_and_who_cannot_deco
     run(main())
 
 
-def test_abandoned_rounds_are_recorded_with_why_and_their_funnel_and_counted_in_metrics(tmp_path):
+def test_abandoned_rounds_are_recorded_with_why_and_their_funnel_and_counted_in_metrics(tmp_path, store_target):
     async def main():
+<<<<<<< HEAD
         engine, coord, (a, b) = make_engine_with(tmp_path, "a", "b")
+=======
+        engine, coord = make_engine(tmp_path, target=store_target)
+        a, b = Volunteer(engine, coord, "a"), Volunteer(engine, coord, "b")
+        a.ready()
+        b.ready()
+>>>>>>> pgstore
         engine.start(RunConfig.from_json(dict(rounds=1, clients_per_round=2, min_updates=2, deadline_s=0.3, max_wait_s=0)))
         await until(lambda: a.task() and b.task(), what="tasks")
         assert (await a.update(small(0))).accepted  # b never answers: 1 of 2 needed
@@ -135,7 +142,7 @@ def test_abandoned_rounds_are_recorded_with_why_and_their_funnel_and_counted_in_
     assert metrics[("webfl_rounds_abandoned_total", (("why", "refused_aggregate"),))] == 1
     assert metrics[("webfl_commit_duration_seconds_count", ())] == 0  # a refused aggregate is no commit
     # A new store on the same file (a restart) still has both, in order.
-    store = Store(tmp_path / "webfl.sqlite3").scoped(TASK.name, TASK.model)
+    store = Store(store_target).scoped(TASK.name, TASK.model)
     assert [r.why for r in store.abandoned_rounds()] == ["too_few_updates", "refused_aggregate"]
     assert store.abandoned_counts() == {"too_few_updates": 1, "refused_aggregate": 1}
 

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import socket
+import sqlite3
 import struct
 import time
 import urllib.error
@@ -215,14 +216,16 @@ def test_no_secret_in_any_page(server):
     opener, jar = _browser()
     assert _login(opener, server.url, server.token)[0] == 200  # followed the redirect to the admin page
     assert any(c.name == "webfl_admin" for c in jar)
-    secret = (server.data_dir / "session_secret").read_text().strip()
+    with contextlib.closing(sqlite3.connect(f"{(server.data_dir / 'webfl.sqlite3').as_uri()}?mode=ro", uri=True)) as db:
+        keys = [value.hex() for (value,) in db.execute("SELECT value FROM secrets")]
+    assert len(keys) == 3  # the session key, the task tokens' and the resume credentials'
     paths = ["/", "/embed", "/embed.js", "/admin", "/api/config", "/api/embed/check", "/healthz",
              "/static/admin/main.js", "/static/worker.js"]
     for path in paths:
         for client in (opener, urllib.request.build_opener()):  # signed in, and a stranger
             with client.open(server.url + path) as resp:
                 text = resp.read().decode(errors="replace") + str(resp.headers)
-            assert server.token not in text and secret not in text, path
+            assert server.token not in text and not any(key in text for key in keys), path
 
 
 def test_login_attempts_are_throttled(tight):
@@ -637,21 +640,20 @@ def test_the_data_folder_is_private(tmp_path):
         csrf = re.search(r'name="csrf-token" content="([^"]+)"', page).group(1)
         opener.open(server.url + "/admin/logout", data=urllib.parse.urlencode({"csrf": csrf}).encode()).read()
         assert oct(data_dir.stat().st_mode & 0o777) == "0o700"
-        names = ["webfl.sqlite3", "webfl.sqlite3-wal", "webfl.sqlite3-shm", "admin_token", "session_secret",
-                 "revoked_sessions", "notes.txt"]
+        names = ["webfl.sqlite3", "webfl.sqlite3-wal", "webfl.sqlite3-shm", "admin_token", "notes.txt"]
         modes = {name: oct((data_dir / name).stat().st_mode & 0o777) for name in names}
         assert modes == dict.fromkeys(names, "0o600"), modes
+        # The session key and the signed-out sessions are in the (0600) database, not beside it.
+        assert not (data_dir / "session_secret").exists() and not (data_dir / "revoked_sessions").exists()
     finally:
         server.stop()
 
 
-def test_checkpoints_are_pruned_to_the_last_n_and_every_kth(tmp_path):
+def test_checkpoints_are_pruned_to_the_last_n_and_every_kth(tmp_path, store_target):
     """Issue 16.12: about 0.8 MB a round used to be kept forever."""
-    import sqlite3
-
     from webfl.server.store import RoundRecord, Store
 
-    store = Store(tmp_path / "db.sqlite3", keep_last=3, keep_every=10)
+    store = Store(store_target, keep_last=3, keep_every=10)
     scoped = store.scoped("mnist", "2nn")
     params = np.zeros(10, dtype=np.float32)
     scoped.save_checkpoint(0, params)
@@ -659,9 +661,9 @@ def test_checkpoints_are_pruned_to_the_last_n_and_every_kth(tmp_path):
         record = RoundRecord(version, None, version, 0.5, 1.0, 2, 10, 10, 1.0, time.time())
         scoped.commit_round(record, params + version)
     latest, latest_params = scoped.latest_checkpoint()
-    store.close()
     assert latest == 25 and latest_params[0] == 25
-    kept = [r[0] for r in sqlite3.connect(tmp_path / "db.sqlite3").execute("SELECT model_version FROM checkpoints ORDER BY 1")]
+    kept = [r[0] for r in store.query("SELECT model_version FROM checkpoints ORDER BY 1")]
+    store.close()
     assert kept == [0, 10, 20, 23, 24, 25]
     with pytest.raises(ValueError):
         Store(tmp_path / "other.sqlite3", keep_last=0)

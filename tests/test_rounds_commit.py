@@ -95,16 +95,16 @@ def test_a_failed_transaction_broadcasts_nothing_and_leaves_everything_as_stored
     asyncio.run(main())
 
 
-def test_resume_restores_every_component_from_the_last_commit(tmp_path):
+def test_resume_restores_every_component_from_the_last_commit(tmp_path, store_target):
     async def main():
-        engine, coord, (a,) = make_engine_with(tmp_path, "a")
+        engine, coord, (a,) = make_engine_with(tmp_path, "a", target=store_target)
         engine.start(RunConfig.from_json({"rounds": 3, "clients_per_round": 1, "server_opt": "fedadam:lr=0.01", "deadline_s": 30}))
         await until(lambda: a.task() is not None, what="a task")
         assert (await a.update(small(0))).accepted
         await until(lambda: engine.model_version == 1, what="commit 1")
         saved = engine.run.opt.state().copy()
         # A second server on the same data folder, as after a kill -9: the run is still "running" there.
-        restarted = RoundEngine(TASK, Store(tmp_path / "webfl.sqlite3"), coord, held_out(), 0)
+        restarted = RoundEngine(TASK, Store(store_target), coord, held_out(), 0)
         assert restarted.resume() == engine.run.id
         assert restarted.run.rounds_done == 1 and restarted.run.opt.steps == 1
         np.testing.assert_array_equal(restarted.run.opt.state(), saved)
@@ -114,12 +114,12 @@ def test_resume_restores_every_component_from_the_last_commit(tmp_path):
     asyncio.run(main())
 
 
-def test_resume_restores_an_adaptive_rule_s_norm_history(tmp_path):
+def test_resume_restores_an_adaptive_rule_s_norm_history(tmp_path, store_target):
     """Issue 9: a resumed run's adaptive bound continues from the norms it had learnt, not
     from its prior (which would reopen the window a hostile update can slip through)."""
 
     async def main():
-        engine, coord, vols = make_engine_with(tmp_path, *[f"v{i}" for i in range(3)])
+        engine, coord, vols = make_engine_with(tmp_path, *[f"v{i}" for i in range(3)], target=store_target)
         config = {"rounds": 5, "clients_per_round": 3, "aggregator": "clipped:x=3", "deadline_s": 30}
         engine.start(RunConfig.from_json(config))
         for round_ in (1, 2):
@@ -130,7 +130,7 @@ def test_resume_restores_an_adaptive_rule_s_norm_history(tmp_path):
             await until(lambda: engine.model_version == round_, what=f"commit {round_}")
         learnt = engine.run.rule.state()
         assert len(learnt["norms"]) == 6
-        restarted = RoundEngine(TASK, Store(tmp_path / "webfl.sqlite3"), coord, held_out(), 0)
+        restarted = RoundEngine(TASK, Store(store_target), coord, held_out(), 0)
         assert restarted.resume() == engine.run.id
         resumed = restarted.run.rule.state()
         assert resumed.keys() == learnt.keys()

@@ -187,6 +187,7 @@ def test_local_sh_starts_the_stack_idempotently_and_stops_it(local_stack):
     pg = f"postgresql://webfl:{(folder / 'postgres' / 'password').read_text().strip()}@127.0.0.1:{ports['WEBFL_PG_PORT']}/webfl"
     with psycopg.connect(pg, connect_timeout=10) as conn:
         assert conn.execute("SELECT current_database()").fetchone() == ("webfl",)
+        assert conn.execute("SELECT COUNT(*) FROM secrets").fetchone() == (3,)  # the member's store is here
 
     again = run("start")
     assert again.returncode == 0 and again.stdout.count(": running") == 4, again.stdout + again.stderr
@@ -196,7 +197,8 @@ def test_local_sh_starts_the_stack_idempotently_and_stops_it(local_stack):
     stopped = run("stop")
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     assert not any(listening(p) for p in ports.values())
-    assert (folder / "postgres" / "data" / "PG_VERSION").exists() and (folder / "member-1" / "webfl.sqlite3").exists()  # data stays
+    assert (folder / "postgres" / "data" / "PG_VERSION").exists()  # data stays
+    assert not (folder / "member-1" / "webfl.sqlite3").exists()  # and none of it in the member's folder
 
 
 def test_the_simulator_rides_out_a_member_restart_behind_nginx(tmp_path, nginx_proxy):

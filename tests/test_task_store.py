@@ -42,8 +42,8 @@ def _schema_1(path) -> None:
             db.execute("INSERT INTO checkpoints VALUES (?, 'mnist', '2nn', ?, 0)", (version, np.full(4, version, "<f4").tobytes()))
 
 
-def test_two_models_of_one_task_keep_their_own_rounds(tmp_path):
-    store = Store(tmp_path / "db.sqlite3")
+def test_two_models_of_one_task_keep_their_own_rounds(store_target):
+    store = Store(store_target)
     a, b = store.scoped("mnist", "2nn"), store.scoped("mnist", "softmax")
     run_a, run_b = a.start_run({"rounds": 1}), b.start_run({"rounds": 1})
     a.commit_round(_record(1, run_a), np.ones(4, np.float32))
@@ -56,8 +56,8 @@ def test_two_models_of_one_task_keep_their_own_rounds(tmp_path):
     store.close()
 
 
-def test_pruning_keeps_each_tasks_own_last_checkpoints(tmp_path):
-    store = Store(tmp_path / "db.sqlite3", keep_last=2, keep_every=0)
+def test_pruning_keeps_each_tasks_own_last_checkpoints(store_target):
+    store = Store(store_target, keep_last=2, keep_every=0)
     a, b = store.scoped("breast-cancer", "mlp-16"), store.scoped("digits", "cnn")
     a.save_checkpoint(0, np.zeros(2, np.float32))
     for version in range(1, 4):
@@ -87,9 +87,9 @@ def test_a_schema_1_file_becomes_the_default_tasks(tmp_path):
     assert len(Store(path).scoped("mnist", "2nn").history()) == 2  # migrated once
 
 
-def test_an_engine_for_another_model_on_the_same_folder_commits(tmp_path):
+def test_an_engine_for_another_model_on_the_same_folder_commits(store_target):
     async def scenario() -> None:
-        store = Store(tmp_path / "webfl.sqlite3")
+        store = Store(store_target)
         first = get_task("mnist", "softmax")
         for task in (first, get_task("mnist", "2nn")):
             coord = RecordingCoordinator()

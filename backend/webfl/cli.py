@@ -19,7 +19,8 @@ def _serve(args: argparse.Namespace) -> int:
     from .server.app import create_app
     from .server.config import Settings
     from .server.origins import default_public_origins, parse_origins
-    from .server.store import CorruptDatabase, check_database
+    from .server.storage import CorruptDatabase, DatabaseUnavailable, check_database, parse_database_url
+    from .server.store import NewerSchema, Store
     from .server.taskset import read_task_file
     from .server.timeouts import http_protocol, ws_protocol
 
@@ -39,6 +40,8 @@ def _serve(args: argparse.Namespace) -> int:
         if args.embed_origins is not None:
             overrides["embed_origins"] = parse_origins(args.embed_origins)
         public = parse_origins(args.public_origin or os.environ.get("WEBFL_PUBLIC_ORIGINS"))
+        if args.database:
+            overrides["database"] = parse_database_url(args.database)
     except ValueError as exc:
         print(f"webfl serve: {exc}", file=sys.stderr)
         return 2
@@ -52,12 +55,15 @@ def _serve(args: argparse.Namespace) -> int:
         overrides["metrics_host"], overrides["metrics_port"] = args.metrics_host, args.metrics_port
     settings = Settings(**overrides)
     try:
-        check_database(settings.data_dir / "webfl.sqlite3")
-    except CorruptDatabase as exc:
+        if settings.database is None:
+            check_database(settings.store_target)  # read-only: a damaged file is left as it is
+        else:
+            Store(settings.database).close()  # reachable, we may sign in, and the schema is ours (migrated)
+    except (CorruptDatabase, DatabaseUnavailable, NewerSchema) as exc:
         print(f"webfl serve: {exc}", file=sys.stderr, flush=True)
         return 3
     app = create_app(settings)
-    print(f"webfl: serving on {scheme}://{args.host}:{args.port} (data in {settings.data_dir}); "
+    print(f"webfl: serving on {scheme}://{args.host}:{args.port} (data in {settings.database or settings.data_dir}); "
           f"browsers may connect from {', '.join(settings.public_origins)}", flush=True)
     uvicorn.run(
         app,
@@ -148,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--data-dir", default=os.environ.get("WEBFL_DATA_DIR", "data"))
+    serve.add_argument("--database", default=os.environ.get("WEBFL_DATABASE") or None, metavar="postgresql://USER@HOST:PORT/DB",
+                       help="keep the store in this PostgreSQL database, shared by every member (default: $WEBFL_DATABASE, "
+                            "else the SQLite file in the data folder); give the password in PGPASSWORD or ~/.pgpass, not here")
     serve.add_argument("--task", help="the default task, a built-in (mnist, breast-cancer, digits); "
                        "default: the first --task-file's, else mnist")
     serve.add_argument("--task-file", action="append", default=[], metavar="FILE",

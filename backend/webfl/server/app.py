@@ -26,6 +26,7 @@ from .datasets import DEMO_TASK, DemoShards
 from .limits import AddressLimits, FrameRates
 from .security import ResumeTokens
 from .sockets import volunteer_socket
+from .storage import DatabaseUnavailable
 from .store import Store
 from .taskset import TaskSet
 from .web import admin_api, assets, config_api, export, metrics, models, pages, run_settings, signin, tasks_api
@@ -78,7 +79,9 @@ def create_app(settings: Settings) -> Starlette:
         token, created = load_admin_token(settings.admin_token, settings.data_dir)
         if created:
             print(f"webfl: admin token (kept in {settings.data_dir / 'admin_token'}): {token}", flush=True)
-        store = Store(settings.data_dir / "webfl.sqlite3", keep_last=settings.keep_checkpoints, keep_every=settings.checkpoint_every)
+            if settings.database is not None:
+                log.warning("this member generated its own admin token: members on one database must share WEBFL_ADMIN_TOKEN")
+        store = Store(settings.store_target, keep_last=settings.keep_checkpoints, keep_every=settings.checkpoint_every)
         coordinator = InProcessCoordinator(settings.send_queue)
         served = {t.name for t in given} | {t.name for t in settings.tasks} | {d["name"] for d in store.task_definitions()}
         shards = None
@@ -93,8 +96,8 @@ def create_app(settings: Settings) -> Starlette:
             store=store,
             coordinator=coordinator,
             demo_shards=shards,
-            admin=AdminAuth(token, settings.data_dir),
-            resume_tokens=ResumeTokens(),
+            admin=AdminAuth(token, store, settings.data_dir),
+            resume_tokens=ResumeTokens(store.secret("resume_tokens")),
             limits=_limits(settings),
         )
         tasks.resume()  # runs a crash interrupted carry on
@@ -122,4 +125,10 @@ def create_app(settings: Settings) -> Starlette:
         *assets.routes,
     ]
     middleware = [Middleware(SecurityHeaders), Middleware(BodyLimit, max_bytes=settings.max_body_bytes)]
-    return Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
+    return Starlette(routes=routes, lifespan=lifespan, middleware=middleware, exception_handlers={DatabaseUnavailable: _database_unavailable})
+
+
+async def _database_unavailable(request: Request, exc: Exception) -> Response:
+    """A request the shared database could not answer: 503 with the reason, and the member stays up."""
+    log.warning("%s %s: %s", request.method, request.url.path, exc)
+    return JSONResponse({"error": str(exc)}, status_code=503, headers={"Retry-After": "5"})

@@ -4,10 +4,10 @@ Two ways in, one gate (``AdminAuth.is_admin``, which ``web.admin_api`` applies):
 
 - ``Authorization: Bearer <token>``, compared in constant time (scripts, the simulator).
 - The ``webfl_admin`` cookie the admin page's login form sets: HttpOnly, SameSite=Strict,
-  expiring, and signed (``security.Signer``) with a secret kept in the data dir. It
-  carries a tag of the admin token, so changing the token ends every session; signing
-  out revokes that one session server-side (its id is kept, in the data dir, until it
-  would have expired). On ``/api``, requests that change anything (POST) must also send
+  expiring, and signed (``security.Signer``) with a secret kept in the store, so every
+  member on one database honours it. It carries a tag of the admin token, so changing
+  the token ends every session; signing out revokes that one session server-side (its id
+  is kept in the store until it would have expired), on every member. On ``/api``, requests that change anything (POST) must also send
   the session's CSRF token in the ``X-CSRF-Token`` header; a ``csrf`` form field is read
   only by the sign-out form (``/admin/logout``), the one form a session posts.
   SameSite=Strict already stops cross-site requests from carrying the cookie; the
@@ -21,7 +21,6 @@ import hmac
 import json
 import logging
 import secrets
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,8 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
 from .datadir import write_private
-from .security import Signer
+from .security import KEY_BYTES, Signer
+from .store import Store
 
 __all__ = [
     "CSRF_HEADER",
@@ -65,14 +65,37 @@ def load_admin_token(configured: str | None, data_dir: Path) -> tuple[str, bool]
     return token, True
 
 
-def load_session_secret(data_dir: Path) -> bytes:
-    """The key that signs session cookies; kept in ``data_dir`` so sessions survive restarts."""
+def load_session_secret(store: Store, data_dir: Path) -> bytes:
+    """The key that signs session cookies: the store's, shared by every member and kept
+    across restarts. A data folder from before keeps its sessions: the key its
+    ``session_secret`` file holds moves into the store (unless the store has one already),
+    and the file goes, so the store is the only copy."""
     path = data_dir / "session_secret"
+    kept = None
     if path.exists():
-        return bytes.fromhex(path.read_text().strip())
-    key = secrets.token_bytes(32)
-    write_private(path, key.hex() + "\n")
+        try:
+            kept = bytes.fromhex(path.read_text().strip())
+        except ValueError:
+            pass
+        if kept is None or len(kept) < KEY_BYTES:
+            log.warning("%s does not hold a %d-byte hex key: ignored (signed-in admins sign in again)", path, KEY_BYTES)
+            kept = None
+    key = store.secret("session", kept)
+    path.unlink(missing_ok=True)
     return key
+
+
+def _adopt_revoked_sessions(store: Store, path: Path) -> None:
+    """Sessions signed out before the store kept them (one ``id expires`` a line) stay out."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return  # no file: nothing to adopt
+    for line in lines:
+        sid, _, expires = line.partition(" ")
+        if sid and expires.isascii() and expires.isdigit() and int(expires) >= time.time():
+            store.revoke_session(sid, int(expires))
+    path.unlink()
 
 
 @dataclass(frozen=True)
@@ -90,42 +113,13 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-class RevokedSessions:
-    """Ids of signed-out sessions until they would have expired, kept in one private file.
-
-    Only a signed-in admin can add one (sign-out needs the session and its CSRF token),
-    so the file stays small; expired ids are dropped at every write.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._lock = threading.Lock()
-        self._ids: dict[str, int] = {}
-        try:
-            for line in path.read_text().splitlines():
-                sid, _, expires = line.partition(" ")
-                self._ids[sid] = int(expires)
-        except (OSError, ValueError):
-            pass  # no file yet; a damaged one revokes what it still lists
-
-    def revoke(self, session: Session) -> None:
-        now = time.time()
-        with self._lock:
-            self._ids = {sid: exp for sid, exp in self._ids.items() if exp >= now}
-            self._ids[session.id] = session.expires
-            write_private(self._path, "".join(f"{sid} {exp}\n" for sid, exp in self._ids.items()))
-
-    def __contains__(self, sid: str) -> bool:
-        return sid in self._ids
-
-
 class AdminAuth:
-    """The admin token, the session signer and the revoked sessions of one server."""
+    """The admin token, with the session key and the revoked sessions the store shares."""
 
-    def __init__(self, token: str, data_dir: Path) -> None:
-        self._token = token
-        self._signer = Signer(load_session_secret(data_dir))
-        self._revoked = RevokedSessions(data_dir / "revoked_sessions")
+    def __init__(self, token: str, store: Store, data_dir: Path) -> None:
+        self._token, self._store = token, store
+        self._signer = Signer(load_session_secret(store, data_dir))
+        _adopt_revoked_sessions(store, data_dir / "revoked_sessions")
         self._token_tag = _b64(self._signer.mac("token", token)[:12])
 
     def token_matches(self, supplied: str) -> bool:
@@ -153,7 +147,7 @@ class AdminAuth:
     def end_session(self, session: Session | None, response: Response) -> None:
         """Sign out: the cookie is cleared and, since a copy of it may live on, revoked."""
         if session is not None:
-            self._revoked.revoke(session)
+            self._store.revoke_session(session.id, session.expires)
         response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
 
     def read_session(self, conn: HTTPConnection) -> Session | None:
@@ -169,7 +163,9 @@ class AdminAuth:
             sid, expires, tag = str(data["sid"]), int(data["exp"]), str(data["tag"])
         except (ValueError, KeyError, TypeError):
             return None
-        if expires < time.time() or not hmac.compare_digest(tag, self._token_tag) or sid in self._revoked:
+        if expires < time.time() or not hmac.compare_digest(tag, self._token_tag):
+            return None
+        if self._store.session_revoked(sid):  # asked last: only a validly signed cookie costs a query
             return None
         return self._session(sid, expires)
 

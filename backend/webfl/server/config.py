@@ -9,6 +9,7 @@ from pathlib import Path
 from ..build.paths import DATASETS_DIR
 from ..core.tasks import Task
 from .origins import parse_origins
+from .storage import PostgresURL
 
 __all__ = ["Settings"]
 
@@ -24,6 +25,9 @@ def _env_origins(name: str) -> tuple[str, ...]:
 @dataclass(frozen=True)
 class Settings:
     data_dir: Path = Path("data")
+    #: The PostgreSQL database every member shares (``--database``, ``WEBFL_DATABASE``);
+    #: None keeps the store in the SQLite file ``data_dir/webfl.sqlite3``.
+    database: PostgresURL | None = None
     #: Where task files (``mnist.npz``) are; set-up builds them here.
     datasets_dir: Path = DATASETS_DIR
     #: The default task: a built-in's name; None is the first of ``tasks``, else MNIST.
@@ -80,3 +84,8 @@ class Settings:
     metrics_port: int | None = None
     #: Admin sign-in attempts per address per minute.
     logins_per_minute: float = field(default_factory=lambda: _env_num("WEBFL_LOGINS_PER_MINUTE", 5.0))
+
+    @property
+    def store_target(self) -> Path | PostgresURL:
+        """Where the store lives: the PostgreSQL database, else the data folder's SQLite file."""
+        return self.database or self.data_dir / "webfl.sqlite3"

@@ -63,7 +63,7 @@ class RoundEngine:
         self.coordinator = coordinator = TaskChannel(coordinator, lambda: [peer.id for peer in self.peers])
         self.rejections = Rejections()
         self.stats = RoundStats()
-        self.tokens = TaskTokens()
+        self.tokens = TaskTokens(store.secret("task_tokens"))  # shared: any member checks what another issued
         self.commits = CommitPipeline(
             task, self.model, self.store, coordinator, self.phase, test, seed, self.status_frame, lambda: [p.id for p in self.peers],
             committed=self._committed,

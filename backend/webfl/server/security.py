@@ -1,9 +1,10 @@
 """HMAC-SHA256 signing (one helper for every signed value), and the volunteers' tokens.
 
-``Signer`` also signs the admin page's session cookies (``auth.py``), under a key kept
-in the data folder so that sessions survive a restart. Volunteer tokens are
-``HMAC-SHA256(key, parts)`` under a key that lives only in this server process (never
-stored, never rendered), so a restarted server honours none of its previous life.
+Every key comes from the store (``Store.secret``: drawn once from the OS, then shared by
+every member on the database and kept across restarts, never rendered), so a volunteer's
+token or credential, or an admin's session cookie, is honoured by whichever member it
+reaches. ``Signer`` also signs the admin page's session cookies (``auth.py``). Volunteer
+tokens are ``HMAC-SHA256(key, parts)``:
 
 - Task tokens: the ``task`` frame carries one over (volunteer id, round, model version)
   and the ``update`` must echo it, so an update (or its token) captured from one
@@ -14,23 +15,28 @@ stored, never rendered), so a restarted server honours none of its previous life
   credential that it was given the id; then an update computed before the reload still
   counts, since the open round lists its sender by id.
 
-Swap in a shared key to run several server processes behind one address.
+A token names a round and a model version, and counts only while its task is outstanding
+(``rounds/tasks.py``), so a key that outlives a restart revives no old task.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import secrets
 
-__all__ = ["ResumeTokens", "Signer", "TaskTokens"]
+__all__ = ["KEY_BYTES", "ResumeTokens", "Signer", "TaskTokens"]
+
+#: The length of every key (``Store.secret`` draws this many bytes).
+KEY_BYTES = 32
 
 
 class Signer:
-    """HMAC-SHA256 over a sequence of values, under a key of its own (fresh unless given)."""
+    """HMAC-SHA256 over a sequence of values, under a shared key (``Store.secret``)."""
 
-    def __init__(self, key: bytes | None = None) -> None:
-        self._key = key or secrets.token_bytes(32)
+    def __init__(self, key: bytes) -> None:
+        if len(key) < KEY_BYTES:
+            raise ValueError(f"a signing key has at least {KEY_BYTES} bytes")
+        self._key = key
 
     def mac(self, *parts: object) -> bytes:
         # Length-prefixed, so no choice of parts (an attacker's id with a separator in it)

@@ -1,4 +1,4 @@
-"""Durable state in SQLite: task definitions, runs, committed rounds with their metrics,
+"""Durable state: task definitions, runs, committed rounds with their metrics,
 cohort funnel and privacy, abandoned rounds with theirs, a checkpoint of the global
 model at every commit, and the named states of a run's components (the server
 optimizer, the rule, the accountant, ...) as of its last commit.
@@ -12,101 +12,122 @@ as they arrive. Each commit is one transaction, so a crash leaves either the old
 round or the new one, never half of it. Old checkpoints are pruned in that same
 transaction: the last ``keep_last`` and every ``keep_every``-th model version stay.
 
-A damaged file stops the server before anything writes to it (``CorruptDatabase``).
+The shared secrets (the keys that sign admin sessions, task tokens and resume
+credentials) and the signed-out admin sessions live here too, so every member on one
+database honours what another issued.
+
+The database is an SQLite file in the data folder (the default; a damaged file stops the
+server before anything writes to it, ``CorruptDatabase``) or a PostgreSQL database that
+any number of members share (``storage/postgres.py``). One set of queries serves both:
+``storage`` holds what differs.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import os
-import sqlite3
 import logging
-import threading
+import secrets
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .crashpoints import crashpoint
+from .security import KEY_BYTES
+from .storage import Connection, CorruptDatabase, Dialect, PostgresConnection, PostgresURL, SqliteConnection, Statement, check_database
 
 log = logging.getLogger("webfl.store")
 
-__all__ = ["AbandonedRound", "CorruptDatabase", "RoundRecord", "Store", "TaskStore", "check_database"]
+__all__ = ["AbandonedRound", "CorruptDatabase", "NewerSchema", "RoundRecord", "Store", "TaskStore", "check_database"]
 
-_SQLITE_MAGIC = b"SQLite format 3\x00"
+#: Bumped by every migration in ``Store._migrate`` (SQLite's ``user_version``; PostgreSQL's
+#: ``webfl_schema`` table). 3: the shared secrets and the revoked admin sessions.
+SCHEMA_VERSION = 3
 
-#: Bumped by every migration in ``Store._migrate`` (SQLite's ``user_version``).
-SCHEMA_VERSION = 2
-
+#: Written once for both databases: ``{id}`` and ``{blob}`` are the dialect's (``storage``);
+#: SQLite reads BIGINT and DOUBLE PRECISION as its INTEGER and REAL.
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
     name TEXT PRIMARY KEY,
     definition TEXT NOT NULL,
-    created_at REAL NOT NULL
+    created_at DOUBLE PRECISION NOT NULL
 );
 CREATE TABLE IF NOT EXISTS runs (
-    id INTEGER PRIMARY KEY,
+    id {id},
     task TEXT NOT NULL,
     model TEXT NOT NULL,
     config TEXT NOT NULL,
-    started_at REAL NOT NULL,
-    ended_at REAL,
+    started_at DOUBLE PRECISION NOT NULL,
+    ended_at DOUBLE PRECISION,
     status TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS rounds (
     task TEXT NOT NULL,
     model TEXT NOT NULL,
-    round INTEGER NOT NULL,
-    run_id INTEGER REFERENCES runs(id),
-    model_version INTEGER NOT NULL,
-    accuracy REAL,
-    loss REAL,
-    participants INTEGER NOT NULL,
-    bytes_up INTEGER NOT NULL,
-    bytes_down INTEGER NOT NULL,
-    duration_s REAL NOT NULL,
-    committed_at REAL NOT NULL,
+    round BIGINT NOT NULL,
+    run_id BIGINT REFERENCES runs(id),
+    model_version BIGINT NOT NULL,
+    accuracy DOUBLE PRECISION,
+    loss DOUBLE PRECISION,
+    participants BIGINT NOT NULL,
+    bytes_up BIGINT NOT NULL,
+    bytes_down BIGINT NOT NULL,
+    duration_s DOUBLE PRECISION NOT NULL,
+    committed_at DOUBLE PRECISION NOT NULL,
     eval_source TEXT,
-    eval_examples INTEGER NOT NULL DEFAULT 0,
-    eval_volunteers INTEGER NOT NULL DEFAULT 0,
+    eval_examples BIGINT NOT NULL DEFAULT 0,
+    eval_volunteers BIGINT NOT NULL DEFAULT 0,
     funnel TEXT,
     privacy TEXT,
     PRIMARY KEY (task, model, round)
 );
 CREATE TABLE IF NOT EXISTS abandoned_rounds (
-    id INTEGER PRIMARY KEY,
+    id {id},
     task TEXT NOT NULL,
     model TEXT NOT NULL,
-    round INTEGER NOT NULL,
-    run_id INTEGER REFERENCES runs(id),
-    model_version INTEGER NOT NULL,
+    round BIGINT NOT NULL,
+    run_id BIGINT REFERENCES runs(id),
+    model_version BIGINT NOT NULL,
     why TEXT NOT NULL,
     funnel TEXT,
-    duration_s REAL NOT NULL,
-    abandoned_at REAL NOT NULL
+    duration_s DOUBLE PRECISION NOT NULL,
+    abandoned_at DOUBLE PRECISION NOT NULL
 );
 CREATE TABLE IF NOT EXISTS checkpoints (
     task TEXT NOT NULL,
     model TEXT NOT NULL,
-    model_version INTEGER NOT NULL,
-    params BLOB NOT NULL,
-    created_at REAL NOT NULL,
+    model_version BIGINT NOT NULL,
+    params {blob} NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
     PRIMARY KEY (task, model, model_version)
 );
 CREATE TABLE IF NOT EXISTS component_state (
-    run_id INTEGER NOT NULL REFERENCES runs(id),
+    run_id BIGINT NOT NULL REFERENCES runs(id),
     name TEXT NOT NULL,
-    model_version INTEGER NOT NULL,
+    model_version BIGINT NOT NULL,
     fields TEXT NOT NULL,
-    arrays BLOB,
+    arrays {blob},
     PRIMARY KEY (run_id, name)
+);
+CREATE TABLE IF NOT EXISTS secrets (
+    name TEXT PRIMARY KEY,
+    value {blob} NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE IF NOT EXISTS revoked_sessions (
+    id TEXT PRIMARY KEY,
+    expires BIGINT NOT NULL
 );
 """
 
-#: Each table's CREATE statement, by name (migrations build the new tables from these).
-_TABLES = {sql.split()[5]: sql for sql in _SCHEMA.split(";") if sql.strip()}
+
+
+def _tables(dialect: Dialect) -> dict[str, str]:
+    """Each table's CREATE statement in ``dialect``, by name (migrations build new tables from these)."""
+    text = _SCHEMA.format(id=dialect.id, blob=dialect.blob)
+    return {sql.split()[5]: sql.strip() for sql in text.split(";") if sql.strip()}
+
 
 #: The tables of schema 1 (0.1 to 0.3): rounds and checkpoints keyed by model version alone.
 _V1_ROUND_COLUMNS = "round, run_id, model_version, accuracy, loss, participants, bytes_up, bytes_down, duration_s, committed_at"
@@ -159,109 +180,83 @@ class AbandonedRound:
         return {**asdict(self), "abandoned": True}
 
 
-class CorruptDatabase(Exception):
-    """The database file is damaged; the message says how and what the operator can do."""
+class NewerSchema(Exception):
+    """The database was written by a newer webfl; this one would misread it."""
 
 
-def _damage(path: Path) -> str | None:
-    """What is wrong with an existing database file, or None if it reads as sound."""
-    size = path.stat().st_size
-    if size == 0:
-        return None  # created but never written: an empty database
-    with open(path, "rb") as f:
-        header = f.read(100)
-    if len(header) < 100 or not header.startswith(_SQLITE_MAGIC):
-        return "it does not start with an SQLite header"
-    page_size = int.from_bytes(header[16:18], "big")
-    page_size = 65536 if page_size == 1 else page_size
-    pages = int.from_bytes(header[28:32], "big")
-    if page_size < 512 or size % page_size or size < pages * page_size:
-        return f"it is truncated ({size} bytes; its header describes {pages} pages of {page_size})"
-    # Read-only: checking must never change the file. Without a WAL to replay, immutable
-    # also keeps SQLite from creating -wal and -shm files beside a damaged database.
-    wal = path.with_name(path.name + "-wal")
-    flags = "mode=ro" if wal.exists() and wal.stat().st_size else "mode=ro&immutable=1"
-    try:
-        db = sqlite3.connect(f"{path.resolve().as_uri()}?{flags}", uri=True)
-        try:
-            problems = [row[0] for row in db.execute("PRAGMA quick_check(5)")]
-        finally:
-            db.close()
-    except sqlite3.DatabaseError as exc:
-        return f"SQLite cannot read it: {exc}"
-    if problems != ["ok"]:
-        return "SQLite's integrity check failed: " + "; ".join(problems)
-    return None
-
-
-def check_database(path: Path) -> None:
-    """Raise ``CorruptDatabase`` if the file at ``path`` exists and is damaged."""
-    if not path.exists():
-        return
-    what = _damage(path)
-    if what is not None:
-        raise CorruptDatabase(
-            f"the database {path} is damaged: {what}. webfl has not changed it and will not start on it. "
-            f"Restore it (and any {path.name}-wal file) from a backup, or move it aside "
-            f"(mv {path} {path}.damaged; the same for {path.name}-wal and {path.name}-shm if present) "
-            "to start with an empty history and a fresh model."
-        )
-
-
-def _open(path: Path) -> sqlite3.Connection:
-    """Open (creating, mode 0600) the database; SQLite gives its -wal and -shm files the same mode."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    check_database(path)
-    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
-    return sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+def _connect(target: Path | PostgresURL) -> Connection:
+    return PostgresConnection(target) if isinstance(target, PostgresURL) else SqliteConnection(target)
 
 
 class Store:
-    """One SQLite file in the data folder (WAL mode: readers never block the commit)."""
+    """The SQLite file at ``target`` (a path), or the PostgreSQL database it names."""
 
-    def __init__(self, path: Path, keep_last: int = 5, keep_every: int = 50) -> None:
+    def __init__(self, target: Path | PostgresURL, keep_last: int = 5, keep_every: int = 50) -> None:
         if keep_last < 1 or keep_every < 0:
             raise ValueError("keep at least the last checkpoint (keep_last >= 1, keep_every >= 0)")
         self.keep_last, self.keep_every = keep_last, keep_every
-        self._lock = threading.Lock()
-        self._db = _open(path)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._migrate()
-        self._db.executescript(_SCHEMA)
-        self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        self._db = _connect(target)
+        self._tables = _tables(self._db.dialect)
+        try:
+            with self._db.migrating():
+                found = self._db.schema_version()
+                if found > SCHEMA_VERSION:
+                    raise NewerSchema(f"the database is at schema {found}, written by a newer webfl; this one knows schema {SCHEMA_VERSION}")
+                self._migrate()
+                self._db.tx([(sql, ()) for sql in self._tables.values()])
+                self._db.set_schema_version(SCHEMA_VERSION)
+        except BaseException:
+            self._db.close()
+            raise
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._db.close()
 
     def scoped(self, task: str, model: str) -> TaskStore:
         """The runs, rounds and checkpoints of ``task`` trained as ``model``."""
         return TaskStore(self, task, model)
 
-    def tx(self, statements: list[tuple[str, tuple]], crash_at: str | None = None, round_: int | None = None) -> list[sqlite3.Cursor]:
-        """Run ``statements`` as one transaction (``crash_at``: a crash point inside it, for tests)."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                cursors = [self._db.execute(sql, args) for sql, args in statements]
-                if crash_at:
-                    crashpoint(crash_at, round_)
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-            return cursors
+    def tx(self, statements: list[Statement], crash_at: str | None = None, round_: int | None = None) -> list[list[tuple]]:
+        """Run ``statements`` as one transaction (``crash_at``: a crash point inside it, for tests); their rows."""
+        return self._db.tx(statements, crash_at, round_)
 
     def query(self, sql: str, args: tuple = ()) -> list[tuple]:
-        with self._lock:
-            return self._db.execute(sql, args).fetchall()
+        return self._db.query(sql, args)
+
+    # -- shared secrets and admin sessions ----------------------------------------
+
+    def secret(self, name: str, initial: bytes | None = None) -> bytes:
+        """The key called ``name``: drawn from the OS (or ``initial``, a value kept from before)
+        by whichever member asks first, then the same for every member on this database."""
+        self.tx([
+            (
+                "INSERT INTO secrets (name, value, created_at) VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING",
+                (name, initial if initial is not None else secrets.token_bytes(KEY_BYTES), time.time()),
+            )
+        ])
+        return bytes(self.query("SELECT value FROM secrets WHERE name = ?", (name,))[0][0])
+
+    def revoke_session(self, session_id: str, expires: int) -> None:
+        """An admin session signed out: refused until it would have expired (then forgotten)."""
+        self.tx([
+            ("DELETE FROM revoked_sessions WHERE expires < ?", (int(time.time()),)),
+            ("INSERT INTO revoked_sessions (id, expires) VALUES (?, ?) ON CONFLICT (id) DO NOTHING", (session_id, int(expires))),
+        ])
+
+    def session_revoked(self, session_id: str) -> bool:
+        return bool(self.query("SELECT 1 FROM revoked_sessions WHERE id = ?", (session_id,)))
 
     # -- task definitions --------------------------------------------------------
 
     def save_task(self, name: str, definition: dict) -> None:
         """Keep (or replace) a task's definition JSON."""
-        self.tx([("INSERT OR REPLACE INTO tasks (name, definition, created_at) VALUES (?, ?, ?)", (name, json.dumps(definition), time.time()))])
+        self.tx([
+            (
+                "INSERT INTO tasks (name, definition, created_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET definition = excluded.definition, created_at = excluded.created_at",
+                (name, json.dumps(definition), time.time()),
+            )
+        ])
 
     def task_definitions(self) -> list[dict]:
         """Every stored definition, in the order they were first created."""
@@ -286,38 +281,38 @@ class Store:
     # -- migrations --------------------------------------------------------------
 
     def _migrate(self) -> None:
-        """Bring an older file to ``SCHEMA_VERSION``, each step in one transaction."""
-        tables = {r[0] for r in self.query("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        """Bring an older database to ``SCHEMA_VERSION``, each step in one transaction.
+        Steps look at the tables and columns found, so running them twice changes nothing."""
+        tables = self._db.tables()
+        # 0.1 to 0.3 wrote only SQLite files: their layouts never reach PostgreSQL.
         if "server_opt_state" in tables:
             self._migrate_server_opt()
-        old = [t for t in ("runs", "rounds", "checkpoints") if t in tables and "task" not in {r[1] for r in self.query(f"PRAGMA table_info({t})")}]
+        old = [t for t in ("runs", "rounds") if t in tables and "task" not in self._db.columns(t)]
+        if old and "checkpoints" in tables:
+            # Schema 1's checkpoints name their task but are keyed by version alone: kept,
+            # another model's checkpoint would replace this one's of the same version.
+            old.append("checkpoints")
         if old:
             self._migrate_by_task(old)
-        if "abandoned_rounds" in tables and "task" not in {r[1] for r in self.query("PRAGMA table_info(abandoned_rounds)")}:
+        if "abandoned_rounds" in tables and "task" not in self._db.columns("abandoned_rounds"):
             self.tx([("DROP TABLE abandoned_rounds", ())])  # a development schema's; nothing needs it
         # Rounds from before the cohort funnel and before differential privacy have neither
         # column (NULL: not recorded, not private).
-        columns = {r[1] for r in self.query("PRAGMA table_info(rounds)")}
+        columns = self._db.columns("rounds")
         for column in ("funnel", "privacy"):
             if columns and column not in columns:
                 self.tx([(f"ALTER TABLE rounds ADD COLUMN {column} TEXT", ())])
 
     def _migrate_server_opt(self) -> None:
         """0.1.0 kept only the server optimizer's state, in a table of its own."""
-        self._db.execute(_TABLES["component_state"])  # which this step fills
         rows = self.query("SELECT run_id, model_version, spec, steps, state FROM server_opt_state")
-        statements = []
+        statements: list[Statement] = [(self._tables["component_state"], ())]  # which this step fills
         for run_id, version, spec, steps, blob in rows:
             state: dict = {"spec": spec, "steps": steps}
             if blob is not None:
                 state["vector"] = np.frombuffer(blob, dtype="<f4").copy()
             fields, arrays = _pack(state)
-            statements.append(
-                (
-                    "INSERT OR REPLACE INTO component_state (run_id, name, model_version, fields, arrays) VALUES (?, 'server_opt', ?, ?, ?)",
-                    (run_id, version, fields, arrays),
-                )
-            )
+            statements.append((_COMPONENT_UPSERT, (run_id, "server_opt", version, fields, arrays)))
         self.tx([*statements, ("DROP TABLE server_opt_state", ())])
 
     def _migrate_by_task(self, tables: list[str]) -> None:
@@ -332,20 +327,26 @@ class Store:
             "rounds": (f"task, model, {_V1_ROUND_COLUMNS}", f"?, ?, {_V1_ROUND_COLUMNS}", (task, model)),
             "checkpoints": ("task, model, model_version, params, created_at", "task, model, model_version, params, created_at", ()),
         }
-        statements: list[tuple[str, tuple]] = []
+        statements: list[Statement] = []
         for table in tables:
             into, select, args = copies[table]
             statements += [
                 (f"ALTER TABLE {table} RENAME TO {table}_v1", ()),
-                (_TABLES[table], ()),
+                (self._tables[table], ()),
                 (f"INSERT INTO {table} ({into}) SELECT {select} FROM {table}_v1", args),
                 (f"DROP TABLE {table}_v1", ()),
             ]
-        # Renaming must not rewrite other tables' REFERENCES runs(id) to the old copy.
-        self._db.execute("PRAGMA legacy_alter_table = ON")
-        self.tx(statements)
-        self._db.execute("PRAGMA legacy_alter_table = OFF")
+        assert isinstance(self._db, SqliteConnection), "schema 1 was only ever an SQLite file"
+        with self._db.renaming_tables():
+            self.tx(statements)
         log.info("store migrated to schema %d: existing runs and rounds are task %s/%s's", SCHEMA_VERSION, task, model)
+
+
+#: A run's component state as of its last commit (one row per component).
+_COMPONENT_UPSERT = (
+    "INSERT INTO component_state (run_id, name, model_version, fields, arrays) VALUES (?, ?, ?, ?, ?)"
+    " ON CONFLICT (run_id, name) DO UPDATE SET model_version = excluded.model_version, fields = excluded.fields, arrays = excluded.arrays"
+)
 
 
 class TaskStore:
@@ -358,10 +359,13 @@ class TaskStore:
     # -- runs ------------------------------------------------------------------
 
     def start_run(self, config: dict) -> int:
-        (cur,) = self.store.tx(
-            [("INSERT INTO runs (task, model, config, started_at, status) VALUES (?, ?, ?, ?, 'running')", (*self._scope, json.dumps(config), time.time()))]
-        )
-        return int(cur.lastrowid)
+        ((row,),) = self.store.tx([
+            (
+                "INSERT INTO runs (task, model, config, started_at, status) VALUES (?, ?, ?, ?, 'running') RETURNING id",
+                (*self._scope, json.dumps(config), time.time()),
+            )
+        ])
+        return int(row[0])
 
     def end_run(self, run_id: int, status: str) -> None:
         self.store.end_run(run_id, status)
@@ -401,12 +405,7 @@ class TaskStore:
         if record.run_id is not None:
             for name, state in (components or {}).items():
                 fields, blob = _pack(state)
-                statements.append(
-                    (
-                        "INSERT OR REPLACE INTO component_state (run_id, name, model_version, fields, arrays) VALUES (?, ?, ?, ?, ?)",
-                        (record.run_id, name, record.model_version, fields, blob),
-                    )
-                )
+                statements.append((_COMPONENT_UPSERT, (record.run_id, name, record.model_version, fields, blob)))
         self.store.tx(statements, crash_at="checkpoint", round_=record.round)
 
     def set_bytes_down(self, round_: int, bytes_down: int) -> None:
@@ -450,7 +449,8 @@ class TaskStore:
 
     def _checkpoint_sql(self, model_version: int, params: np.ndarray) -> tuple[str, tuple]:
         return (
-            "INSERT OR REPLACE INTO checkpoints (task, model, model_version, params, created_at) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO checkpoints (task, model, model_version, params, created_at) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (task, model, model_version) DO UPDATE SET params = excluded.params, created_at = excluded.created_at",
             (*self._scope, model_version, np.asarray(params, dtype="<f4").tobytes(), time.time()),
         )
 
