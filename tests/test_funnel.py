@@ -110,14 +110,7 @@ def test_the_hint_says_how_many_are_ready_of_how_many_needed_and_who_cannot_deco
 
 def test_abandoned_rounds_are_recorded_with_why_and_their_funnel_and_counted_in_metrics(tmp_path, store_target):
     async def main():
-<<<<<<< HEAD
-        engine, coord, (a, b) = make_engine_with(tmp_path, "a", "b")
-=======
-        engine, coord = make_engine(tmp_path, target=store_target)
-        a, b = Volunteer(engine, coord, "a"), Volunteer(engine, coord, "b")
-        a.ready()
-        b.ready()
->>>>>>> pgstore
+        engine, coord, (a, b) = make_engine_with(tmp_path, "a", "b", target=store_target)
         engine.start(RunConfig.from_json(dict(rounds=1, clients_per_round=2, min_updates=2, deadline_s=0.3, max_wait_s=0)))
         await until(lambda: a.task() and b.task(), what="tasks")
         assert (await a.update(small(0))).accepted  # b never answers: 1 of 2 needed
