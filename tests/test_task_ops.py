@@ -70,6 +70,20 @@ def test_put_replaces_a_definition_and_it_survives_a_restart(tmp_path):
         assert model.status_code == 200 and 'mlp-4-v0' in model.headers["content-disposition"]
 
 
+def test_a_put_without_scaling_keeps_the_tasks_scaling_for_the_same_columns(tmp_path):
+    without = {k: v for k, v in HEART.items() if k != "scaling"}  # the operator's file: no measured scaling
+    with _app(tmp_path) as client:
+        assert client.post("/api/tasks", json=HEART, headers=AUTH).status_code == 201
+        kept = client.put("/api/tasks/heart", json={**without, "title": "Hearts"}, headers=AUTH).json()
+        assert kept["title"] == "Hearts" and kept["scaling"] == HEART["scaling"]
+        # Other columns: the old scaling would not fit them, so it is not carried over.
+        other = client.put("/api/tasks/heart", json={**without, "features": ["age", "bp"]}, headers=AUTH).json()
+        assert other["features"] == ["age", "bp"] and "scaling" not in other
+        # null asks for a new measurement (allowed: no round is committed).
+        assert client.put("/api/tasks/heart", json=HEART, headers=AUTH).json()["scaling"] == HEART["scaling"]
+        assert "scaling" not in client.put("/api/tasks/heart", json={**HEART, "scaling": None}, headers=AUTH).json()
+
+
 def test_put_refusals_say_what_is_wrong_and_change_nothing(tmp_path):
     with _app(tmp_path) as client:
         assert client.post("/api/tasks", json=HEART, headers=AUTH).status_code == 201

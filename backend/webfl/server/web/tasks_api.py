@@ -68,7 +68,12 @@ async def create_task(request: Request) -> Response:
 @admin_only
 @_known
 async def replace_task(request: Request) -> Response:
-    """Redefine a task (``TaskSet.replace``): 200 with the definition, 400 for a bad one, 409 when it cannot change now."""
+    """Redefine a task (``TaskSet.replace``): 200 with the definition, 400 for a bad one, 409 when it cannot change now.
+
+    A body without ``scaling`` keeps the task's (measured by federated statistics, or
+    given) while the features stay the same: the operator's file rarely has the measured
+    one, and dropping it would be a new model. ``"scaling": null`` asks for a new measurement.
+    """
     name = request.path_params["task"]
     try:
         body = await read_json(request)
@@ -76,6 +81,9 @@ async def replace_task(request: Request) -> Response:
             if body.get("name", name) != name:
                 raise ValueError(f"name: the body names {str(body['name'])[:40]!r} but the path task {name!r} (a task cannot be renamed)")
             body = {"name": name, **body}
+            current = services(request).tasks.get(name).task
+            if "scaling" not in body and current.scaling is not None and body.get("features") == list(current.features):
+                body["scaling"] = current.scaling.to_json()
         task = Task.from_json(body)
     except ValueError as exc:
         return JSONResponse({"error": str(exc)[:500]}, status_code=400)
