@@ -12,6 +12,7 @@ from playwright.sync_api import expect
 
 from browser_helpers import admin_login
 from webfl.core.tasks import Task
+from webfl.server.engine import RunConfig
 from webfl.server.store import RoundRecord, Store
 
 pytestmark = pytest.mark.browser
@@ -29,7 +30,7 @@ def _seed(data_dir) -> None:
     whole = Store(data_dir / "webfl.sqlite3")
     whole.save_task(task.name, task.to_json())
     store = whole.scoped(task.name, task.model)
-    run_id = store.start_run({"rounds": 1})
+    run_id = store.start_run(RunConfig.from_json({"rounds": 1}).to_dict())
     record = RoundRecord(1, run_id, 1, 0.75, 0.6, 3, 100, 100, 1.0, time.time(), eval_source="federated",
                          eval_examples=40, eval_volunteers=2, class_accuracy=[0.9, 0.5, None])
     store.commit_round(record, task.build_model().init(0))
@@ -49,8 +50,12 @@ def test_the_switcher_the_per_class_accuracy_and_the_task_forms(context, serve, 
     expect(switcher.locator("option")).to_have_text([f"{t['title']} ({t['name']})" for t in listed])
     expect(admin.get_by_test_id("history-empty")).to_be_visible()  # MNIST has no rounds here
 
-    # Choosing heart moves every panel to it, and the URL keeps it across a reload.
-    switcher.select_option("heart")
+    # Choosing heart (by keyboard: the switcher is a labelled native select) moves every
+    # panel to it, and the URL keeps it across a reload.
+    order = [t["name"] for t in listed]
+    switcher.focus()
+    admin.keyboard.press("ArrowUp" if order.index("heart") < order.index("mnist") else "ArrowDown")
+    expect(switcher).to_have_value("heart")
     expect(admin.get_by_test_id("history-row")).to_have_count(1)
     assert admin.url.endswith("#task=heart")
     expect(admin.get_by_test_id("download-model")).to_have_attribute("href", "/api/tasks/heart/model?format=npz")
