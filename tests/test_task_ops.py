@@ -8,7 +8,7 @@ import asyncio
 import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from rounds_harness import RecordingCoordinator, Volunteer, until
+from rounds_harness import RecordingCoordinator, Volunteer, held_out, make_engine, small, until
 from starlette.testclient import TestClient
 
 from webfl import __version__
@@ -178,6 +178,27 @@ def test_a_rounds_history_entry_holds_its_federated_per_class_accuracy(tmp_path)
         (stored,) = store.scoped("heart", "softmax").history()
         assert stored.class_accuracy == entry["class_accuracy"]
         store.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_round_the_server_evaluates_has_its_per_class_accuracy_too(tmp_path):
+    async def scenario() -> None:
+        engine, coord = make_engine(tmp_path)  # MNIST with the server's held-out digits
+        trains = Volunteer(engine, coord, "v1")
+        trains.ready()
+        engine.start(RunConfig.from_json({"rounds": 1, "clients_per_round": 1}))
+        await until(lambda: trains.task() is not None, what="a task")
+        assert (await trains.update(small(1))).accepted
+        await until(lambda: engine.model_version == 1, what="round 1's commit")
+        (record,) = engine.history
+        counts = np.bincount(held_out().y, minlength=10)
+        per_class = [a if c else None for a, c in zip(record.class_accuracy, counts)]
+        assert record.eval_source == "server" and per_class == record.class_accuracy and len(per_class) == 10
+        # The classes' correct counts add up to the overall accuracy.
+        assert sum(a * c for a, c in zip(record.class_accuracy, counts) if c) / counts.sum() == pytest.approx(record.accuracy)
+        assert engine.store.history()[0].class_accuracy == record.class_accuracy
+        await engine.close()
 
     asyncio.run(scenario())
 

@@ -138,8 +138,8 @@ class RoundRecord:
     #: A dp run's round: ``epsilon`` (the run's, cumulative), ``clip``, ``clipped_fraction``
     #: (``server/privacy/run.py``); ``None`` for a run without dp.
     privacy: dict | None = None
-    #: Federated accuracy per class (tasks of up to 20 classes; null for a class no
-    #: holdout had), from the same reports as ``accuracy``; ``None`` until reported.
+    #: Accuracy per class (tasks of up to 20 classes; null for a class with no example),
+    #: from the same data as ``accuracy``; ``None`` until evaluated.
     class_accuracy: list[float | None] | None = None
 
     def to_dict(self) -> dict:
