@@ -134,6 +134,9 @@ class TaskSet:
         fresh = self._store.scoped(task.name, task.model)
         if task.model != engine.task.model and (fresh.history() or fresh.latest_checkpoint() is not None):
             raise TaskInUse(f"the store holds a model {task.model} of task {task.name!r} from an earlier definition: create a new task instead")
+        # The new engine must not load the old shape's version 0 (same task and model key).
+        # A crash between these leaves the old definition, its version 0 made again from
+        # the seed: the same parameters.
         engine.store.forget_model()
         self._store.save_task(task.name, after)
         self._engines[task.name] = RoundEngine(task, self._store, self._coordinator, self._held_out(task), self._seed)
