@@ -205,20 +205,20 @@ q("task-file").addEventListener("change", async (event) => {
   input.value = ""; // the same file may be picked again after a fix
   if (!file) return;
   taskError(null);
-  let document_;
+  let parsed;
   try {
-    document_ = JSON.parse(await file.text());
+    parsed = JSON.parse(await file.text());
   } catch (error) {
     return taskError(`${file.name} is not valid JSON: ${error.message}`);
   }
-  const entries = Array.isArray(document_) ? document_ : [document_];
+  const entries = Array.isArray(parsed) ? parsed : [parsed];
   const created = [];
   for (const [i, entry] of entries.entries()) {
     try {
       created.push((await call("POST", "/api/tasks", entry)).name);
     } catch (error) {
       if (error instanceof SignedOut) return signedOut();
-      taskError(`${file.name}${Array.isArray(document_) ? ` [${i}]` : ""}: not created: ${error.message}`);
+      taskError(`${file.name}${Array.isArray(parsed) ? ` [${i}]` : ""}: not created: ${error.message}`);
       break;
     }
   }
