@@ -25,7 +25,9 @@ def run(coro):
 def samples(engine) -> dict[tuple, float]:
     """/metrics as the collector gives it, by (name, labels)."""
     text = generate_latest(registry_for(engine)).decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value for family in text_string_to_metric_families(text) for s in family.samples}
+    found = [s for family in text_string_to_metric_families(text) for s in family.samples]
+    assert all(s.labels["task"] == engine.task.name for s in found)
+    return {(s.name, tuple(sorted((k, v) for k, v in s.labels.items() if k != "task"))): s.value for s in found}
 
 
 def nan_update() -> np.ndarray:

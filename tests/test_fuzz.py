@@ -273,7 +273,7 @@ def test_fuzzing_a_live_server_during_honest_rounds(live):
 # -- the admin HTTP API ------------------------------------------------------------------
 
 API_PATHS = ["/api/rounds", "/api/rounds/stop", "/api/status", "/api/model", "/api/config", "/api/embed/check",
-             "/api/tasks", "/api/tasks/mnist/rounds", "/api/tasks/mnist/status", "/api/tasks/nope/history", "/t/mnist",
+             "/api/tasks", "/api/tasks/mnist", "/api/tasks/mnist/rounds", "/api/tasks/mnist/status", "/api/tasks/nope/history", "/t/mnist",
              "/admin", "/admin/login", "/admin/logout", "/", "/embed", "/healthz", "/api/nothing", "/static/../admin"]
 printable = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=60)
 json_numbers = st.sampled_from([b"1e400", b"-1e400", b"NaN", b"Infinity", b"-Infinity", b"1" + b"0" * 5000, b"-0", b"1e-400"])
@@ -317,6 +317,7 @@ def bodies(draw) -> bytes:
 def admin_requests(draw, auth: dict) -> tuple[str, str, dict, bytes]:
     path = draw(st.sampled_from(API_PATHS + ["/api/rounds"] * 4))  # the parser most worth fuzzing
     usual = "POST" if path in ("/api/rounds", "/api/rounds/stop", "/api/tasks", "/api/tasks/mnist/rounds", "/admin/login", "/admin/logout") else "GET"
+    usual = "PUT" if path == "/api/tasks/mnist" else usual  # redefining a task: the definition's parser
     method = draw(st.sampled_from([usual] * 6 + ["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS"]))
     headers = {}
     bearer = draw(st.sampled_from(["none", "valid", "valid", "wrong", "garbage"]))

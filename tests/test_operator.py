@@ -203,7 +203,9 @@ def _scrape(client: TestClient) -> dict[str, dict[tuple, float]]:
     out: dict[str, dict[tuple, float]] = {}
     for family in text_string_to_metric_families(response.text):
         for sample in family.samples:
-            out.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+            assert sample.labels.get("task") == "mnist"  # one task served: every series is its
+            labels = tuple(sorted((k, v) for k, v in sample.labels.items() if k != "task"))
+            out.setdefault(sample.name, {})[labels] = sample.value
     return out
 
 
@@ -224,7 +226,7 @@ def test_metrics_reflect_the_store_and_the_engine(seeded):
     assert buckets["+Inf"] == 3 and len(buckets) == len(DURATION_BUCKETS) + 1
     assert m["webfl_round_duration_seconds_sum"][()] == pytest.approx(73.4)
     assert m["webfl_round_duration_seconds_count"][()] == 3
-    assert m["webfl_test_accuracy"][()] == pytest.approx(records[-1].accuracy)
+    assert m["webfl_test_accuracy"][(("source", "server"),)] == pytest.approx(records[-1].accuracy)
     assert m["webfl_model_version"][()] == 3
     assert m["webfl_round_state"][(("state", "idle"),)] == 1 and m["webfl_round_state"][(("state", "training"),)] == 0
     assert m["webfl_volunteers"][(("state", "ready"),)] == 0

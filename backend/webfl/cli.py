@@ -127,20 +127,24 @@ def _simulate(args: argparse.Namespace) -> int:
             print(f"webfl simulate: task {args.task}: {exc}", file=sys.stderr)
             return 2
     elif args.data is not None:
-        print("webfl simulate: --data needs --task (whose columns the CSV has)", file=sys.stderr)
+        print("webfl simulate: --data needs --task (whose columns the CSV has, or classes the folder's sub-folders)", file=sys.stderr)
         return 2
-    sim = Simulation(
-        server=args.server,
-        task=task,
-        data=None if args.data is None else Path(args.data),
-        clients=args.clients,
-        partition=args.partition,
-        seed=args.seed,
-        token=os.environ.get("WEBFL_ADMIN_TOKEN"),
-        behaviour=Behaviour(churn=args.churn, speed_spread=args.speed_spread, dropout=args.dropout, away_s=args.away_s),
-        malicious=args.malicious,
-        attack=args.attack,
-    )
+    try:
+        sim = Simulation(
+            server=args.server,
+            task=task,
+            data=None if args.data is None else Path(args.data),
+            clients=args.clients,
+            partition=args.partition,
+            seed=args.seed,
+            token=os.environ.get("WEBFL_ADMIN_TOKEN"),
+            behaviour=Behaviour(churn=args.churn, speed_spread=args.speed_spread, dropout=args.dropout, away_s=args.away_s),
+            malicious=args.malicious,
+            attack=args.attack,
+        )
+    except ValueError as exc:  # a bad --data file or folder, a bad partition
+        print(f"webfl simulate: {exc}", file=sys.stderr)
+        return 2
     if sim.malicious:
         print(f"webfl simulate: volunteers {sim.malicious} attack with {args.attack}", flush=True)
     return asyncio.run(sim.main(run_config if args.rounds else None, args.timeout_s))
@@ -188,7 +192,11 @@ def main(argv: list[str] | None = None) -> int:
     sim.add_argument("--server", default="http://127.0.0.1:8000")
     sim.add_argument("--clients", type=int, default=10)
     sim.add_argument("--task", help="the task to train (a name the server serves; default: its default task)")
-    sim.add_argument("--data", metavar="FILE.csv", help="the task's rows to share among the volunteers (default: a built-in's shipped data)")
+    sim.add_argument(
+        "--data", metavar="FILE.csv|DIR",
+        help="the task's data to share among the volunteers: a CSV (tabular tasks) or a folder with one sub-folder of "
+        "PNG/JPEG images per class (image tasks); default: a built-in's shipped data",
+    )
     sim.add_argument("--partition", default="iid", help="iid, noniid or dirichlet:ALPHA (over the labels)")
     sim.add_argument("--seed", type=int, default=0)
     sim.add_argument("--rounds", type=int, help="launch this many rounds through the admin API (needs WEBFL_ADMIN_TOKEN)")

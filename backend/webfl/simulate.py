@@ -1,7 +1,7 @@
 """Simulated volunteers: the learning core's ``Volunteer`` over real WebSockets.
 
 Each simulated volunteer holds its own shard of the task's data (its "device data":
-a task's CSV given with ``--data``, else a built-in task's shipped data, split by
+a task's CSV or image folder given with ``--data``, else a built-in task's shipped data, split by
 ``partition``: iid, or Dirichlet over the labels), connects to ``/ws`` like a browser does, trains when selected and
 reconnects by itself when the server goes away. Training runs in a thread pool
 (NumPy releases the GIL) so the event loop keeps every socket alive.
@@ -39,7 +39,7 @@ import websockets
 from . import __version__
 from .build.paths import DATASETS_DIR
 from .core.attacks import make_volunteer
-from .core.data import Dataset, load_npz, partition as split_shards
+from .core.data import Dataset, load_image_folder, load_npz, partition as split_shards
 from .core.tasks import Kind, Task
 from .core.training import check_bounds
 from .core.protocol import CLOSE_POLICY, CLOSE_PROTOCOL_ERROR, CLOSE_UNSUPPORTED
@@ -138,12 +138,23 @@ async def launch_once(admin: AdminClient, run_config: dict, deadline: float, api
 
 
 def local_data(task: Task, data: Path | None, datasets_dir: Path = DATASETS_DIR) -> Dataset:
-    """The examples the simulated volunteers share: a CSV of ``task``'s, else the
-    built-in's shipped data (its training split, for a task the server also evaluates)."""
+    """The examples the simulated volunteers share: a CSV of a tabular ``task``'s, or an
+    image folder of an image task's (one sub-folder per class), else the built-in's
+    shipped data (its training split, for a task the server also evaluates)."""
     if data is not None:
-        if task.kind is not Kind.TABULAR:
-            raise ValueError(f"--data takes a CSV for a tabular task; {task.name} is an image task")
-        return task.parse_csv(data.read_bytes())
+        if task.kind is Kind.IMAGE:
+            if not data.is_dir():
+                raise ValueError(f"{data}: {task.name} is an image task: --data takes a folder with one sub-folder per class")
+            pixels, labels = load_image_folder(data, (task.height, task.width, task.channels), task.classes)
+            dataset = task.images(pixels, labels)
+            assert isinstance(dataset, Dataset)
+            return dataset
+        if data.is_dir():
+            raise ValueError(f"{data}: {task.name} is a tabular task: --data takes a CSV file, not a folder")
+        try:
+            return task.parse_csv(data.read_bytes())
+        except OSError as exc:
+            raise ValueError(f"{data}: {exc.strerror or exc}") from None
     if task.kind is Kind.TABULAR:
         return task.parse_csv((datasets_dir / f"{task.name}.csv").read_bytes())
     return load_npz(datasets_dir / f"{task.name}.npz", "train")

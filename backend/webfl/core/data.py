@@ -14,6 +14,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import chain
+from pathlib import Path
 
 import numpy as np
 
@@ -22,6 +23,7 @@ __all__ = [
     "features",
     "image_dataset",
     "image_inputs",
+    "load_image_folder",
     "load_npz",
     "parse_csv",
     "parse_partition",
@@ -333,3 +335,50 @@ def image_dataset(pixels: np.ndarray, labels: np.ndarray, shape: tuple[int, int,
     if labels.min() < 0 or labels.max() >= num_classes:
         raise ValueError(f"labels must be class indices in 0..{num_classes - 1}")
     return Dataset(x, labels.astype(np.uint8))
+
+
+#: The files an image folder's class sub-folders are read for; others (``.DS_Store``,
+#: ``Thumbs.db``, notes) are skipped.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def load_image_folder(root: Path, shape: tuple[int, int, int], classes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """An image folder as a volunteer picks one: a sub-folder per class, named as the
+    class, of PNG or JPEG files. Each is decoded, converted to ``shape``'s channels (1:
+    grayscale, 3: RGB) and stretched to its height and width, as the browser does;
+    returns ``uint8`` ``(n, height, width, channels)`` pixels and their class indices.
+
+    A ``ValueError`` names what is wrong: a sub-folder no class is named as, a file that
+    does not decode, a folder with no images. Decoding needs Pillow (``webfl[images]``):
+    it is imported here only, so the browser's wheel never needs it.
+    """
+    try:
+        from PIL import Image
+    except ImportError:
+        raise ValueError("reading an image folder needs Pillow: pip install 'webfl[images]'") from None
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"{root}: not a folder (an image task's data is a folder with one sub-folder per class)")
+    folders = {p.name: p for p in root.iterdir() if p.is_dir()}
+    unknown = sorted(set(folders) - set(classes))
+    if unknown:
+        raise ValueError(f"{root}: sub-folder {unknown[0]!r} is not a class of the task ({', '.join(classes)})")
+    height, width, channels = shape
+    mode = "L" if channels == 1 else "RGB"
+    pixels, labels = [], []
+    for label, name in enumerate(classes):
+        if name not in folders:
+            continue
+        for path in sorted(folders[name].iterdir()):
+            if not path.is_file() or path.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            try:
+                with Image.open(path) as image:
+                    image = image.convert(mode).resize((width, height), Image.Resampling.BILINEAR)
+                    pixels.append(np.asarray(image, dtype=np.uint8).reshape(height, width, channels))
+            except (OSError, ValueError, Image.DecompressionBombError) as exc:  # UnidentifiedImageError is an OSError
+                raise ValueError(f"{path}: not a PNG or JPEG image that decodes ({exc})") from None
+            labels.append(label)
+    if not pixels:
+        raise ValueError(f"{root}: no {', '.join(IMAGE_SUFFIXES)} images in sub-folders named as the classes ({', '.join(classes)})")
+    return np.stack(pixels), np.asarray(labels, dtype=np.uint8)

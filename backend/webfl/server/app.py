@@ -102,7 +102,7 @@ def create_app(settings: Settings) -> Starlette:
         )
         tasks.resume()  # runs a crash interrupted carry on
         try:
-            async with metrics.separate_listener(tasks.default, settings.metrics_host, settings.metrics_port):
+            async with metrics.separate_listener(tasks, settings.metrics_host, settings.metrics_port):
                 yield {"services": svc}
         finally:
             await tasks.stop()

@@ -188,11 +188,17 @@ class RoundEngine:
             or (len(self.statistics) >= max(1, config.min_updates) and loop.time() - since >= config.select_timeout_s)
         ):
             await asyncio.sleep(0.1)
-        task = self.statistics.scaled(self.task)
+        await self.adopt(self.statistics.scaled(self.task))
+        log.info("task %s: scaling fixed from %d volunteers' feature statistics", self.task.name, len(self.statistics))
+
+    async def adopt(self, task: Task) -> None:
+        """Take ``task`` as this task's definition (same name and model size: its scaling
+        was fixed, or the operator changed what the model does not depend on), keep it in
+        the store and send it to the task's volunteers."""
+        assert task.name == self.task.name and task.model == self.task.model, "a new model needs a new engine"
         self.task = self.commits.task = task
         self.model = self.commits.model = task.build_model()
         self.store.save_definition(task.to_json())
-        log.info("task %s: scaling fixed from %d volunteers' feature statistics", task.name, len(self.statistics))
         await self.coordinator.publish(encode(Message("definition", {"task": task.to_dict()})))
 
     # -- runs ---------------------------------------------------------------------------

@@ -80,6 +80,7 @@ CREATE TABLE IF NOT EXISTS rounds (
     eval_volunteers BIGINT NOT NULL DEFAULT 0,
     funnel TEXT,
     privacy TEXT,
+    class_accuracy TEXT,
     PRIMARY KEY (task, model, round)
 );
 CREATE TABLE IF NOT EXISTS abandoned_rounds (
@@ -158,6 +159,9 @@ class RoundRecord:
     #: A dp run's round: ``epsilon`` (the run's, cumulative), ``clip``, ``clipped_fraction``
     #: (``server/privacy/run.py``); ``None`` for a run without dp.
     privacy: dict | None = None
+    #: Accuracy per class (tasks of up to 20 classes; null for a class with no example),
+    #: from the same data as ``accuracy``; ``None`` until evaluated.
+    class_accuracy: list[float | None] | None = None
 
     def to_dict(self) -> dict:
         # ``epsilon`` at the top too: every entry has it, null without a guarantee.
@@ -249,14 +253,12 @@ class Store:
     # -- task definitions --------------------------------------------------------
 
     def save_task(self, name: str, definition: dict) -> None:
-        """Keep (or replace) a task's definition JSON."""
-        self.tx([
-            (
-                "INSERT INTO tasks (name, definition, created_at) VALUES (?, ?, ?)"
-                " ON CONFLICT (name) DO UPDATE SET definition = excluded.definition, created_at = excluded.created_at",
-                (name, json.dumps(definition), time.time()),
-            )
-        ])
+        """Keep (or replace) a task's definition JSON; a replaced one keeps its place in the order."""
+        self.tx([(
+            "INSERT INTO tasks (name, definition, created_at) VALUES (?, ?, ?)"
+            " ON CONFLICT (name) DO UPDATE SET definition = excluded.definition",
+            (name, json.dumps(definition), time.time()),
+        )])
 
     def task_definitions(self) -> list[dict]:
         """Every stored definition, in the order they were first created."""
@@ -296,10 +298,10 @@ class Store:
             self._migrate_by_task(old)
         if "abandoned_rounds" in tables and "task" not in self._db.columns("abandoned_rounds"):
             self.tx([("DROP TABLE abandoned_rounds", ())])  # a development schema's; nothing needs it
-        # Rounds from before the cohort funnel and before differential privacy have neither
-        # column (NULL: not recorded, not private).
+        # Rounds from before the cohort funnel, differential privacy and per-class accuracy
+        # have none of these columns (NULL: not recorded, not private, not reported).
         columns = self._db.columns("rounds")
-        for column in ("funnel", "privacy"):
+        for column in ("funnel", "privacy", "class_accuracy"):
             if columns and column not in columns:
                 self.tx([(f"ALTER TABLE rounds ADD COLUMN {column} TEXT", ())])
 
@@ -396,7 +398,8 @@ class TaskStore:
 
     def commit_round(self, record: RoundRecord, params: np.ndarray, components: dict[str, dict] | None = None) -> None:
         """Record a committed round, its new global model and the run's component states atomically."""
-        row = {"task": self.task, "model": self.model, **asdict(record), "funnel": _json_or_null(record.funnel), "privacy": _json_or_null(record.privacy)}
+        row = {"task": self.task, "model": self.model, **asdict(record), "funnel": _json_or_null(record.funnel), "privacy": _json_or_null(record.privacy),
+               "class_accuracy": _json_or_null(record.class_accuracy)}
         statements = [
             (f"INSERT INTO rounds ({', '.join(row)}) VALUES ({', '.join('?' for _ in row)})", tuple(row.values())),
             self._checkpoint_sql(record.model_version, params),
@@ -437,15 +440,22 @@ class TaskStore:
         """This task's definition changed (its scaling was fixed): keep the new one."""
         self.store.save_task(self.task, definition)
 
+    def forget_model(self) -> None:
+        """Drop this model's checkpoints: its task was redefined before any round committed
+        (a model of another shape starts afresh at version 0)."""
+        assert not self.history(), "a model with committed rounds keeps its checkpoints"
+        self.store.tx([("DELETE FROM checkpoints WHERE task = ? AND model = ?", self._scope)])
+
     def set_evaluations(self, records: list[RoundRecord]) -> None:
         """Committed rounds' evaluations, as federated reports have brought them, in one transaction."""
         sql = (
-            "UPDATE rounds SET accuracy = ?, loss = ?, eval_source = ?, eval_examples = ?, eval_volunteers = ? "
+            "UPDATE rounds SET accuracy = ?, loss = ?, eval_source = ?, eval_examples = ?, eval_volunteers = ?, class_accuracy = ? "
             "WHERE task = ? AND model = ? AND round = ?"
         )
-        self.store.tx(
-            [(sql, (r.accuracy, r.loss, r.eval_source, r.eval_examples, r.eval_volunteers, *self._scope, r.round)) for r in records]
-        )
+        self.store.tx([
+            (sql, (r.accuracy, r.loss, r.eval_source, r.eval_examples, r.eval_volunteers, _json_or_null(r.class_accuracy), *self._scope, r.round))
+            for r in records
+        ])
 
     def _checkpoint_sql(self, model_version: int, params: np.ndarray) -> tuple[str, tuple]:
         return (
@@ -474,14 +484,14 @@ class TaskStore:
     def history(self) -> list[RoundRecord]:
         fields = ", ".join(RoundRecord.__dataclass_fields__)
         rows = self.store.query(f"SELECT {fields} FROM rounds WHERE task = ? AND model = ? ORDER BY round", self._scope)
-        return [RoundRecord(*row[:-2], _parse_json(row[-2]), _parse_json(row[-1])) for row in rows]
+        return [RoundRecord(*row[:-3], *map(_parse_json, row[-3:])) for row in rows]
 
 
-def _json_or_null(value: dict | None) -> str | None:
+def _json_or_null(value: dict | list | None) -> str | None:
     return None if value is None else json.dumps(value, allow_nan=False)
 
 
-def _parse_json(text: str | None) -> dict | None:
+def _parse_json(text: str | None):
     return None if text is None else json.loads(text)
 
 

@@ -19,9 +19,12 @@ from .coordinator import Coordinator
 from .engine import RoundEngine
 from .store import Store
 
-__all__ = ["TaskInUse", "TaskSet", "UnknownTask", "read_task_file"]
+__all__ = ["MODEL_FIELDS", "TaskInUse", "TaskSet", "UnknownTask", "read_task_file"]
 
 log = logging.getLogger("webfl.tasks")
+
+#: The definition fields a model's parameters or a volunteer's parsed data depend on.
+MODEL_FIELDS = ("kind", "features", "label", "classes", "width", "height", "channels", "model", "scaling")
 
 
 class TaskInUse(Exception):
@@ -98,6 +101,48 @@ class TaskSet:
             self._default = task.name
         log.info("serving task %s (%s, model %s)", task.name, task.kind.value, task.model)
         return engine
+
+    async def replace(self, task: Task) -> RoundEngine:
+        """Redefine the served task of ``task``'s name (``TaskInUse`` with the reason if it cannot change now).
+
+        Fields no model or parsed data depends on change in place, and the task's
+        volunteers are sent the new definition. A change to any of ``MODEL_FIELDS`` gives
+        the task a new model at version 0 (a new engine): refused once a round of the
+        current model is committed (its history belongs to that definition), and while
+        volunteers are connected (their data was checked against the current one).
+        """
+        engine = self.get(task.name)
+        if engine.running:
+            raise TaskInUse(f"task {task.name!r} has a run in progress: stop it before changing its definition")
+        before, after = engine.task.to_json(), task.to_json()
+        changed = [f for f in MODEL_FIELDS if before.get(f) != after.get(f)]
+        if not changed:
+            await engine.adopt(task)
+            log.info("task %s redefined (%s)", task.name, ", ".join(k for k in after if before.get(k) != after[k]) or "unchanged")
+            return engine
+        what = ", ".join(changed)
+        if engine.history:
+            raise TaskInUse(
+                f"task {task.name!r} has {len(engine.history)} committed round(s) of its model, so its {what} cannot change: "
+                "create a new task instead"
+            )
+        if len(engine.peers):
+            raise TaskInUse(
+                f"{len(engine.peers)} volunteer(s) are connected to task {task.name!r} with data checked against its current {what}: "
+                "change it while none is"
+            )
+        fresh = self._store.scoped(task.name, task.model)
+        if task.model != engine.task.model and (fresh.history() or fresh.latest_checkpoint() is not None):
+            raise TaskInUse(f"the store holds a model {task.model} of task {task.name!r} from an earlier definition: create a new task instead")
+        # The new engine must not load the old shape's version 0 (same task and model key).
+        # A crash between these leaves the old definition, its version 0 made again from
+        # the seed: the same parameters.
+        engine.store.forget_model()
+        self._store.save_task(task.name, after)
+        self._engines[task.name] = RoundEngine(task, self._store, self._coordinator, self._held_out(task), self._seed)
+        await engine.close()
+        log.info("task %s redefined (%s): a new model %s at version 0", task.name, what, task.model)
+        return self._engines[task.name]
 
     def load(self, given: list[Task], default: str | None) -> None:
         """Serve the stored tasks, then ``given`` (this start's ``--task-file`` tasks and

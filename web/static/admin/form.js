@@ -37,6 +37,17 @@ export class LaunchForm {
     this.form = form;
     this.q = (id) => root.querySelector(`[data-testid="${id}"]`);
     this.settings = [];
+    this.defaults = {}; // the chosen task's training defaults, over the API's
+  }
+
+  // The chosen task's training defaults (its definition's `training`) become the form's.
+  useDefaults(training) {
+    this.defaults = { local_epochs: training.epochs, batch_size: training.batch_size, lr: training.lr };
+    for (const [name, value] of Object.entries(this.defaults)) {
+      const input = this.input(name);
+      if (input) input.dataset.default = String(value);
+    }
+    this.apply();
   }
 
   // Builds the inputs and the preset buttons; `onPreset(preset)` is told which was applied.
@@ -64,9 +75,11 @@ export class LaunchForm {
     return this.form.elements.namedItem(name);
   }
 
-  // Every setting back to its default, then `values` on top.
+  // Every setting back to its default (the task's, else the API's), then `values` on top.
   apply(values = {}) {
-    for (const setting of this.settings) this.input(setting.name).value = shown(setting, values[setting.name] ?? setting.default);
+    for (const setting of this.settings) {
+      this.input(setting.name).value = shown(setting, values[setting.name] ?? this.defaults[setting.name] ?? setting.default);
+    }
     // A preset may need an Advanced setting: show it rather than hide what changed.
     const advanced = this.settings.some((s) => s.name in values && !(FIELDS[s.name]?.[1] ?? false));
     if (advanced) this.q("advanced").open = true;

@@ -48,6 +48,17 @@ export class Dashboard {
     this.formReady = false;
   }
 
+  // Another task was chosen: forget what was drawn for the last one.
+  reset() {
+    this.rows = 0;
+    this.history = null;
+    this.runs = new Map();
+    this.committed = new Map();
+    for (const id of ["history", "runs", "abandoned", "class-accuracy"]) this.q(id).tBodies[0].replaceChildren();
+    delete this.q("class-accuracy").tBodies[0].dataset.key;
+    this.drawChart([]);
+  }
+
   async initChart() {
     try {
       this.chart = await lineChart(this.q("chart"), {
@@ -104,6 +115,42 @@ export class Dashboard {
     q("launch").disabled = Boolean(run?.running) || !this.formReady;
     q("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
     this.renderHistory(status.history);
+    this.renderClasses(status.history, status.task.definition.classes);
+  }
+
+  // The per-class accuracy of the last round that has one (federated: from the volunteers'
+  // holdouts, for tasks of up to 20 classes), beside that round's overall accuracy.
+  renderClasses(history, classes) {
+    const last = history.findLast((h) => h.class_accuracy);
+    const panel = this.q("class-accuracy-panel");
+    panel.hidden = !last;
+    if (!last) return;
+    const source = last.eval_source === "federated"
+      ? `federated over ${last.eval_examples} holdout example(s) of ${last.eval_volunteers} volunteer(s)`
+      : "on the server's held-out data";
+    this.q("class-accuracy-about").textContent = `Round ${last.round}: ${format.percent(last.accuracy)} overall, ${source}.`;
+    const body = this.q("class-accuracy").tBodies[0];
+    const key = `${last.round}:${last.eval_examples}`;
+    if (body.dataset.key === key) return;
+    body.dataset.key = key;
+    body.replaceChildren(
+      ...last.class_accuracy.map((acc, i) => {
+        const row = document.createElement("tr");
+        row.dataset.testid = "class-row";
+        const name = document.createElement("th");
+        name.scope = "row";
+        name.textContent = classes[i] ?? String(i);
+        const value = document.createElement("td");
+        value.textContent = acc == null ? "no examples" : format.percent(acc);
+        const bar = document.createElement("td");
+        const fill = document.createElement("span");
+        fill.className = "class-bar";
+        fill.style.width = `${Math.round((acc ?? 0) * 100)}%`;
+        bar.append(fill);
+        row.append(name, value, bar);
+        return row;
+      }),
+    );
   }
 
   renderHistory(history) {

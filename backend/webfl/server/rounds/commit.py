@@ -25,6 +25,7 @@ import numpy as np
 from ...core.aggregation import Aggregator
 from ...core.data import Dataset, features
 from ...core.downlink import ModelChain, model_url
+from ...core.evaluation import EvalSums, evaluation_sums
 from ...core.models import MLP
 from ...core.protocol import Message, encode
 from ...core.server_opt import ServerOptimizer
@@ -151,7 +152,8 @@ class CommitPipeline:
         delta = await asyncio.to_thread(aggregator.finish)
         try:
             params = await asyncio.to_thread(run.opt.step, self.params, delta)
-            loss, accuracy = await asyncio.to_thread(self._evaluate, params)
+            sums = await asyncio.to_thread(self._evaluate, params)
+            loss, accuracy = (None, None) if sums is None else (sums.loss, sums.accuracy)
             if (refusal := _refusal(delta, params, loss)) is not None:
                 _restore(run, before)
                 log.error("round %d refused: %s; the model stays at version %d", round_, refusal, self.model_version)
@@ -163,6 +165,7 @@ class CommitPipeline:
             record = RoundRecord(
                 round_, run.id, round_, accuracy, loss, participants, bytes_up, bytes_down, time.monotonic() - started, time.time(),
                 eval_source=None if self._test is None else "server", funnel=funnel, privacy=privacy,
+                class_accuracy=None if sums is None else sums.per_class_accuracy() or None,
             )
             states = {name: c.state() for name, c in run.components.items()}
             stopped = await _uninterrupted(asyncio.to_thread(self.store.commit_round, record, params, states))
@@ -192,12 +195,13 @@ class CommitPipeline:
         fields = {"model_version": self.chain.version, "digest": self.chain.digest, "url": model_url(self.chain.digest)}
         return encode(Message("model_notice", fields))
 
-    def _evaluate(self, params: np.ndarray) -> tuple[float | None, float | None]:
-        """Loss and accuracy on the server's held-out data; None without any."""
+    def _evaluate(self, params: np.ndarray) -> EvalSums | None:
+        """Loss, accuracy and per-class counts on the server's held-out data; None without any."""
         if self._test is None:
-            return None, None
+            return None
         with np.errstate(all="ignore"):  # overflow shows up as a non-finite loss, refused above
-            return self.model.evaluate(params, *self._test)
+            # Batches of 1,000, as ``model.evaluate``: the same sums to the last bit.
+            return evaluation_sums(self.model, params, *self._test, self.task.num_classes, batch=1000)
 
 
 def _refusal(delta: np.ndarray, params: np.ndarray, loss: float | None) -> str | None:

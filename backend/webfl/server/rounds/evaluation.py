@@ -7,7 +7,8 @@ rest hear of it by ``model_notice``), ``EvaluationCohort`` sends it to up to
 ``EVAL_COHORT`` ready volunteers that lack it (Flower's ``configure_evaluate``): the
 bytes stay proportional to that cohort, not to everyone connected. They send ``eval`` (``core.evaluation.EvalSums``, never rows). Round r's entry
 then holds the example-weighted accuracy and loss over every report for model r, with
-``eval_examples``, ``eval_volunteers`` and ``eval_source: "federated"``. Reports for an
+``eval_examples``, ``eval_volunteers``, ``eval_source: "federated"`` and ``class_accuracy``
+(per class, for tasks of up to 20 classes; null for a class no holdout had). Reports for an
 older model still count while its round is one of the last ``RECENT_ROUNDS``; past that,
 and for a round the server evaluated on its own data, they are refused.
 """
@@ -135,6 +136,7 @@ class FederatedEvaluation:
             eval_source="federated",
             eval_examples=total.examples,
             eval_volunteers=len(self._reported[record.round]),
+            class_accuracy=total.per_class_accuracy() or None,  # no per-class sums beyond MAX_PER_CLASS classes
         )
         history = self._commits.history
         history[len(history) - len(recent) + index] = updated

@@ -82,17 +82,17 @@ def history_document(runs: list[dict], rounds: list[RoundRecord], abandoned: Seq
 
 
 def history_csv(rounds: list[RoundRecord]) -> str:
-    """The committed rounds, one a row; the funnel and privacy columns hold JSON."""
+    """The committed rounds, one a row; the funnel, privacy and class_accuracy columns hold JSON."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(HISTORY_COLUMNS)
     for r in rounds:
-        row = {**r.to_dict(), "funnel": _json(r.funnel), "privacy": _json(r.privacy)}
+        row = {**r.to_dict(), "funnel": _json(r.funnel), "privacy": _json(r.privacy), "class_accuracy": _json(r.class_accuracy)}
         writer.writerow(["" if v is None else v for v in row.values()])
     return buf.getvalue()
 
 
-def _json(value: dict | None) -> str | None:
+def _json(value: dict | list | None) -> str | None:
     return None if value is None else json.dumps(value)
 
 
