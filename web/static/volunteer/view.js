@@ -37,6 +37,8 @@ export class View {
   // -- data choice -------------------------------------------------------------
 
   dataChoice() {
+    const images = this.root.querySelector('input[name="data"][value="images"]');
+    if (images?.checked) return this.imageChoice ?? null;
     const csv = this.root.querySelector('input[name="data"][value="csv"]');
     if (csv?.checked) {
       const file = this.q("csv-file").files[0];
@@ -46,12 +48,22 @@ export class View {
   }
 
   wireDataChoice() {
-    const picker = this.root.querySelector(".csv-picker");
     for (const radio of this.root.querySelectorAll('input[name="data"]')) {
       radio.addEventListener("change", () => {
-        picker.hidden = radio.value !== "csv" || !radio.checked;
+        for (const picker of this.root.querySelectorAll("[data-picker]")) picker.hidden = picker.dataset.picker !== radio.value || !radio.checked;
       });
     }
+  }
+
+  // The labelled images picked (volunteer/images.js), or the reason they cannot be used.
+  setImageChoice(choice) {
+    const box = this.q("images-problem");
+    box.hidden = !choice.error;
+    box.textContent = choice.error ? `These images cannot be used: ${choice.error}.` : "";
+    const skipped = choice.skipped?.length ? `; skipped (not in a class folder): ${choice.skipped.join(", ")}` : "";
+    this.q("images-chosen").textContent = choice.error ? "" : `${choice.items.length} images chosen${skipped}`;
+    this.imageChoice = choice.error ? null : { kind: "images", items: choice.items, name: choice.name };
+    this.q("join").disabled = Boolean(choice.error);
   }
 
   // -- lifecycle -----------------------------------------------------------------
@@ -219,6 +231,11 @@ export class View {
     this.setPage("error");
   }
 
+  on_skipped({ names }) {
+    this.q("images-chosen").textContent = `Skipped (this browser cannot read them as images): ${names.join(", ")}`;
+    this.q("images-chosen").dataset.skipped = JSON.stringify(names);
+  }
+
   on_left() {
     this.left();
   }
@@ -260,6 +277,7 @@ function fitRange(min, max) {
 function describeData(data) {
   if (!data) return "—";
   if (data.kind === "csv") return `your file ${data.name} (${data.examples} examples, kept in this tab)`;
+  if (data.kind === "images") return `your images ${data.name} (${data.examples} examples, kept in this tab)`;
   const shard = data.shard ?? {};
   return `demo data: shard ${shard.index + 1} of ${shard.count} (${data.examples} examples)`;
 }
