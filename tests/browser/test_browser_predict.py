@@ -1,6 +1,7 @@
 """The model on the volunteer's device, in Chromium: "try the model" on an unlabelled CSV
 (checked against the same model run natively), personalisation's two accuracies,
-predictions after the server is gone, and the drawing pad of a 28x28 task."""
+predictions after the server is gone (in the open tab, and in a tab opened offline from
+the kept model), and the drawing pad of a 28x28 task."""
 
 from __future__ import annotations
 
@@ -66,6 +67,9 @@ def test_a_tab_predicts_personalises_and_keeps_predicting_without_the_server(con
     errors: list[str] = []
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     page.goto(f"{server.url}/t/breast-cancer")
+    # Once the service worker controls the tab, a reload puts the page and its scripts in its cache.
+    page.wait_for_function("() => navigator.serviceWorker.controller !== null")
+    page.reload()
     page.get_by_test_id("csv-file").set_input_files(str(mine))
     page.get_by_test_id("join").click()
     wait_state(page, "idle")
@@ -118,6 +122,18 @@ def test_a_tab_predicts_personalises_and_keeps_predicting_without_the_server(con
     page.get_by_test_id("predict-file").set_input_files(str(mine))  # a label column is ignored
     expect(page.get_by_test_id("predict-summary")).to_have_text("150 rows predicted.")
     assert not errors, errors
+
+    # A tab opened with the server gone: the page and runtime from the service worker's
+    # cache, the configuration and the last model from IndexedDB.
+    offline = context.new_page()
+    offline.goto(f"{server.url}/t/breast-cancer")
+    offline.get_by_test_id("csv-file").set_input_files(str(mine))
+    offline.get_by_test_id("join").click()
+    expect(offline.get_by_test_id("predict-model")).to_contain_text("kept on this device (version 0)", timeout=60_000)
+    offline.get_by_test_id("predict-file").set_input_files(str(ask))
+    expect(offline.get_by_test_id("predict-summary")).to_have_text("12 rows predicted.")
+    assert_table(offline.get_by_test_id("predictions"), native, task.classes)
+    expect(offline.get_by_test_id("state")).to_have_text("reconnecting")
 
 
 def test_the_drawing_pad_of_a_28x28_task_predicts(context, serve):
