@@ -142,6 +142,16 @@ def test_the_kept_model_round_trips_and_a_wrong_one_is_refused():
     assert json.loads(offline.predict_csv(csv_of(x))) == json.loads(s.predict_csv(csv_of(x)))
 
 
+def test_the_kept_record_follows_a_new_definition_of_the_same_parameters():
+    unscaled = {k: v for k, v in HEART.items() if k != "scaling"}
+    s = session_with_model(unscaled, Task.from_json(unscaled).build_model().init(2))
+    before = s.model_record()
+    assert s.model_record() is before  # hashed once, not after every frame
+    s.receive(encode(Message("definition", {"task": Task.from_json(HEART).to_dict()})))
+    assert json.loads(s.model_record())["definition"]["scaling"] == HEART["scaling"]
+    assert "scaling" not in json.loads(before)["definition"]
+
+
 def test_a_browser_session_personalises_on_its_training_split_and_keeps_it_apart():
     params = Task.from_json(HEART).build_model().init(0)
     s = session_with_model(HEART, params)

@@ -123,6 +123,11 @@ def test_an_image_task_trains_from_a_folder_whose_images_never_leave_the_browser
     page.get_by_test_id("image-folder").set_input_files(str(wrong))
     expect(page.get_by_test_id("images-problem")).to_contain_text("the folder “seven” is not one of the classes (0, 1, 2, 3, 4, …)")
     expect(page.get_by_test_id("join")).to_be_disabled()
+    two = sorted((folder / "4").glob("*.png"))[:2]
+    page.get_by_test_id("image-label").select_option("4")
+    page.get_by_test_id("image-files").set_input_files([str(f) for f in two])  # files of one class
+    expect(page.get_by_test_id("images-chosen")).to_have_text("2 images chosen")
+    expect(page.get_by_test_id("join")).to_be_enabled()
     page.get_by_test_id("image-folder").set_input_files(str(folder))
     expect(page.get_by_test_id("images-chosen")).to_have_text(f"{10 * PER_CLASS + 1} images chosen; skipped (not in a class folder): notes.txt")
     page.get_by_test_id("join").click()

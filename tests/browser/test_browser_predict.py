@@ -139,6 +139,8 @@ def test_a_tab_predicts_personalises_and_keeps_predicting_without_the_server(con
 def test_the_drawing_pad_of_a_28x28_task_predicts(context, serve):
     server = serve()  # MNIST with its demo shards
     page = context.new_page()
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     page.set_viewport_size({"width": 390, "height": 844})
     page.goto(server.url)
     page.get_by_test_id("join").click()
@@ -168,3 +170,5 @@ def test_the_drawing_pad_of_a_28x28_task_predicts(context, serve):
     page.keyboard.press("Enter")
     page.get_by_test_id("pad-predict").click()
     expect(page.get_by_test_id("predict-problem")).to_have_text("Draw something on the pad first.")
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= 390  # nothing wider than the phone
+    assert not errors, errors

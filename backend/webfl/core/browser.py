@@ -103,6 +103,7 @@ class BrowserSession:
         self._kept: _KeptModel | None = None
         #: The volunteer's personal fine-tune of a global model (never uploaded).
         self._personal: _Personal | None = None
+        self._record_of: tuple[np.ndarray, Task, str] | None = None  # model_record() of these parameters and task
 
     # -- connection ------------------------------------------------------------
 
@@ -297,7 +298,13 @@ class BrowserSession:
         v = self.volunteer
         if v.params is None or v.task is None:
             return ""
-        return json.dumps({"version": v.model_version, "digest": digest(v.params), "definition": v.task.to_json()})
+        # Asked after every frame: hash a model once, not on every status frame. A new
+        # definition (its scaling fixed) keeps the parameters but changes the record.
+        kept = self._record_of
+        if kept is None or kept[0] is not v.params or kept[1] is not v.task:
+            record = json.dumps({"version": v.model_version, "digest": digest(v.params), "definition": v.task.to_json()})
+            kept = self._record_of = (v.params, v.task, record)
+        return kept[2]
 
     def model_bytes(self) -> bytes:
         params = self.volunteer.params

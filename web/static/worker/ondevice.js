@@ -22,7 +22,7 @@ export class DeviceModels {
   // bytesOut: copies Python's bytes out of their proxy (worker.js).
   constructor(bytesOut) {
     this.bytesOut = bytesOut;
-    this.keptDigest = null;
+    this.keptMeta = null; // the record in IndexedDB, as session.model_record() said
   }
 
   keepConfig(config) {
@@ -36,17 +36,15 @@ export class DeviceModels {
   // Mirror the session's latest global model into IndexedDB (written only when it changes).
   async keep(session, key) {
     const meta = session.model_record();
-    if (!meta) return;
-    const { digest } = JSON.parse(meta);
-    if (digest === this.keptDigest) return;
-    this.keptDigest = digest;
+    if (!meta || meta === this.keptMeta) return;
+    this.keptMeta = meta;
     await models.put(key, { meta, bytes: this.bytesOut(session.model_bytes()) });
   }
 
   async restore(session, key) {
     const kept = await models.get(key);
     if (kept && session.load_model(kept.meta, kept.bytes)) {
-      this.keptDigest = JSON.parse(kept.meta).digest;
+      this.keptMeta = kept.meta;
       console.info(`webfl: the last model (version ${JSON.parse(kept.meta).version}) is on this device for predictions`);
     }
     const mine = await personal.get(key);
