@@ -19,7 +19,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .evaluation import evaluation_sums
-from .models import GradientSteps, _softmax, he_uniform, layout_views
+from .models import GradientSteps, he_uniform, layout_views, softmax
 
 __all__ = ["CNN"]
 
@@ -143,7 +143,7 @@ class CNN(GradientSteps):
         """Mean cross-entropy on ``(x, y)`` and its gradient as a flat vector."""
         cache, hidden, z = self._forward(params, x)
         n = x.shape[0]
-        probs = _softmax(z)
+        probs = softmax(z)
         loss = float(-np.mean(np.log(probs[np.arange(n), y] + 1e-12)))
         dz = probs
         dz[np.arange(n), y] -= 1.0

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .models import _softmax
+from .models import softmax
 
 __all__ = ["MAX_PER_CLASS", "EvalSums", "evaluation_sums", "holdout_split"]
 
@@ -98,7 +98,7 @@ def evaluation_sums(model, params: np.ndarray, x: np.ndarray, y: np.ndarray, num
         # intp: bincount refuses int64 on wasm32 (Pyodide), where intp is 32 bits.
         yb = np.asarray(y[start : start + batch], dtype=np.intp)
         z = model.logits(params, x[start : start + batch])
-        probs = _softmax(z)
+        probs = softmax(z)
         loss_sum += float(-np.log(probs[np.arange(len(yb)), yb] + 1e-12).sum())
         hit = z.argmax(axis=1) == yb
         correct += int(hit.sum())

@@ -14,7 +14,7 @@ import numpy as np
 
 from .kernels import Kernels, active
 
-__all__ = ["MLP", "MODELS", "GradientSteps", "PlainWorkspace", "Workspace", "build_model", "he_uniform", "layout_views"]
+__all__ = ["MLP", "MODELS", "GradientSteps", "PlainWorkspace", "Workspace", "build_model", "he_uniform", "layout_views", "softmax"]
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,7 @@ class MLP:
         for start in range(0, x.shape[0], batch):
             z = self.logits(params, x[start : start + batch], kernels)
             yb = y[start : start + batch]
-            probs = _softmax(z)
+            probs = softmax(z)
             loss_sum += float(-np.log(probs[np.arange(len(yb)), yb] + 1e-12).sum())
             correct += int((z.argmax(axis=1) == yb).sum())
         n = max(x.shape[0], 1)
@@ -235,7 +235,7 @@ def _buffers(sizes: tuple[int, ...], rows: int, dtype=np.float32) -> list[np.nda
 
 def _loss_and_delta(z: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
     """Mean cross-entropy of logits ``z`` and its derivative with respect to ``z``."""
-    probs = _softmax(z)
+    probs = softmax(z)
     n = z.shape[0]
     rows = np.arange(n)
     loss = float(-np.mean(np.log(probs[rows, y] + 1e-12)))
@@ -244,7 +244,8 @@ def _loss_and_delta(z: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
     return loss, probs
 
 
-def _softmax(z: np.ndarray) -> np.ndarray:
+def softmax(z: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of logits ``z`` (n, classes), shifted by each row's max so exp cannot overflow."""
     e = np.exp(z - z.max(axis=1, keepdims=True))
     e /= e.sum(axis=1, keepdims=True)
     return e
