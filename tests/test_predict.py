@@ -9,7 +9,7 @@ import pytest
 
 from webfl.core.browser import PREDICTIONS_SHOWN, BrowserSession
 from webfl.core.evaluation import evaluation_sums
-from webfl.core.models import _softmax
+from webfl.core.models import softmax
 from webfl.core.predict import personalise, predict
 from webfl.core.protocol import Message, encode
 from webfl.core.tasks import BUILT_IN, Task
@@ -56,7 +56,7 @@ def test_predict_is_the_softmax_of_the_models_forward_pass_in_batches():
     x, _ = heart_rows(1203)
     out = predict(model, params, x, batch=500)
     assert out.probabilities.shape == (1203, 2) and out.probabilities.dtype == np.float32
-    np.testing.assert_allclose(out.probabilities, _softmax(model.logits(params, x)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out.probabilities, softmax(model.logits(params, x)), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(out.probabilities.sum(axis=1), 1, rtol=1e-5)
     shown = out.to_dict(task.classes, 10)
     assert shown["rows"] == 1203 and len(shown["predicted"]) == len(shown["probabilities"]) == 10
@@ -77,7 +77,7 @@ def test_predicting_a_cnn_image_task_agrees_with_its_logits():
     params = model.init(0)
     pixels = np.random.default_rng(0).integers(0, 256, (7, 8, 8, 1), dtype=np.uint8)
     x = task.images(pixels)
-    np.testing.assert_allclose(predict(model, params, x).probabilities, _softmax(model.logits(params, x)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(predict(model, params, x).probabilities, softmax(model.logits(params, x)), rtol=1e-5, atol=1e-6)
 
 
 def test_personalise_is_the_tasks_local_training_and_compares_both_models_on_the_holdout():

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .evaluation import EvalSums, evaluation_sums
-from .models import _softmax
+from .models import softmax
 from .tasks import Task
 from .training import local_train
 
@@ -50,7 +50,7 @@ def predict(model, params: np.ndarray, x: np.ndarray, batch: int = 500) -> Predi
         raise ValueError(f"the model needs {model.size} parameters, got {params.shape}")
     out = np.empty((x.shape[0], model.num_classes), dtype=np.float32)
     for start in range(0, x.shape[0], batch):
-        out[start : start + batch] = _softmax(model.logits(params, x[start : start + batch]))
+        out[start : start + batch] = softmax(model.logits(params, x[start : start + batch]))
     return Predictions(out)
 
 
