@@ -180,8 +180,8 @@ def test_a_browser_session_trains_on_decoded_images_and_predicts_on_them():
     s = session_with_model(task.to_json(), task.build_model().init(0))
     pixels = np.random.default_rng(0).integers(0, 256, (10, 8, 8, 1), dtype=np.uint8)
     labels = np.arange(10, dtype=np.uint8)
-    frames = s.use_images(pixels.tobytes(), labels.tobytes(), "my-digits")
-    assert s.data_source == {"kind": "images", "name": "my-digits", "examples": 10} and frames  # ready
+    frames = s.use_images(pixels.tobytes(), labels.tobytes(), "my-digits", ["broken.png"])
+    assert s.data_source == {"kind": "images", "name": "my-digits", "examples": 10, "skipped": ["broken.png"]} and frames  # ready
     out = json.loads(s.predict_images(pixels[:2].tobytes(), 2))
     expected = predict(task.build_model(), s.volunteer.params, task.images(pixels[:2]))
     assert out["predicted"] == expected.predicted.tolist()

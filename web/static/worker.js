@@ -15,7 +15,6 @@
 //                 "progress" {epoch, epochs, batch, batches, loss, done, held},
 //                 "held" {reasons, done, batches_after_request}, "bytes" {downloaded}, "trained" {busy_ms, wall_ms},
 //                 "error" {message}, "left",
-//                 "skipped" {names} (image files that could not be decoded),
 //                 "predicted" {id, result} | {id, error}, "personalised" {summary} | {error}.
 
 import { AssetError, loadRuntime } from "./worker/runtime.js";
@@ -115,8 +114,7 @@ async function useCsv(file) {
 async function useImages({ items, name }) {
   try {
     const { pixels, labels, skipped } = await trainingImages(items, config.task.definition);
-    if (skipped.length) post("skipped", { names: skipped });
-    bytesOut(session.use_images(pixels, labels, name));
+    bytesOut(session.use_images(pixels, labels, name, skipped));
   } catch (error) {
     throw new DataError(`Your images “${name}” cannot be used: ${reason(error)}`);
   }

@@ -179,12 +179,14 @@ class BrowserSession:
         self.data_source = {"kind": "csv", "name": name, "examples": len(data)}
         return self._set_data(data)
 
-    def use_images(self, pixels, labels, name: str = "") -> list[bytes]:
-        """Labelled images the worker decoded: ``uint8`` bytes ``(n, height, width, channels)``, one label byte each."""
+    def use_images(self, pixels, labels, name: str = "", skipped=()) -> list[bytes]:
+        """Labelled images the worker decoded: ``uint8`` bytes ``(n, height, width, channels)``, one label byte each.
+
+        ``skipped``: names of the files the browser could not decode, shown with the data."""
         task = self._image_task()
         y = np.frombuffer(_as_bytes(labels), dtype=np.uint8)
         data = task.images(_pixels(pixels, len(y), task), y)
-        self.data_source = {"kind": "images", "name": name, "examples": len(data)}
+        self.data_source = {"kind": "images", "name": name, "examples": len(data), "skipped": [str(n) for n in _plain(skipped)]}
         return self._set_data(data)
 
     def _image_task(self) -> Task:

@@ -231,11 +231,6 @@ export class View {
     this.setPage("error");
   }
 
-  on_skipped({ names }) {
-    this.q("images-chosen").textContent = `Skipped (this browser cannot read them as images): ${names.join(", ")}`;
-    this.q("images-chosen").dataset.skipped = JSON.stringify(names);
-  }
-
   on_left() {
     this.left();
   }
@@ -277,7 +272,10 @@ function fitRange(min, max) {
 function describeData(data) {
   if (!data) return "—";
   if (data.kind === "csv") return `your file ${data.name} (${data.examples} examples, kept in this tab)`;
-  if (data.kind === "images") return `your images ${data.name} (${data.examples} examples, kept in this tab)`;
+  if (data.kind === "images") {
+    const skipped = data.skipped.length ? `; skipped, not readable as images: ${data.skipped.join(", ")}` : "";
+    return `your images ${data.name} (${data.examples} examples, kept in this tab${skipped})`;
+  }
   const shard = data.shard ?? {};
   return `demo data: shard ${shard.index + 1} of ${shard.count} (${data.examples} examples)`;
 }
