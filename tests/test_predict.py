@@ -6,6 +6,8 @@ import json
 
 import numpy as np
 import pytest
+from servers import TOKEN
+from starlette.testclient import TestClient
 
 from webfl.core.browser import PREDICTIONS_SHOWN, BrowserSession
 from webfl.core.evaluation import evaluation_sums
@@ -14,6 +16,8 @@ from webfl.core.predict import personalise, predict
 from webfl.core.protocol import Message, encode
 from webfl.core.tasks import BUILT_IN, Task
 from webfl.core.training import local_train
+from webfl.server.app import create_app
+from webfl.server.config import Settings
 
 HEART = {
     "name": "heart", "title": "Heart", "kind": "tabular", "features": ["age", "chol"], "label": "target",
@@ -191,3 +195,22 @@ def test_a_browser_session_trains_on_decoded_images_and_predicts_on_them():
         s.use_images(pixels[:1].tobytes(), bytes([10]))
     with pytest.raises(ValueError, match="does not take images"):
         session_with_model(HEART, Task.from_json(HEART).build_model().init(0)).predict_images(b"\0" * 64, 1)
+
+
+def test_the_pages_offer_images_try_the_model_and_personalise_with_names_escaped(tmp_path):
+    hostile = {
+        "name": "pics", "title": "Pictures", "kind": "image", "width": 28, "height": 28, "channels": 1,
+        "classes": ["<img src=x onerror=alert(1)>", "cat"], "model": {"type": "mlp", "hidden": []},
+    }
+    with TestClient(create_app(Settings(data_dir=tmp_path, admin_token=TOKEN))) as client:
+        assert client.post("/api/tasks", json=hostile, headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 201
+        for page in (client.get("/t/pics").text, client.get("/embed?task=pics").text):
+            assert "<img src=x" not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
+            assert 'data-testid="image-folder"' in page and "webkitdirectory" in page and 'data-testid="data-demo"' not in page
+            assert 'data-testid="predict-file"' in page and 'data-testid="pad"' in page and 'data-testid="personalise"' in page
+        mnist = client.get("/t/mnist").text  # demo data, and images and the pad too
+        assert 'data-testid="data-demo"' in mnist and 'data-testid="pad"' in mnist
+        assert client.post("/api/tasks", json=HEART, headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 201
+        tabular = client.get("/t/heart").text
+        assert 'data-testid="predict-file"' in tabular and 'accept=".csv' in tabular
+        assert 'data-testid="pad"' not in tabular and 'data-testid="image-folder"' not in tabular
