@@ -1,4 +1,4 @@
-"""The model on the volunteer's device: predictions, the kept model, a personal fine-tune."""
+"""The model on the volunteer's device: predictions, the kept model, a personal fine-tune, and the pages that offer them."""
 
 from __future__ import annotations
 
