@@ -51,6 +51,9 @@ mean, std = scaling_from_stats(feature_stats(data.x[:300]) + feature_stats(data.
 scaled = bc.with_scaling(mean, std).build_model()
 result = local_train(scaled, scaled.init(0), data.x, data.y, TrainConfig(epochs=5, batch_size=16, lr=0.1))
 out["breast_cancer_params"] = result.params.tobytes().hex()
+from webfl.core.predict import predict
+out["predict_bc"] = predict(scaled, result.params, data.x[:50]).probabilities.tobytes().hex()
+out["predict_cnn_sums"] = predict(model, trained.params, x).probabilities.sum(axis=1).tolist()
 out["fold_error"] = float(np.abs(scaled.inner.logits(fold(scaled, result.params), data.x) - scaled.logits(result.params, data.x)).max())
 for name, raw in [("binary", b"\\x89PNG\\r\\n\\x1a\\n\\x00"), ("bad_cell", open("/tmp/bc.csv").read().replace("0.2776", "abc", 1).encode())]:
     try:
@@ -102,3 +105,9 @@ def test_task_core_runs_in_pyodide_as_natively(tmp_path: Path) -> None:
     pyodide = np.frombuffer(bytes.fromhex(out["breast_cancer_params"]), dtype=np.float32)
     assert scaled.evaluate(pyodide, data.x, data.y)[1] > 0.95
     np.testing.assert_allclose(pyodide, native.params, rtol=1e-4, atol=1e-5)
+    # "Try the model" in the worker: the same probabilities as natively, from the same parameters.
+    from webfl.core.predict import predict
+
+    probs = np.frombuffer(bytes.fromhex(out["predict_bc"]), dtype=np.float32).reshape(50, 2)
+    np.testing.assert_allclose(probs, predict(scaled, pyodide, data.x[:50]).probabilities, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(out["predict_cnn_sums"], 1, rtol=1e-5)

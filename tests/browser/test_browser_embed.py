@@ -68,3 +68,38 @@ def test_widget_on_a_disallowed_site_is_refused(context, serve, host_site):
     page.wait_for_timeout(1500)
     embedded = [f for f in page.frames if f != page.main_frame]
     assert embedded and not embedded[0].url.startswith(server.url)
+
+
+def test_widget_for_a_task_without_demo_data_asks_for_the_volunteers_file_and_tries_the_model(context, serve, host_site, tmp_path):
+    import json
+
+    from webfl.build.paths import DATASETS_DIR
+    from webfl.core.stats import feature_stats, scaling_from_stats
+    from webfl.core.tasks import BUILT_IN
+
+    rows = (DATASETS_DIR / "breast-cancer.csv").read_text().splitlines()
+    bc = BUILT_IN["breast-cancer"]
+    task = bc.with_scaling(*scaling_from_stats(feature_stats(bc.parse_csv("\n".join(rows)).x)))
+    (tmp_path / "task.json").write_text(json.dumps(task.to_json()))
+    mine = tmp_path / "mine.csv"
+    mine.write_text("\n".join(rows[:81]) + "\n")
+    site = host_site({})
+    server = serve("--task-file", str(tmp_path / "task.json"), "--embed-origins", site.origin)
+    site.set_pages({"/": f'<!doctype html><title>clinic</title><body><script src="{server.url}/embed.js" data-task="breast-cancer"></script></body>'})
+
+    page = context.new_page()
+    page.goto(site.url("/"))
+    frame = page.get_by_test_id("embed-frame").element_handle().content_frame()
+    frame.wait_for_url(server.url + "/embed?task=breast-cancer")
+    expect(frame.get_by_test_id("data-demo")).to_have_count(0)
+    expect(frame.locator(".lede")).to_contain_text("examples you choose below")
+    frame.get_by_test_id("join").click()  # no file yet: nothing starts
+    expect(frame.get_by_test_id("csv-file")).to_have_attribute("aria-invalid", "true")
+    expect(frame.get_by_test_id("state")).to_have_text("consent")
+    frame.get_by_test_id("csv-file").set_input_files(str(mine))
+    frame.get_by_test_id("join").click()
+    wait_state(frame, "idle")
+    expect(frame.get_by_test_id("data-source")).to_contain_text("mine.csv (80 examples")
+    frame.get_by_test_id("predict-file").set_input_files(str(mine))
+    expect(frame.get_by_test_id("predict-summary")).to_have_text("80 rows predicted.")
+    expect(frame.get_by_test_id("predictions").locator("tbody tr")).to_have_count(80)

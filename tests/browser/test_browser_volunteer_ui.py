@@ -79,7 +79,7 @@ def test_a_run_shows_its_rounds_and_its_end_without_console_errors(context, serv
     expect(page.get_by_test_id("finished")).to_be_visible()
     expect(page.get_by_test_id("round")).to_have_text("the run has finished (2 of 2 rounds)")
     history = server.status()["history"]
-    expect(page.get_by_test_id("global-accuracy")).to_have_text(f"{100 * history[-1]['accuracy']:.1f} % after round 2")
+    expect(page.get_by_test_id("run-accuracy")).to_have_text(f"{100 * history[-1]['accuracy']:.1f} % after round 2")
     expect(page.get_by_test_id("chart")).to_have_attribute("data-points", "2")
     assert problems == []
 

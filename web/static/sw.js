@@ -10,8 +10,11 @@ const CACHE = PREFIX + new URL(self.location.href).searchParams.get("v");
 // These URLs change whenever their bytes do (a version in the path or the file name).
 const IMMUTABLE = /^\/(pyodide|vendor)\/|^\/wheels\/(?!webfl-)/;
 // The core wheel keeps its URL across rebuilds of one version: the network decides, and
-// the cache only stands in when the network fails.
+// the cache only stands in when the network fails. So for the volunteer pages and their
+// scripts: a volunteer who lost the server can reopen the page and try the last model
+// (the worker keeps it, and the configuration, in IndexedDB).
 const CORE = /^\/wheels\/webfl-/;
+const PAGES = /^\/(t\/[a-z0-9-]{1,40}|embed)?$|^\/static\//;
 
 self.addEventListener("install", () => self.skipWaiting());
 
@@ -30,7 +33,7 @@ self.addEventListener("fetch", (event) => {
   const url = new URL(request.url);
   if (request.method !== "GET" || url.origin !== self.location.origin) return;
   if (IMMUTABLE.test(url.pathname)) event.respondWith(cacheFirst(event));
-  else if (CORE.test(url.pathname)) event.respondWith(networkFirst(event));
+  else if (CORE.test(url.pathname) || PAGES.test(url.pathname)) event.respondWith(networkFirst(event));
 });
 
 async function cacheFirst(event) {

@@ -4,18 +4,23 @@
 // (webfl.core.browser.BrowserSession over webfl.core.volunteer.Volunteer), the same
 // way webfl/simulate.py drives it natively.
 //
-// Page -> worker: {type: "start", data: {kind: "demo"} | {kind: "csv", file}, cpu}, "pause",
+// Page -> worker: {type: "start", data: {kind: "demo"} | {kind: "csv", file} |
+//                 {kind: "images", items: [{file, label}], name}, cpu}, "pause",
 //                 "resume", "leave", "cpu" {level: light|medium|full},
-//                 "hold" {reason: hidden|battery, on}.
+//                 "hold" {reason: hidden|battery, on},
+//                 "predict" {id, input: {kind: "csv", file} | {kind: "images", items}, which: global|personal},
+//                 "personalise".
 // Worker -> page: "stage" {label, fraction}, "conn" {state: connecting|open|reconnecting|
 //                 waiting, retry_in_s}, "snapshot" {snapshot}, "compute" {backend},
 //                 "progress" {epoch, epochs, batch, batches, loss, done, held},
 //                 "held" {reasons, done, batches_after_request}, "bytes" {downloaded}, "trained" {busy_ms, wall_ms},
-//                 "error" {message}, "left".
+//                 "error" {message}, "left",
+//                 "predicted" {id, result} | {id, error}, "personalised" {summary} | {error}.
 
 import { AssetError, loadRuntime } from "./worker/runtime.js";
 import { Connection } from "./worker/connection.js";
 import { Records } from "./worker/records.js";
+import { DeviceModels, reason, trainingImages } from "./worker/ondevice.js";
 
 const PROGRESS_EVERY_MS = 100;
 // The CPU-use setting: rest this many times a batch's compute time after each batch,
@@ -38,6 +43,7 @@ let dataChoice = null;
 const residuals = new Records("residuals", "error-feedback residual");
 const pendingUpdates = new Records("pending", "pending update");
 let pendingKept = ""; // the pending record in IndexedDB, as session.pending_record() said
+const device = new DeviceModels(bytesOut);
 // Frames are handled strictly in order, one at a time, even when one needs a fetch.
 let inbox = Promise.resolve();
 
@@ -80,12 +86,15 @@ class DataError extends Error {
   name = "DataError";
 }
 
+// No answer at all from the server (not an error it answered with).
+class Unreachable extends AssetError {}
+
 async function fetchJson(url, what) {
   let response;
   try {
     response = await fetch(url, { cache: "no-cache" });
   } catch {
-    throw new AssetError(`Cannot reach the webfl server to get ${what}. Check your connection and reload.`);
+    throw new Unreachable(`Cannot reach the webfl server to get ${what}. Check your connection and reload.`);
   }
   const body = await response.json().catch(() => ({}));
   if (!response.ok) throw new AssetError(`The server could not give ${what} (HTTP ${response.status}${body.error ? `: ${body.error}` : ""}).`);
@@ -99,6 +108,15 @@ async function useCsv(file) {
     bytesOut(session.use_csv(text, task.num_features, task.num_classes, file.name));
   } catch (error) {
     throw new DataError(`Your file “${file.name}” cannot be used: ${pythonMessage(error).replace(/^ValueError: /, "")}`);
+  }
+}
+
+async function useImages({ items, name }) {
+  try {
+    const { pixels, labels, skipped } = await trainingImages(items, config.task.definition);
+    bytesOut(session.use_images(pixels, labels, name, skipped));
+  } catch (error) {
+    throw new DataError(`Your images “${name}” cannot be used: ${reason(error)}`);
   }
 }
 
@@ -210,6 +228,7 @@ async function handleFrame(socket, buffer) {
   if (socket !== connection.socket) return; // a late frame of a dead connection
   sendAll(socket, bytesOut(session.receive(new Uint8Array(buffer))));
   await keepPending(); // a verdict (or a new volunteer id) ends the pending update
+  await device.keep(session, recordKey()); // a new global model stays for offline predictions
   const wait = session.take_wait();
   if (wait !== undefined && wait !== null) {
     // Like webfl simulate: leave, and come back when the server expects to need us.
@@ -282,12 +301,50 @@ function control(action) {
     .catch(fail);
 }
 
+// The server's configuration, kept for the next start; when the server is unreachable,
+// the kept one (the service worker has the runtime it names, IndexedDB the last model).
+async function configuration(task) {
+  try {
+    const fresh = await fetchJson(`/api/config?task=${encodeURIComponent(task)}`, "its configuration");
+    await device.keepConfig(fresh);
+    return fresh;
+  } catch (error) {
+    const kept = error instanceof Unreachable ? await device.keptConfig(task) : null;
+    if (!kept) throw error;
+    console.info("webfl: the server is unreachable; starting from the configuration kept on this device");
+    return kept;
+  }
+}
+
+// Predictions and the personal fine-tune never wait for a frame or a training job: they
+// read the model and the data and change neither.
+async function predict({ id, input, which }) {
+  if (!session) return post("predicted", { id, error: "The runtime is still loading." });
+  try {
+    post("predicted", { id, result: await device.predict(session, input, config.task.definition, which === "personal" ? "personal" : "global") });
+  } catch (error) {
+    post("predicted", { id, error: reason(error) });
+  }
+}
+
+async function personalise() {
+  if (!session) return post("personalised", { error: "The runtime is still loading." });
+  try {
+    post("personalised", { summary: await device.personalise(session, recordKey()) });
+  } catch (error) {
+    post("personalised", { error: reason(error) });
+  }
+  postSnapshot();
+}
+
 const handlers = {
+  predict,
+  personalise,
   async start({ data, cpu: level, task }) {
     dataChoice = data;
     if (level in REST_PER_BUSY) cpu = level;
     post("stage", { label: "Getting the configuration", fraction: 0.02 });
-    config = await fetchJson(`/api/config?task=${encodeURIComponent(task)}`, "its configuration");
+    config = await configuration(task);
     const stage = (label, fraction) => post("stage", { label, fraction });
     const downloads = countDownloads();
     let runtime;
@@ -302,10 +359,16 @@ const handlers = {
     browser.destroy();
     await restoreResidual();
     await restorePending();
+    await device.restore(session, recordKey());
     if (data.kind === "csv") {
       stage(`Reading ${data.file.name} (it stays in this tab)`, 0.95);
       await useCsv(data.file);
     }
+    if (data.kind === "images") {
+      stage(`Reading your images (they stay in this tab)`, 0.95);
+      await useImages(data);
+    }
+    postSnapshot(); // a kept model can be tried before any server answers
     stage("Connecting", 1);
     connect();
   },

@@ -18,13 +18,18 @@ import numpy as np
 
 from .. import __version__
 from .data import Dataset, parse_csv
+from .downlink import digest
+from .predict import personalise, predict
 from .tasks import Kind, Task
 from .training import run_steps
 from .volunteer import SessionState, TrainingDiverged, Volunteer
 
-__all__ = ["BrowserSession", "version"]
+__all__ = ["PREDICTIONS_SHOWN", "BrowserSession", "version"]
 
 log = logging.getLogger("webfl.browser")
+
+#: Rows of predictions sent to the page (all rows are predicted; the page says how many).
+PREDICTIONS_SHOWN = 200
 
 
 def version() -> str:
@@ -40,6 +45,20 @@ def _plain(obj):
 def _as_bytes(frame) -> bytes:
     # A JS Uint8Array/ArrayBuffer arrives as a JsProxy with ``to_bytes``; tests pass bytes.
     return frame.to_bytes() if hasattr(frame, "to_bytes") else bytes(frame)
+
+
+@dataclass(frozen=True)
+class _KeptModel:
+    task: Task
+    params: np.ndarray
+    version: int
+
+
+@dataclass(frozen=True)
+class _Personal:
+    task: Task
+    params: np.ndarray
+    summary: dict  # Personalised.to_dict(): base_version, holdout, global_accuracy, personal_accuracy
 
 
 @dataclass(frozen=True)
@@ -80,6 +99,11 @@ class BrowserSession:
         self.pending: _Pending | None = None
         self._steps = None  # the running job's batches (start_training .. train_batch)
         self._update = b""
+        #: The last global model kept on this device (IndexedDB), for when no server gave one.
+        self._kept: _KeptModel | None = None
+        #: The volunteer's personal fine-tune of a global model (never uploaded).
+        self._personal: _Personal | None = None
+        self._record_of: tuple[np.ndarray, Task, str] | None = None  # model_record() of these parameters and task
 
     # -- connection ------------------------------------------------------------
 
@@ -155,6 +179,21 @@ class BrowserSession:
         self.data_source = {"kind": "csv", "name": name, "examples": len(data)}
         return self._set_data(data)
 
+    def use_images(self, pixels, labels, name: str = "", skipped=()) -> list[bytes]:
+        """Labelled images the worker decoded: ``uint8`` bytes ``(n, height, width, channels)``, one label byte each.
+
+        ``skipped``: names of the files the browser could not decode, shown with the data."""
+        task = self._image_task()
+        y = np.frombuffer(_as_bytes(labels), dtype=np.uint8)
+        data = task.images(_pixels(pixels, len(y), task), y)
+        self.data_source = {"kind": "images", "name": name, "examples": len(data), "skipped": [str(n) for n in _plain(skipped)]}
+        return self._set_data(data)
+
+    def _image_task(self) -> Task:
+        if self.task is None or self.task.kind is not Kind.IMAGE:
+            raise ValueError("this task does not take images")
+        return self.task
+
     def _set_data(self, data: Dataset) -> list[bytes]:
         out = self.volunteer.set_data(data)
         return [] if self.want_paused else out
@@ -223,6 +262,113 @@ class BrowserSession:
         self.pending = _Pending(v.volunteer_id, v.resume_token or "", job.round, update)
         return update
 
+    # -- the model on this device: predictions, the kept model, personalisation ----
+
+    def _global(self) -> _KeptModel | None:
+        """The model predictions use: the server's latest, else the one kept on the device."""
+        v = self.volunteer
+        if v.params is not None and v.task is not None:
+            return _KeptModel(v.task, v.params, v.model_version)
+        return self._kept
+
+    def _predictor(self, which: str) -> tuple[Task, np.ndarray]:
+        if which == "personal":
+            if self._personal is None:
+                raise ValueError("there is no personal model on this device yet: press Personalise first")
+            return self._personal.task, self._personal.params
+        model = self._global()
+        if model is None:
+            raise ValueError("there is no model on this device yet: wait for the server to send one")
+        return model.task, model.params
+
+    def predict_csv(self, text, which: str = "global") -> str:
+        """Predictions on a CSV of the task's feature columns (a label column is ignored), as JSON."""
+        task, params = self._predictor(which)
+        x = task.parse_unlabelled_csv(text)
+        return json.dumps(predict(task.build_model(), params, x).to_dict(task.classes, PREDICTIONS_SHOWN))
+
+    def predict_images(self, pixels, count: int, which: str = "global") -> str:
+        """Predictions on decoded ``uint8`` images ``(count, height, width, channels)``, as JSON."""
+        task, params = self._predictor(which)
+        if task.kind is not Kind.IMAGE:
+            raise ValueError("this task does not take images")
+        x = task.images(_pixels(pixels, int(count), task))
+        return json.dumps(predict(task.build_model(), params, x).to_dict(task.classes, PREDICTIONS_SHOWN))
+
+    def model_record(self) -> str:
+        """JSON ``{version, digest, definition}`` of the server's latest model, to keep; "" if none."""
+        v = self.volunteer
+        if v.params is None or v.task is None:
+            return ""
+        # Asked after every frame: hash a model once, not on every status frame. A new
+        # definition (its scaling fixed) keeps the parameters but changes the record.
+        kept = self._record_of
+        if kept is None or kept[0] is not v.params or kept[1] is not v.task:
+            record = json.dumps({"version": v.model_version, "digest": digest(v.params), "definition": v.task.to_json()})
+            kept = self._record_of = (v.params, v.task, record)
+        return kept[2]
+
+    def model_bytes(self) -> bytes:
+        params = self.volunteer.params
+        return b"" if params is None else params.astype("<f4").tobytes()
+
+    def load_model(self, record: str, data) -> bool:
+        """Hold a kept model for predictions; False (nothing changes) unless it is this task's, whole."""
+        try:
+            meta = json.loads(record)
+            task = Task.from_json(meta["definition"])
+            params = self._kept_params(task, data, meta["digest"])
+            version = int(meta["version"])
+        except (ValueError, KeyError, TypeError):
+            return False
+        if params is None:
+            return False
+        self._kept = _KeptModel(task, params, version)
+        return True
+
+    def _kept_params(self, task: Task, data, expected_digest: str) -> np.ndarray | None:
+        if self.task is not None and (task.name != self.task.name or task.model != self.task.model):
+            return None
+        raw = _as_bytes(data)
+        if len(raw) != 4 * task.build_model().size:
+            return None
+        params = np.frombuffer(raw, "<f4").astype(np.float32)
+        return params if digest(params) == expected_digest else None
+
+    def personalise(self) -> str:
+        """Fine-tune the global model on this volunteer's training split (never uploaded); JSON summary."""
+        model = self._global()
+        if model is None:
+            raise ValueError("there is no global model on this device yet: wait for the server to send one")
+        train, holdout = self.volunteer.local_split()
+        result = personalise(model.task, model.params, model.version, train, holdout, seed=self.volunteer.holdout_seed)
+        self._personal = _Personal(model.task, result.params, result.to_dict())
+        return json.dumps(result.to_dict())
+
+    def personal_record(self) -> str:
+        """JSON ``{summary, digest, definition}`` of the personal model, to keep; "" if none."""
+        p = self._personal
+        if p is None:
+            return ""
+        return json.dumps({"summary": p.summary, "digest": digest(p.params), "definition": p.task.to_json()})
+
+    def personal_bytes(self) -> bytes:
+        return b"" if self._personal is None else self._personal.params.astype("<f4").tobytes()
+
+    def load_personal(self, record: str, data) -> bool:
+        """Restore a kept personal model; False (nothing changes) unless it is this task's, whole."""
+        try:
+            meta = json.loads(record)
+            task = Task.from_json(meta["definition"])
+            params = self._kept_params(task, data, meta["digest"])
+            summary = dict(meta["summary"])
+        except (ValueError, KeyError, TypeError):
+            return False
+        if params is None:
+            return False
+        self._personal = _Personal(task, params, summary)
+        return True
+
     # -- the pending update (the worker keeps it in IndexedDB) -------------------
 
     def pending_record(self) -> str:
@@ -277,4 +423,16 @@ class BrowserSession:
         snap["rounds_accepted"] = self.rounds_accepted
         snap["residual"] = self.residual_spec() or None
         snap["pending_round"] = None if self.pending is None else self.pending.round
+        model = self._global()
+        snap["predictor"] = None if model is None else {"version": model.version, "kept": model is self._kept}
+        snap["personal"] = None if self._personal is None else self._personal.summary
         return json.dumps(snap)
+
+
+def _pixels(data, count: int, task: Task) -> np.ndarray:
+    """``count`` images of the task's shape from raw ``uint8`` bytes, or a ValueError."""
+    raw = np.frombuffer(_as_bytes(data), dtype=np.uint8)
+    shape = (task.height, task.width, task.channels)
+    if count < 1 or raw.size != count * int(np.prod(shape)):
+        raise ValueError(f"expected {count} images of {shape[1]}x{shape[0]}x{shape[2]} bytes, got {raw.size} bytes")
+    return raw.reshape(count, *shape)

@@ -161,6 +161,14 @@ class Volunteer:
     def holdout_examples(self) -> int:
         return 0 if self._holdout_idx is None else len(self._holdout_idx)
 
+    def local_split(self) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+        """``((x, y) trained on, (x, y) held out)`` as model inputs: what a personal fine-tune
+        (``core.predict.personalise``) trains and compares on, on this device only."""
+        if self._data is None or self._x is None or self._train_idx is None or self._holdout_idx is None:
+            raise ValueError("no local data yet (or the task is not known yet)")
+        y = self._data.y
+        return (self._x[self._train_idx], y[self._train_idx]), (self._x[self._holdout_idx], y[self._holdout_idx])
+
     def snapshot(self) -> dict:
         """Everything a UI shows, as plain data."""
         return {

@@ -29,6 +29,15 @@ export class WorkerClient {
     this.worker.postMessage({ type: "hold", reason, on });
   }
 
+  // "Try the model": the worker answers with a "predicted" event of the same id.
+  predict(id, input, which) {
+    this.worker.postMessage({ type: "predict", id, input, which });
+  }
+
+  personalise() {
+    this.worker.postMessage({ type: "personalise" });
+  }
+
   togglePause() {
     this.paused = !this.paused;
     this.worker.postMessage({ type: this.paused ? "pause" : "resume" });

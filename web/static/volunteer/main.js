@@ -3,9 +3,12 @@
 import { firstLook } from "./csvcheck.js";
 import { WorkerClient } from "./client.js";
 import { View } from "./view.js";
+import { labelFiles, labelFolder } from "./images.js";
+import { TryModel } from "./predict.js";
 
 const view = new View(document);
 let client = null;
+let tryModel = null;
 
 function unsupported() {
   if (typeof WebAssembly !== "object") return "This browser cannot run WebAssembly, which the in-browser Python needs. Try a current Chrome, Firefox, Safari or Edge.";
@@ -16,8 +19,9 @@ function unsupported() {
 function join() {
   const data = view.dataChoice();
   if (data === null) {
-    view.q("csv-file").focus();
-    view.q("csv-file").setAttribute("aria-invalid", "true");
+    const input = view.q(view.root.querySelector('input[name="data"][value="images"]')?.checked ? "image-folder" : "csv-file");
+    input.focus();
+    input.setAttribute("aria-invalid", "true");
     return;
   }
   store(CONSENT_KEY, { at: new Date().toISOString(), data: data.kind });
@@ -32,8 +36,10 @@ function join() {
   client = new WorkerClient((event) => {
     if (event.type === "stage" && event.label === "Connecting") store(LOAD_KEY, { seconds: (performance.now() - joinedAt) / 1000 });
     view.handle(event);
+    tryModel.handle(event);
     if (event.type === "left") client.terminate();
   });
+  tryModel = new TryModel(view.root, client);
   client.start(data, settings.cpu, document.body.dataset.task);
   applyHolds();
 }
@@ -147,11 +153,25 @@ function reportHeight() {
   send();
 }
 
-if (document.body.dataset.mode === "embed") {
-  if (window.parent !== window) reportHeight();
-} else {
+if (document.body.dataset.mode === "embed" && window.parent !== window) reportHeight();
+// The widget shows the data choice too when its task has no demo data.
+if (view.q("csv-file")) {
   view.wireDataChoice();
   view.q("csv-file").addEventListener("change", checkCsv);
+}
+if (view.q("image-folder")) wireImages();
+
+// Images: a folder's sub-folders name the classes; or files, all of the class picked.
+function wireImages() {
+  const classes = JSON.parse(document.body.dataset.classes);
+  const pick = (choice) => {
+    view.setImageChoice(choice);
+    view.root.querySelector('input[name="data"][value="images"]').checked = true;
+  };
+  view.q("image-folder").addEventListener("change", (event) => event.target.files.length && pick(labelFolder(event.target.files, classes)));
+  const files = () => view.q("image-files").files.length && pick(labelFiles(view.q("image-files").files, Number(view.q("image-label").value)));
+  view.q("image-files").addEventListener("change", files);
+  view.q("image-label").addEventListener("change", files);
 }
 
 // Name an obviously unusable file as soon as it is picked; Join waits for a good one.

@@ -37,6 +37,8 @@ export class View {
   // -- data choice -------------------------------------------------------------
 
   dataChoice() {
+    const images = this.root.querySelector('input[name="data"][value="images"]');
+    if (images?.checked) return this.imageChoice ?? null;
     const csv = this.root.querySelector('input[name="data"][value="csv"]');
     if (csv?.checked) {
       const file = this.q("csv-file").files[0];
@@ -46,12 +48,22 @@ export class View {
   }
 
   wireDataChoice() {
-    const picker = this.root.querySelector(".csv-picker");
     for (const radio of this.root.querySelectorAll('input[name="data"]')) {
       radio.addEventListener("change", () => {
-        picker.hidden = radio.value !== "csv" || !radio.checked;
+        for (const picker of this.root.querySelectorAll("[data-picker]")) picker.hidden = picker.dataset.picker !== radio.value || !radio.checked;
       });
     }
+  }
+
+  // The labelled images picked (volunteer/images.js), or the reason they cannot be used.
+  setImageChoice(choice) {
+    const box = this.q("images-problem");
+    box.hidden = !choice.error;
+    box.textContent = choice.error ? `These images cannot be used: ${choice.error}.` : "";
+    const skipped = choice.skipped?.length ? `; skipped (not in a class folder): ${choice.skipped.join(", ")}` : "";
+    this.q("images-chosen").textContent = choice.error ? "" : `${choice.items.length} images chosen${skipped}`;
+    this.imageChoice = choice.error ? null : { kind: "images", items: choice.items, name: choice.name };
+    this.q("join").disabled = Boolean(choice.error);
   }
 
   // -- lifecycle -----------------------------------------------------------------
@@ -154,7 +166,7 @@ export class View {
     q("finished").hidden = !finished;
     document.body.dataset.run = finished ? "finished" : snapshot.run ? "running" : "none";
     const latest = snapshot.history?.at(-1);
-    q("global-accuracy").textContent = latest ? `${format.percent(latest[1])} after round ${latest[0]}` : "—";
+    q("run-accuracy").textContent = latest ? `${format.percent(latest[1])} after round ${latest[0]}` : "—";
     q("rounds-done").textContent = String(snapshot.rounds_accepted.length);
     q("bytes-up").textContent = format.bytes(snapshot.bytes_up);
     q("bytes-down").textContent = format.bytes(snapshot.bytes_down);
@@ -260,6 +272,10 @@ function fitRange(min, max) {
 function describeData(data) {
   if (!data) return "—";
   if (data.kind === "csv") return `your file ${data.name} (${data.examples} examples, kept in this tab)`;
+  if (data.kind === "images") {
+    const skipped = data.skipped.length ? `; skipped, not readable as images: ${data.skipped.join(", ")}` : "";
+    return `your images ${data.name} (${data.examples} examples, kept in this tab${skipped})`;
+  }
   const shard = data.shard ?? {};
   return `demo data: shard ${shard.index + 1} of ${shard.count} (${data.examples} examples)`;
 }

@@ -5,12 +5,14 @@
 //   volunteer's work.
 // - "pending": the update awaiting its verdict {volunteer, resume, round, frame}, so a
 //   reload re-sends it (webfl.core.browser.BrowserSession decides when).
+// - "models" and "personal": the last global model and the volunteer's personal
+//   fine-tune, for predictions on the device (worker/ondevice.js).
 // Failures only log: a browser without IndexedDB (or in a private mode that refuses it)
 // still trains, it only forgets on reload.
 
 const DB = "webfl";
-const VERSION = 2; // 1 had "residuals" only
-const STORES = ["residuals", "pending"];
+const VERSION = 3; // 1 had "residuals" only, 2 added "pending"
+const STORES = ["residuals", "pending", "models", "personal"];
 
 function open() {
   return new Promise((resolve, reject) => {
