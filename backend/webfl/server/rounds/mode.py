@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ...core.protocol import Message
+from ..coordinator import Coordinator
 from .commit import CommitPipeline, Run
 from .config import RunConfig
 from .funnel import RoundStats
@@ -36,6 +37,7 @@ class Services:
     rejections: Rejections
     stats: RoundStats
     seed: int
+    coordinator: Coordinator
 
 
 class RunMode(ABC):
@@ -61,6 +63,10 @@ class RunMode(ABC):
     @abstractmethod
     def submit(self, peer_id: str, msg: Message, nbytes: int) -> Verdict:
         """The verdict on one ``update``; an accepted one is folded in."""
+
+    async def secagg_frame(self, peer_id: str, msg: Message, nbytes: int) -> str | None:
+        """Handle one secure-aggregation frame (``sa_*``); the reason it is refused, or None."""
+        return f"{msg.type}: this run does not use secure aggregation"
 
     def open_round(self) -> dict | None:
         """The open round for the status (``round``, ``selected``, ``received``, ``deadline``, ``funnel``), if any."""
