@@ -391,6 +391,12 @@ class Volunteer:
         self._to(SessionState.KEYING)
         return [self._send(keys_message(setup.round_id, keys))]
 
+    @property
+    def secagg_seat(self) -> tuple[int, int, int] | None:
+        """(round, this volunteer's index, cohort size) of the SecAgg round it is in, if any."""
+        sa = self._secagg
+        return None if sa is None else (sa.round, sa.index, sa.n)
+
     def _secagg_for(self, msg: Message) -> _SecAggRound | None:
         sa = self._secagg
         if sa is None or msg["session"] != sa.session:

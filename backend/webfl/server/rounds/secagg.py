@@ -129,6 +129,7 @@ class SecAggRounds(SyncRounds):
             return await self._give_up(open_, "too_few_updates", f"{len(session.examples)} masked update(s), {config.min_updates} needed")
         await self._send(session.close())
         await self._stage(lambda: session.reveals.keys(), [session.cohort[u] for u in session.survivors], settings.stage_s)
+        log.info("secagg round %d: %d of %d survivors revealed their shares", round_, len(session.reveals), len(session.survivors))
         try:
             total = await asyncio.to_thread(session.finish)
             decoded = params.quantizer.decode_sum(total, len(session.survivors))
