@@ -5,7 +5,7 @@ with no sockets. Tests choose who vanishes at which stage and read what the serv
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +51,9 @@ class Net:
         self.vanish: dict[str, str] = {}
         self.current: str | None = None  # the volunteer training now
         self.closed: dict[str, str] = {}  # volunteer -> the reason the server closed it
+        self.uploaded: set[str] = set()  # whose masked upload the server folded in
+        #: volunteer -> (frame type, what it sends instead of that frame: a list of frames)
+        self.tamper: dict[str, tuple[str, Callable[[Message], list[bytes]]]] = {}
         self.levels: dict[str, np.ndarray] = {}  # each masked upload's quantized levels (a spy on Quantizer)
         for i in range(n):
             data = Dataset(rng.integers(0, 256, (60, TASK.num_features), dtype=np.uint8), rng.integers(0, 10, 60, dtype=np.uint8))
@@ -70,6 +73,18 @@ class Net:
 
     async def send(self, name: str, frame: bytes) -> None:
         msg = decode(frame)
+        kind, change = self.tamper.get(name, (None, None))
+        if msg.type == kind:
+            del self.tamper[name]
+            for forged in change(msg):
+                if name in self.volunteers:
+                    await self.deliver(name, forged)
+            return
+        await self.deliver(name, frame)
+
+    async def deliver(self, name: str, frame: bytes) -> None:
+        """What ``sockets.py`` does with one frame from ``name``."""
+        msg = decode(frame)
         if msg.type == "ready":
             self.engine.ready(name, msg["num_examples"])
         elif msg.type in TYPES:
@@ -78,6 +93,8 @@ class Net:
                 self.closed[name] = reason
                 self.leave(name)
                 return
+            if msg.type == "sa_masked":
+                self.uploaded.add(name)
         elif msg.type == "update":
             await self.engine.submit(name, msg, len(frame))
         if self.vanish.get(name) == msg.type:

@@ -62,3 +62,24 @@ def test_too_many_silent_during_unmasking_abandons_with_the_model_unchanged(tmp_
     (abandoned,) = net.abandoned()[:1]
     assert abandoned.why == "unmask_failed" and not net.engine.history
     np.testing.assert_array_equal(net.engine.params, before)
+
+
+def test_a_dp_run_divides_the_unmasked_sum_by_the_expected_cohort_and_charges_the_accountant(tmp_path, monkeypatch):
+    """Noise multiplier 0 makes the release exact; a volunteer gone before uploading still
+    leaves the divisor at the expected cohort (the count would leak who took part)."""
+    net = Net(tmp_path, 8)
+    net.vanish = {"v2": "train"}
+    before = net.engine.params.copy()
+    body = {**BODY, "dp": {"noise_multiplier": 0.0, "clip": 0.5}, "secagg": {"neighbors": 6, "threshold": 4, "stage_s": 0.5}}
+    asyncio.run(net.run(body, monkeypatch=monkeypatch))
+    (record,) = net.engine.history
+    assert record.participants == 7 and record.privacy["updates"] == 7
+    params = SecAggSettings(neighbors=6, threshold=4).for_round(8, before.size, 0.5, dp=True)
+    uploaded = sorted(net.uploaded)
+    total = np.sum([net.levels[v] for v in uploaded], axis=0, dtype=np.uint64).astype(np.uint32)
+    expected = (params.quantizer.decode_sum(total, 7) / 8).astype(np.float32)
+    np.testing.assert_allclose(net.engine.params - before, expected, rtol=0, atol=1e-6)
+    # Each quantized update stays within dp.clip: the sensitivity the noise assumes.
+    for v in uploaded:
+        decoded = params.quantizer.decode_sum(net.levels[v], 1)
+        assert np.linalg.norm(decoded) <= 0.5 + 1e-9
