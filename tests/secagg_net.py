@@ -14,6 +14,8 @@ from webfl import __version__
 from webfl.core.data import Dataset
 from webfl.core.protocol import Message, decode, encode
 from webfl.core.secagg import Quantizer
+from webfl.core.secagg.native import NativeCrypto
+from webfl.core.secagg.runtime import answer
 from webfl.core.secagg.wire import TYPES
 from webfl.core.volunteer import SessionState, Volunteer
 from webfl.server.coordinator import Coordinator, Subscription
@@ -21,6 +23,9 @@ from webfl.server.engine import RoundEngine, RunConfig
 from webfl.server.store import Store
 
 from rounds_harness import TASK, held_out
+
+
+NATIVE = NativeCrypto()
 
 
 class Wire(Coordinator):
@@ -43,7 +48,9 @@ class Net:
     """``vanish``: volunteer name -> the frame type after which (``sa_masked``: once it is
     sent) or before which (``"train"``: instead of training) it disconnects."""
 
-    def __init__(self, tmp_path: Path, n: int, seed: int = 0) -> None:
+    def __init__(self, tmp_path: Path, n: int, seed: int = 0, deferred: bool = False) -> None:
+        """``deferred``: the volunteers hand their cryptography out, as the browser's do, and
+        the net answers it (natively) between frames, as the worker does with WebCrypto."""
         self.wire = Wire()
         self.engine = RoundEngine(TASK, Store(tmp_path / "webfl.sqlite3"), self.wire, held_out(), seed)
         rng = np.random.default_rng(seed)
@@ -57,7 +64,7 @@ class Net:
         self.levels: dict[str, np.ndarray] = {}  # each masked upload's quantized levels (a spy on Quantizer)
         for i in range(n):
             data = Dataset(rng.integers(0, 256, (60, TASK.num_features), dtype=np.uint8), rng.integers(0, 10, 60, dtype=np.uint8))
-            self.join(f"v{i}", Volunteer(data, agent="test"))
+            self.join(f"v{i}", Volunteer(data, agent="test", defer_crypto=deferred))
 
     def join(self, name: str, v: Volunteer) -> None:
         self.volunteers[name] = v
@@ -106,7 +113,9 @@ class Net:
             while v is not None and name in self.wire.inbox and self.wire.inbox[name]:
                 for out in v.receive(self.wire.inbox[name].pop(0)):
                     await self.send(name, out)
-                v = self.volunteers.get(name)
+                while (v := self.volunteers.get(name)) is not None and v.crypto_request is not None:
+                    for out in v.crypto_answer(answer(NATIVE, v.crypto_request)):
+                        await self.send(name, out)
             if v is not None and v.state is SessionState.TRAINING:
                 if self.vanish.get(name) == "train":
                     self.leave(name)

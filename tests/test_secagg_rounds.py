@@ -22,13 +22,15 @@ def expected_step(net: Net, survivors: list[str], size: int) -> np.ndarray:
     return (params.quantizer.decode_sum(total, len(survivors)) / len(survivors)).astype(np.float32)
 
 
+@pytest.mark.parametrize("deferred", [False, True], ids=["native", "deferred-crypto"])
 @pytest.mark.parametrize(("vanish", "survivors"), [
     ({}, 8),
     ({"v1": "train", "v5": "train"}, 6),  # shared their secrets, never uploaded: their pair masks are rebuilt
     ({"v2": "sa_masked", "v6": "sa_masked"}, 8),  # uploaded, then gone before unmasking: their self masks are rebuilt
 ])
-def test_the_committed_step_is_the_exact_mean_of_the_survivors_levels(tmp_path, monkeypatch, vanish, survivors):
-    net = Net(tmp_path, 8)
+def test_the_committed_step_is_the_exact_mean_of_the_survivors_levels(tmp_path, monkeypatch, vanish, survivors, deferred):
+    """``deferred``: the volunteers' cryptography is answered between frames, as the browser's worker does."""
+    net = Net(tmp_path, 8, deferred=deferred)
     net.vanish = dict(vanish)
     before = net.engine.params.copy()
     asyncio.run(net.run(BODY, monkeypatch=monkeypatch))

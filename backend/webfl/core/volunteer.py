@@ -32,8 +32,10 @@ A secure-aggregation round's task carries ``secagg`` (the round's public paramet
 for the roster (it answers with sealed shares) and its inbox of neighbours' shares, then
 trains; ``train()`` returns the quantized, masked ``sa_masked`` frame instead of an
 ``update``; ``sa_unmask`` (who survived) is answered with ``sa_reveal`` in any state. The
-cryptography is the runtime's (``secagg.runtime.VolunteerCrypto``: ``cryptography``
-natively, WebCrypto in the browser); a volunteer without one drops out of such rounds.
+cryptography is the runtime's (``secagg.runtime``): natively ``cryptography`` answers at
+once; with ``defer_crypto`` (the browser) a stage stops at ``crypto_request`` until the
+driver brings WebCrypto's answers to ``crypto_answer``, which returns the frames to send.
+A volunteer with neither sits such rounds out.
 A frame that breaks the SecAgg round ends it for this volunteer (IDLE again, ``ready``).
 
 A differentially private run's task carries ``clip``: the delta's L2 norm is clipped to
@@ -60,7 +62,7 @@ from .privacy import l2_clip
 from .stats import feature_stats
 from .protocol import Message, ProtocolError, decode, encode
 from .secagg import Quantizer, SecAggClient, SecAggError
-from .secagg.runtime import SecAggVolunteer, VolunteerCrypto
+from .secagg.runtime import CryptoRequest, SecAggVolunteer, Steps, VolunteerCrypto, run
 from .secagg.wire import id_rows, keys_message, read_id_rows, read_roster, read_setup, read_survivors, reveal_message
 from .tasks import Task
 from .training import Progress, Step, TrainConfig, run_steps, train_steps
@@ -120,7 +122,7 @@ class _SecAggRound:
     n: int
     quantizer: Quantizer
     stages: SecAggVolunteer
-    opened: dict[int, bytes] | None = None
+    opened: bool = False  # the neighbours' shares are in: ready to mask
 
 
 class Volunteer:
@@ -132,13 +134,18 @@ class Volunteer:
         task_name: str | None = None,
         holdout_seed: int = 0,
         secagg_crypto: VolunteerCrypto | None = None,
+        defer_crypto: bool = False,
     ) -> None:
         """``task_name``: the task to train (None: the server's default); ``holdout_seed``
         picks which examples are kept for evaluation (the same every session);
         ``secagg_crypto``: the runtime's cryptography for SecAgg rounds (None: ``cryptography``
-        if installed, else this volunteer sits such rounds out)."""
-        self.secagg_crypto = secagg_crypto
+        if installed); ``defer_crypto``: hand SecAgg's cryptography to the driver instead
+        (``crypto_request``/``crypto_answer``: the browser's asynchronous WebCrypto)."""
+        self.secagg_crypto, self.defer_crypto = secagg_crypto, defer_crypto
         self._secagg: _SecAggRound | None = None
+        #: The cryptography a SecAgg stage waits for (``defer_crypto``), and what resumes it.
+        self.crypto_request: CryptoRequest | None = None
+        self._crypto_job: tuple[Steps, Callable[[object], list[bytes]]] | None = None
         self.agent, self.task_name, self.holdout_seed = agent, task_name, holdout_seed
         self.state = SessionState.CLOSED
         self.on_transition = on_transition
@@ -364,6 +371,7 @@ class Volunteer:
     # -- secure aggregation ------------------------------------------------------
 
     def _crypto(self) -> VolunteerCrypto | None:
+        """The synchronous cryptography: the injected one, else ``cryptography`` if installed."""
         if self.secagg_crypto is None:
             try:
                 from .secagg.native import NativeCrypto  # the server's environment; not the browser's wheel
@@ -374,22 +382,57 @@ class Volunteer:
 
     def _secagg_begin(self, job: Job, fields: dict) -> list[bytes]:
         """ADVERTISE: two fresh key pairs; the job waits in KEYING for the shares."""
-        crypto = self._crypto()
         assert self.task is not None
-        if crypto is None:
+        if not self.defer_crypto and self._crypto() is None:
             log.warning("volunteer %s: no cryptography for secure aggregation; sitting round %d out", self.volunteer_id, job.round)
             return []
         try:
             setup, quantizer, index = read_setup(fields, self.task.build_model().size)
-            stages = SecAggVolunteer(SecAggClient(index, setup), crypto)
-            keys = stages.advertise()
         except SecAggError as exc:
             log.warning("volunteer %s: secure-aggregation task refused: %s", self.volunteer_id, exc)
             return []
+        stages = SecAggVolunteer(SecAggClient(index, setup))
         self._secagg = _SecAggRound(job.round, setup.round_id, index, setup.graph.n, quantizer, stages)
         self.job = job
         self._to(SessionState.KEYING)
-        return [self._send(keys_message(setup.round_id, keys))]
+        return self._crypto_steps(stages.advertise(), lambda keys: [self._send(keys_message(setup.round_id, keys))])
+
+    def _crypto_steps(self, steps: Steps, then: Callable[[object], list[bytes]]) -> list[bytes]:
+        """Run a SecAgg stage: its requests answered now, or (``defer_crypto``) by the driver."""
+        if self._crypto_job is not None:
+            self._crypto_job[0].close()  # a stage of an earlier round still waiting: it is over
+        self._crypto_job, self.crypto_request = (steps, then), None
+        if not self.defer_crypto:
+            crypto = self._crypto()
+            assert crypto is not None
+            try:
+                value = run(steps, crypto)
+            except SecAggError as exc:
+                self._crypto_job = None
+                return self._secagg_failed(exc)
+            self._crypto_job = None
+            return then(value)
+        return self._crypto_next(None)
+
+    def _crypto_next(self, answers: list | None) -> list[bytes]:
+        assert self._crypto_job is not None
+        steps, then = self._crypto_job
+        try:
+            request = next(steps) if answers is None else steps.send(answers)
+        except StopIteration as done:
+            self._crypto_job = self.crypto_request = None
+            return then(done.value)
+        except SecAggError as exc:
+            self._crypto_job = self.crypto_request = None
+            return self._secagg_failed(exc)
+        self.crypto_request = request
+        return []
+
+    def crypto_answer(self, answers: list[bytes]) -> list[bytes]:
+        """The driver's answers to ``crypto_request`` (one bytes value per item); the frames to send."""
+        if self._crypto_job is None:
+            raise RuntimeError("no SecAgg stage is waiting for cryptography")
+        return self._crypto_next(list(answers))
 
     @property
     def secagg_seat(self) -> tuple[int, int, int] | None:
@@ -419,21 +462,26 @@ class Volunteer:
         if (sa := self._secagg_for(msg)) is None:
             return []
         try:
-            sealed = sa.stages.share(read_roster(msg, sa.n))
+            roster = read_roster(msg, sa.n)
         except SecAggError as exc:
             return self._secagg_failed(exc)
-        return [self._send(id_rows("sa_shares", sa.session, sealed))]
+        return self._crypto_steps(sa.stages.share(roster), lambda sealed: [self._send(id_rows("sa_shares", sa.session, sealed))])
 
     def _on_sa_inbox(self, msg: Message) -> list[bytes]:
         """The neighbours' sealed shares: opened now, then train (the mask needs them)."""
         if (sa := self._secagg_for(msg)) is None or self.state is not SessionState.KEYING:
             return []
         try:
-            sa.opened = sa.stages.open(read_id_rows(msg, sa.n))
+            inbox = read_id_rows(msg, sa.n)
         except SecAggError as exc:
             return self._secagg_failed(exc)
-        self._to(SessionState.TRAINING)
-        return []
+
+        def train(_: object) -> list[bytes]:
+            sa.opened = True
+            self._to(SessionState.TRAINING)
+            return []
+
+        return self._crypto_steps(sa.stages.accept(inbox), train)
 
     def _on_sa_unmask(self, msg: Message) -> list[bytes]:
         """UNMASK: reveal each surviving neighbour's self-seed share, each dropped one's key share."""
@@ -449,9 +497,9 @@ class Volunteer:
     def _masked(self, job: Job, delta: np.ndarray, result) -> bytes:
         """MASK: quantize (rounding drawn from the OS, never the run's seed), mask, pack."""
         sa = self._secagg
-        assert sa is not None and sa.opened is not None and job.session == sa.session
+        assert sa is not None and sa.opened and job.session == sa.session
         levels = sa.quantizer.quantize(delta, np.random.default_rng())
-        packed = sa.stages.mask_opened(levels, sa.opened)
+        packed = sa.stages.masked(levels)
         fields = {"session": sa.session, "round": job.round, "model_version": job.model_version, "num_examples": result.num_examples,
                   "loss": result.loss, "accuracy": result.accuracy, "token": job.token}
         self._to(SessionState.SUBMITTED)

@@ -10,13 +10,16 @@ the browser's wheel.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
+
+import numpy as np
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
-from .client import SecAggClient
-from .runtime import SecAggVolunteer
+from .client import PublicKeys, SecAggClient
+from .runtime import SecAggVolunteer, run
 
 __all__ = ["NativeCrypto", "NativeVolunteer", "X25519Agreement", "open_frame", "seal_frame"]
 
@@ -68,7 +71,18 @@ class NativeCrypto(X25519Agreement):
 
 
 class NativeVolunteer(SecAggVolunteer):
-    """A volunteer's SecAgg stages with the cryptography done natively."""
+    """A volunteer's SecAgg stages with the cryptography done natively, each stage one call."""
 
     def __init__(self, client: SecAggClient) -> None:
-        super().__init__(client, NativeCrypto())
+        super().__init__(client)
+        self.crypto = NativeCrypto()
+
+    def advertise(self) -> PublicKeys:
+        return run(super().advertise(), self.crypto)
+
+    def share(self, roster: Mapping[int, PublicKeys]) -> dict[int, bytes]:
+        return run(super().share(roster), self.crypto)
+
+    def mask(self, levels: np.ndarray, inbox: Mapping[int, bytes]) -> bytes:
+        run(self.accept(inbox), self.crypto)
+        return self.masked(levels)
