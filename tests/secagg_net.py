@@ -58,6 +58,7 @@ class Net:
         self.vanish: dict[str, str] = {}
         self.current: str | None = None  # the volunteer training now
         self.closed: dict[str, str] = {}  # volunteer -> the reason the server closed it
+        self.codes: dict[str, int] = {}  # and the close code
         self.uploaded: set[str] = set()  # whose masked upload the server folded in
         #: volunteer -> (frame type, what it sends instead of that frame: a list of frames)
         self.tamper: dict[str, tuple[str, Callable[[Message], list[bytes]]]] = {}
@@ -95,9 +96,10 @@ class Net:
         if msg.type == "ready":
             self.engine.ready(name, msg["num_examples"])
         elif msg.type in TYPES:
-            reason = await self.engine.secagg(name, msg, len(frame))
-            if reason is not None:
-                self.closed[name] = reason
+            refused = await self.engine.secagg(name, msg, len(frame))
+            if refused is not None:
+                self.closed[name] = refused.reason
+                self.codes[name] = refused.code
                 self.leave(name)
                 return
             if msg.type == "sa_masked":

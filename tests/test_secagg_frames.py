@@ -7,7 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from webfl.core.protocol import Message, encode
+from webfl.core.protocol import CLOSE_POLICY, CLOSE_TRY_LATER, Message, encode
 from webfl.server.engine import RunConfig
 from webfl.server.secagg import SecAggSettings
 
@@ -57,6 +57,8 @@ def test_a_hostile_frame_is_refused_and_the_round_commits_the_others_exact_mean(
     net.tamper = {"v3": (kind, change)}
     asyncio.run(net.run(BODY, monkeypatch=monkeypatch))
     assert list(net.closed) == ["v3"] and why in net.closed["v3"], net.closed
+    late = why in ("not the open one", "out of stage", "not open")
+    assert net.codes["v3"] == (CLOSE_TRY_LATER if late else CLOSE_POLICY)
     assert net.engine.rejections["secagg"] == 1
     (record,) = net.engine.history
     # Refused at its reveal (or at a second upload), the hostile one's first upload is in the sum.
@@ -79,7 +81,7 @@ def test_outsiders_and_a_run_without_secagg_are_refused(tmp_path):
         session = next(v.job.session for v in net.volunteers.values() if v.secagg_seat)
         outsider = next(name for name, v in net.volunteers.items() if v.secagg_seat is None)
         keys = Message("sa_keys", {"session": session}, (np.arange(64, dtype=np.uint8),))
-        assert "not in secagg round 1's cohort" in await net.engine.secagg(outsider, keys, 100)
+        assert "not in secagg round 1's cohort" in (await net.engine.secagg(outsider, keys, 100)).reason
         await net.engine.stop()
 
     asyncio.run(main())
@@ -87,10 +89,10 @@ def test_outsiders_and_a_run_without_secagg_are_refused(tmp_path):
 
     async def plain_run():
         keys = Message("sa_keys", {"session": 1}, (np.zeros(64, np.uint8),))
-        assert "no run is in progress" in await plain.engine.secagg("v0", keys, 100)
+        assert "no run is in progress" in (await plain.engine.secagg("v0", keys, 100)).reason
         plain.engine.start(RunConfig.from_json({"clients_per_round": 2}))
         await asyncio.sleep(0.01)
-        assert "does not use secure aggregation" in await plain.engine.secagg("v0", keys, 100)
+        assert "does not use secure aggregation" in (await plain.engine.secagg("v0", keys, 100)).reason
         await plain.engine.stop()
 
     asyncio.run(plain_run())

@@ -20,7 +20,7 @@ import logging
 import numpy as np
 
 from ..core.data import Dataset
-from ..core.protocol import Message, encode
+from ..core.protocol import CLOSE_TRY_LATER, Message, ProtocolError, encode
 from ..core.tasks import Task
 from .coordinator import Coordinator, TaskChannel
 from .rounds.commit import CommitPipeline, Run
@@ -167,15 +167,15 @@ class RoundEngine:
             self.rejections.add(verdict.kind or "malformed")
         return verdict
 
-    async def secagg(self, peer_id: str, msg: Message, nbytes: int) -> str | None:
-        """One secure-aggregation frame (``sa_*``); the reason it is refused (the socket closes), or None."""
+    async def secagg(self, peer_id: str, msg: Message, nbytes: int) -> ProtocolError | None:
+        """One secure-aggregation frame (``sa_*``); why it is refused (the socket closes with it), or None."""
         if self._mode is None:
-            reason = f"{msg.type}: no run is in progress"
+            refused = ProtocolError(f"{msg.type}: no run is in progress", CLOSE_TRY_LATER)
         else:
-            reason = await self._mode.secagg_frame(peer_id, msg, nbytes)
-        if reason is not None:
+            refused = await self._mode.secagg_frame(peer_id, msg, nbytes)
+        if refused is not None:
             self.rejections.add("secagg")
-        return reason
+        return refused
 
     def report_evaluation(self, peer_id: str, msg: Message) -> str | None:
         """Fold in an ``eval`` report on a committed model; the reason it was refused, or None."""

@@ -177,8 +177,8 @@ async def _read(websocket: WebSocket, engine: RoundEngine, peer_id: str, max_byt
             )
             await engine.coordinator.publish(encode(reply), to=[peer_id])
         elif msg.type in SECAGG_TYPES:
-            if (reason := await engine.secagg(peer_id, msg, len(data))) is not None:
-                await _close(websocket, CLOSE_POLICY, reason)  # counted by the engine, once
+            if (refused := await engine.secagg(peer_id, msg, len(data))) is not None:
+                await _close(websocket, refused.code, refused.reason)  # counted by the engine, once
                 return
         else:
             raise _Closed(CLOSE_PROTOCOL_ERROR, f"unexpected {msg.type} frame from a volunteer")

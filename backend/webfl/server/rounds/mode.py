@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ...core.protocol import Message
+from ...core.protocol import CLOSE_TRY_LATER, Message, ProtocolError
 from ..coordinator import Coordinator
 from .commit import CommitPipeline, Run
 from .config import RunConfig
@@ -64,9 +64,9 @@ class RunMode(ABC):
     def submit(self, peer_id: str, msg: Message, nbytes: int) -> Verdict:
         """The verdict on one ``update``; an accepted one is folded in."""
 
-    async def secagg_frame(self, peer_id: str, msg: Message, nbytes: int) -> str | None:
-        """Handle one secure-aggregation frame (``sa_*``); the reason it is refused, or None."""
-        return f"{msg.type}: this run does not use secure aggregation"
+    async def secagg_frame(self, peer_id: str, msg: Message, nbytes: int) -> ProtocolError | None:
+        """Handle one secure-aggregation frame (``sa_*``); why it is refused (the close code and reason), or None."""
+        return ProtocolError(f"{msg.type}: this run does not use secure aggregation", CLOSE_TRY_LATER)
 
     def open_round(self) -> dict | None:
         """The open round for the status (``round``, ``selected``, ``received``, ``deadline``, ``funnel``), if any."""

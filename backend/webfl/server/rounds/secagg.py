@@ -14,8 +14,8 @@ divided by the expected cohort like any dp release, then committed. Fewer than
 be rebuilt abandon the round (recorded, model unchanged, retried).
 
 Every SecAgg frame comes through ``secagg_frame``; one that is malformed, out of stage
-or from outside the cohort is refused (the socket closes with the reason) and changes
-nothing. ``update`` frames are refused: no update travels in the clear in such a run.
+or from outside the cohort is refused (the socket closes with the reason: 1013 "try
+later" for a frame that is merely late or early, 1008 otherwise) and changes nothing. ``update`` frames are refused: no update travels in the clear in such a run.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ import numpy as np
 
 from ...core.aggregation import Aggregator
 from ...core.codecs import Codec, Encoded
-from ...core.protocol import Message, encode
-from ...core.secagg import SecAggError
+from ...core.protocol import CLOSE_POLICY, CLOSE_TRY_LATER, Message, ProtocolError, encode
+from ...core.secagg import OutOfStage, SecAggError
 from ...core.secagg.native import X25519Agreement
 from ..crashpoints import crashpoint
 from ..privacy.run import DPRule
@@ -188,10 +188,10 @@ class SecAggRounds(SyncRounds):
     def submit(self, peer_id: str, msg: Message, nbytes: int) -> Verdict:
         return Verdict(False, "this run uses secure aggregation: updates travel masked (sa_masked), never in the clear", "malformed")
 
-    async def secagg_frame(self, peer_id: str, msg: Message, nbytes: int) -> str | None:
+    async def secagg_frame(self, peer_id: str, msg: Message, nbytes: int) -> ProtocolError | None:
         session, open_ = self.session, self._open
         if session is None or open_ is None:
-            return f"{msg.type}: no secure-aggregation round is open"
+            return ProtocolError(f"{msg.type}: no secure-aggregation round is open", CLOSE_TRY_LATER)
         try:
             if msg.type == "sa_keys":
                 session.advertise(peer_id, msg)
@@ -199,28 +199,29 @@ class SecAggRounds(SyncRounds):
                 session.share(peer_id, msg)
             elif msg.type == "sa_masked":
                 if (refused := self._masked(peer_id, msg, nbytes)) is not None:
-                    return refused
+                    return ProtocolError(*refused)
                 await self.services.coordinator.publish(encode(Message("accept", {"round": open_.round})), to=[peer_id])
             elif msg.type == "sa_reveal":
                 session.reveal(peer_id, msg)
             else:
-                return f"{msg.type} is a server's frame"
+                return ProtocolError(f"{msg.type} is a server's frame", CLOSE_POLICY)
         except SecAggError as exc:
             log.info("secagg round %d: %s from %s refused: %s", session.round, msg.type, peer_id, exc)
-            return str(exc)
+            # A late frame's sender may come back for the next round; a malformed one's may not.
+            return ProtocolError(str(exc), CLOSE_TRY_LATER if isinstance(exc, OutOfStage) else CLOSE_POLICY)
         self.services.phase.changed()
         return None
 
-    def _masked(self, peer_id: str, msg: Message, nbytes: int) -> str | None:
-        """Fold a masked upload once its task, token and size check out; the reason if not."""
+    def _masked(self, peer_id: str, msg: Message, nbytes: int) -> tuple[str, int] | None:
+        """Fold a masked upload once its task, token and size check out; the reason and close code if not."""
         s, session, open_ = self.services, self.session, self._open
         assert session is not None and open_ is not None
         session.check_upload(peer_id, msg)
         job = s.tasks.match(peer_id, msg)
         if isinstance(job, Verdict):
-            return f"sa_masked: {job.reason}"
+            return f"sa_masked: {job.reason}", CLOSE_TRY_LATER if job.kind in ("round", "model_version") else CLOSE_POLICY
         if not s.tasks.tokens.check(peer_id, job.round, job.model_version, msg["token"]):
-            return "sa_masked: the session token does not match this connection's task"
+            return "sa_masked: the session token does not match this connection's task", CLOSE_POLICY
         session.upload(peer_id, msg)
         s.tasks.answered(peer_id)
         open_.funnel.report(peer_id)

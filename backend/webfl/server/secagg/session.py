@@ -12,7 +12,8 @@ who masks with whom for the core's ``Unmasker``. UPLOAD folds each masked vector
 running sum as it arrives (the server never holds one in the clear); ``close`` fixes the
 survivors. UNMASK takes each survivor's reveals; ``finish`` rebuilds the secrets and
 unmasks the sum. A frame from outside the cohort, for another stage, a second time, or
-malformed raises ``SecAggError`` and changes nothing. Who misses a stage's deadline is
+malformed raises ``SecAggError`` and changes nothing (``OutOfStage`` for a well-formed frame
+that is merely late or early: its sender may reconnect and try the next round). Who misses a stage's deadline is
 dropped from that stage on; the run mode (``rounds/secagg.py``) keeps the deadlines.
 """
 
@@ -27,7 +28,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ...core.protocol import Message
-from ...core.secagg import KeyAgreement, NeighbourGraph, PublicKeys, Reveal, RoundSetup, SecAggError, Unmasker
+from ...core.secagg import KeyAgreement, NeighbourGraph, OutOfStage, PublicKeys, Reveal, RoundSetup, SecAggError, Unmasker
 from ...core.secagg.packing import packed_size
 from ...core.secagg.wire import (
     MAX_SESSION, id_rows, read_id_rows, read_keys, read_reveal, roster_message, setup_fields, unmask_message,
@@ -90,11 +91,11 @@ class SecAggSession:
     def _sender(self, peer: str, msg: Message) -> int:
         """The cohort index of ``peer`` if ``msg`` belongs to this session and its stage."""
         if msg["session"] != self.session:
-            raise SecAggError(f"{msg.type} for secagg session {msg['session']}, not the open one")
+            raise OutOfStage(f"{msg.type} for secagg session {msg['session']}, not the open one")
         if peer not in self.index:
             raise SecAggError(f"{msg.type}: this volunteer is not in secagg round {self.round}'s cohort")
         if ACCEPTS.get(self.stage) != msg.type:
-            raise SecAggError(f"{msg.type} out of stage: secagg round {self.round} is at stage {self.stage.value}")
+            raise OutOfStage(f"{msg.type} out of stage: secagg round {self.round} is at stage {self.stage.value}")
         return self.index[peer]
 
     # -- ADVERTISE ------------------------------------------------------------------
