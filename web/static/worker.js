@@ -16,6 +16,7 @@
 import { AssetError, loadRuntime } from "./worker/runtime.js";
 import { Connection } from "./worker/connection.js";
 import { Records } from "./worker/records.js";
+import { answerCrypto } from "./worker/secagg.js";
 
 const PROGRESS_EVERY_MS = 100;
 // The CPU-use setting: rest this many times a batch's compute time after each batch,
@@ -209,6 +210,8 @@ async function restorePending() {
 async function handleFrame(socket, buffer) {
   if (socket !== connection.socket) return; // a late frame of a dead connection
   sendAll(socket, bytesOut(session.receive(new Uint8Array(buffer))));
+  // A secure-aggregation stage may wait for WebCrypto (keys, agreement, sealing).
+  sendAll(socket, await answerCrypto(session, bytesOut));
   await keepPending(); // a verdict (or a new volunteer id) ends the pending update
   const wait = session.take_wait();
   if (wait !== undefined && wait !== null) {
