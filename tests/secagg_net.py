@@ -5,12 +5,15 @@ with no sockets. Tests choose who vanishes at which stage and read what the serv
 from __future__ import annotations
 
 import asyncio
+import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
 
 from webfl import __version__
+from webfl.core.codecs import CODECS
 from webfl.core.data import Dataset
 from webfl.core.protocol import Message, decode, encode
 from webfl.core.secagg import Quantizer
@@ -48,12 +51,20 @@ class Net:
     """``vanish``: volunteer name -> the frame type after which (``sa_masked``: once it is
     sent) or before which (``"train"``: instead of training) it disconnects."""
 
-    def __init__(self, tmp_path: Path, n: int, seed: int = 0, deferred: bool = False) -> None:
+    def __init__(self, tmp_path: Path, n: int, seed: int = 0, deferred: bool = False,
+                 shards: list[Dataset] | None = None, test: Dataset | None = None) -> None:
         """``deferred``: the volunteers hand their cryptography out, as the browser's do, and
-        the net answers it (natively) between frames, as the worker does with WebCrypto."""
+        the net answers it (natively) between frames, as the worker does with WebCrypto.
+        ``shards``/``test``: real data (the bench); by default random digits."""
         self.wire = Wire()
-        self.engine = RoundEngine(TASK, Store(tmp_path / "webfl.sqlite3"), self.wire, held_out(), seed)
+        self.engine = RoundEngine(TASK, Store(tmp_path / "webfl.sqlite3"), self.wire, held_out() if test is None else test, seed)
         rng = np.random.default_rng(seed)
+        #: Bytes and seconds by frame type: sent by volunteers (with the server's handling
+        #: time), and received by them (with the volunteer's handling time, crypto included).
+        self.up: Counter = Counter()
+        self.down: Counter = Counter()
+        self.server_s: Counter = Counter()
+        self.client_s: Counter = Counter()
         self.volunteers: dict[str, Volunteer] = {}
         self.vanish: dict[str, str] = {}
         self.current: str | None = None  # the volunteer training now
@@ -64,13 +75,14 @@ class Net:
         self.tamper: dict[str, tuple[str, Callable[[Message], list[bytes]]]] = {}
         self.levels: dict[str, np.ndarray] = {}  # each masked upload's quantized levels (a spy on Quantizer)
         for i in range(n):
-            data = Dataset(rng.integers(0, 256, (60, TASK.num_features), dtype=np.uint8), rng.integers(0, 10, 60, dtype=np.uint8))
+            data = shards[i] if shards is not None else Dataset(
+                rng.integers(0, 256, (60, TASK.num_features), dtype=np.uint8), rng.integers(0, 10, 60, dtype=np.uint8))
             self.join(f"v{i}", Volunteer(data, agent="test", defer_crypto=deferred))
 
     def join(self, name: str, v: Volunteer) -> None:
         self.volunteers[name] = v
         self.wire.inbox[name] = []
-        self.engine.connect(name, "test", "127.0.0.1", ["none"])
+        self.engine.connect(name, "test", "127.0.0.1", sorted(CODECS))  # what a volunteer's hello lists
         welcome = Message("welcome", {"version": __version__, "volunteer": name, "task": self.engine.task.to_dict(), "evaluate": False})
         self.wire.inbox[name] += [encode(welcome), *self.engine.welcome_frames(name, None, None)]
 
@@ -93,6 +105,14 @@ class Net:
     async def deliver(self, name: str, frame: bytes) -> None:
         """What ``sockets.py`` does with one frame from ``name``."""
         msg = decode(frame)
+        self.up[msg.type] += len(frame)
+        began = time.perf_counter()
+        try:
+            await self._deliver(name, msg, frame)
+        finally:
+            self.server_s[msg.type] += time.perf_counter() - began
+
+    async def _deliver(self, name: str, msg: Message, frame: bytes) -> None:
         if msg.type == "ready":
             self.engine.ready(name, msg["num_examples"])
         elif msg.type in TYPES:
@@ -105,7 +125,10 @@ class Net:
             if msg.type == "sa_masked":
                 self.uploaded.add(name)
         elif msg.type == "update":
-            await self.engine.submit(name, msg, len(frame))
+            verdict = await self.engine.submit(name, msg, len(frame))
+            reply = Message("accept", {"round": msg["round"]}) if verdict.accepted else Message(
+                "reject", {"reason": verdict.reason, "round": msg["round"]})
+            await self.wire.publish(encode(reply), to=[name])
         if self.vanish.get(name) == msg.type:
             self.leave(name)
 
@@ -113,19 +136,25 @@ class Net:
         for name in list(self.volunteers):
             v = self.volunteers.get(name)
             while v is not None and name in self.wire.inbox and self.wire.inbox[name]:
-                for out in v.receive(self.wire.inbox[name].pop(0)):
+                frame = self.wire.inbox[name].pop(0)
+                kind = decode(frame).type
+                began = time.perf_counter()
+                outs = v.receive(frame)
+                while v.crypto_request is not None:
+                    outs += v.crypto_answer(answer(NATIVE, v.crypto_request))
+                self.down[kind] += len(frame)
+                self.client_s[kind] += time.perf_counter() - began
+                for out in outs:
                     await self.send(name, out)
-                while (v := self.volunteers.get(name)) is not None and v.crypto_request is not None:
-                    for out in v.crypto_answer(answer(NATIVE, v.crypto_request)):
-                        await self.send(name, out)
+                v = self.volunteers.get(name)
             if v is not None and v.state is SessionState.TRAINING:
                 if self.vanish.get(name) == "train":
                     self.leave(name)
                     continue
                 self.current = name
-                await self.send(name, v.train())
+                await self.send(name, v.train())  # (the training dominates: not timed as a stage)
 
-    async def run(self, body: dict, until_rounds: int = 1, timeout: float = 30.0, monkeypatch=None) -> None:
+    async def run(self, body: dict, until_rounds: int = 1, timeout: float = 60.0, monkeypatch=None) -> None:
         """Start a run of ``body`` and pump frames until ``until_rounds`` are committed or abandoned."""
         if monkeypatch is not None:
             self._spy(monkeypatch)
