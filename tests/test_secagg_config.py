@@ -69,6 +69,7 @@ def test_the_default_degree_survives_30_percent_dropout(n):
     ({"secagg": {"clip": 1.0, "neighbors": 4, "threshold": 5}}, "exceeds the 4 neighbours"),
     ({"clients_per_round": 4, "secagg": {"clip": 1.0, "threshold": 4}}, "needs a cohort of at least 5"),
     ({"secagg": {"clip": 1.0, "bits": 30}}, "secagg.bits"),
+    ({"clients_per_round": 1001}, "2 to 1000 volunteers"),
     ({"secagg": {"clip": 1.0, "stage_s": 0}}, "secagg.stage_s"),
     ({"secagg": {"clip": 1.0, "mask": "x"}}, "unknown field"),
     ({"secagg": {"clip": -1}}, "secagg.clip"),

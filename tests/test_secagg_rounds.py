@@ -27,6 +27,7 @@ def expected_step(net: Net, survivors: list[str], size: int) -> np.ndarray:
     ({}, 8),
     ({"v1": "train", "v5": "train"}, 6),  # shared their secrets, never uploaded: their pair masks are rebuilt
     ({"v2": "sa_masked", "v6": "sa_masked"}, 8),  # uploaded, then gone before unmasking: their self masks are rebuilt
+    ({"v0": "sa_keys", "v4": "sa_shares"}, 6),  # gone after advertising, and after sharing
 ])
 def test_the_committed_step_is_the_exact_mean_of_the_survivors_levels(tmp_path, monkeypatch, vanish, survivors, deferred):
     """``deferred``: the volunteers' cryptography is answered between frames, as the browser's worker does."""

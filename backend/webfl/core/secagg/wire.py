@@ -24,7 +24,7 @@ from .shamir import SHARE_BYTES
 from .shares import PLAINTEXT_BYTES
 
 __all__ = [
-    "MAX_SESSION", "SEALED_BYTES", "TYPES", "id_rows", "keys_message", "read_id_rows", "read_keys", "read_reveal",
+    "MAX_COHORT", "MAX_SESSION", "SEALED_BYTES", "TYPES", "id_rows", "keys_message", "read_id_rows", "read_keys", "read_reveal",
     "read_roster", "read_setup", "read_survivors", "reveal_message", "roster_message", "setup_fields", "unmask_message",
 ]
 
@@ -135,8 +135,8 @@ def read_reveal(msg: Message, n: int) -> Reveal:
 
 #: The ``task`` frame's ``secagg`` field: this volunteer's index and the round's public parameters.
 _SETUP_KEYS = frozenset({"session", "index", "cohort", "neighbors", "threshold", "bits", "q", "clip", "range", "graph_seed"})
-#: The largest cohort a volunteer accepts (it builds an n x n graph).
-MAX_COHORT = 10_000
+#: The largest SecAgg cohort: every party builds the n x n neighbour graph (1 MB at 1,000).
+MAX_COHORT = 1_000
 
 
 def setup_fields(setup: RoundSetup, quantizer: Quantizer, index: int) -> dict:

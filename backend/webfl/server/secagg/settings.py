@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass
 
 from ...core.secagg import Quantizer, modulus_bits
+from ...core.secagg.wire import MAX_COHORT
 
 __all__ = ["DEFAULT_STAGE_S", "DROPOUT", "RANGE_FACTOR", "SecAggSettings", "default_neighbors"]
 
@@ -108,8 +109,9 @@ class SecAggSettings:
                              " which bounds every coordinate so that the sum cannot wrap")
         if dp_clip is not None and settings.clip is not None:
             raise ValueError("secagg.clip cannot be set in a dp run: volunteers clip to dp.clip, the norm the noise is calibrated to")
-        if cohort < 2:
-            raise ValueError(f"secagg needs rounds of at least 2 volunteers; this run selects {cohort}")
+        if not 2 <= cohort <= MAX_COHORT:
+            raise ValueError(f"secagg needs rounds of 2 to {MAX_COHORT} volunteers (every party builds the n x n"
+                             f" neighbour graph); this run selects up to {cohort}")
         k = min(settings.neighbors, cohort - 1) if settings.neighbors is not None else None
         if settings.threshold is not None:
             if k is not None and settings.threshold > k:
