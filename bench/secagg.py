@@ -139,7 +139,7 @@ def best(fn, reps=5):
         t = time.perf_counter(); fn(); times.append(time.perf_counter() - t)
     return float(np.median(times))
 
-n, size, k = 100, SIZE, 7
+n, size, k = 100, SIZE, DEGREE
 quant = Quantizer.for_cohort(1.0, 8, n)
 x = np.random.default_rng(0).normal(0, 0.02, size)
 seeds = {v: hashlib.sha256(bytes([v])).digest() for v in range(1, k + 1)}
@@ -160,7 +160,7 @@ def pyodide_rows(size: int) -> tuple[dict, dict]:
     from browser_helpers import CHROMIUM, CHROMIUM_ARGS, run_in_pyodide
     from servers import start_server
 
-    code = PYODIDE_CODE.replace("SIZE", str(size))
+    code = PYODIDE_CODE.replace("SIZE", str(size)).replace("DEGREE", str(default_neighbors(100)))
     scope: dict = {}
     exec(code, scope)
     native = json.loads(scope["result"])
@@ -354,9 +354,10 @@ def main() -> int:
     engine_tables(args.cohorts, args.clip, args.rounds, args.trials)
     if args.pyodide:
         native, browser = pyodide_rows(args.size)
-        print(f"\n## Volunteer masking in Pyodide 0.27.7 vs native ({args.size:,} values, n = 100, k = 7; ms)\n")
+        k = default_neighbors(100)
+        print(f"\n## Volunteer masking in Pyodide 0.27.7 vs native ({args.size:,} values, n = 100, k = {k}, the default; ms)\n")
         print("| step | native | Pyodide | Pyodide / native |\n|---|---:|---:|---:|")
-        for key, label in [("expand", "one PRG expansion (SHAKE-256)"), ("mask", "quantize + self and 7 pair masks + pack"), ("q8", "plain q8 encode (baseline)")]:
+        for key, label in [("expand", "one PRG expansion (SHAKE-256)"), ("mask", f"quantize + self and {k} pair masks + pack"), ("q8", "plain q8 encode (baseline)")]:
             print(f"| {label} | {ms(native[key])} | {ms(browser[key])} | {browser[key] / native[key]:.1f}x |")
         print(f"\nmasking vs plain q8 encode: native {native['mask'] / native['q8']:.1f}x, Pyodide {browser['mask'] / browser['q8']:.1f}x")
     return 0

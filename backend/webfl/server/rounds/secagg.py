@@ -130,6 +130,7 @@ class SecAggRounds(SyncRounds):
         await self._send(session.close())
         await self._stage(lambda: session.reveals.keys(), [session.cohort[u] for u in session.survivors], settings.stage_s)
         log.info("secagg round %d: %d of %d survivors revealed their shares", round_, len(session.reveals), len(session.survivors))
+        self.session = None  # the unmask stage is over: a late reveal now finds no round, not a half-read one
         try:
             total = await asyncio.to_thread(session.finish)
             decoded = params.quantizer.decode_sum(total, len(session.survivors))
