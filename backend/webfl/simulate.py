@@ -14,7 +14,10 @@ comes back after ``retry_after_s``. ``Behaviour`` adds the real world's mess:
 * ``speed_spread`` X: each volunteer is slower by a factor drawn log-uniformly from
   [1, X], applied as a sleep of ``(factor - 1) * training time`` after training;
 * ``dropout`` P: a volunteer given a task vanishes mid-training with probability P: it
-  goes silent (keeps the socket, never answers) for ``away_s`` on average, then leaves.
+  goes silent (keeps the socket, never answers) for ``away_s`` on average, then leaves;
+* ``secagg_dropout`` P: in every secure-aggregation round, round(P * n) of the n selected
+  (the same ones for every simulated volunteer, drawn per round from the seed) leave right
+  after uploading their masked update, before unmasking, and come back after ``away_s``.
 """
 
 from __future__ import annotations
