@@ -21,7 +21,7 @@ class Round:
         self.rng = np.random.default_rng(seed)
         self.quant = Quantizer.for_cohort(1.0, 8, n)
         self.setup = RoundSetup(41, size, self.quant.bits, t, NeighbourGraph(n, k, self.rng.bytes(32)))
-        self.clients = {u: NativeVolunteer(SecAggClient(u, self.setup), AGREEMENT) for u in range(n)}
+        self.clients = {u: NativeVolunteer(SecAggClient(u, self.setup)) for u in range(n)}
         self.updates = {u: self.rng.normal(0, 0.02, size) for u in range(n)}
         self.levels = {u: self.quant.quantize(x, self.rng) for u, x in self.updates.items()}
 

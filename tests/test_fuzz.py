@@ -1,7 +1,8 @@
 """Protocol fuzzing against a live server while honest volunteers run rounds.
 
 Hypothesis generates >= 10,000 malformed or mutated frames: bit flips, truncations,
-header JSON mutations, wrong types, huge shapes, NaN arrays, random bytes, valid-looking
+header JSON mutations, wrong types, huge shapes, NaN arrays, random bytes, SecAgg frames
+(to a run without SecAgg: tests/test_secagg_frames.py refuses them inside one), valid-looking
 updates for wrong rounds or with forged tokens, and replays of honest volunteers' updates.
 Frames that still decode as ``update``/``pause`` go over long-lived fuzz connections
 (they get a ``reject`` and the connection stays); the rest each go over a fresh connection,
@@ -33,6 +34,7 @@ from test_server import MODEL_SIZE, global_params
 
 from webfl import __version__
 from webfl.core.protocol import Message, ProtocolError, decode, encode
+from webfl.core.secagg.wire import TYPES as SECAGG_TYPES
 from webfl.simulate import Simulation
 
 BATCH = 50
@@ -72,7 +74,8 @@ json_values = st.recursive(
 
 @st.composite
 def frames(draw) -> bytes:
-    kind = draw(st.sampled_from(["bitflip", "truncate", "header", "types", "shape", "nan", "random", "wrong_round", "eval", "replay"]))
+    kind = draw(st.sampled_from(["bitflip", "truncate", "header", "types", "shape", "nan", "random", "wrong_round", "eval", "secagg",
+                                 "replay"]))
     if kind == "bitflip":
         base = bytearray(draw(st.sampled_from(BASES)))
         for pos in draw(st.lists(st.integers(0, len(base) - 1), min_size=1, max_size=8)):
@@ -113,6 +116,18 @@ def frames(draw) -> bytes:
         key = draw(st.sampled_from([*sums, "extra"]))
         sums[key] = draw(json_values | st.integers(-(2**60), 2**60))
         return raw({"type": "eval", "model_version": draw(st.integers(-3, 10)), "sums": sums, "arrays": []})
+    if kind == "secagg":
+        # This run has no secure aggregation: every SecAgg frame, well formed or not, closes its connection.
+        t = draw(st.sampled_from(sorted(SECAGG_TYPES)))
+        fields = {"session": draw(st.integers(-3, 2**64))}
+        if t == "sa_masked":
+            fields |= {k: v for k, v in UPDATE_FIELDS.items() if k not in ("codec", "codec_params")}
+        n = draw(st.integers(0, 4))
+        shapes = [[draw(st.sampled_from(["|u1", "<u4", "<f4"])), [draw(st.integers(0, 200))]] for _ in range(n)]
+        header = {"type": t, **fields, "arrays": shapes}
+        if draw(st.booleans()):
+            header[draw(st.sampled_from([*header, "extra"]))] = draw(json_values)
+        return raw(header, bytes(draw(st.integers(0, 2048))))
     pick = draw(st.integers(0, 10**6))  # drawn the same way whatever REPLAYS holds: hypothesis needs that
     return REPLAYS[pick % len(REPLAYS)] if REPLAYS else VALID_UPDATE
 

@@ -203,8 +203,8 @@ def test_a_bad_roster_or_secret_is_refused_and_changes_nothing():
             client.share(bad_roster, bad_secrets)
         assert client.stage is ClientStage.SHARE
     assert set(client.share(roster, secrets)) == set(nbrs)  # the good roster still goes through
-    # The native runtime refuses a low-order peer key before the core sees a secret.
-    with pytest.raises(SecAggError, match=f"volunteer {nbrs[1]}'s public key is unusable"):
+    # The runtime's failed agreement (a low-order peer key) answers no secret, which the core refuses.
+    with pytest.raises(SecAggError, match=f"volunteer {nbrs[1]}'s key agreement gave no usable secret"):
         r.clients[0].share({**roster, nbrs[1]: PublicKeys(bytes(32), roster[nbrs[1]].masking)})
     with pytest.raises(SecAggError, match="32 bytes"):
         PublicKeys(b"short", bytes(32))

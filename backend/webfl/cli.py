@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 from pathlib import Path
@@ -92,6 +93,16 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return value
+
+
 def _simulate(args: argparse.Namespace) -> int:
     from .core.tasks import Task
     from .simulate import AdminClient, Behaviour, ServerUnreachable, Simulation
@@ -115,6 +126,7 @@ def _simulate(args: argparse.Namespace) -> int:
             "over_selection": args.over_selection,
             "aggregator": args.aggregator,
             "norm_bound": args.norm_bound,
+            "secagg": args.secagg,
         }.items()
         if v is not None
     }
@@ -138,7 +150,10 @@ def _simulate(args: argparse.Namespace) -> int:
             partition=args.partition,
             seed=args.seed,
             token=os.environ.get("WEBFL_ADMIN_TOKEN"),
-            behaviour=Behaviour(churn=args.churn, speed_spread=args.speed_spread, dropout=args.dropout, away_s=args.away_s),
+            behaviour=Behaviour(
+                churn=args.churn, speed_spread=args.speed_spread, dropout=args.dropout, away_s=args.away_s,
+                secagg_dropout=args.secagg_dropout,
+            ),
             malicious=args.malicious,
             attack=args.attack,
         )
@@ -221,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     sim.add_argument("--malicious", type=float, default=0.0, help="fraction of the volunteers that attack (with --attack)")
     sim.add_argument("--attack", help="sign-flip[:K] | scale[:K] | gaussian[:SIGMA] | label-flip | backdoor[:TARGET]")
     sim.add_argument("--norm-bound", help="reject updates whose L2 norm exceeds C (fixed) or x=K (K times the recent median)")
+    sim.add_argument("--secagg", type=_json_object, help='secure aggregation settings as JSON, e.g. \'{"clip": 1.0}\' (docs/secagg.md)')
+    sim.add_argument("--secagg-dropout", type=float, default=0.0,
+                     help="SecAgg rounds: this fraction of the cohort vanishes after uploading its masked update, before unmasking")
     sim.add_argument("--timeout-s", type=float, default=600.0, help="give up after this long")
     sim.add_argument("--log-level", default="warning", help="info logs every volunteer's state transitions")
     sim.add_argument("--log-format", choices=LOG_FORMATS, default="text", help="json: one JSON object per line")

@@ -14,7 +14,10 @@ comes back after ``retry_after_s``. ``Behaviour`` adds the real world's mess:
 * ``speed_spread`` X: each volunteer is slower by a factor drawn log-uniformly from
   [1, X], applied as a sleep of ``(factor - 1) * training time`` after training;
 * ``dropout`` P: a volunteer given a task vanishes mid-training with probability P: it
-  goes silent (keeps the socket, never answers) for ``away_s`` on average, then leaves.
+  goes silent (keeps the socket, never answers) for ``away_s`` on average, then leaves;
+* ``secagg_dropout`` P: in every secure-aggregation round, round(P * n) of the n selected
+  (the same ones for every simulated volunteer, drawn per round from the seed) leave right
+  after uploading their masked update, before unmasking, and come back after ``away_s``.
 """
 
 from __future__ import annotations
@@ -185,10 +188,13 @@ class Behaviour:
     dropout: float = 0.0
     away_s: float = 10.0
     churn_period_s: float = 5.0
+    #: SecAgg rounds: this fraction (rounded) of the cohort vanishes after uploading its masked update, before unmasking.
+    secagg_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         check_bounds("churn", self.churn, PROBABILITY)
         check_bounds("dropout", self.dropout, PROBABILITY)
+        check_bounds("secagg_dropout", self.secagg_dropout, PROBABILITY)
         if self.speed_spread < 1:
             raise ValueError("speed_spread must be >= 1")
 
@@ -276,11 +282,21 @@ class Simulation:
                     continue
                 if self.slowdown[index] > 1:
                     await asyncio.sleep((self.slowdown[index] - 1) * (time.monotonic() - started))
+                seat = v.secagg_seat
                 await ws.send(update)
+                if seat is not None and seat[1] in self._secagg_dropped(*seat):
+                    self.events["dropped"] += 1
+                    raise _Leave(rng.expovariate(1 / b.away_s), "secagg dropout")
             elif b.churn and v.last_verdict is not verdict:  # a job just ended
                 if rng.random() < b.churn:
                     self.events["churned"] += 1
                     raise _Leave(rng.expovariate(1 / b.away_s), "churn")
+
+    def _secagg_dropped(self, round_: int, index: int, n: int) -> set[int]:
+        """The cohort indices that vanish after masking in SecAgg round ``round_``: the same
+        ``round(secagg_dropout * n)`` of them for every simulated volunteer, drawn per round."""
+        count = round(self.behaviour.secagg_dropout * n)
+        return set(random.Random(f"{self.seed}/secagg/{round_}").sample(range(n), count)) if count else set()
 
     async def _drive(self, v: Volunteer, index: int) -> None:
         rng = random.Random(self.seed * 7919 + index)

@@ -77,3 +77,29 @@ def test_the_secagg_core_gives_the_same_bytes_in_pyodide_as_natively(browser, se
     assert in_browser["round_ok"] and native["round_ok"]
     assert in_browser["bits"] == native["bits"] == 14
     assert in_browser["masked_sha256"] == native["masked_sha256"]
+
+
+def test_three_tabs_commit_a_secure_aggregation_round_with_webcrypto(context, serve):
+    """Three Chromium tabs speak every SecAgg stage: X25519 and AES-GCM through WebCrypto in
+    the worker, the arithmetic in Pyodide; the server unmasks their sum and commits it."""
+    from playwright.sync_api import expect
+
+    from browser_helpers import join, wait_state
+
+    server = serve()
+    tabs = [context.new_page() for _ in range(3)]
+    for tab in tabs:
+        join(tab, server.url, wait=False)
+    for tab in tabs:
+        wait_state(tab, "idle")
+    body = {"rounds": 1, "clients_per_round": 3, "min_updates": 3, "local_epochs": 1, "deadline_s": 90, "select_timeout_s": 10,
+            "secagg": {"clip": 2.0, "stage_s": 30}}
+    code, answer = server.api("POST", "/api/rounds", body)
+    assert code == 202, answer
+    status = server.wait_for(lambda s: s["history"] or (s["run"] and not s["run"]["running"]), timeout=180, what="the secagg round")
+    (entry,) = status["history"]
+    assert entry["participants"] == 3 and entry["accuracy"] > 0.3, entry
+    log = server.log()
+    assert "secagg round 1: 3 of 3 survivors revealed their shares" in log and "unmasked: 3 survivors" in log
+    for tab in tabs:
+        expect(tab.get_by_test_id("rounds-done")).to_have_text("1", timeout=30_000)

@@ -21,6 +21,7 @@ import { AssetError, loadRuntime } from "./worker/runtime.js";
 import { Connection } from "./worker/connection.js";
 import { Records } from "./worker/records.js";
 import { DeviceModels, reason, trainingImages } from "./worker/ondevice.js";
+import { answerCrypto } from "./worker/secagg.js";
 
 const PROGRESS_EVERY_MS = 100;
 // The CPU-use setting: rest this many times a batch's compute time after each batch,
@@ -227,6 +228,8 @@ async function restorePending() {
 async function handleFrame(socket, buffer) {
   if (socket !== connection.socket) return; // a late frame of a dead connection
   sendAll(socket, bytesOut(session.receive(new Uint8Array(buffer))));
+  // A secure-aggregation stage may wait for WebCrypto (keys, agreement, sealing).
+  sendAll(socket, await answerCrypto(session, bytesOut));
   await keepPending(); // a verdict (or a new volunteer id) ends the pending update
   await device.keep(session, recordKey()); // a new global model stays for offline predictions
   const wait = session.take_wait();

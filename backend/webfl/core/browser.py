@@ -92,7 +92,8 @@ class BrowserSession:
     def __init__(self, agent: str, task: dict | None = None) -> None:
         """``task``: the definition of the task this tab trains (the page's); None: the server's default."""
         self.task = None if task is None else Task.from_json(_plain(task))
-        self.volunteer = Volunteer(agent=agent, task_name=None if self.task is None else self.task.name)
+        # SecAgg's cryptography is WebCrypto's, which is asynchronous: handed to the worker.
+        self.volunteer = Volunteer(agent=agent, task_name=None if self.task is None else self.task.name, defer_crypto=True)
         self.want_paused = False
         self.data_source: dict | None = None  # {"kind": "demo"|"csv", ...} once data is set
         self.rounds_accepted: list[int] = []
@@ -121,6 +122,24 @@ class BrowserSession:
             # Drop the ``ready`` that welcome/accept just produced: we are not available.
             out = v.pause()
         return resend + out
+
+    # -- secure aggregation: the worker answers with WebCrypto (worker/secagg.js) -----
+
+    def crypto_request(self) -> str:
+        """JSON ``{op, items}`` of the cryptography a SecAgg stage waits for (each item a list
+        of hex byte strings, see ``secagg.runtime.OPS``); "" when none waits."""
+        request = self.volunteer.crypto_request
+        if request is None:
+            return ""
+        return json.dumps({"op": request.op, "items": [[b.hex() for b in item] for item in request.items]})
+
+    def crypto_answer(self, answers) -> list[bytes]:
+        """WebCrypto's answers (hex strings, "" where it failed), in order; the frames to send."""
+        return self.volunteer.crypto_answer([bytes.fromhex(a) for a in _plain(answers)])
+
+    def secagg_round(self) -> bool:
+        """This tab is in a secure-aggregation round (the page says so)."""
+        return self.volunteer.secagg_seat is not None
 
     def _after_welcome(self) -> list[bytes]:
         pending = self.pending
@@ -426,6 +445,7 @@ class BrowserSession:
         model = self._global()
         snap["predictor"] = None if model is None else {"version": model.version, "kept": model is self._kept}
         snap["personal"] = None if self._personal is None else self._personal.summary
+        snap["secagg"] = self.secagg_round()
         return json.dumps(snap)
 
 

@@ -84,7 +84,16 @@ SCHEMAS: dict[str, dict[str, tuple]] = {
         # DP runs: whether the volunteer had to clip its delta (adaptive clipping's bit)
         "clipped": (bool,),
     },
+    # secure aggregation (core/secagg/wire.py, docs/protocol.md): ``session`` is the round's SecAgg id
+    "sa_keys": {"session": (int,)},
+    "sa_shares": {"session": (int,)},
+    "sa_masked": {"session": (int,), "round": (int,), "model_version": (int,), "num_examples": (int,), "loss": _NUM,
+                  "accuracy": _NUM, "token": (str,)},
+    "sa_reveal": {"session": (int,)},
     # server -> volunteer
+    "sa_roster": {"session": (int,)},
+    "sa_inbox": {"session": (int,)},
+    "sa_unmask": {"session": (int,)},
     "welcome": {"version": (str,), "volunteer": (str,), "task": (dict,), "shard": (dict, None), "resume": (str,), "evaluate": (bool,)},
     "model": {
         "model_version": (int,),
@@ -105,6 +114,8 @@ SCHEMAS: dict[str, dict[str, tuple]] = {
         "token": (str,),
         # DP runs: the L2 norm the volunteer clips its delta to, before the codec
         "clip": _NUM,
+        # SecAgg rounds: this volunteer's index and the round's public parameters (core/secagg/wire.py)
+        "secagg": (dict,),
     },
     "accept": {"round": (int,)},
     # pace steering: nothing to do now, come back in retry_after_s seconds
@@ -121,7 +132,7 @@ OPTIONAL = {
     "reject": {"round"},
     # [rounds committed, rounds planned] of the current or last run, for "round 3 of 5".
     "status": {"run", "privacy"},
-    "task": {"clip"},
+    "task": {"clip", "secagg"},
     "update": {"clipped"},
     "wait": {"reason"},
     "welcome": {"shard", "resume", "evaluate"},

@@ -12,6 +12,8 @@ States::
         |                    +-------------accept/reject------------+
     hello() (on every (re)connect)                      close() -> CLOSED
 
+    IDLE --task with secagg--> KEYING --sa_inbox--> TRAINING (SecAgg rounds; reject -> IDLE)
+
 Training that diverges (a non-finite delta) goes TRAINING -> IDLE: ``train()`` raises
 ``TrainingDiverged`` whose ``frames`` (a fresh ``ready``) the driver sends; nothing is
 uploaded for that round and the server's deadline or quorum closes it.
@@ -24,6 +26,17 @@ Biased codecs (top-k) encode through an ``ErrorFeedback`` kept per (codec spec, 
 size): what top-k drops is added to the next delta. It survives reconnects (the
 object lives on) and, via ``residual_state()``/``load_residual_state()``, page reloads
 in the browser (IndexedDB). A new spec or model size starts from a zero residual.
+
+A secure-aggregation round's task carries ``secagg`` (the round's public parameters,
+``core/secagg/wire.py``): the volunteer advertises its keys at once and waits in KEYING
+for the roster (it answers with sealed shares) and its inbox of neighbours' shares, then
+trains; ``train()`` returns the quantized, masked ``sa_masked`` frame instead of an
+``update``; ``sa_unmask`` (who survived) is answered with ``sa_reveal`` in any state. The
+cryptography is the runtime's (``secagg.runtime``): natively ``cryptography`` answers at
+once; with ``defer_crypto`` (the browser) a stage stops at ``crypto_request`` until the
+driver brings WebCrypto's answers to ``crypto_answer``, which returns the frames to send.
+A volunteer with neither sits such rounds out.
+A frame that breaks the SecAgg round ends it for this volunteer (IDLE again, ``ready``).
 
 A differentially private run's task carries ``clip``: the delta's L2 norm is clipped to
 it before the codec (``core.privacy.l2_clip``) and the update reports ``clipped``, the
@@ -48,6 +61,9 @@ from .evaluation import evaluation_sums, holdout_split
 from .privacy import l2_clip
 from .stats import feature_stats
 from .protocol import Message, ProtocolError, decode, encode
+from .secagg import Quantizer, SecAggClient, SecAggError
+from .secagg.runtime import CryptoRequest, SecAggVolunteer, Steps, VolunteerCrypto, run
+from .secagg.wire import id_rows, keys_message, read_id_rows, read_roster, read_setup, read_survivors, reveal_message
 from .tasks import Task
 from .training import Progress, Step, TrainConfig, run_steps, train_steps
 
@@ -59,6 +75,7 @@ log = logging.getLogger("webfl.volunteer")
 class SessionState(str, Enum):
     CONNECTING = "connecting"
     IDLE = "idle"
+    KEYING = "keying"  # a secure-aggregation round: keys and shares before training
     TRAINING = "training"
     SUBMITTED = "submitted"
     PAUSED = "paused"
@@ -91,6 +108,21 @@ class Job:
     token: str = ""
     #: DP runs: clip the delta's L2 norm to this before the codec.
     clip: float | None = None
+    #: SecAgg rounds: the session id (the round's SecAgg state is the volunteer's ``_secagg``).
+    session: int | None = None
+
+
+@dataclass
+class _SecAggRound:
+    """This volunteer's part of one SecAgg round: its stages, quantizer and the shares it opened."""
+
+    round: int
+    session: int
+    index: int
+    n: int
+    quantizer: Quantizer
+    stages: SecAggVolunteer
+    opened: bool = False  # the neighbours' shares are in: ready to mask
 
 
 class Volunteer:
@@ -101,9 +133,19 @@ class Volunteer:
         on_transition: Callable[[SessionState, SessionState], None] | None = None,
         task_name: str | None = None,
         holdout_seed: int = 0,
+        secagg_crypto: VolunteerCrypto | None = None,
+        defer_crypto: bool = False,
     ) -> None:
         """``task_name``: the task to train (None: the server's default); ``holdout_seed``
-        picks which examples are kept for evaluation (the same every session)."""
+        picks which examples are kept for evaluation (the same every session);
+        ``secagg_crypto``: the runtime's cryptography for SecAgg rounds (None: ``cryptography``
+        if installed); ``defer_crypto``: hand SecAgg's cryptography to the driver instead
+        (``crypto_request``/``crypto_answer``: the browser's asynchronous WebCrypto)."""
+        self.secagg_crypto, self.defer_crypto = secagg_crypto, defer_crypto
+        self._secagg: _SecAggRound | None = None
+        #: The cryptography a SecAgg stage waits for (``defer_crypto``), and what resumes it.
+        self.crypto_request: CryptoRequest | None = None
+        self._crypto_job: tuple[Steps, Callable[[object], list[bytes]]] | None = None
         self.agent, self.task_name, self.holdout_seed = agent, task_name, holdout_seed
         self.state = SessionState.CLOSED
         self.on_transition = on_transition
@@ -323,12 +365,153 @@ class Volunteer:
         clip = msg.fields.get("clip")
         if clip is not None and not clip > 0:
             raise ProtocolError(f"task: clip must be positive, got {clip!r}")
-        self.job = Job(
+        secagg = msg.fields.get("secagg")
+        job = Job(
             msg["round"], msg["model_version"], TrainConfig.from_dict(msg["config"]), msg["codec"], float(msg["deadline_s"]),
-            msg["token"], None if clip is None else float(clip),
+            msg["token"], None if clip is None else float(clip), None if secagg is None else secagg.get("session"),
         )
-        self._to(SessionState.TRAINING)
+        if secagg is None:
+            self.job = job
+            self._to(SessionState.TRAINING)
+            return []
+        return self._secagg_begin(job, secagg)
+
+    # -- secure aggregation ------------------------------------------------------
+
+    def _crypto(self) -> VolunteerCrypto | None:
+        """The synchronous cryptography: the injected one, else ``cryptography`` if installed."""
+        if self.secagg_crypto is None:
+            try:
+                from .secagg.native import NativeCrypto  # the server's environment; not the browser's wheel
+            except ImportError:
+                return None
+            self.secagg_crypto = NativeCrypto()
+        return self.secagg_crypto
+
+    def _secagg_begin(self, job: Job, fields: dict) -> list[bytes]:
+        """ADVERTISE: two fresh key pairs; the job waits in KEYING for the shares."""
+        assert self.task is not None
+        if not self.defer_crypto and self._crypto() is None:
+            log.warning("volunteer %s: no cryptography for secure aggregation; sitting round %d out", self.volunteer_id, job.round)
+            return []
+        try:
+            setup, quantizer, index = read_setup(fields, self.task.build_model().size)
+        except SecAggError as exc:
+            log.warning("volunteer %s: secure-aggregation task refused: %s", self.volunteer_id, exc)
+            return []
+        stages = SecAggVolunteer(SecAggClient(index, setup))
+        self._secagg = _SecAggRound(job.round, setup.round_id, index, setup.graph.n, quantizer, stages)
+        self.job = job
+        self._to(SessionState.KEYING)
+        return self._crypto_steps(stages.advertise(), lambda keys: [self._send(keys_message(setup.round_id, keys))])
+
+    def _crypto_steps(self, steps: Steps, then: Callable[[object], list[bytes]]) -> list[bytes]:
+        """Run a SecAgg stage: its requests answered now, or (``defer_crypto``) by the driver."""
+        if self._crypto_job is not None:
+            self._crypto_job[0].close()  # a stage of an earlier round still waiting: it is over
+        self._crypto_job, self.crypto_request = (steps, then), None
+        if not self.defer_crypto:
+            crypto = self._crypto()
+            assert crypto is not None
+            try:
+                value = run(steps, crypto)
+            except SecAggError as exc:
+                self._crypto_job = None
+                return self._secagg_failed(exc)
+            self._crypto_job = None
+            return then(value)
+        return self._crypto_next(None)
+
+    def _crypto_next(self, answers: list | None) -> list[bytes]:
+        assert self._crypto_job is not None
+        steps, then = self._crypto_job
+        try:
+            request = next(steps) if answers is None else steps.send(answers)
+        except StopIteration as done:
+            self._crypto_job = self.crypto_request = None
+            return then(done.value)
+        except SecAggError as exc:
+            self._crypto_job = self.crypto_request = None
+            return self._secagg_failed(exc)
+        self.crypto_request = request
         return []
+
+    def crypto_answer(self, answers: list[bytes]) -> list[bytes]:
+        """The driver's answers to ``crypto_request`` (one bytes value per item); the frames to send."""
+        if self._crypto_job is None:
+            raise RuntimeError("no SecAgg stage is waiting for cryptography")
+        return self._crypto_next(list(answers))
+
+    @property
+    def secagg_seat(self) -> tuple[int, int, int] | None:
+        """(round, this volunteer's index, cohort size) of the SecAgg round it is in, if any."""
+        sa = self._secagg
+        return None if sa is None else (sa.round, sa.index, sa.n)
+
+    def _secagg_for(self, msg: Message) -> _SecAggRound | None:
+        sa = self._secagg
+        if sa is None or msg["session"] != sa.session:
+            log.info("volunteer %s: %s for another secagg session ignored", self.volunteer_id, msg.type)
+            return None
+        return sa
+
+    def _secagg_failed(self, exc: SecAggError) -> list[bytes]:
+        """A frame broke the round: this volunteer leaves it (the server counts it dropped)."""
+        log.warning("volunteer %s: secure aggregation round abandoned: %s", self.volunteer_id, exc)
+        self._secagg = None
+        if self.state in (SessionState.KEYING, SessionState.TRAINING):
+            self.job = None
+            self._to(SessionState.IDLE)
+            return self._ready()
+        return []
+
+    def _on_sa_roster(self, msg: Message) -> list[bytes]:
+        """SHARE: seal a share of our secrets for each neighbour in the roster."""
+        if (sa := self._secagg_for(msg)) is None:
+            return []
+        try:
+            roster = read_roster(msg, sa.n)
+        except SecAggError as exc:
+            return self._secagg_failed(exc)
+        return self._crypto_steps(sa.stages.share(roster), lambda sealed: [self._send(id_rows("sa_shares", sa.session, sealed))])
+
+    def _on_sa_inbox(self, msg: Message) -> list[bytes]:
+        """The neighbours' sealed shares: opened now, then train (the mask needs them)."""
+        if (sa := self._secagg_for(msg)) is None or self.state is not SessionState.KEYING:
+            return []
+        try:
+            inbox = read_id_rows(msg, sa.n)
+        except SecAggError as exc:
+            return self._secagg_failed(exc)
+
+        def train(_: object) -> list[bytes]:
+            sa.opened = True
+            self._to(SessionState.TRAINING)
+            return []
+
+        return self._crypto_steps(sa.stages.accept(inbox), train)
+
+    def _on_sa_unmask(self, msg: Message) -> list[bytes]:
+        """UNMASK: reveal each surviving neighbour's self-seed share, each dropped one's key share."""
+        if (sa := self._secagg_for(msg)) is None:
+            return []
+        self._secagg = None  # the round's last stage, whatever comes of it
+        try:
+            reveal = sa.stages.unmask(read_survivors(msg, sa.n))
+        except SecAggError as exc:
+            return self._secagg_failed(exc)
+        return [self._send(reveal_message(sa.session, reveal))]
+
+    def _masked(self, job: Job, delta: np.ndarray, result) -> bytes:
+        """MASK: quantize (rounding drawn from the OS, never the run's seed), mask, pack."""
+        sa = self._secagg
+        assert sa is not None and sa.opened and job.session == sa.session
+        levels = sa.quantizer.quantize(delta, np.random.default_rng())
+        packed = sa.stages.masked(levels)
+        fields = {"session": sa.session, "round": job.round, "model_version": job.model_version, "num_examples": result.num_examples,
+                  "loss": result.loss, "accuracy": result.accuracy, "token": job.token}
+        self._to(SessionState.SUBMITTED)
+        return self._send(Message("sa_masked", fields, (np.frombuffer(packed, np.uint8),)))
 
     def _on_accept(self, msg: Message) -> list[bytes]:
         self.last_verdict = {"round": msg["round"], "accepted": True}
@@ -340,7 +523,9 @@ class Volunteer:
         return self._back_to_idle()
 
     def _back_to_idle(self) -> list[bytes]:
-        if self.state in (SessionState.SUBMITTED, SessionState.TRAINING):
+        if self.state in (SessionState.KEYING, SessionState.TRAINING):
+            self._secagg = None  # dropped from a SecAgg round before uploading
+        if self.state in (SessionState.SUBMITTED, SessionState.TRAINING, SessionState.KEYING):
             self.job = None
             self._to(SessionState.IDLE)
             return self._ready()
@@ -399,13 +584,19 @@ class Volunteer:
             delta, norm = l2_clip(delta, job.clip)
             clip_field = {"clipped": norm > job.clip}
         delta = self.craft_delta(delta, job)
+        self.last_metrics = {"round": job.round, "loss": result.loss, "accuracy": result.accuracy}
+        if job.session is not None:
+            try:
+                return self._masked(job, delta, result)
+            except (SecAggError, ValueError) as exc:  # ValueError: a non-finite crafted delta
+                frames = self._secagg_failed(SecAggError(str(exc)))
+                raise TrainingDiverged(job.round, frames) from None
         # Its own stream: the same seed also drives the training shuffle.
         rng = np.random.default_rng([job.config.seed, 1])
         if _biased(job.codec):
             enc = self._error_feedback(job.codec, delta.size).encode(delta, rng)
         else:
             enc = get_codec(job.codec).encode(delta, rng)
-        self.last_metrics = {"round": job.round, "loss": result.loss, "accuracy": result.accuracy}
         fields = {
             "round": job.round,
             "model_version": job.model_version,

@@ -20,7 +20,7 @@ import logging
 import numpy as np
 
 from ..core.data import Dataset
-from ..core.protocol import Message, encode
+from ..core.protocol import CLOSE_TRY_LATER, Message, ProtocolError, encode
 from ..core.tasks import Task
 from .coordinator import Coordinator, TaskChannel
 from .rounds.commit import CommitPipeline, Run
@@ -34,6 +34,7 @@ from .rounds.peers import Peer, PeerState, Peers
 from .rounds.selection import Selection
 from .rounds.state import Phase, RoundState
 from .rounds.status import status, status_frame
+from .rounds.secagg import SecAggRounds
 from .rounds.sync import SyncRounds
 from .rounds.tasks import TaskBook
 from .rounds.validation import Rejections, Verdict
@@ -44,7 +45,12 @@ __all__ = ["MODES", "PeerState", "RoundEngine", "RoundState", "RunActive", "RunC
 
 log = logging.getLogger("webfl.engine")
 
-MODES: dict[str, type[RunMode]] = {m.name: m for m in (SyncRounds, FedBuff)}
+MODES: dict[str, type[RunMode]] = {m.name: m for m in (SyncRounds, FedBuff, SecAggRounds)}
+
+
+def mode_of(config: RunConfig) -> type[RunMode]:
+    """The run mode: secure aggregation's stages for a sync run with ``secagg``, else ``config.mode``."""
+    return SecAggRounds if config.secagg is not None else MODES[config.mode]
 
 
 class RunActive(RuntimeError):
@@ -73,7 +79,7 @@ class RoundEngine:
         self.evaluation = FederatedEvaluation(self.commits, self.store, task.num_classes)
         self.cohort = EvaluationCohort(self.peers, self.tasks.catch_up, coordinator, self.commits.count_bytes_down)
         self.statistics = FeatureStatistics(task.num_features)
-        self.services = Services(self.phase, self.peers, self.selection, self.tasks, self.commits, self.rejections, self.stats, seed)
+        self.services = Services(self.phase, self.peers, self.selection, self.tasks, self.commits, self.rejections, self.stats, seed, coordinator)
         self.run: Run | None = None
         self._mode: RunMode | None = None
         self._runner: asyncio.Task | None = None
@@ -161,6 +167,16 @@ class RoundEngine:
             self.rejections.add(verdict.kind or "malformed")
         return verdict
 
+    async def secagg(self, peer_id: str, msg: Message, nbytes: int) -> ProtocolError | None:
+        """One secure-aggregation frame (``sa_*``); why it is refused (the socket closes with it), or None."""
+        if self._mode is None:
+            refused = ProtocolError(f"{msg.type}: no run is in progress", CLOSE_TRY_LATER)
+        else:
+            refused = await self._mode.secagg_frame(peer_id, msg, nbytes)
+        if refused is not None:
+            self.rejections.add("secagg")
+        return refused
+
     def report_evaluation(self, peer_id: str, msg: Message) -> str | None:
         """Fold in an ``eval`` report on a committed model; the reason it was refused, or None."""
         reason = self.evaluation.report(peer_id, msg)
@@ -215,7 +231,7 @@ class RoundEngine:
             raise RunActive(f"run {self.run.id if self.run else '?'} is still in progress; stop it first")
         # One rule object for the whole run: adaptive rules learn from earlier rounds.
         rule = config.rule()
-        mode = MODES[config.mode]
+        mode = mode_of(config)
         rule.check_memory(self.model.size, mode.max_updates(config))
         rule.check_cohort(*mode.cohort(config))
         past = self._privacy_states()
@@ -296,7 +312,7 @@ class RoundEngine:
 
     async def _drive(self, run: Run) -> None:
         status_ = "failed"
-        self._mode = MODES[run.config.mode](self.services, run)
+        self._mode = mode_of(run.config)(self.services, run)
         try:
             # Volunteers see the new run (and a dp run's guarantee) before its first task.
             await self.coordinator.publish(self.status_frame())

@@ -28,6 +28,7 @@ from ..core.protocol import (
     decode,
     encode,
 )
+from ..core.secagg.wire import TYPES as SECAGG_TYPES
 from .coordinator import SlowConsumer
 from .datasets import DEMO_TASK
 from .engine import RoundEngine
@@ -175,6 +176,10 @@ async def _read(websocket: WebSocket, engine: RoundEngine, peer_id: str, max_byt
                 "reject", {"reason": verdict.reason, "round": msg["round"]}
             )
             await engine.coordinator.publish(encode(reply), to=[peer_id])
+        elif msg.type in SECAGG_TYPES:
+            if (refused := await engine.secagg(peer_id, msg, len(data))) is not None:
+                await _close(websocket, refused.code, refused.reason)  # counted by the engine, once
+                return
         else:
             raise _Closed(CLOSE_PROTOCOL_ERROR, f"unexpected {msg.type} frame from a volunteer")
 

@@ -8,6 +8,7 @@ const HELP = {
   loading: "Getting Python, NumPy and the model ready in this tab…",
   connecting: "Connecting to the server…",
   idle: "Waiting to be picked for the next round.",
+  keying: "Secure aggregation: exchanging keys with the other volunteers before training.",
   training: "Training on the examples in this tab.",
   submitted: "Update sent; waiting for the server to confirm it.",
   paused: "Paused: you will not be picked for rounds until you resume.",
@@ -174,7 +175,9 @@ export class View {
     q("local-loss").textContent = metrics ? format.fixed(metrics.loss) : "—";
     q("local-accuracy").textContent = metrics ? format.percent(metrics.accuracy) : "—";
     q("data-source").textContent = describeData(snapshot.data);
-    q("privacy").textContent = format.privacy(snapshot.privacy, Boolean(snapshot.run));
+    // Shown for the round this tab takes part in: what secure aggregation means for it.
+    const secagg = snapshot.secagg ? " Secure aggregation is on: the server sees only the sum of this round's updates, never this tab's alone." : "";
+    q("privacy").textContent = format.privacy(snapshot.privacy, Boolean(snapshot.run)) + secagg;
     const pause = q("pause");
     pause.textContent = snapshot.paused ? "Resume" : "Pause";
     pause.setAttribute("aria-pressed", String(snapshot.paused));

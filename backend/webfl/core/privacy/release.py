@@ -165,6 +165,22 @@ class DPSum:
         self.unclipped += not (clipped or verdict is ClipVerdict.EXCESS)
         return verdict
 
+    def add_sum(self, total: np.ndarray, count: int) -> None:
+        """Fold in the sum of ``count`` updates the server cannot see one by one (secure
+        aggregation, ``server/secagg``): each was clipped to ``C`` by its sender, so the
+        sum's sensitivity is ``C`` as with ``add``; no clipped bits are known, so adaptive
+        clipping cannot use it. ``ValueError`` (nothing changed) for a bad vector or count."""
+        if self.state is not ReleaseState.OPEN or self._sum is None:
+            raise RuntimeError(f"add_sum in state {self.state.value}")
+        if self.adaptive is not None:
+            raise ValueError("adaptive clipping needs each update's clipped bit; a sum has none")
+        if not isinstance(total, np.ndarray) or total.dtype.kind != "f" or total.shape != (self.size,) or not np.isfinite(total).all():
+            raise ValueError(f"a summed update must be a finite float vector of {self.size} values")
+        if not (isinstance(count, int) and count >= 1):
+            raise ValueError(f"a sum holds at least one update, not {count!r}")
+        np.add(self._sum, total, out=self._sum)
+        self.count += count
+
     def abandon(self) -> None:
         """Drop the open round (too few updates): nothing is released, nothing is charged."""
         self._sum = None

@@ -11,7 +11,7 @@ their raw results (shared secrets, plaintexts) and does every derivation and che
 
 from .client import ClientStage, Outgoing, PublicKeys, Reveal, SecAggClient
 from .crypto import KeyAgreement
-from .errors import SecAggError
+from .errors import OutOfStage, SecAggError
 from .graph import NeighbourGraph, default_degree
 from .packing import pack_bits, packed_size, unpack_bits
 from .prg import expand
@@ -24,6 +24,7 @@ __all__ = [
     "ClientStage",
     "KeyAgreement",
     "NeighbourGraph",
+    "OutOfStage",
     "Outgoing",
     "PublicKeys",
     "Quantizer",

@@ -36,7 +36,7 @@ class NeighbourGraph:
             raise ValueError(f"a neighbour graph needs at least 2 volunteers, not {n}")
         if k < 1:
             raise ValueError(f"each volunteer needs at least 1 neighbour, not {k}")
-        self.n = n
+        self.n, self.seed = n, bytes(seed)
         self.k = min(k, n - 1)
         # A random relabelling of ring positions: position -> volunteer id.
         self.order = np.argsort(expand(seed, b"graph", n, 32), kind="stable")

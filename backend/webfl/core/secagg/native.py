@@ -1,7 +1,8 @@
 """X25519 and AES-GCM from ``cryptography`` for the server and Python volunteers.
 
-``NativeVolunteer`` wraps a ``SecAggClient`` with what the browser's worker does with
-WebCrypto: make the key pairs, agree with each neighbour, seal and open share frames.
+``NativeCrypto`` is ``runtime.VolunteerCrypto`` natively: what the browser's worker does
+with WebCrypto (make the key pairs, agree with each neighbour, seal and open share
+frames); ``NativeVolunteer`` is a ``SecAggVolunteer`` on it.
 Imported only where ``cryptography`` is installed (the server's environment), never by
 the browser's wheel.
 """
@@ -9,7 +10,7 @@ the browser's wheel.
 from __future__ import annotations
 
 import os
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 
 import numpy as np
 from cryptography.exceptions import InvalidTag
@@ -17,10 +18,10 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
-from .client import PublicKeys, Reveal, SecAggClient
-from .errors import SecAggError
+from .client import PublicKeys, SecAggClient
+from .runtime import SecAggVolunteer, run
 
-__all__ = ["NativeVolunteer", "X25519Agreement", "open_frame", "seal_frame"]
+__all__ = ["NativeCrypto", "NativeVolunteer", "X25519Agreement", "open_frame", "seal_frame"]
 
 NONCE_BYTES = 12
 TAG_BYTES = 16
@@ -59,42 +60,29 @@ def open_frame(key: bytes, sealed: bytes, aad: bytes) -> bytes:
         raise ValueError("authentication failed") from None
 
 
-class NativeVolunteer:
-    """A volunteer's SecAgg stages with the cryptography done natively: sealed bytes in and out."""
+class NativeCrypto(X25519Agreement):
+    """``runtime.VolunteerCrypto`` on ``cryptography``: the Python volunteer's runtime."""
 
-    def __init__(self, client: SecAggClient, agreement: X25519Agreement | None = None) -> None:
-        self.client = client
-        self.agreement = agreement or X25519Agreement()
+    def seal(self, key: bytes, plaintext: bytes, aad: bytes) -> bytes:
+        return seal_frame(key, plaintext, aad)
 
-    def _agree(self, private: bytes, peer: int, public: bytes) -> bytes:
-        try:
-            return self.agreement.agree(private, public)
-        except ValueError as exc:
-            raise SecAggError(f"volunteer {peer}'s public key is unusable: {exc}") from None
+    def open(self, key: bytes, sealed: bytes, aad: bytes) -> bytes:
+        return open_frame(key, sealed, aad)
+
+
+class NativeVolunteer(SecAggVolunteer):
+    """A volunteer's SecAgg stages with the cryptography done natively, each stage one call."""
+
+    def __init__(self, client: SecAggClient) -> None:
+        super().__init__(client)
+        self.crypto = NativeCrypto()
 
     def advertise(self) -> PublicKeys:
-        self._channel_private, channel = self.agreement.generate()
-        masking_private, masking = self.agreement.generate()
-        keys = PublicKeys(channel, masking)
-        self.client.advertise(keys, masking_private)
-        self._masking_private = masking_private
-        return keys
+        return run(super().advertise(), self.crypto)
 
     def share(self, roster: Mapping[int, PublicKeys]) -> dict[int, bytes]:
-        secrets = {v: self._agree(self._channel_private, v, k.channel) for v, k in roster.items()}
-        self._roster = dict(roster)
-        return {v: seal_frame(o.key, o.plaintext, o.aad) for v, o in self.client.share(roster, secrets).items()}
+        return run(super().share(roster), self.crypto)
 
     def mask(self, levels: np.ndarray, inbox: Mapping[int, bytes]) -> bytes:
-        opened = {}
-        for v, sealed in inbox.items():
-            key, aad = self.client.opening(v)
-            try:
-                opened[v] = open_frame(key, sealed, aad)
-            except ValueError as exc:
-                raise SecAggError(f"the share from volunteer {v} does not decrypt: {exc}") from None
-        secrets = {v: self._agree(self._masking_private, v, self._roster[v].masking) for v in opened}
-        return self.client.mask(levels, opened, secrets)
-
-    def unmask(self, survivors: Collection[int]) -> Reveal:
-        return self.client.unmask(survivors)
+        run(self.accept(inbox), self.crypto)
+        return self.masked(levels)

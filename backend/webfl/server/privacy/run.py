@@ -60,6 +60,14 @@ class DPRule(Aggregator):
         finally:
             self._report = None
 
+    def add_sum(self, total: np.ndarray, count: int) -> None:
+        """Secure aggregation's unmasked sum of ``count`` updates, each clipped by its sender (``DPSum.add_sum``)."""
+        if not self._open:
+            raise ValueError("dp: no round in progress; call begin() first")
+        self.release.add_sum(total, count)
+        self.count += count
+        self.total_weight += count
+
     def _start(self) -> None:
         self.release.begin(self.size)
 

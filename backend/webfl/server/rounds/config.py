@@ -20,6 +20,7 @@ from ...core.server_opt import ServerOptimizer, get_server_opt
 from ...core.training import BOUNDS, check_bounds
 from ..privacy import DPSettings, check_compatible
 from ..privacy.run import DPRule
+from ..secagg import SecAggSettings
 from .funnel import capped_weight
 from .validation import MAX_EXAMPLES_PER_UPDATE
 
@@ -149,6 +150,8 @@ class RunConfig:
     max_wait_s: float = 30.0
     #: Differential privacy (``server/privacy``, docs/privacy.md); ``None``: updates are not private.
     dp: DPSettings | None = None
+    #: Secure aggregation (``server/secagg``, docs/secagg.md); ``None``: updates arrive in the clear.
+    secagg: SecAggSettings | None = None
 
     def __post_init__(self) -> None:
         for name, kind in (("codec", Codec), ("downlink", Downlink), ("norm_bound", NormSpec)):
@@ -164,7 +167,7 @@ class RunConfig:
         unknown = data.keys() - known.keys()
         if unknown:
             raise ValueError(f"unknown field(s): {', '.join(sorted(unknown))}")
-        values = {name: _parse(name, value, known[name].type) for name, value in data.items() if name != "dp"}
+        values = {name: _parse(name, value, known[name].type) for name, value in data.items() if name not in ("dp", "secagg")}
         config = cls(**values)
         if config.min_updates > config.clients_per_round:
             raise ValueError("min_updates cannot exceed clients_per_round")
@@ -174,6 +177,8 @@ class RunConfig:
             dp = DPSettings.from_json(data["dp"], expected_cohort=cohort)
             check_compatible(dp, aggregator=config.aggregator, mode=config.mode, norm_bound=config.norm_bound.text)
             config = replace(config, dp=dp)
+        if data.get("secagg") is not None:
+            config = replace(config, secagg=_secagg(config, data["secagg"]))
         return config
 
     def rule(self) -> Aggregator:
@@ -197,7 +202,29 @@ class RunConfig:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["codec"], out["downlink"], out["norm_bound"] = self.codec.spec, self.downlink.spec, self.norm_bound.text
         out["dp"] = None if self.dp is None else self.dp.to_json()
+        out["secagg"] = None if self.secagg is None else self.secagg.to_json()
         return out
+
+
+def _secagg(config: RunConfig, body: object) -> SecAggSettings:
+    """The ``secagg`` setting, refused (saying why) with what needs individual updates."""
+    why = None
+    if config.mode != "sync":
+        why = "FedBuff commits buffers that fill one update at a time; secure aggregation unmasks only a whole round's sum"
+    elif (rule := get_aggregator(config.aggregator).name) != "fedavg":
+        why = f"aggregator {config.aggregator!r} needs each update ({rule} looks at them one by one); the server sees only their sum"
+    elif config.norm_bound.text != "none":
+        why = "a norm bound checks each update's norm, which secure aggregation hides; the clip bounds every update instead"
+    elif config.codec.spec != "none":
+        why = f"codec {config.codec.spec!r}: secure aggregation quantizes updates itself (secagg.bits); use codec 'none'"
+    elif config.dp is not None and config.dp.adaptive is not None:
+        why = "adaptive clipping counts each update's clipped bit, which secure aggregation hides; use a fixed dp.clip"
+    elif config.min_updates < 2:
+        why = "min_updates must be at least 2: the sum of a single update is that update"
+    if why is not None:
+        raise ValueError(f"secagg cannot be used here: {why}")
+    cohort = math.ceil(config.clients_per_round * config.over_selection)
+    return SecAggSettings.from_json(body, cohort=cohort, dp_clip=None if config.dp is None else config.dp.clip)
 
 
 def _parse(name: str, value: object, kind: str) -> object:

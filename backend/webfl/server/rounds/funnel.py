@@ -32,6 +32,8 @@ __all__ = ["ABANDON_REASONS", "COMMIT_BUCKETS", "Funnel", "RoundStats", "capped_
 ABANDON_REASONS = {
     "too_few_updates": "fewer accepted updates than min_updates by the close",
     "refused_aggregate": "the aggregate or the model it gives was refused (non-finite, exploding)",
+    "secagg_cohort": "secure aggregation: the cohort selected is too small for the threshold or min_updates",
+    "unmask_failed": "secure aggregation: too few survivors revealed their shares to rebuild someone's secrets",
 }
 
 #: Commit (aggregate, server step, evaluation, checkpoint, broadcast) times in seconds:

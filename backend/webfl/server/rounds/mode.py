@@ -13,7 +13,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ...core.protocol import Message
+from ...core.protocol import CLOSE_TRY_LATER, Message, ProtocolError
+from ..coordinator import Coordinator
 from .commit import CommitPipeline, Run
 from .config import RunConfig
 from .funnel import RoundStats
@@ -36,6 +37,7 @@ class Services:
     rejections: Rejections
     stats: RoundStats
     seed: int
+    coordinator: Coordinator
 
 
 class RunMode(ABC):
@@ -61,6 +63,10 @@ class RunMode(ABC):
     @abstractmethod
     def submit(self, peer_id: str, msg: Message, nbytes: int) -> Verdict:
         """The verdict on one ``update``; an accepted one is folded in."""
+
+    async def secagg_frame(self, peer_id: str, msg: Message, nbytes: int) -> ProtocolError | None:
+        """Handle one secure-aggregation frame (``sa_*``); why it is refused (the close code and reason), or None."""
+        return ProtocolError(f"{msg.type}: this run does not use secure aggregation", CLOSE_TRY_LATER)
 
     def open_round(self) -> dict | None:
         """The open round for the status (``round``, ``selected``, ``received``, ``deadline``, ``funnel``), if any."""

@@ -84,12 +84,14 @@ class TaskBook:
         return frames
 
     async def send(
-        self, peer_id: str, config: RunConfig, round_: int, model_version: int, seed: int, expires: float, clip: float | None = None
+        self, peer_id: str, config: RunConfig, round_: int, model_version: int, seed: int, expires: float, clip: float | None = None,
+        secagg: dict | None = None,
     ) -> int:
         """Give ``peer_id`` a task on the current model, preceded by what it lacks of that
         model; the bytes queued, or 0 if the task could not be queued.
 
-        ``clip``: a dp run's clip norm for this round (adaptive clipping moves it).
+        ``clip``: a dp run's clip norm for this round (adaptive clipping moves it);
+        ``secagg``: a secure-aggregation round's parameters for this volunteer.
         """
         peer = self._peers.get(peer_id)
         if peer is None:
@@ -112,6 +114,8 @@ class TaskBook:
         }
         if clip is not None:
             task["clip"] = clip
+        if secagg is not None:
+            task["secagg"] = secagg
         frames = [*self.catch_up(peer), encode(Message("task", task))]
         for frame in frames:
             # A frame the queue refuses drops the connection (a slow consumer): nothing to undo.

@@ -39,6 +39,7 @@ REASONS = {
     "stats": "feature statistics refused (malformed, impossible sums, or the task's scaling is fixed already)",
     "eval": "an evaluation report refused (unknown or old model, second report, sums that do not add up)",
     "protocol": "a frame that breaks the protocol (connection closed)",
+    "secagg": "a secure-aggregation frame refused: malformed, out of stage or from outside the cohort (connection closed)",
     "rate": "over a rate limit (connection closed)",
     "connections": "too many connections from one address (refused)",
     "idle": "nothing received for too long (connection closed)",

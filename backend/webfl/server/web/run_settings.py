@@ -18,7 +18,7 @@ __all__ = ["describe_run_settings", "routes"]
 
 _TYPES = {int: "integer", float: "number", str: "string"}
 #: Settings that are a JSON object (or null) rather than one value; the form edits them as JSON.
-_JSON = {"dp"}
+_JSON = {"dp", "secagg"}
 
 
 def describe_run_settings() -> list[dict]:
