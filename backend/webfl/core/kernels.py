@@ -25,13 +25,15 @@ from typing import Protocol
 
 import numpy as np
 
-__all__ = ["Kernels", "NumpyKernels", "WasmKernels", "active", "install_wasm", "use"]
+__all__ = ["Kernels", "NumpyKernels", "WasmKernels", "active", "for_dtype", "install_wasm", "use"]
 
 log = logging.getLogger("webfl.kernels")
 
 
 class Kernels(Protocol):
     name: str
+    #: Computes in float32 only (then :func:`for_dtype` hands other dtypes to NumPy).
+    float32_only: bool
 
     def gemm(
         self,
@@ -69,6 +71,7 @@ class NumpyKernels:
     """Plain NumPy: natively it runs on BLAS, in Pyodide on NumPy's own loops."""
 
     name = "numpy"
+    float32_only = False
 
     def gemm(self, a, b, out, *, alpha=1.0, beta=0.0, trans_a=False, trans_b=False, bias=None, relu=False, mask=None):
         # A contiguous transpose makes a product ~1.8x faster in Pyodide (no BLAS).
@@ -105,6 +108,7 @@ class WasmKernels:
     """
 
     name = "wasm-simd128"
+    float32_only = True
 
     def __init__(self, gemm: Callable[..., None]) -> None:
         self._gemm = gemm
@@ -150,6 +154,11 @@ def active() -> Kernels:
 def use(kernels: Kernels) -> None:
     global _active
     _active = kernels
+
+
+def for_dtype(kernels: Kernels, dtype: np.dtype) -> Kernels:
+    """``kernels``, or NumPy for a dtype it does not compute in (a float64 gradient check)."""
+    return NumpyKernels() if kernels.float32_only and dtype != np.float32 else kernels
 
 
 #: The self-check's products: every op() combination and epilogue, with edge sizes

@@ -12,7 +12,7 @@ from functools import cached_property
 
 import numpy as np
 
-from .kernels import Kernels, active
+from .kernels import Kernels, active, for_dtype
 
 __all__ = ["MLP", "MODELS", "GradientSteps", "PlainWorkspace", "Workspace", "build_model", "he_uniform", "layout_views"]
 
@@ -92,13 +92,13 @@ class MLP:
     def logits(self, params: np.ndarray, x: np.ndarray, kernels: Kernels | None = None) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=params.dtype)
         acts = [x, *_buffers(self.sizes[1:], len(x), params.dtype)]
-        return self._forward(self.views(params), x, acts, kernels or active())
+        return self._forward(self.views(params), x, acts, for_dtype(kernels or active(), params.dtype))
 
     def loss_and_grad(
         self, params: np.ndarray, x: np.ndarray, y: np.ndarray, kernels: Kernels | None = None
     ) -> tuple[float, np.ndarray]:
         """Mean cross-entropy on ``(x, y)`` and its gradient as a flat vector."""
-        kernels = kernels or active()
+        kernels = for_dtype(kernels or active(), params.dtype)
         v = self.views(params)
         x = np.ascontiguousarray(x, dtype=params.dtype)
         acts = [x, *_buffers(self.sizes[1:], len(x), params.dtype)]
@@ -198,12 +198,12 @@ class Workspace:
 
 
 class PlainWorkspace:
-    """The parameters a ``GradientSteps`` model updates in place, and its batches."""
+    """The parameters a ``GradientSteps`` model updates in place, its batches and its kernels."""
 
-    def __init__(self, model: GradientSteps, params: np.ndarray) -> None:
+    def __init__(self, model: GradientSteps, params: np.ndarray, kernels: Kernels) -> None:
         if params.dtype != np.float32 or not params.flags.c_contiguous:
             raise ValueError("SGD works in place on a C-contiguous float32 vector")
-        self.model, self.params = model, params
+        self.model, self.params, self.kernels = model, params, kernels
 
     def batch(self, x: np.ndarray, idx: np.ndarray) -> np.ndarray:
         return x[idx]
@@ -213,15 +213,16 @@ class PlainWorkspace:
 
 
 class GradientSteps:
-    """Local SGD for models without a fused kernel path (the CNN, standardised models):
-    the gradient from ``loss_and_grad``, then the update, on the same in-place interface
-    as ``MLP.workspace``/``MLP.sgd_step`` so ``training`` drives every model alike."""
+    """Local SGD for models without a fused update (the CNN, standardised models): the
+    gradient from ``loss_and_grad`` (its products through the workspace's kernels), then
+    the update, on the same in-place interface as ``MLP.workspace``/``MLP.sgd_step`` so
+    ``training`` drives every model alike."""
 
     def workspace(self, params: np.ndarray, kernels: Kernels | None = None) -> PlainWorkspace:
-        return PlainWorkspace(self, params)
+        return PlainWorkspace(self, params, kernels or active())
 
     def sgd_step(self, ws: PlainWorkspace, x: np.ndarray, y: np.ndarray, lr: float) -> float:
-        loss, grad = self.loss_and_grad(ws.params, x, y)
+        loss, grad = self.loss_and_grad(ws.params, x, y, kernels=ws.kernels)
         ws.params -= np.float32(lr) * grad
         return loss
 
