@@ -239,11 +239,14 @@ export class View {
   }
 }
 
-const runFinished = (snapshot) => Boolean(snapshot.run && snapshot.run[0] >= snapshot.run[1]);
+// A run ends when its rounds are done, or earlier: the status frame then says why.
+const runFinished = (snapshot) => Boolean(snapshot.run && (snapshot.run_ended || snapshot.run[0] >= snapshot.run[1]));
+const ENDED = { stopped: "stopped by the operator", max_epsilon: "its privacy budget is spent", failed: "stopped by a server error" };
 
 function describeRound(snapshot) {
   const run = snapshot.run;
-  if (run && runFinished(snapshot)) return `the run has finished (${run[1]} of ${run[1]} rounds)`;
+  const why = ENDED[snapshot.run_ended];
+  if (run && runFinished(snapshot)) return `the run has finished (${why ? `${why}, ` : ""}${run[0]} of ${run[1]} rounds)`;
   if (run && snapshot.round) return `round ${run[0] + 1} of ${run[1]}`;
   if (run) return `${run[0]} of ${run[1]} rounds done; waiting for the next`;
   if (snapshot.round) return `round ${snapshot.round}`;
