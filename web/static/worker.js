@@ -4,15 +4,17 @@
 // (webfl.core.browser.BrowserSession over webfl.core.volunteer.Volunteer), the same
 // way webfl/simulate.py drives it natively.
 //
-// Page -> worker: {type: "start", data: {kind: "demo"} | {kind: "csv", file}, cpu}, "pause",
+// Page -> worker: {type: "start", data: {kind: "demo"} | {kind: "csv", file}, cpu, task, config}, "pause",
 //                 "resume", "leave", "cpu" {level: light|medium|full},
 //                 "hold" {reason: hidden|battery, on}.
 // Worker -> page: "stage" {label, fraction}, "conn" {state: connecting|open|reconnecting|
 //                 waiting, retry_in_s}, "snapshot" {snapshot}, "compute" {backend},
 //                 "progress" {epoch, epochs, batch, batches, loss, done, held},
-//                 "held" {reasons, done, batches_after_request}, "bytes" {downloaded}, "trained" {busy_ms, wall_ms},
+//                 "held" {reasons, done, batches_after_request}, "downloads" {stages: [{stage, done, total}]},
+//                 "trained" {busy_ms, wall_ms},
 //                 "error" {message}, "left".
 
+import { Downloads } from "./worker/downloads.js";
 import { AssetError, loadRuntime } from "./worker/runtime.js";
 import { Connection } from "./worker/connection.js";
 import { Records } from "./worker/records.js";
@@ -105,7 +107,7 @@ async function useCsv(file) {
 async function useDemoShard(socket) {
   const url = session.shard_url();
   if (!url) throw new DataError("The server offered no demo data and no file was chosen.");
-  post("stage", { label: "Downloading your demo data", fraction: 0.95 });
+  post("stage", { label: "Downloading your demo data", fraction: 0.97 });
   let response;
   try {
     response = await fetch(url);
@@ -227,17 +229,6 @@ async function handleFrame(socket, buffer) {
   postSnapshot();
 }
 
-// Bytes on the wire so far (0 for what came from a cache), for the loading bar's label.
-function countDownloads() {
-  let total = 0;
-  const observer = new PerformanceObserver((list) => {
-    for (const entry of list.getEntries()) total += entry.transferSize || 0;
-    post("bytes", { downloaded: total });
-  });
-  observer.observe({ type: "resource", buffered: true });
-  return observer;
-}
-
 function wsUrl() {
   const url = new URL(config.ws_path, self.location.href);
   url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
@@ -283,18 +274,20 @@ function control(action) {
 }
 
 const handlers = {
-  async start({ data, cpu: level, task }) {
+  // `config`: /api/config as the page fetched it while the volunteer read the consent
+  // (one round trip fewer before the downloads start), or null: fetched here.
+  async start({ data, cpu: level, task, config: given }) {
     dataChoice = data;
     if (level in REST_PER_BUSY) cpu = level;
-    post("stage", { label: "Getting the configuration", fraction: 0.02 });
-    config = await fetchJson(`/api/config?task=${encodeURIComponent(task)}`, "its configuration");
+    post("stage", { label: "Getting the configuration", fraction: 0.01 });
+    config = given ?? (await fetchJson(`/api/config?task=${encodeURIComponent(task)}`, "its configuration"));
     const stage = (label, fraction) => post("stage", { label, fraction });
-    const downloads = countDownloads();
+    const downloads = new Downloads(config.downloads, (progress) => post("downloads", progress));
     let runtime;
     try {
-      runtime = await loadRuntime(config, stage);
+      runtime = await loadRuntime(config, stage, downloads);
     } finally {
-      downloads.disconnect();
+      downloads.stop();
     }
     const { browser, compute } = runtime;
     post("compute", { backend: compute });
@@ -303,7 +296,7 @@ const handlers = {
     await restoreResidual();
     await restorePending();
     if (data.kind === "csv") {
-      stage(`Reading ${data.file.name} (it stays in this tab)`, 0.95);
+      stage(`Reading ${data.file.name} (it stays in this tab)`, 0.97);
       await useCsv(data.file);
     }
     stage("Connecting", 1);
