@@ -15,6 +15,8 @@
 //                 "error" {message}, "left".
 
 import { Downloads } from "./worker/downloads.js";
+// runtime.js imports it too; named here so it is fetched with its siblings, one round trip sooner.
+import "./worker/kernel.js";
 import { AssetError, loadRuntime } from "./worker/runtime.js";
 import { Connection } from "./worker/connection.js";
 import { Records } from "./worker/records.js";

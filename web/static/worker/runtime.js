@@ -138,9 +138,10 @@ async function hexDigest(pyodide, bytes) {
   }
 }
 
-// Check a prefetched wheel's sha256 before anything from it runs. Pyodide verifies only
-// packages it loads by name from its lock file, not wheels loaded by URL. The bytes stay
-// in the HTTP cache, so the loadPackage() that follows does not download them again.
+// Check a prefetched wheel's sha256 before anything from it runs, and return its bytes.
+// Pyodide verifies only packages it loads by name from its lock file, not wheels loaded
+// by URL. The bytes stay in the HTTP cache, so a loadPackage() that follows does not
+// download them again.
 async function verify(pyodide, url, fetched, sha256, what) {
   const { response, bytes } = await fetched;
   if (!response) throw new AssetError(`${what} could not be loaded (no response from ${shortUrl(url)}).`);
@@ -151,6 +152,20 @@ async function verify(pyodide, url, fetched, sha256, what) {
       `${what} at ${shortUrl(url)} is not the file the server announced (sha256 ${actual.slice(0, 12)}… instead of ${sha256.slice(0, 12)}…). ` +
         "Reload the page; if it persists, the server's files need rebuilding (make setup).",
     );
+  }
+  return bytes;
+}
+
+// A pure-Python wheel, from the very bytes that were verified, into site-packages: no
+// second request (the core wheel's URL revalidates) and nothing swapped in between.
+function installPure(pyodide, bytes, module, what) {
+  try {
+    const sitePackages = pyodide.runPython("import sysconfig; sysconfig.get_path('purelib')");
+    pyodide.unpackArchive(bytes, "wheel", { extractDir: sitePackages });
+    pyodide.runPython("import importlib; importlib.invalidate_caches()");
+    pyodide.pyimport(module).destroy();
+  } catch (error) {
+    throw new AssetError(`${what} could not be loaded (${error.message.trim().split("\n").pop()}).`);
   }
 }
 
@@ -179,8 +194,8 @@ export async function loadRuntime(config, stage, downloads) {
   await loadChecked(pyodide, numpy, "numpy", "The NumPy wheel");
 
   stage("Loading the webfl learning core", 0.9);
-  await verify(pyodide, core, coreFetch, config.core.sha256, "The webfl learning core wheel");
-  await loadChecked(pyodide, core, "webfl.core.browser", "The webfl learning core wheel");
+  const coreBytes = await verify(pyodide, core, coreFetch, config.core.sha256, "The webfl learning core wheel");
+  installPure(pyodide, coreBytes, "webfl.core.browser", "The webfl learning core wheel");
 
   stage("Checking versions", 0.94);
   const browser = pyodide.pyimport("webfl.core.browser");
