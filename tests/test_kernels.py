@@ -211,6 +211,8 @@ WASM_CASES = [
     (13, 29, 7, True, False, 1.0),
     (32, 200, 200, False, True, 1.0),
     (9, 7, 13, False, True, 1.0),
+    (32, 203, 10, False, True, 1.0),  # the gradient into the last hidden layer: k = classes
+    (5, 17, 3, False, True, 1.0),
     (6, 5, 4, True, True, 1.0),
     (1, 200, 32, False, False, 1.0),  # the bias gradient: ones @ dz
 ]

@@ -171,6 +171,7 @@ _CHECKS = (
     (10, 70, 98, False, False, 1.0, 0.0, True, True, False, False),
     (42, 70, 13, True, False, -0.1, 1.0, False, False, False, True),
     (9, 14, 40, False, True, 1.0, 0.0, False, False, True, False),
+    (9, 21, 10, False, True, 1.0, 0.0, False, False, True, False),
     (1, 70, 13, False, False, -0.1, 1.0, False, False, False, False),
     (7, 13, 5, False, False, 0.5, 2.0, True, False, False, False),
     (5, 9, 3, True, False, 1.0, 0.0, False, True, False, False),

@@ -205,8 +205,32 @@ INLINE void block_nt(const Out *o, int R, int i0, int j0, int K, const float *A,
   }
 }
 
+// op(B) = B^T with a short k (the gradient into the last hidden layer: k = classes):
+// dot products would spend more on their horizontal sums than on the products, so
+// gather 8 of B's rows at each k into two vectors and broadcast A instead.
+INLINE void block_nt_short(const Out *o, int R, int i0, int j0, int K, const float *A, int lda, const float *B, int ldb) {
+  v128_t acc[4][2];
+  UNROLL for (int r = 0; r < R; r++)
+    UNROLL for (int q = 0; q < 2; q++) acc[r][q] = wasm_f32x4_splat(0.0f);
+  for (int k = 0; k < K; k++) {
+    const float *b = B + j0 * ldb + k;
+    const v128_t bv[2] = {wasm_f32x4_make(b[0], b[ldb], b[2 * ldb], b[3 * ldb]),
+                          wasm_f32x4_make(b[4 * ldb], b[5 * ldb], b[6 * ldb], b[7 * ldb])};
+    UNROLL for (int r = 0; r < R; r++) {
+      const v128_t a = wasm_f32x4_splat(A[(i0 + r) * lda + k]);
+      UNROLL for (int q = 0; q < 2; q++) acc[r][q] = wasm_f32x4_add(acc[r][q], wasm_f32x4_mul(a, bv[q]));
+    }
+  }
+  UNROLL for (int r = 0; r < R; r++)
+    UNROLL for (int q = 0; q < 2; q++) store4(o, i0 + r, j0 + 4 * q, acc[r][q]);
+}
+
+#define SHORT_K 16
+
 INLINE void rows_nt(const Out *o, int R, int i0, int N, int K, const float *A, int lda, const float *B, int ldb) {
   int j = 0;
+  if (K < SHORT_K)
+    for (; j + 8 <= N; j += 8) block_nt_short(o, R, i0, j, K, A, lda, B, ldb);
   for (; j + 4 <= N; j += 4) block_nt(o, R, i0, j, K, A, lda, B, ldb);
   for (; j < N; j++)
     UNROLL for (int r = 0; r < R; r++) {
