@@ -45,7 +45,6 @@ from .codecs import CODECS, ErrorFeedback, get_codec
 from .data import Dataset, features
 from .downlink import apply_model, digest
 from .evaluation import evaluation_sums, holdout_split
-from .privacy import l2_clip
 from .stats import feature_stats
 from .protocol import RUN_ENDS, Message, ProtocolError, decode, encode
 from .tasks import Task
@@ -392,6 +391,10 @@ class Volunteer:
         clip_field = {}
         if job.clip is not None:
             # Before the codec and error feedback: the bound is on what this volunteer's data did.
+            # Imported here: the privacy package is mostly the server's DP machinery, and
+            # the browser would otherwise load it at every start for runs that are not private.
+            from .privacy import l2_clip
+
             delta, norm = l2_clip(delta, job.clip)
             clip_field = {"clipped": norm > job.clip}
         delta = self.craft_delta(delta, job)
