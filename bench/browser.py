@@ -296,16 +296,18 @@ def main() -> int:
             browser.close()
 
             # Interleaved, best of each: the machine is shared, and whatever else runs
-            # would otherwise land on one side of a ratio only.
+            # would otherwise land on one side of a ratio only. Native takes twice the
+            # samples: its short subprocesses are the most exposed to that load, and a
+            # slow native best would flatter the ratio.
             times = {batch: {"wasm": [], "numpy": [], "native": []} for batch in BATCHES}
             cnn_npz, cnn = digits_npz(), {"wasm": [], "numpy": [], "native": []}
             for _ in range(args.repeat):
                 for batch, t in times.items():
                     t["wasm"] += pyodide_epochs(page, npz, 3, batch, "active")
-                    t["native"] += native_epochs(npz, 3, batch)
+                    t["native"] += native_epochs(npz, 6, batch)
                     t["numpy"] += pyodide_epochs(page, npz, 1, batch, "numpy")
                 cnn["wasm"] += pyodide_epochs(page, cnn_npz, 3, CNN_BATCH, "active", CNN_TASK)
-                cnn["native"] += native_epochs(cnn_npz, 3, CNN_BATCH, CNN_TASK)
+                cnn["native"] += native_epochs(cnn_npz, 6, CNN_BATCH, CNN_TASK)
                 cnn["numpy"] += pyodide_epochs(page, cnn_npz, 1, CNN_BATCH, "numpy", CNN_TASK)
             epochs = {batch: {side: min(ts) for side, ts in t.items()} for batch, t in times.items()}
             cnn = {side: min(ts) for side, ts in cnn.items()}
