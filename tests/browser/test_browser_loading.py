@@ -16,7 +16,7 @@ pytestmark = pytest.mark.browser
 def test_the_loading_bar_counts_each_stages_bytes_and_a_second_visit_says_how_long_it_took(context, serve):
     server = serve()
     announced = json.loads(urllib.request.urlopen(server.url + "/api/config").read())["downloads"]
-    totals = {stage: sum(files.values()) for stage, files in announced.items()}
+    totals = {stage: sum(files.values()) for stage, files in announced.items() if files}  # no kernel without clang
     page = context.new_page()
     page.goto(server.url)
     page.get_by_test_id("join").click()
@@ -24,7 +24,7 @@ def test_the_loading_bar_counts_each_stages_bytes_and_a_second_visit_says_how_lo
     expect(page.get_by_test_id("load-note")).to_contain_text("later visits are faster")
     wait_state(page, "idle")
     stages = page.get_by_test_id("load-stages").locator("li")
-    expect(stages).to_have_count(4)
+    expect(stages).to_have_count(len(totals))
     got = {li.get_attribute("data-stage"): (int(li.get_attribute("data-done")), int(li.get_attribute("data-total"))) for li in stages.all()}
     assert got == {stage: (total, total) for stage, total in totals.items()}
     bar = page.get_by_test_id("load-progress")

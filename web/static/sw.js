@@ -9,9 +9,9 @@ const PREFIX = "webfl-runtime-";
 const CACHE = PREFIX + new URL(self.location.href).searchParams.get("v");
 // These URLs change whenever their bytes do (a version in the path or the file name).
 const IMMUTABLE = /^\/(pyodide|vendor)\/|^\/wheels\/(?!webfl-)/;
-// The core wheel keeps its URL across rebuilds of one version: the network decides, and
-// the cache only stands in when the network fails.
-const CORE = /^\/wheels\/webfl-/;
+// The core wheel and the matrix kernel keep their URLs across rebuilds of one version:
+// the network decides, and the cache only stands in when the network fails.
+const CORE = /^\/wheels\/webfl-|^\/static\/kernels\//;
 
 self.addEventListener("install", () => self.skipWaiting());
 
