@@ -270,9 +270,10 @@ export class View {
   }
 }
 
-// A run ends when its rounds are done, or earlier: the status frame then says why.
+// The loading stages of the worker's "downloads" events, in words.
 const STAGE_NAMES = { runtime: "Python runtime", numpy: "NumPy", core: "webfl learning core", kernel: "matrix kernel" };
 
+// A run ends when its rounds are done, or earlier: the status frame then says why.
 const runFinished = (snapshot) => Boolean(snapshot.run && (snapshot.run_ended || snapshot.run[0] >= snapshot.run[1]));
 const ENDED = { stopped: "stopped by the operator", max_epsilon: "its privacy budget is spent", failed: "stopped by a server error" };
 

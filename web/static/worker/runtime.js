@@ -98,10 +98,9 @@ async function loadChecked(pyodide, target, module, what) {
 // Start fetching a wheel now, in parallel with Pyodide; verify() reads it later.
 // onBytes(n): bytes arrived so far, for the progress bar.
 function prefetch(url, onBytes) {
-  return fetch(url).then(
-    async (response) => ({ response, bytes: response.ok ? await readAll(response, onBytes) : null }),
-    () => ({ response: null, bytes: null }),
-  );
+  return fetch(url)
+    .then(async (response) => ({ response, bytes: response.ok ? await readAll(response, onBytes) : null }))
+    .catch(() => ({ response: null, bytes: null })); // no response, or it broke off: verify() says so
 }
 
 async function readAll(response, onBytes) {
