@@ -16,7 +16,7 @@ Runs a real ``webfl serve`` on a free loopback port and measures:
 - one local epoch of the 2NN on a 600-example shard at batch 10 and 32 in the page's
   Pyodide worker, with the WebAssembly kernel and with NumPy alone (the in-run baseline),
   vs the same code in native CPython on this machine (one BLAS thread, since Pyodide has
-  one), as ratios;
+  one), as ratios; the same for the digits task's CNN (im2col, batch 16);
 - main-thread long tasks (PerformanceObserver "longtask", > 50 ms) while the tab trains.
 
 Prints a markdown table, then ``pyodide/native epoch ratio: B=10 X.XX, B=32 Y.YY`` (with
@@ -46,18 +46,19 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--
 TOKEN = "bench-token"
 SHARD = 600
 
-# The same code runs in Pyodide and natively: one epoch of local_train on SHARD examples.
+# The same code runs in Pyodide and natively: one epoch of local_train on SHARD examples
+# of a task (MNIST's 2NN, or the digits task's CNN).
 EPOCH_CODE = """
 import time, numpy as np
 from webfl.core import kernels
 from webfl.core.data import load_npz, features
 from webfl.core.tasks import get_task
 from webfl.core.training import TrainConfig, local_train
-def epoch_times(npz, repeat, batch_size, backend):
+def epoch_times(npz, repeat, batch_size, backend, task="mnist", model_name="2nn"):
     import io
     with np.load(io.BytesIO(npz)) as f:
         x, y = features(f["x"][:{shard}]), f["y"][:{shard}]
-    model = get_task("mnist", "2nn").build_model()
+    model = get_task(task, model_name).build_model()
     params = model.init(0)
     config = TrainConfig(epochs=1, batch_size=batch_size, lr=0.1, seed=0)
     k = kernels.NumpyKernels() if backend == "numpy" else kernels.active()
@@ -71,6 +72,21 @@ def epoch_times(npz, repeat, batch_size, backend):
 """.replace("{shard}", str(SHARD))
 
 BATCHES = (10, 32)
+#: The digits task's CNN (8x8 images, conv 16-32, dense 64) at its own batch size: the
+#: im2col products through the same kernel.
+CNN_TASK, CNN_BATCH = "digits", 16
+
+
+def digits_npz() -> bytes:
+    """SHARD of the digits task's training images, as the MNIST shards are laid out (x, y)."""
+    import io
+
+    import numpy as np
+
+    with np.load(ROOT / "build" / "datasets" / "digits.npz") as f:
+        out = io.BytesIO()
+        np.savez(out, x=f["x_train"][:SHARD], y=f["y_train"][:SHARD])
+    return out.getvalue()
 
 # A page that does nothing but load Pyodide and NumPy from the server in a module
 # worker, as webfl's does: the baseline for what webfl adds to start-up.
@@ -192,32 +208,33 @@ def startup_pairs(browser, url: str, config: dict, repeat: int) -> dict[str, flo
     return {name: min(ts) for name, ts in times.items()}
 
 
-def native_epochs(npz: bytes, repeat: int, batch_size: int) -> list[float]:
+def native_epochs(npz: bytes, repeat: int, batch_size: int, task: str = "mnist") -> list[float]:
     """Same code, native, in a subprocess with one BLAS thread and the machine's numpy as it runs best."""
     env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
     env.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(ROOT / "backend"))
     with tempfile.NamedTemporaryFile(suffix=".npz") as f:
         f.write(npz)
         f.flush()
-        code = EPOCH_CODE + f"\nimport json; print(json.dumps(epoch_times(open({f.name!r}, 'rb').read(), {repeat}, {batch_size}, 'numpy')['times']))"
+        model = "2nn" if task == "mnist" else None
+        code = EPOCH_CODE + f"\nimport json; print(json.dumps(epoch_times(open({f.name!r}, 'rb').read(), {repeat}, {batch_size}, 'numpy', {task!r}, {model!r})['times']))"
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout)
 
 
-def pyodide_epochs(page, npz: bytes, repeat: int, batch_size: int, backend: str) -> list[float]:
+def pyodide_epochs(page, npz: bytes, repeat: int, batch_size: int, backend: str, task: str = "mnist") -> list[float]:
     """Epoch times in the page's worker with ``backend`` ("active": whatever the page installed, or "numpy")."""
     worker = next(w for w in page.workers if w.url.endswith("/worker.js"))
     out = worker.evaluate(
-        """async ([code, npz, repeat, batch, backend]) => {
+        """async ([code, npz, repeat, batch, backend, task, model]) => {
             const py = self.pyodide;
             py.runPython(code);
             const fn = py.globals.get("epoch_times");
-            const out = fn(new Uint8Array(npz), repeat, batch, backend);
+            const out = fn(new Uint8Array(npz), repeat, batch, backend, task, model);
             const result = out.toJs({ dict_converter: Object.fromEntries });
             out.destroy(); fn.destroy();
             return result;
         }""",
-        [EPOCH_CODE.replace("npz)", "npz.to_bytes())"), list(npz), repeat, batch_size, backend],
+        [EPOCH_CODE.replace("npz)", "npz.to_bytes())"), list(npz), repeat, batch_size, backend, task, "2nn" if task == "mnist" else None],
     )
     if backend == "active" and out["backend"] != "wasm-simd128":
         raise RuntimeError(f"the page trains with {out['backend']}, not the wasm kernel (is clang installed? make setup)")
@@ -279,14 +296,21 @@ def main() -> int:
             browser.close()
 
             # Interleaved, best of each: the machine is shared, and whatever else runs
-            # would otherwise land on one side of a ratio only.
+            # would otherwise land on one side of a ratio only. Native takes twice the
+            # samples: its short subprocesses are the most exposed to that load, and a
+            # slow native best would flatter the ratio.
             times = {batch: {"wasm": [], "numpy": [], "native": []} for batch in BATCHES}
+            cnn_npz, cnn = digits_npz(), {"wasm": [], "numpy": [], "native": []}
             for _ in range(args.repeat):
                 for batch, t in times.items():
                     t["wasm"] += pyodide_epochs(page, npz, 3, batch, "active")
-                    t["native"] += native_epochs(npz, 3, batch)
+                    t["native"] += native_epochs(npz, 6, batch)
                     t["numpy"] += pyodide_epochs(page, npz, 1, batch, "numpy")
+                cnn["wasm"] += pyodide_epochs(page, cnn_npz, 3, CNN_BATCH, "active", CNN_TASK)
+                cnn["native"] += native_epochs(cnn_npz, 6, CNN_BATCH, CNN_TASK)
+                cnn["numpy"] += pyodide_epochs(page, cnn_npz, 1, CNN_BATCH, "numpy", CNN_TASK)
             epochs = {batch: {side: min(ts) for side, ts in t.items()} for batch, t in times.items()}
+            cnn = {side: min(ts) for side, ts in cnn.items()}
             tasks = long_tasks_while_training(page, url, rounds=2)
             gz.close()
     finally:
@@ -318,6 +342,8 @@ def main() -> int:
             (f"One 2NN epoch, batch {batch}: Pyodide worker, NumPy alone", f"{t['numpy'] * 1000:.0f} ms ({t['numpy'] / t['native']:.2f}x native)"),
         ]
     rows += [
+        (f"One digits CNN epoch (8x8, conv 16-32, dense 64), {SHARD} examples, batch {CNN_BATCH}: native / Pyodide + kernel / Pyodide + NumPy alone",
+         f"{cnn['native'] * 1000:.0f} ms / {cnn['wasm'] * 1000:.0f} ms ({cnn['wasm'] / cnn['native']:.2f}x) / {cnn['numpy'] * 1000:.0f} ms ({cnn['numpy'] / cnn['native']:.2f}x)"),
         (f"Main-thread long tasks while training 2 rounds x 2 epochs ({tasks['seconds']:.1f} s)",
          f"{tasks['count']} (longest {tasks['max_ms']:.0f} ms, total {tasks['total_ms']:.0f} ms)"),
     ]

@@ -3,8 +3,10 @@
 import numpy as np
 import pytest
 
+from test_kernels import c_gemm
 from test_models import numerical_grad
 from webfl.core.cnn import CNN
+from webfl.core.kernels import NumpyKernels, WasmKernels
 from webfl.core.training import TrainConfig, local_train
 
 
@@ -82,3 +84,47 @@ def test_local_sgd_trains_it_unchanged():
     result = local_train(model, params, x, y, TrainConfig(epochs=10, batch_size=16, lr=0.1, seed=1))
     assert result.params.dtype == np.float32
     assert result.accuracy > 0.95 > model.evaluate(params, x, y)[1]
+
+
+class Counting:
+    """NumPy, counting the products a model hands to the backend."""
+
+    name, float32_only = "counting", True
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def gemm(self, a, b, out, **kw):
+        assert a.dtype == b.dtype == out.dtype == np.float32 and a.flags.c_contiguous and b.flags.c_contiguous
+        self.calls += 1
+        return NumpyKernels().gemm(a, b, out, **kw)
+
+
+def test_every_product_goes_through_the_backend_and_the_wasm_binding_agrees():
+    model = CNN((7, 6, 2), conv=(3, 4), kernel=3, dense=(5,), num_classes=4)
+    rng = np.random.default_rng(2)
+    params = model.init(1) + rng.normal(0, 0.01, model.size).astype(np.float32)
+    x, y = rng.random((6, model.num_features), dtype=np.float32), rng.integers(0, 4, 6)
+    loss, grad = model.loss_and_grad(params, x, y, NumpyKernels())
+    counting = Counting()
+    assert model.loss_and_grad(params, x, y, counting)[0] == loss
+    # forward: 2 conv + 2 dense; backward: per dense layer weight, bias, input; per conv
+    # stage weight and bias, and the input of the upper one.
+    assert counting.calls == 4 + 2 * 3 + 2 * 2 + 1 == 15
+    wasm_loss, wasm_grad = model.loss_and_grad(params, x, y, WasmKernels(c_gemm))
+    assert abs(wasm_loss - loss) <= 1e-6 * abs(loss)
+    assert np.linalg.norm(wasm_grad - grad) <= 1e-6 * np.linalg.norm(grad)
+    # A float64 gradient check cannot go through a float32 kernel: it takes NumPy's path.
+    assert model.loss_and_grad(params.astype(np.float64), x, y, counting)[1].dtype == np.float64
+    assert counting.calls == 15
+
+
+def test_local_sgd_uses_the_kernels_it_is_given():
+    model = CNN((6, 6, 1), conv=(2,), kernel=3, dense=(), num_classes=2)
+    rng = np.random.default_rng(3)
+    x, y = rng.random((20, 36), dtype=np.float32), rng.integers(0, 2, 20)
+    counting = Counting()
+    config = TrainConfig(epochs=1, batch_size=10, lr=0.1, seed=0)
+    trained = local_train(model, model.init(0), x, y, config, kernels=counting)
+    assert counting.calls == 2 * (2 + 3 + 2)  # two batches; a step: 2 forward, 3 dense and 2 conv backward
+    np.testing.assert_array_equal(trained.params, local_train(model, model.init(0), x, y, config).params)

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import ctypes
+import json
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
 
+from webfl.build import paths
+from webfl.build.wasm import build_kernel
 from webfl.core import kernels
 from webfl.core.kernels import NumpyKernels, WasmKernels
 from webfl.core.models import build_model
@@ -179,3 +184,72 @@ def test_train_steps_yields_every_batch_and_returns_local_trains_result():
             break
     assert seen == [(e, b, 3) for e in range(2) for b in range(3)]
     np.testing.assert_array_equal(result.params, local_train(model, model.init(0), x, y, config).params)
+
+
+# -- gemm.wasm itself, under Node (V8, as in Chromium), against the definition ---------
+
+RUN_WASM = """
+import { readFileSync, writeFileSync } from "fs";
+const [wasm, image, calls, out] = process.argv.slice(2);
+const bytes = readFileSync(image);
+const memory = new WebAssembly.Memory({ initial: Math.ceil(bytes.length / 65536) });
+new Uint8Array(memory.buffer).set(bytes);
+const { instance } = await WebAssembly.instantiate(readFileSync(wasm), { env: { memory } });
+for (const args of JSON.parse(readFileSync(calls, "utf8"))) instance.exports.gemm(...args);
+writeFileSync(out, new Uint8Array(memory.buffer, 0, bytes.length));
+"""
+
+#: Shapes of every path of gemm.c: 4x12 blocks and their 2- and 1-row, 4- and 1-column
+#: edges, 32-wide sparse rows and their edges, k not a multiple of 4, the 2NN's products.
+WASM_CASES = [
+    # m, n, k, trans_a, trans_b, density of a
+    (32, 200, 784, False, False, 0.2),  # a batch of MNIST-like rows: the sparse path
+    (32, 200, 784, False, False, 1.0),
+    (10, 203, 37, False, False, 0.1),
+    (7, 45, 9, False, False, 1.0),
+    (784, 200, 32, True, False, 0.2),  # the first layer's weight gradient
+    (13, 29, 7, True, False, 1.0),
+    (32, 200, 200, False, True, 1.0),
+    (9, 7, 13, False, True, 1.0),
+    (32, 203, 10, False, True, 1.0),  # the gradient into the last hidden layer: k = classes
+    (5, 17, 3, False, True, 1.0),
+    (6, 5, 4, True, True, 1.0),
+    (1, 200, 32, False, False, 1.0),  # the bias gradient: ones @ dz
+]
+
+
+@pytest.mark.skipif(not (shutil.which("clang") and shutil.which("wasm-ld") and shutil.which("node")), reason="needs clang, lld, node")
+def test_the_wasm_kernel_agrees_with_the_definition_on_every_path(tmp_path):
+    wasm = build_kernel(paths.KERNEL_SRC, tmp_path / "gemm.wasm", tmp_path / "stamp.json").path
+    rng = np.random.default_rng(7)
+    image, calls, cases = bytearray(64), [], []
+
+    def place(array):
+        image.extend(bytes(-len(image) % 16))
+        at = len(image)
+        image.extend(np.ascontiguousarray(array, np.float32).tobytes())
+        return at
+
+    for m, n, k, ta, tb, density in WASM_CASES:
+        for alpha, beta, epilogue in [(1.0, 0.0, "bias+relu"), (-0.1, 1.0, "none"), (2.0, 0.5, "mask"), (1.0, 0.0, "none")]:
+            a, b, c = operands(rng, m, n, k, ta, tb)
+            a *= rng.random(a.shape) < density
+            c[: m // 2] = np.nan if beta == 0 else c[: m // 2]  # beta 0 never reads C
+            bias = rng.standard_normal(n, dtype=np.float32) if epilogue == "bias+relu" else None
+            mask = rng.standard_normal((m, n), dtype=np.float32) if epilogue == "mask" else None
+            flags = (1 if ta else 0) | (2 if tb else 0) | (4 if epilogue == "bias+relu" else 0)
+            pc = place(c)
+            calls.append([flags, m, n, k, alpha, place(a), a.shape[1], place(b), b.shape[1], beta, pc, n,
+                          0 if bias is None else place(bias), 0 if mask is None else place(mask)])
+            cases.append((pc, (m, n), reference(a, b, np.nan_to_num(c), alpha, beta, ta, tb, bias, epilogue == "bias+relu", mask)))
+    (tmp_path / "image").write_bytes(bytes(image))
+    (tmp_path / "calls.json").write_text(json.dumps(calls))
+    (tmp_path / "run.mjs").write_text(RUN_WASM)
+    run = subprocess.run(["node", str(tmp_path / "run.mjs"), str(wasm), str(tmp_path / "image"), str(tmp_path / "calls.json"), str(tmp_path / "out")],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    result = (tmp_path / "out").read_bytes()
+    for pc, shape, want in cases:
+        got = np.frombuffer(result, np.float32, shape[0] * shape[1], pc).reshape(shape)
+        error = np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-30)
+        assert error <= kernels.RTOL, (shape, error)

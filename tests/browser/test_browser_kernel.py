@@ -33,10 +33,21 @@ rng = np.random.default_rng(4)
 model = get_task("mnist", "2nn").build_model()
 x, y = rng.random((70, 784), dtype=np.float32), rng.integers(0, 10, 70)
 config = TrainConfig(epochs=2, batch_size=10, lr=0.1, seed=1)
+# Mostly zero rows, as MNIST's: the kernel's sparse path.
+x *= rng.random(x.shape) < 0.2
 w_np = local_train(model, model.init(0), x, y, config, kernels=kernels.NumpyKernels()).params
 w_k = local_train(model, model.init(0), x, y, config, kernels=active).params
+cnn = get_task("digits").build_model()
+xc, yc = rng.random((40, 64), dtype=np.float32), rng.integers(0, 10, 40)
+p = cnn.init(0)
+loss_np, g_np = cnn.loss_and_grad(p, xc[:16], yc[:16], kernels.NumpyKernels())
+loss_k, g_k = cnn.loss_and_grad(p, xc[:16], yc[:16], active)
+cnn_np = local_train(cnn, p, xc, yc, config, kernels=kernels.NumpyKernels()).params
+cnn_k = local_train(cnn, p, xc, yc, config, kernels=active).params
 json.dumps({"name": active.name, "gemm": kernels.self_check(active, seed=9),
-            "train": float(np.linalg.norm(w_k - w_np) / np.linalg.norm(w_np))})
+            "train": float(np.linalg.norm(w_k - w_np) / np.linalg.norm(w_np)),
+            "cnn_loss": abs(loss_k - loss_np) / loss_np, "cnn_grad": float(np.linalg.norm(g_k - g_np) / np.linalg.norm(g_np)),
+            "cnn_train": float(np.linalg.norm(cnn_k - cnn_np) / np.linalg.norm(cnn_np))})
 `);
             return JSON.parse(out);
         }"""
@@ -45,6 +56,9 @@ json.dumps({"name": active.name, "gemm": kernels.self_check(active, seed=9),
     assert result["gemm"] <= 1e-6, result
     # Two epochs of SGD compound rounding differences; still far below anything visible.
     assert result["train"] <= 1e-5, result
+    # The CNN's im2col products through the same kernel: one gradient to 1e-6, training to 1e-5.
+    assert result["cnn_loss"] <= 1e-6 and result["cnn_grad"] <= 1e-6, result
+    assert result["cnn_train"] <= 1e-5, result
 
 
 def start_long_round(server, **settings) -> None:

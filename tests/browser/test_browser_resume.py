@@ -105,7 +105,7 @@ def test_a_returning_volunteer_gets_the_runtime_from_the_service_worker(context,
         }"""
     )
     assert any(p.endswith("/pyodide.asm.wasm") for p in cached) and any(p.startswith("/wheels/numpy-") for p in cached), cached
-    assert any(p.startswith("/wheels/webfl-") for p in cached), cached
+    assert any(p.startswith("/wheels/webfl-") for p in cached) and "/static/kernels/gemm.wasm" in cached, cached
 
     # A second visit with the HTTP cache cleared: the runtime must not come from the server.
     context.new_cdp_session(tab).send("Network.clearBrowserCache")

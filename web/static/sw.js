@@ -9,11 +9,11 @@ const PREFIX = "webfl-runtime-";
 const CACHE = PREFIX + new URL(self.location.href).searchParams.get("v");
 // These URLs change whenever their bytes do (a version in the path or the file name).
 const IMMUTABLE = /^\/(pyodide|vendor)\/|^\/wheels\/(?!webfl-)/;
-// The core wheel keeps its URL across rebuilds of one version: the network decides, and
-// the cache only stands in when the network fails. So for the volunteer pages and their
-// scripts: a volunteer who lost the server can reopen the page and try the last model
-// (the worker keeps it, and the configuration, in IndexedDB).
-const CORE = /^\/wheels\/webfl-/;
+// The core wheel and the matrix kernel keep their URLs across rebuilds of one version: the
+// network decides, and the cache only stands in when the network fails. So for the volunteer
+// pages and their scripts: a volunteer who lost the server can reopen the page and try the
+// last model (the worker keeps it, and the configuration, in IndexedDB).
+const CORE = /^\/wheels\/webfl-|^\/static\/kernels\//;
 const PAGES = /^\/(t\/[a-z0-9-]{1,40}|embed)?$|^\/static\//;
 
 self.addEventListener("install", () => self.skipWaiting());

@@ -5,7 +5,7 @@
 // way webfl/simulate.py drives it natively.
 //
 // Page -> worker: {type: "start", data: {kind: "demo"} | {kind: "csv", file} |
-//                 {kind: "images", items: [{file, label}], name}, cpu}, "pause",
+//                 {kind: "images", items: [{file, label}], name}, cpu, task, config}, "pause",
 //                 "resume", "leave", "cpu" {level: light|medium|full},
 //                 "hold" {reason: hidden|battery, on},
 //                 "predict" {id, input: {kind: "csv", file} | {kind: "images", items}, which: global|personal},
@@ -13,10 +13,13 @@
 // Worker -> page: "stage" {label, fraction}, "conn" {state: connecting|open|reconnecting|
 //                 waiting, retry_in_s}, "snapshot" {snapshot}, "compute" {backend},
 //                 "progress" {epoch, epochs, batch, batches, loss, done, held},
-//                 "held" {reasons, done, batches_after_request}, "bytes" {downloaded}, "trained" {busy_ms, wall_ms},
-//                 "error" {message}, "left",
+//                 "held" {reasons, done, batches_after_request}, "downloads" {stages: [{stage, done, total}]},
+//                 "trained" {busy_ms, wall_ms}, "error" {message}, "left",
 //                 "predicted" {id, result} | {id, error}, "personalised" {summary} | {error}.
 
+import { Downloads } from "./worker/downloads.js";
+// runtime.js imports it too; named here so it is fetched with its siblings, one round trip sooner.
+import "./worker/kernel.js";
 import { AssetError, loadRuntime } from "./worker/runtime.js";
 import { Connection } from "./worker/connection.js";
 import { Records } from "./worker/records.js";
@@ -124,7 +127,7 @@ async function useImages({ items, name }) {
 async function useDemoShard(socket) {
   const url = session.shard_url();
   if (!url) throw new DataError("The server offered no demo data and no file was chosen.");
-  post("stage", { label: "Downloading your demo data", fraction: 0.95 });
+  post("stage", { label: "Downloading your demo data", fraction: 0.97 });
   let response;
   try {
     response = await fetch(url);
@@ -249,17 +252,6 @@ async function handleFrame(socket, buffer) {
   postSnapshot();
 }
 
-// Bytes on the wire so far (0 for what came from a cache), for the loading bar's label.
-function countDownloads() {
-  let total = 0;
-  const observer = new PerformanceObserver((list) => {
-    for (const entry of list.getEntries()) total += entry.transferSize || 0;
-    post("bytes", { downloaded: total });
-  });
-  observer.observe({ type: "resource", buffered: true });
-  return observer;
-}
-
 function wsUrl() {
   const url = new URL(config.ws_path, self.location.href);
   url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
@@ -343,18 +335,21 @@ async function personalise() {
 const handlers = {
   predict,
   personalise,
-  async start({ data, cpu: level, task }) {
+  // `config`: /api/config as the page fetched it while the volunteer read the consent
+  // (one round trip fewer before the downloads start), or null: fetched here, or kept.
+  async start({ data, cpu: level, task, config: given }) {
     dataChoice = data;
     if (level in REST_PER_BUSY) cpu = level;
-    post("stage", { label: "Getting the configuration", fraction: 0.02 });
-    config = await configuration(task);
+    post("stage", { label: "Getting the configuration", fraction: 0.01 });
+    if (given) await device.keepConfig(given);
+    config = given ?? (await configuration(task));
     const stage = (label, fraction) => post("stage", { label, fraction });
-    const downloads = countDownloads();
+    const downloads = new Downloads(config.downloads, (progress) => post("downloads", progress));
     let runtime;
     try {
-      runtime = await loadRuntime(config, stage);
+      runtime = await loadRuntime(config, stage, downloads);
     } finally {
-      downloads.disconnect();
+      downloads.stop();
     }
     const { browser, compute } = runtime;
     post("compute", { backend: compute });
@@ -364,7 +359,7 @@ const handlers = {
     await restorePending();
     await device.restore(session, recordKey());
     if (data.kind === "csv") {
-      stage(`Reading ${data.file.name} (it stays in this tab)`, 0.95);
+      stage(`Reading ${data.file.name} (it stays in this tab)`, 0.97);
       await useCsv(data.file);
     }
     if (data.kind === "images") {

@@ -7,7 +7,9 @@ channels`` values in NHWC order (how the browser's image arrays flatten).
 
 Each conv stage is a ``kernel x kernel`` convolution (stride 1, same padding) as one
 matrix product over im2col patches, ReLU, then 2x2 max-pooling (an odd last row or
-column is dropped); dense ReLU layers and a softmax output follow.
+column is dropped); dense ReLU layers and a softmax output follow. Every matrix product,
+forward and backward, goes through the compute backend (:mod:`webfl.core.kernels`): the
+WebAssembly kernel in the browser, NumPy elsewhere.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .evaluation import evaluation_sums
+from .kernels import Kernels, active, for_dtype
 from .models import GradientSteps, he_uniform, layout_views, softmax
 
 __all__ = ["CNN"]
@@ -99,7 +102,7 @@ class CNN(GradientSteps):
         p = self.kernel // 2
         padded = np.pad(a, ((0, 0), (p, p), (p, p), (0, 0)))
         windows = sliding_window_view(padded, (self.kernel, self.kernel), axis=(1, 2))  # (n, h, w, c, k, k)
-        return windows.transpose(0, 1, 2, 4, 5, 3).reshape(n * h * w, -1)
+        return np.ascontiguousarray(windows.transpose(0, 1, 2, 4, 5, 3).reshape(n * h * w, -1))
 
     def _col2im(self, cols: np.ndarray, shape: tuple[int, int, int, int]) -> np.ndarray:
         """Adjoint of :meth:`_im2col`: sum each patch gradient back onto the input."""
@@ -112,53 +115,65 @@ class CNN(GradientSteps):
                 out[:, di : di + h, dj : dj + w, :] += patches[:, :, :, di, dj, :]
         return out[:, p : p + h, p : p + w, :]
 
-    def _forward(self, params: np.ndarray, x: np.ndarray) -> tuple[list, list[np.ndarray], np.ndarray]:
-        """Logits, and what backprop needs: per conv stage ``(cols, pre-activation, argmax)``, dense inputs."""
+    def _forward(self, params: np.ndarray, x: np.ndarray, kernels: Kernels) -> tuple[list, list[np.ndarray], np.ndarray]:
+        """Logits, and what backprop needs: per conv stage ``(cols, activation, argmax)``, dense inputs.
+
+        Every product goes through ``kernels`` with its bias and ReLU folded in; the ReLU's
+        output is positive exactly where its input is, so it serves as backprop's mask.
+        """
         v = self.views(params)
         n = x.shape[0]
         a = x.reshape(n, *self.input_shape)
         cache = []
         for i, (h, w, _, c_out) in enumerate(self._stages):
             cols = self._im2col(a)
-            z = (cols @ v[f"conv{i}_w"] + v[f"conv{i}_b"]).reshape(n, h, w, c_out)
+            z = np.empty((n * h * w, c_out), params.dtype)
+            kernels.gemm(cols, v[f"conv{i}_w"], z, bias=v[f"conv{i}_b"], relu=True)
+            z = z.reshape(n, h, w, c_out)
             h2, w2 = h // 2, w // 2
-            blocks = np.maximum(z[:, : 2 * h2, : 2 * w2, :], 0)
+            blocks = z[:, : 2 * h2, : 2 * w2, :]
             blocks = blocks.reshape(n, h2, 2, w2, 2, c_out).transpose(0, 1, 3, 5, 2, 4).reshape(n, h2, w2, c_out, 4)
             arg = blocks.argmax(axis=-1)
             a = np.take_along_axis(blocks, arg[..., None], axis=-1)[..., 0]
             cache.append((cols, z, arg))
-        hidden = [a.reshape(n, -1)]
+        hidden = [np.ascontiguousarray(a.reshape(n, -1))]
         depth = len(self.dense) + 1
         for i in range(depth):
-            z = hidden[-1] @ v[f"dense{i}_w"] + v[f"dense{i}_b"]
+            w_ = v[f"dense{i}_w"]
+            z = kernels.gemm(hidden[-1], w_, np.empty((n, w_.shape[1]), params.dtype), bias=v[f"dense{i}_b"], relu=i < depth - 1)
             if i == depth - 1:
                 return cache, hidden, z
-            hidden.append(np.maximum(z, 0))
+            hidden.append(z)
         raise AssertionError("unreachable")
 
-    def logits(self, params: np.ndarray, x: np.ndarray) -> np.ndarray:
-        return self._forward(params, x)[2]
+    def logits(self, params: np.ndarray, x: np.ndarray, kernels: Kernels | None = None) -> np.ndarray:
+        return self._forward(params, np.ascontiguousarray(x, dtype=params.dtype), for_dtype(kernels or active(), params.dtype))[2]
 
-    def loss_and_grad(self, params: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+    def loss_and_grad(
+        self, params: np.ndarray, x: np.ndarray, y: np.ndarray, kernels: Kernels | None = None
+    ) -> tuple[float, np.ndarray]:
         """Mean cross-entropy on ``(x, y)`` and its gradient as a flat vector."""
-        cache, hidden, z = self._forward(params, x)
+        kernels = for_dtype(kernels or active(), params.dtype)
+        cache, hidden, z = self._forward(params, np.ascontiguousarray(x, dtype=params.dtype), kernels)
         n = x.shape[0]
         probs = softmax(z)
-        loss = float(-np.mean(np.log(probs[np.arange(n), y] + 1e-12)))
+        loss = -float(np.log(probs[np.arange(n), y] + 1e-12).sum()) / n
         dz = probs
         dz[np.arange(n), y] -= 1.0
         dz /= n
         grad = np.empty_like(params)
         g, v = self.views(grad), self.views(params)
+        ones = np.ones((1, n), params.dtype)
         for i in range(len(self.dense), -1, -1):
             h = hidden[i]
-            g[f"dense{i}_w"][...] = np.ascontiguousarray(h.T) @ dz
-            g[f"dense{i}_b"][...] = dz.sum(axis=0)
-            dz = dz @ v[f"dense{i}_w"].T
-            if i:
-                dz *= h > 0
+            kernels.gemm(h, dz, g[f"dense{i}_w"], trans_a=True)
+            kernels.gemm(ones, dz, g[f"dense{i}_b"].reshape(1, -1))
+            w_ = v[f"dense{i}_w"]
+            # Into a hidden layer, the ReLU's derivative is its output's mask; into the
+            # pooled features there is none (pooling routes the gradient below).
+            dz = kernels.gemm(dz, w_, np.empty((n, w_.shape[0]), params.dtype), trans_b=True, mask=h if i else None)
         for i in range(len(self._stages) - 1, -1, -1):
-            cols, pre, arg = cache[i]
+            cols, act, arg = cache[i]
             h, w, c_in, c_out = self._stages[i]
             h2, w2 = h // 2, w // 2
             # Unpool: each pooled gradient goes to the position that won the max.
@@ -168,12 +183,14 @@ class CNN(GradientSteps):
             dpre[:, : 2 * h2, : 2 * w2, :] = (
                 blocks.reshape(n, h2, w2, c_out, 2, 2).transpose(0, 1, 4, 2, 5, 3).reshape(n, 2 * h2, 2 * w2, c_out)
             )
-            dpre *= pre > 0
+            dpre *= act > 0
             dflat = dpre.reshape(n * h * w, c_out)
-            g[f"conv{i}_w"][...] = np.ascontiguousarray(cols.T) @ dflat
-            g[f"conv{i}_b"][...] = dflat.sum(axis=0)
+            kernels.gemm(cols, dflat, g[f"conv{i}_w"], trans_a=True)
+            kernels.gemm(np.ones((1, n * h * w), params.dtype), dflat, g[f"conv{i}_b"].reshape(1, -1))
             if i:
-                dz = self._col2im(dflat @ v[f"conv{i}_w"].T, (n, h, w, c_in))
+                w_ = v[f"conv{i}_w"]
+                dcols = kernels.gemm(dflat, w_, np.empty((n * h * w, w_.shape[0]), params.dtype), trans_b=True)
+                dz = self._col2im(dcols, (n, h, w, c_in))
         return loss, grad
 
     def evaluate(self, params: np.ndarray, x: np.ndarray, y: np.ndarray, batch: int = 500) -> tuple[float, float]:

@@ -5,8 +5,9 @@ Every matrix product of the models goes through :meth:`Kernels.gemm`, BLAS-style
     out = alpha * op(a) @ op(b) + beta * out  (+ bias)  (ReLU)  (* (mask > 0))
 
 which is enough for an MLP's forward pass (bias and ReLU folded in), its backward pass
-(the ReLU's derivative folded in as ``mask``) and the SGD update itself (``alpha=-lr,
-beta=1`` writes into the weights), and later for a CNN through im2col.
+(the ReLU's derivative folded in as ``mask``, the bias gradient as a product with a row
+of ones) and the SGD update itself (``alpha=-lr, beta=1`` writes into the weights), and
+for a CNN's convolutions through im2col.
 
 :class:`NumpyKernels` is the default everywhere. In the browser, Pyodide's NumPy has no
 BLAS, so the worker compiles ``gemm.wasm`` (WebAssembly SIMD128, built from
@@ -24,13 +25,15 @@ from typing import Protocol
 
 import numpy as np
 
-__all__ = ["Kernels", "NumpyKernels", "WasmKernels", "active", "install_wasm", "use"]
+__all__ = ["Kernels", "NumpyKernels", "WasmKernels", "active", "for_dtype", "install_wasm", "use"]
 
 log = logging.getLogger("webfl.kernels")
 
 
 class Kernels(Protocol):
     name: str
+    #: Computes in float32 only (then :func:`for_dtype` hands other dtypes to NumPy).
+    float32_only: bool
 
     def gemm(
         self,
@@ -68,6 +71,7 @@ class NumpyKernels:
     """Plain NumPy: natively it runs on BLAS, in Pyodide on NumPy's own loops."""
 
     name = "numpy"
+    float32_only = False
 
     def gemm(self, a, b, out, *, alpha=1.0, beta=0.0, trans_a=False, trans_b=False, bias=None, relu=False, mask=None):
         # A contiguous transpose makes a product ~1.8x faster in Pyodide (no BLAS).
@@ -104,6 +108,7 @@ class WasmKernels:
     """
 
     name = "wasm-simd128"
+    float32_only = True
 
     def __init__(self, gemm: Callable[..., None]) -> None:
         self._gemm = gemm
@@ -151,17 +156,27 @@ def use(kernels: Kernels) -> None:
     _active = kernels
 
 
-#: The self-check's products: every op() combination and epilogue, with edge sizes
-#: (rows and columns not multiples of the kernel's 4x16 blocks) and the 2NN's shapes.
+def for_dtype(kernels: Kernels, dtype: np.dtype) -> Kernels:
+    """``kernels``, or NumPy for a dtype it does not compute in (a float64 gradient check)."""
+    return NumpyKernels() if kernels.float32_only and dtype != np.float32 else kernels
+
+
+#: The self-check's products: every op() combination and epilogue, with edge sizes (rows
+#: and columns not multiples of the kernel's 4x12 blocks or 32-wide sparse rows, k not a
+#: multiple of 4), ``a`` mostly zero (images: the kernel skips zeros) or dense. Small, as
+#: it runs at every start-up and NumPy's reference has no BLAS there.
 _CHECKS = (
-    # m, n, k, trans_a, trans_b, alpha, beta, bias, relu, mask
-    (10, 200, 784, False, False, 1.0, 0.0, True, True, False),
-    (784, 200, 32, True, False, -0.1, 1.0, False, False, False),
-    (32, 200, 200, False, True, 1.0, 0.0, False, False, True),
-    (7, 13, 5, False, False, 0.5, 2.0, True, False, False),
-    (5, 9, 3, True, False, 1.0, 0.0, False, True, False),
-    (3, 10, 11, False, True, 2.0, -1.0, True, True, True),
-    (6, 5, 4, True, True, 1.0, 0.5, False, False, False),
+    # m, n, k, trans_a, trans_b, alpha, beta, bias, relu, mask, sparse a
+    (10, 70, 98, False, False, 1.0, 0.0, True, True, False, True),
+    (10, 70, 98, False, False, 1.0, 0.0, True, True, False, False),
+    (42, 70, 13, True, False, -0.1, 1.0, False, False, False, True),
+    (9, 14, 40, False, True, 1.0, 0.0, False, False, True, False),
+    (9, 21, 10, False, True, 1.0, 0.0, False, False, True, False),
+    (1, 70, 13, False, False, -0.1, 1.0, False, False, False, False),
+    (7, 13, 5, False, False, 0.5, 2.0, True, False, False, False),
+    (5, 9, 3, True, False, 1.0, 0.0, False, True, False, False),
+    (3, 10, 11, False, True, 2.0, -1.0, True, True, True, False),
+    (6, 5, 4, True, True, 1.0, 0.5, False, False, False, False),
 )
 
 #: Agreement required with NumPy: ``||got - numpy|| <= RTOL * ||numpy||`` (Frobenius).
@@ -173,8 +188,10 @@ def self_check(kernels: Kernels, reference: Kernels | None = None, seed: int = 0
     reference = reference or NumpyKernels()
     rng = np.random.default_rng(seed)
     worst = 0.0
-    for m, n, k, ta, tb, alpha, beta, bias, relu, mask in _CHECKS:
+    for m, n, k, ta, tb, alpha, beta, bias, relu, mask, sparse in _CHECKS:
         a = rng.standard_normal((k, m) if ta else (m, k), dtype=np.float32)
+        if sparse:
+            a *= rng.random(a.shape) < 0.1
         b = rng.standard_normal((n, k) if tb else (k, n), dtype=np.float32)
         c = rng.standard_normal((m, n), dtype=np.float32)
         extra = {

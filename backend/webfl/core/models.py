@@ -7,12 +7,13 @@ into it, and gradients are written into a vector of the same layout.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
 
-from .kernels import Kernels, active
+from .kernels import Kernels, active, for_dtype
 
 __all__ = ["MLP", "MODELS", "GradientSteps", "PlainWorkspace", "Workspace", "build_model", "he_uniform", "layout_views", "softmax"]
 
@@ -69,12 +70,13 @@ class MLP:
 
     def _backward(
         self, v: dict[str, np.ndarray], acts: list[np.ndarray], dz: np.ndarray, dzs: list[np.ndarray],
-        out: dict[str, np.ndarray], alpha: float, beta: float, kernels: Kernels,
+        ones: np.ndarray, out: dict[str, np.ndarray], alpha: float, beta: float, kernels: Kernels,
     ) -> None:
         """``out = alpha * gradient + beta * out``, layer by layer from the top.
 
         ``out`` may be the parameters themselves (the SGD step, ``alpha=-lr, beta=1``):
         each layer's weights are read for the gradient below before they are updated.
+        Biases are ``(1, n)`` rows in ``out``; ``ones`` is a ``(1, rows)`` row of ones.
         """
         for i in range(len(self.sizes) - 2, -1, -1):
             h = acts[i]
@@ -82,34 +84,30 @@ class MLP:
                 # The ReLU's derivative is the mask h > 0, folded into the product.
                 kernels.gemm(dz, v[f"w{i}"], dzs[i - 1], trans_b=True, mask=h)
             kernels.gemm(h, dz, out[f"w{i}"], trans_a=True, alpha=alpha, beta=beta)
-            db = dz.sum(axis=0)
-            db *= db.dtype.type(alpha)
-            if beta == 0:
-                out[f"b{i}"][...] = db
-            else:
-                if beta != 1:
-                    out[f"b{i}"] *= db.dtype.type(beta)
-                out[f"b{i}"] += db
+            # The bias gradient (column sums of dz) as a product too: in Pyodide a NumPy
+            # sum along axis 0 costs ~9x a kernel call, three times a step.
+            kernels.gemm(ones, dz, out[f"b{i}"], alpha=alpha, beta=beta)
             if i:
                 dz = dzs[i - 1]
 
     def logits(self, params: np.ndarray, x: np.ndarray, kernels: Kernels | None = None) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=params.dtype)
         acts = [x, *_buffers(self.sizes[1:], len(x), params.dtype)]
-        return self._forward(self.views(params), x, acts, kernels or active())
+        return self._forward(self.views(params), x, acts, for_dtype(kernels or active(), params.dtype))
 
     def loss_and_grad(
         self, params: np.ndarray, x: np.ndarray, y: np.ndarray, kernels: Kernels | None = None
     ) -> tuple[float, np.ndarray]:
         """Mean cross-entropy on ``(x, y)`` and its gradient as a flat vector."""
-        kernels = kernels or active()
+        kernels = for_dtype(kernels or active(), params.dtype)
         v = self.views(params)
         x = np.ascontiguousarray(x, dtype=params.dtype)
         acts = [x, *_buffers(self.sizes[1:], len(x), params.dtype)]
         dzs = _buffers(self.sizes[1:-1], len(x), params.dtype)
         loss, dz = _loss_and_delta(self._forward(v, x, acts, kernels), y)
         grad = np.empty_like(params)
-        self._backward(v, acts, dz, dzs, self.views(grad), 1.0, 0.0, kernels)
+        ones = np.ones((1, len(x)), params.dtype)
+        self._backward(v, acts, dz, dzs, ones, _bias_rows(self.views(grad)), 1.0, 0.0, kernels)
         return loss, grad
 
     def sgd_step(self, ws: Workspace, x: np.ndarray, y: np.ndarray, lr: float) -> float:
@@ -117,9 +115,9 @@ class MLP:
 
         The update is folded into the gradient's products: no gradient vector is made.
         """
-        acts, dzs = ws.buffers(len(x))
+        acts, dzs, ones = ws.buffers(len(x))
         loss, dz = _loss_and_delta(self._forward(ws.views, x, acts, ws.kernels), y)
-        self._backward(ws.views, acts, dz, dzs, ws.views, -lr, 1.0, ws.kernels)
+        self._backward(ws.views, acts, dz, dzs, ones, ws.rows, -lr, 1.0, ws.kernels)
         return loss
 
     def evaluate(
@@ -141,13 +139,17 @@ Layout = tuple[tuple[str, tuple[int, ...]], ...]
 
 
 def layout_views(layout: Layout, flat: np.ndarray) -> dict[str, np.ndarray]:
-    """Named, shaped views into the flat vector ``flat`` laid out as ``layout``."""
-    size = sum(int(np.prod(shape)) for _, shape in layout)
+    """Named, shaped views into the flat vector ``flat`` laid out as ``layout``.
+
+    Sizes by ``math.prod``: ``np.prod`` costs ~20 us a call in Pyodide, and a CNN step
+    takes these views twice.
+    """
+    size = sum(math.prod(shape) for _, shape in layout)
     if flat.shape != (size,):
         raise ValueError(f"expected {size} parameters, got shape {flat.shape}")
     out, offset = {}, 0
     for name, shape in layout:
-        n = int(np.prod(shape))
+        n = math.prod(shape)
         out[name] = flat[offset : offset + n].reshape(shape)
         offset += n
     return out
@@ -157,7 +159,7 @@ def he_uniform(layout: Layout, seed: int, is_weight) -> np.ndarray:
     """A flat vector for ``layout``: He-uniform weights (fan-in = rows of each matrix) where
     ``is_weight(name)``, zeros elsewhere (biases); deterministic for ``seed``."""
     rng = np.random.default_rng(seed)
-    flat = np.zeros(sum(int(np.prod(shape)) for _, shape in layout), dtype=np.float32)
+    flat = np.zeros(sum(math.prod(shape) for _, shape in layout), dtype=np.float32)
     for name, view in layout_views(layout, flat).items():
         if is_weight(name):
             bound = np.sqrt(6.0 / view.shape[0])
@@ -177,14 +179,16 @@ class Workspace:
             raise ValueError("SGD works in place on a C-contiguous float32 vector")
         self.model, self.params, self.kernels = model, params, kernels
         self.views = model.views(params)
-        self._buffers: dict[int, tuple[list[np.ndarray], list[np.ndarray]]] = {}
+        #: The views with biases as ``(1, n)`` rows, as ``MLP._backward`` writes them.
+        self.rows = _bias_rows(self.views)
+        self._buffers: dict[int, tuple[list[np.ndarray], list[np.ndarray], np.ndarray]] = {}
 
-    def buffers(self, rows: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """``(activations, deltas)`` for a batch of ``rows``; ``activations[0]`` holds the batch."""
+    def buffers(self, rows: int) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
+        """``(activations, deltas, ones)`` for a batch of ``rows``; ``activations[0]`` holds the batch."""
         found = self._buffers.get(rows)
         if found is None:
             sizes = self.model.sizes
-            found = self._buffers[rows] = (_buffers(sizes, rows), _buffers(sizes[1:-1], rows))
+            found = self._buffers[rows] = (_buffers(sizes, rows), _buffers(sizes[1:-1], rows), np.ones((1, rows), np.float32))
         return found
 
     def batch(self, x: np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -193,19 +197,18 @@ class Workspace:
         np.take(x, idx, axis=0, out=slot)
         return slot
 
-
     def evaluate(self, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
         """Mean loss and accuracy of the workspace's parameters, with its kernels."""
         return self.model.evaluate(self.params, x, y, kernels=self.kernels)
 
 
 class PlainWorkspace:
-    """The parameters a ``GradientSteps`` model updates in place, and its batches."""
+    """The parameters a ``GradientSteps`` model updates in place, its batches and its kernels."""
 
-    def __init__(self, model: GradientSteps, params: np.ndarray) -> None:
+    def __init__(self, model: GradientSteps, params: np.ndarray, kernels: Kernels) -> None:
         if params.dtype != np.float32 or not params.flags.c_contiguous:
             raise ValueError("SGD works in place on a C-contiguous float32 vector")
-        self.model, self.params = model, params
+        self.model, self.params, self.kernels = model, params, kernels
 
     def batch(self, x: np.ndarray, idx: np.ndarray) -> np.ndarray:
         return x[idx]
@@ -215,15 +218,16 @@ class PlainWorkspace:
 
 
 class GradientSteps:
-    """Local SGD for models without a fused kernel path (the CNN, standardised models):
-    the gradient from ``loss_and_grad``, then the update, on the same in-place interface
-    as ``MLP.workspace``/``MLP.sgd_step`` so ``training`` drives every model alike."""
+    """Local SGD for models without a fused update (the CNN, standardised models): the
+    gradient from ``loss_and_grad`` (its products through the workspace's kernels), then
+    the update, on the same in-place interface as ``MLP.workspace``/``MLP.sgd_step`` so
+    ``training`` drives every model alike."""
 
     def workspace(self, params: np.ndarray, kernels: Kernels | None = None) -> PlainWorkspace:
-        return PlainWorkspace(self, params)
+        return PlainWorkspace(self, params, kernels or active())
 
     def sgd_step(self, ws: PlainWorkspace, x: np.ndarray, y: np.ndarray, lr: float) -> float:
-        loss, grad = self.loss_and_grad(ws.params, x, y)
+        loss, grad = self.loss_and_grad(ws.params, x, y, kernels=ws.kernels)
         ws.params -= np.float32(lr) * grad
         return loss
 
@@ -233,12 +237,18 @@ def _buffers(sizes: tuple[int, ...], rows: int, dtype=np.float32) -> list[np.nda
     return [np.empty((rows, s), dtype) for s in sizes]
 
 
+def _bias_rows(views: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``views`` with each bias ``(n,)`` as a ``(1, n)`` row (still a view)."""
+    return {name: view.reshape(1, -1) if view.ndim == 1 else view for name, view in views.items()}
+
+
 def _loss_and_delta(z: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
     """Mean cross-entropy of logits ``z`` and its derivative with respect to ``z``."""
     probs = softmax(z)
     n = z.shape[0]
     rows = np.arange(n)
-    loss = float(-np.mean(np.log(probs[rows, y] + 1e-12)))
+    # A sum and a division: np.mean's machinery costs ~5x as much in Pyodide.
+    loss = -float(np.log(probs[rows, y] + 1e-12).sum()) / n
     probs[rows, y] -= 1.0
     probs /= n
     return loss, probs

@@ -124,19 +124,25 @@ SCHEMAS: dict[str, dict[str, tuple]] = {
     # the task's definition changed (its scaling was fixed by the federated statistics)
     "definition": {"task": (dict,)},
     "status": {"state": (str,), "round": (int,), "model_version": (int,), "connected": (int,), "history": (list,),
-               "run": (list, None), "privacy": (dict, None)},
+               "run": (list, None), "privacy": (dict, None), "ended": (str, None)},
 }
 OPTIONAL = {
     "hello": {"agent", "model_version", "model_digest", "resume", "task"},
     "model": {"base_version", "digest"},
     "reject": {"round"},
     # [rounds committed, rounds planned] of the current or last run, for "round 3 of 5".
-    "status": {"run", "privacy"},
+    # ``ended``: why the run ended (see RUN_ENDS), null while it runs.
+    "status": {"run", "privacy", "ended"},
     "task": {"clip", "secagg"},
     "update": {"clipped"},
     "wait": {"reason"},
     "welcome": {"shard", "resume", "evaluate"},
 }
+
+
+#: Why a run ended, as the ``status`` frame's ``ended`` says: all its rounds committed,
+#: stopped by the operator, its privacy budget (``max_epsilon``) spent, or failed.
+RUN_ENDS = ("completed", "stopped", "max_epsilon", "failed")
 
 
 class ProtocolError(ValueError):

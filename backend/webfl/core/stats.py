@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .kernels import Kernels
 from .models import MLP, GradientSteps
 
 __all__ = ["FeatureStats", "Standardised", "feature_stats", "fold", "scaling_from_stats"]
@@ -104,8 +105,8 @@ class Standardised(GradientSteps):
     def logits(self, params: np.ndarray, x: np.ndarray) -> np.ndarray:
         return self.inner.logits(params, self.standardise(x))
 
-    def loss_and_grad(self, params: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
-        return self.inner.loss_and_grad(params, self.standardise(x), y)
+    def loss_and_grad(self, params: np.ndarray, x: np.ndarray, y: np.ndarray, kernels: Kernels | None = None) -> tuple[float, np.ndarray]:
+        return self.inner.loss_and_grad(params, self.standardise(x), y, kernels)
 
     def evaluate(self, params: np.ndarray, x: np.ndarray, y: np.ndarray, batch: int = 1000) -> tuple[float, float]:
         return self.inner.evaluate(params, self.standardise(x), y, batch)

@@ -58,9 +58,8 @@ from .codecs import CODECS, ErrorFeedback, get_codec
 from .data import Dataset, features
 from .downlink import apply_model, digest
 from .evaluation import evaluation_sums, holdout_split
-from .privacy import l2_clip
 from .stats import feature_stats
-from .protocol import Message, ProtocolError, decode, encode
+from .protocol import RUN_ENDS, Message, ProtocolError, decode, encode
 from .secagg import Quantizer, SecAggClient, SecAggError
 from .secagg.runtime import CryptoRequest, SecAggVolunteer, Steps, VolunteerCrypto, run
 from .secagg.wire import id_rows, keys_message, read_id_rows, read_roster, read_setup, read_survivors, reveal_message
@@ -161,6 +160,7 @@ class Volunteer:
         self.job: Job | None = None
         self.history: list = []
         self.run_progress: list[int] | None = None  # [rounds committed, rounds planned] of the run
+        self.run_ended: str | None = None  # why the run ended (protocol.RUN_ENDS), None while it runs
         self.privacy: dict | None = None  # the run's DP guarantee as the server states it (status frame)
         self.last_verdict: dict | None = None
         self.last_metrics: dict | None = None
@@ -225,6 +225,7 @@ class Volunteer:
             "bytes_down": self.bytes_down,
             "history": self.history,
             "run": self.run_progress,
+            "run_ended": self.run_ended,
             "privacy": self.privacy,
             "last_verdict": self.last_verdict,
             "last_metrics": self.last_metrics,
@@ -547,6 +548,8 @@ class Volunteer:
         # Only shown, never acted on; anything but two counts is ignored.
         ok = isinstance(run, list) and len(run) == 2 and all(type(n) is int and 0 <= n <= 1_000_000 for n in run)
         self.run_progress = run if ok else None
+        ended = msg.fields.get("ended")
+        self.run_ended = ended if ended in RUN_ENDS else None
         self.privacy = _privacy(msg.fields.get("privacy"))
         return []
 
@@ -581,6 +584,10 @@ class Volunteer:
         clip_field = {}
         if job.clip is not None:
             # Before the codec and error feedback: the bound is on what this volunteer's data did.
+            # Imported here: the privacy package is mostly the server's DP machinery, and
+            # the browser would otherwise load it at every start for runs that are not private.
+            from .privacy import l2_clip
+
             delta, norm = l2_clip(delta, job.clip)
             clip_field = {"clipped": norm > job.clip}
         delta = self.craft_delta(delta, job)

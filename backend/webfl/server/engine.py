@@ -81,6 +81,7 @@ class RoundEngine:
         self.statistics = FeatureStatistics(task.num_features)
         self.services = Services(self.phase, self.peers, self.selection, self.tasks, self.commits, self.rejections, self.stats, seed, coordinator)
         self.run: Run | None = None
+        self._ended: str | None = None  # why self.run ended (protocol.RUN_ENDS); None while it runs
         self._mode: RunMode | None = None
         self._runner: asyncio.Task | None = None
         log.info("global model %s/%s at version %d, %d rounds in history", task.name, task.model, self.model_version, len(self.history))
@@ -283,7 +284,7 @@ class RoundEngine:
         return states
 
     def _launch(self, run: Run) -> None:
-        self.run = run
+        self.run, self._ended = run, None
         self._runner = asyncio.create_task(self._drive(run), name=f"run-{run.id}")
 
     async def stop(self) -> bool:
@@ -329,13 +330,19 @@ class RoundEngine:
             self._mode = None
             self.phase.to(RoundState.IDLE)
             self.store.end_run(run.id, status_)
-            await self.coordinator.publish(self.status_frame())  # volunteers see the run's end
+            # Volunteers see the run's end, and why: one that completed short of its rounds
+            # stopped at its privacy budget (Run.finished).
+            self._ended = "max_epsilon" if status_ == "completed" and run.rounds_done < run.config.rounds else status_
+            # After the last commit's paced announcement, whose status (made at the commit,
+            # without the end) would otherwise arrive last and hide it.
+            await self.commits.announcer.idle()
+            await self.coordinator.publish(self.status_frame())
             log.info("run %d %s after %d round(s)", run.id, status_, run.rounds_done)
 
     # -- reporting ----------------------------------------------------------------------
 
     def status_frame(self) -> bytes:
-        return status_frame(self.phase, self.peers, self.commits, self._mode, self.run)
+        return status_frame(self.phase, self.peers, self.commits, self._mode, self.run, self._ended)
 
     def status(self) -> dict:
         return status(self.task, self.phase, self.peers, self.commits, self.selection, self.rejections, self.stats, self.run, self.running, self._mode)

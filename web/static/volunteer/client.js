@@ -16,8 +16,9 @@ export class WorkerClient {
     this.paused = false;
   }
 
-  start(data, cpu, task) {
-    this.worker.postMessage({ type: "start", data, cpu, task });
+  // config: the task's /api/config if the page has it already, else null.
+  start(data, cpu, task, config) {
+    this.worker.postMessage({ type: "start", data, cpu, task, config });
   }
 
   setCpu(level) {

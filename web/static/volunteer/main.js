@@ -16,7 +16,15 @@ function unsupported() {
   return null;
 }
 
-function join() {
+// What the worker needs first, fetched while the volunteer reads: Join then starts the
+// downloads at once. Any failure here leaves it to the worker, which says what went wrong.
+const configFetch = document.body.dataset.task
+  ? fetch(`/api/config?task=${encodeURIComponent(document.body.dataset.task)}`, { cache: "no-cache" })
+      .then((response) => (response.ok ? response.json() : null))
+      .catch(() => null)
+  : Promise.resolve(null);
+
+async function join() {
   const data = view.dataChoice();
   if (data === null) {
     const input = view.q(view.root.querySelector('input[name="data"][value="images"]')?.checked ? "image-folder" : "csv-file");
@@ -40,7 +48,7 @@ function join() {
     if (event.type === "left") client.terminate();
   });
   tryModel = new TryModel(view.root, client);
-  client.start(data, settings.cpu, document.body.dataset.task);
+  client.start(data, settings.cpu, document.body.dataset.task, await configFetch);
   applyHolds();
 }
 

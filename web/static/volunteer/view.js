@@ -123,21 +123,52 @@ export class View {
     if (method) method.call(this, event);
   }
 
-  on_stage({ label, fraction }) {
-    this.q("load-stage").textContent = label;
-    this.q("load-progress").value = fraction;
+  // The bar only moves forward: downloads fill most of it, the loading steps after them the rest.
+  advance(fraction) {
+    const bar = this.q("load-progress");
+    bar.value = Math.max(bar.value, fraction);
   }
 
-  on_bytes({ downloaded }) {
-    this.q("load-progress").dataset.bytes = String(downloaded);
-    this.q("load-note").textContent = `${format.bytes(downloaded)} downloaded. ${this.loadNote}`;
+  on_stage({ label, fraction }) {
+    this.q("load-stage").textContent = label;
+    this.advance(fraction);
+  }
+
+  // Bytes per stage (runtime, NumPy, core, kernel) as announced by the server and received so far.
+  on_downloads({ stages }) {
+    const done = stages.reduce((sum, s) => sum + s.done, 0);
+    const total = stages.reduce((sum, s) => sum + s.total, 0);
+    const bar = this.q("load-progress");
+    Object.assign(bar.dataset, { done: String(done), total: String(total) });
+    if (total > 0) this.advance(0.85 * (done / total));
+    const list = this.q("load-stages");
+    list.replaceChildren(
+      ...stages.map((s) => {
+        const item = document.createElement("li");
+        item.dataset.stage = s.stage;
+        item.dataset.done = String(s.done);
+        item.dataset.total = String(s.total);
+        item.textContent = `${STAGE_NAMES[s.stage] ?? s.stage}: ${s.done >= s.total ? format.bytes(s.total) + " ✓" : `${format.bytes(s.done)} of ${format.bytes(s.total)}`}`;
+        return item;
+      }),
+    );
+    list.hidden = stages.length === 0;
+    if (this.firstVisit && total > 0) {
+      // First visit: how much, and how long at the pace seen so far.
+      const elapsed = (performance.now() - this.loadStarted) / 1000;
+      const eta = done > 0 && elapsed > 0.5 ? ` about ${format.seconds((elapsed * total) / done)} here;` : "";
+      this.loadNote = `First visit: about ${format.bytes(total)} to download,${eta} later visits are faster (the files stay cached).`;
+    }
+    this.q("load-note").textContent = `${format.bytes(done)} of ${format.bytes(total)}. ${this.loadNote}`;
   }
 
   // What to expect, from this browser's own last start-up when there was one.
   expectLoad(lastSeconds) {
-    this.loadNote = Number.isFinite(lastSeconds)
-      ? `Last time this took ${format.seconds(lastSeconds)}.`
-      : "First visit: about 9 MB to download, about 10 s on a good connection; later visits are faster (the files stay cached).";
+    this.firstVisit = !Number.isFinite(lastSeconds);
+    this.loadStarted = performance.now();
+    this.loadNote = this.firstVisit
+      ? "First visit: about 9 MB to download, about 10 s on a good connection; later visits are faster (the files stay cached)."
+      : `Last time this took ${format.seconds(lastSeconds)}.`;
     this.q("load-note").textContent = this.loadNote;
   }
 
@@ -254,11 +285,17 @@ export class View {
   }
 }
 
-const runFinished = (snapshot) => Boolean(snapshot.run && snapshot.run[0] >= snapshot.run[1]);
+// The loading stages of the worker's "downloads" events, in words.
+const STAGE_NAMES = { runtime: "Python runtime", numpy: "NumPy", core: "webfl learning core", kernel: "matrix kernel" };
+
+// A run ends when its rounds are done, or earlier: the status frame then says why.
+const runFinished = (snapshot) => Boolean(snapshot.run && (snapshot.run_ended || snapshot.run[0] >= snapshot.run[1]));
+const ENDED = { stopped: "stopped by the operator", max_epsilon: "its privacy budget is spent", failed: "stopped by a server error" };
 
 function describeRound(snapshot) {
   const run = snapshot.run;
-  if (run && runFinished(snapshot)) return `the run has finished (${run[1]} of ${run[1]} rounds)`;
+  const why = ENDED[snapshot.run_ended];
+  if (run && runFinished(snapshot)) return `the run has finished (${why ? `${why}, ` : ""}${run[0]} of ${run[1]} rounds)`;
   if (run && snapshot.round) return `round ${run[0] + 1} of ${run[1]}`;
   if (run) return `${run[0]} of ${run[1]} rounds done; waiting for the next`;
   if (snapshot.round) return `round ${snapshot.round}`;

@@ -96,44 +96,91 @@ async function loadChecked(pyodide, target, module, what) {
 }
 
 // Start fetching a wheel now, in parallel with Pyodide; verify() reads it later.
-function prefetch(url) {
-  return fetch(url).then(
-    async (response) => ({ response, bytes: response.ok ? new Uint8Array(await response.arrayBuffer()) : null }),
-    () => ({ response: null, bytes: null }),
-  );
+// onBytes(n): bytes arrived so far, for the progress bar.
+function prefetch(url, onBytes) {
+  return fetch(url)
+    .then(async (response) => ({ response, bytes: response.ok ? await readAll(response, onBytes) : null }))
+    .catch(() => ({ response: null, bytes: null })); // no response, or it broke off: verify() says so
 }
 
-// Check a prefetched wheel's sha256 before anything from it runs. Pyodide verifies only
-// packages it loads by name from its lock file, not wheels loaded by URL. The bytes stay
-// in the HTTP cache, so the loadPackage() that follows does not download them again.
+async function readAll(response, onBytes) {
+  const chunks = [];
+  let length = 0;
+  for (const reader = response.body.getReader(); ; ) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    chunks.push(value);
+    length += value.length;
+    onBytes(length);
+  }
+  const bytes = new Uint8Array(length);
+  let at = 0;
+  for (const chunk of chunks) {
+    bytes.set(chunk, at);
+    at += chunk.length;
+  }
+  return bytes;
+}
+
+// sha256 as hex: the browser's own where it offers one (https and localhost pages),
+// else Python's hashlib (slower: the bytes are copied into Pyodide first).
+async function hexDigest(pyodide, bytes) {
+  if (self.crypto?.subtle) {
+    const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));
+    return Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
+  }
+  const digest = pyodide.runPython("import hashlib\nlambda data: hashlib.sha256(data.to_bytes()).hexdigest()");
+  try {
+    return digest(bytes);
+  } finally {
+    digest.destroy();
+  }
+}
+
+// Check a prefetched wheel's sha256 before anything from it runs, and return its bytes.
+// Pyodide verifies only packages it loads by name from its lock file, not wheels loaded
+// by URL. The bytes stay in the HTTP cache, so a loadPackage() that follows does not
+// download them again.
 async function verify(pyodide, url, fetched, sha256, what) {
   const { response, bytes } = await fetched;
   if (!response) throw new AssetError(`${what} could not be loaded (no response from ${shortUrl(url)}).`);
   if (!response.ok) throw new AssetError(`${what} could not be loaded (HTTP ${response.status} at ${shortUrl(url)}).`);
-  // Hashed in Python: crypto.subtle exists only on https and localhost pages.
-  const digest = pyodide.runPython("import hashlib\nlambda data: hashlib.sha256(data.to_bytes()).hexdigest()");
-  const actual = digest(bytes);
-  digest.destroy();
+  const actual = await hexDigest(pyodide, bytes);
   if (actual !== sha256) {
     throw new AssetError(
       `${what} at ${shortUrl(url)} is not the file the server announced (sha256 ${actual.slice(0, 12)}… instead of ${sha256.slice(0, 12)}…). ` +
         "Reload the page; if it persists, the server's files need rebuilding (make setup).",
     );
   }
+  return bytes;
 }
 
-// stage(label, fraction): progress for the page's loading bar.
-export async function loadRuntime(config, stage) {
+// A pure-Python wheel, from the very bytes that were verified, into site-packages: no
+// second request (the core wheel's URL revalidates) and nothing swapped in between.
+function installPure(pyodide, bytes, module, what) {
+  try {
+    const sitePackages = pyodide.runPython("import sysconfig; sysconfig.get_path('purelib')");
+    pyodide.unpackArchive(bytes, "wheel", { extractDir: sitePackages });
+    pyodide.runPython("import importlib; importlib.invalidate_caches()");
+    pyodide.pyimport(module).destroy();
+  } catch (error) {
+    throw new AssetError(`${what} could not be loaded (${error.message.trim().split("\n").pop()}).`);
+  }
+}
+
+// stage(label, fraction): progress for the page's loading bar; downloads: a Downloads
+// (./downloads.js) that the wheels read here report their bytes to.
+export async function loadRuntime(config, stage, downloads) {
   checkWebAssembly();
   const indexURL = absolute(config.pyodide.index_url);
   // Everything downloads at once: the wheels and the kernel (compiled as it streams in,
   // catching Pyodide's memory on the way) while Pyodide loads itself.
   const kernel = prepareKernel(absolute(KERNEL_URL));
   const numpy = config.numpy.url ? absolute(config.numpy.url) : config.numpy.name;
-  const numpyFetch = config.numpy.url ? prefetch(numpy) : null;
+  const numpyFetch = config.numpy.url ? prefetch(numpy, (n) => downloads.progress(numpy, n)) : null;
   const core = absolute(config.core.url);
-  const coreFetch = prefetch(core);
-  stage(`Downloading the Python runtime (Pyodide ${config.pyodide.version})`, 0.1);
+  const coreFetch = prefetch(core, (n) => downloads.progress(core, n));
+  stage(`Downloading the Python runtime (Pyodide ${config.pyodide.version}), NumPy and the learning core`, 0.02);
   let pyodide;
   try {
     pyodide = await loadPyodideRuntime(indexURL, config.pyodide.version);
@@ -141,15 +188,15 @@ export async function loadRuntime(config, stage) {
     kernel.stop();
   }
 
-  stage("Loading NumPy", 0.55);
+  stage("Loading NumPy", 0.86);
   if (numpyFetch) await verify(pyodide, numpy, numpyFetch, config.numpy.sha256, "The NumPy wheel");
   await loadChecked(pyodide, numpy, "numpy", "The NumPy wheel");
 
-  stage("Loading the webfl learning core", 0.8);
-  await verify(pyodide, core, coreFetch, config.core.sha256, "The webfl learning core wheel");
-  await loadChecked(pyodide, core, "webfl.core.browser", "The webfl learning core wheel");
+  stage("Loading the webfl learning core", 0.9);
+  const coreBytes = await verify(pyodide, core, coreFetch, config.core.sha256, "The webfl learning core wheel");
+  installPure(pyodide, coreBytes, "webfl.core.browser", "The webfl learning core wheel");
 
-  stage("Checking versions", 0.9);
+  stage("Checking versions", 0.94);
   const browser = pyodide.pyimport("webfl.core.browser");
   const version = browser.version();
   if (version !== config.version) {

@@ -38,6 +38,12 @@ INLINE void store4(const Out *o, int i, int j, v128_t acc) {
   wasm_v128_store(p, v);
 }
 
+// Four values that are all 0 (or -0: a bit test would miss those; NaN is not 0).
+INLINE int all_zero(v128_t a) { return !wasm_v128_any_true(wasm_f32x4_ne(a, wasm_f32x4_splat(0.0f))); }
+
+// Whether a zero product leaves C exactly as it was (then its store can be skipped).
+INLINE int keeps_c(const Out *o) { return o->beta == 1.0f && !o->bias && !o->relu && !o->mask; }
+
 INLINE void store1(const Out *o, int i, int j, float acc) {
   float *p = o->c + i * o->ldc + j;
   float v = o->alpha * acc;
@@ -73,9 +79,11 @@ INLINE void block_tn4(const Out *o, int V, int i0, int j0, int K, const float *A
   v128_t acc[4][4];
   UNROLL for (int r = 0; r < 4; r++)
     UNROLL for (int q = 0; q < V; q++) acc[r][q] = wasm_f32x4_splat(0.0f);
+  int touched = 0;
   for (int k = 0; k < K; k++) {
     const v128_t a = wasm_v128_load(A + k * lda + i0);
-    if (!wasm_v128_any_true(a)) continue;
+    if (all_zero(a)) continue;
+    touched = 1;
     const v128_t as[4] = {wasm_i32x4_shuffle(a, a, 0, 0, 0, 0), wasm_i32x4_shuffle(a, a, 1, 1, 1, 1),
                           wasm_i32x4_shuffle(a, a, 2, 2, 2, 2), wasm_i32x4_shuffle(a, a, 3, 3, 3, 3)};
     v128_t b[4];
@@ -83,6 +91,9 @@ INLINE void block_tn4(const Out *o, int V, int i0, int j0, int K, const float *A
     UNROLL for (int r = 0; r < 4; r++)
       UNROLL for (int q = 0; q < V; q++) acc[r][q] = wasm_f32x4_add(acc[r][q], wasm_f32x4_mul(as[r], b[q]));
   }
+  // Nothing added and C kept as it is: the weights of pixels no example of the batch
+  // lit, in the SGD step. Skipping the store saves a pass over those weights.
+  if (!touched && keeps_c(o)) return;
   UNROLL for (int r = 0; r < 4; r++)
     UNROLL for (int q = 0; q < V; q++) store4(o, i0 + r, j0 + 4 * q, acc[r][q]);
 }
@@ -100,9 +111,61 @@ INLINE void strip_nb(const Out *o, int V, int j0, int M, int K, const float *A, 
   for (; i < M; i++) block_nb(o, 1, V, i, j0, K, A, lda, ta, B, ldb);
 }
 
+// op(A) = A with mostly zero rows (a batch of images: MNIST is 81% background): one
+// row of C, 4V columns, four steps of k at a time from one vector of A; four zeros in a
+// row add nothing and are skipped. Without the 4-row reuse of B's loads, this pays only
+// when most of those groups are zero (mostly_zero).
+INLINE void row_sparse(const Out *o, int V, int i, int j0, int K, const float *A, int lda, const float *B, int ldb) {
+  v128_t acc[8];
+  UNROLL for (int q = 0; q < V; q++) acc[q] = wasm_f32x4_splat(0.0f);
+  const float *a_row = A + i * lda;
+  int k = 0;
+  for (; k + 4 <= K; k += 4) {
+    const v128_t a = wasm_v128_load(a_row + k);
+    if (all_zero(a)) continue;
+    const v128_t as[4] = {wasm_i32x4_shuffle(a, a, 0, 0, 0, 0), wasm_i32x4_shuffle(a, a, 1, 1, 1, 1),
+                          wasm_i32x4_shuffle(a, a, 2, 2, 2, 2), wasm_i32x4_shuffle(a, a, 3, 3, 3, 3)};
+    UNROLL for (int s = 0; s < 4; s++)
+      UNROLL for (int q = 0; q < V; q++)
+        acc[q] = wasm_f32x4_add(acc[q], wasm_f32x4_mul(as[s], wasm_v128_load(B + (k + s) * ldb + j0 + 4 * q)));
+  }
+  for (; k < K; k++) {
+    const v128_t a = wasm_f32x4_splat(a_row[k]);
+    UNROLL for (int q = 0; q < V; q++) acc[q] = wasm_f32x4_add(acc[q], wasm_f32x4_mul(a, wasm_v128_load(B + k * ldb + j0 + 4 * q)));
+  }
+  UNROLL for (int q = 0; q < V; q++) store4(o, i, j0 + 4 * q, acc[q]);
+}
+
+// At least half of A's groups of four adjacent values (along k) are all zero.
+static int mostly_zero(int M, int K, const float *A, int lda) {
+  int zero = 0;
+  for (int i = 0; i < M; i++)
+    for (int k = 0; k + 4 <= K; k += 4) zero += all_zero(wasm_v128_load(A + i * lda + k));
+  return 2 * zero >= M * (K / 4) && K >= 4;
+}
+
+static void gemm_sparse(const Out *o, int M, int N, int K, const float *A, int lda, const float *B, int ldb) {
+  for (int i = 0; i < M; i++) {
+    int j = 0;
+    for (; j + 32 <= N; j += 32) row_sparse(o, 8, i, j, K, A, lda, B, ldb);
+    for (; j + 4 <= N; j += 4) row_sparse(o, 1, i, j, K, A, lda, B, ldb);
+    for (; j < N; j++) {
+      float s = 0.0f;
+      for (int k = 0; k < K; k++) s += A[i * lda + k] * B[k * ldb + j];
+      store1(o, i, j, s);
+    }
+  }
+}
+
+// Blocks of 4 rows x 12 columns: 12 accumulators, 3 vectors of B, a broadcast and a
+// product fit x86-64's 16 vector registers (4 x 16 spilled and ran ~25% slower in V8).
 static void gemm_nb(const Out *o, int M, int N, int K, const float *A, int lda, int ta, const float *B, int ldb) {
+  if (!ta && mostly_zero(M, K, A, lda)) {
+    gemm_sparse(o, M, N, K, A, lda, B, ldb);
+    return;
+  }
   int j = 0;
-  for (; j + 16 <= N; j += 16) strip_nb(o, 4, j, M, K, A, lda, ta, B, ldb);
+  for (; j + 12 <= N; j += 12) strip_nb(o, 3, j, M, K, A, lda, ta, B, ldb);
   for (; j + 4 <= N; j += 4) strip_nb(o, 1, j, M, K, A, lda, ta, B, ldb);
   for (; j < N; j++)
     for (int i = 0; i < M; i++) {
@@ -142,8 +205,32 @@ INLINE void block_nt(const Out *o, int R, int i0, int j0, int K, const float *A,
   }
 }
 
+// op(B) = B^T with a short k (the gradient into the last hidden layer: k = classes):
+// dot products would spend more on their horizontal sums than on the products, so
+// gather 8 of B's rows at each k into two vectors and broadcast A instead.
+INLINE void block_nt_short(const Out *o, int R, int i0, int j0, int K, const float *A, int lda, const float *B, int ldb) {
+  v128_t acc[4][2];
+  UNROLL for (int r = 0; r < R; r++)
+    UNROLL for (int q = 0; q < 2; q++) acc[r][q] = wasm_f32x4_splat(0.0f);
+  for (int k = 0; k < K; k++) {
+    const float *b = B + j0 * ldb + k;
+    const v128_t bv[2] = {wasm_f32x4_make(b[0], b[ldb], b[2 * ldb], b[3 * ldb]),
+                          wasm_f32x4_make(b[4 * ldb], b[5 * ldb], b[6 * ldb], b[7 * ldb])};
+    UNROLL for (int r = 0; r < R; r++) {
+      const v128_t a = wasm_f32x4_splat(A[(i0 + r) * lda + k]);
+      UNROLL for (int q = 0; q < 2; q++) acc[r][q] = wasm_f32x4_add(acc[r][q], wasm_f32x4_mul(a, bv[q]));
+    }
+  }
+  UNROLL for (int r = 0; r < R; r++)
+    UNROLL for (int q = 0; q < 2; q++) store4(o, i0 + r, j0 + 4 * q, acc[r][q]);
+}
+
+#define SHORT_K 16
+
 INLINE void rows_nt(const Out *o, int R, int i0, int N, int K, const float *A, int lda, const float *B, int ldb) {
   int j = 0;
+  if (K < SHORT_K)
+    for (; j + 8 <= N; j += 8) block_nt_short(o, R, i0, j, K, A, lda, B, ldb);
   for (; j + 4 <= N; j += 4) block_nt(o, R, i0, j, K, A, lda, B, ldb);
   for (; j < N; j++)
     UNROLL for (int r = 0; r < R; r++) {

@@ -58,9 +58,12 @@ def status(
     }
 
 
-def status_frame(phase: Phase, peers: Peers, commits: CommitPipeline, mode: RunMode | None, run: Run | None) -> bytes:
+def status_frame(
+    phase: Phase, peers: Peers, commits: CommitPipeline, mode: RunMode | None, run: Run | None, ended: str | None = None
+) -> bytes:
     """What every volunteer sees: the engine's state, the model, and the run's progress
-    (``run``: rounds committed and rounds planned, so a page can say "round 3 of 5")."""
+    (``run``: rounds committed and rounds planned, so a page can say "round 3 of 5";
+    ``ended``: why the run ended, one of ``protocol.RUN_ENDS``, or null while it runs)."""
     open_ = mode.open_round() if mode else None
     fields = {
         "state": phase.state.value,
@@ -71,5 +74,6 @@ def status_frame(phase: Phase, peers: Peers, commits: CommitPipeline, mode: RunM
         "run": [run.rounds_done, run.config.rounds] if run else None,
         # What the page states in words: the run's guarantee, or null (not private).
         "privacy": run.privacy.frame() if run and run.privacy else None,
+        "ended": ended,
     }
     return encode(Message("status", fields))

@@ -22,7 +22,7 @@ from starlette.types import Scope
 
 from ...build import paths
 
-__all__ = ["PYODIDE_VERSION", "UPLOT_VERSION", "AssetFiles", "manifest", "routes"]
+__all__ = ["PYODIDE_VERSION", "UPLOT_VERSION", "AssetFiles", "download_size", "manifest", "routes"]
 
 IMMUTABLE = "public, max-age=31536000, immutable"
 # Revalidate every time (cheap: ETag -> 304) for files whose URL does not change with content.
@@ -118,6 +118,20 @@ def _gz_sizes(gz_dir: Path) -> dict:
     if cached is None or cached[0] != mtime:
         cached = _gz_cache[path] = (mtime, json.loads(path.read_text()).get("files", {}))
     return cached[1]
+
+
+def download_size(path: Path, gz_dir: Path | None = paths.GZ_DIR) -> int | None:
+    """Bytes a browser that accepts gzip downloads for ``path`` (its gzip copy when one is
+    served, see ``AssetFiles._gzip_copy``); None if the file is missing. For the page's
+    progress bar, announced by ``/api/config``."""
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return None
+    entry = _gz_sizes(gz_dir).get(path.name) if gz_dir is not None else None
+    if entry and entry.get("gz") and entry.get("size") == size and (gz_dir / entry["gz"]).is_file():
+        return int(entry["gzip_size"])
+    return size
 
 
 def manifest() -> dict:

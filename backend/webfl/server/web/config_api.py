@@ -11,10 +11,31 @@ from starlette.routing import Route
 
 from ... import __version__
 from ...build import paths
-from .assets import PYODIDE_VERSION, manifest
+from .assets import PYODIDE_VERSION, download_size, manifest
 from .services import services
 
 __all__ = ["routes"]
+
+#: What the worker fetches of Pyodide itself (``web/static/worker/runtime.js``).
+RUNTIME_FILES = ("pyodide.mjs", "pyodide.asm.js", "pyodide.asm.wasm", "python_stdlib.zip", "pyodide-lock.json")
+
+
+def downloads(numpy_file: str | None, core_file: str, served_runtime: bool) -> dict[str, dict[str, int] | None]:
+    """Per loading stage, the bytes of each file the worker downloads (gzip where served),
+    by URL path: the page's progress bar in bytes. None for a stage served elsewhere
+    (``--pyodide-url``: its sizes are not ours to know)."""
+
+    def sizes(files: dict[str, Path]) -> dict[str, int] | None:
+        known = {url: download_size(path) for url, path in files.items()}
+        return None if None in known.values() else known
+
+    runtime = {f"/pyodide/{PYODIDE_VERSION}/{name}": paths.PYODIDE_DIR / name for name in RUNTIME_FILES}
+    return {
+        "runtime": sizes(runtime) if served_runtime else None,
+        "numpy": sizes({f"/wheels/{numpy_file}": paths.WHEELS_DIR / numpy_file}) if served_runtime and numpy_file else None,
+        "core": sizes({f"/wheels/{core_file}": paths.WHEELS_DIR / core_file}),
+        "kernel": sizes({"/static/kernels/gemm.wasm": paths.KERNEL_WASM}),
+    }
 
 
 async def client_config(request: Request) -> Response:
@@ -45,6 +66,7 @@ async def client_config(request: Request) -> Response:
         "numpy": numpy,
         "core": {"url": f"/wheels/{core['file']}", "version": core["version"], "sha256": core["sha256"]},
         "ws_path": "/ws",
+        "downloads": downloads(numpy_lock.get("file_name"), core["file"], not settings.pyodide_url),
     }
     return JSONResponse(body, headers={"Cache-Control": "no-cache"})
 
