@@ -10,6 +10,8 @@ Shamir sharing draws from the OS in Pyodide too (crypto.getRandomValues).
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -79,9 +81,11 @@ def test_the_secagg_core_gives_the_same_bytes_in_pyodide_as_natively(browser, se
     assert in_browser["masked_sha256"] == native["masked_sha256"]
 
 
-def test_three_tabs_commit_a_secure_aggregation_round_with_webcrypto(context, serve):
+def test_three_tabs_and_python_volunteers_commit_a_secure_aggregation_round(context, serve, tmp_path):
     """Three Chromium tabs speak every SecAgg stage: X25519 and AES-GCM through WebCrypto in
-    the worker, the arithmetic in Pyodide; the server unmasks their sum and commits it."""
+    the worker, the arithmetic in Pyodide; two simulated Python volunteers (``cryptography``)
+    share the same round, so each runtime's keys, shares and masks must cancel the other's.
+    The server unmasks the five's sum and commits it."""
     from playwright.sync_api import expect
 
     from browser_helpers import join, wait_state
@@ -92,14 +96,25 @@ def test_three_tabs_commit_a_secure_aggregation_round_with_webcrypto(context, se
         join(tab, server.url, wait=False)
     for tab in tabs:
         wait_state(tab, "idle")
-    body = {"rounds": 1, "clients_per_round": 3, "min_updates": 3, "local_epochs": 1, "deadline_s": 90, "select_timeout_s": 10,
-            "secagg": {"clip": 2.0, "stage_s": 30}}
-    code, answer = server.api("POST", "/api/rounds", body)
-    assert code == 202, answer
-    status = server.wait_for(lambda s: s["history"] or (s["run"] and not s["run"]["running"]), timeout=180, what="the secagg round")
+    sim_log = (tmp_path / "simulate.log").open("w")
+    sim = subprocess.Popen(
+        [sys.executable, "-m", "webfl.cli", "simulate", "--server", server.url, "--clients", "2", "--timeout-s", "240"],
+        stdout=sim_log, stderr=subprocess.STDOUT,
+    )
+    try:
+        server.wait_for(lambda s: s["connected"] == 5, timeout=60, what="the two Python volunteers")
+        body = {"rounds": 1, "clients_per_round": 5, "min_updates": 5, "local_epochs": 1, "deadline_s": 90, "select_timeout_s": 30,
+                "secagg": {"clip": 2.0, "stage_s": 30}}
+        code, answer = server.api("POST", "/api/rounds", body)
+        assert code == 202, answer
+        status = server.wait_for(lambda s: s["history"] or (s["run"] and not s["run"]["running"]), timeout=180, what="the secagg round")
+    finally:
+        sim.kill()
+        sim.wait()
+        sim_log.close()
     (entry,) = status["history"]
-    assert entry["participants"] == 3 and entry["accuracy"] > 0.3, entry
+    assert entry["participants"] == 5 and entry["accuracy"] > 0.3, entry
     log = server.log()
-    assert "secagg round 1: 3 of 3 survivors revealed their shares" in log and "unmasked: 3 survivors" in log
+    assert "secagg round 1: 5 of 5 survivors revealed their shares" in log and "unmasked: 5 survivors" in log
     for tab in tabs:
         expect(tab.get_by_test_id("rounds-done")).to_have_text("1", timeout=30_000)
