@@ -1,0 +1,86 @@
+"""The leader lease on a real redis-server, and fencing in process: two lease holders,
+and the older one's commit aborts with the store unchanged (Kleppmann's fencing)."""
+
+import asyncio
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from rounds_harness import Volunteer, make_engine, small, until
+
+from webfl.server.cluster.lease import Holder, Lease
+from webfl.server.engine import RunConfig
+from webfl.server.store import Fenced
+
+redis_asyncio = pytest.importorskip("redis.asyncio")
+
+
+def test_one_holder_at_a_time_renewal_keeps_it_expiry_hands_it_over_with_a_larger_token(redis_server):
+    async def main():
+        redis = redis_asyncio.Redis.from_url(redis_server.url)
+        try:
+            a, b = Lease(redis, "a", 0.4), Lease(redis, "b", 0.4)
+            first = await a.acquire()
+            assert first is not None and first.member == "a"
+            assert await b.acquire() is None
+            assert await b.holder() == first
+            for _ in range(4):  # renewed well within the lease: held past several leases
+                await asyncio.sleep(0.15)
+                assert await a.renew(first)
+                assert await b.acquire() is None
+            await asyncio.sleep(0.6)  # a pauses past its lease
+            second = await b.acquire()
+            assert second is not None and second.member == "b" and second.token > first.token
+            assert not await a.renew(first)  # the paused holder learns it lost
+            assert await b.holder() == second
+            await a.release(first)  # not a's to release any more
+            assert await b.holder() == second
+            await b.release(second)
+            assert await b.holder() is None
+            third = await a.acquire()
+            assert third.token > second.token
+        finally:
+            await redis.aclose()
+
+    asyncio.run(main())
+
+
+def test_holder_values_parse_strictly():
+    assert Holder.parse(b"host-8001 12") == Holder("host-8001", 12)
+    assert Holder.parse("x 3").value == "x 3"
+    assert Holder.parse(None) is None and Holder.parse(b"12") is None and Holder.parse(b"x y") is None
+
+
+def test_a_stale_leaders_commit_aborts_and_leaves_the_store_unchanged(tmp_path):
+    async def main():
+        old, coord = make_engine(tmp_path)  # the leader of term 1
+        old.commits.fence = 1
+        old.store.store.fenced_tx(1, [])
+        a = Volunteer(old, coord, "a")
+        a.ready()
+        old.start(RunConfig.from_json({"rounds": 3, "clients_per_round": 1, "deadline_s": 30}))
+        await until(lambda: a.task() is not None, what="a task")
+        assert (await a.update(small(0))).accepted
+        await until(lambda: old.model_version == 1, what="commit 1 under token 1")
+        a.ready()
+        await until(lambda: len(a.of("task")) == 2, what="round 2")
+        # Term 2 begins elsewhere while this leader is paused: its token reaches the store.
+        old.store.store.fenced_tx(2, [])
+        before = (old.store.latest_checkpoint(), old.store.history(), old.store.component_states(old.run.id))
+        assert (await a.update(small(1))).accepted
+        await until(lambda: not old.running, what="the stale leader to give up")
+        version, params = old.store.latest_checkpoint()
+        assert version == before[0][0] == 1 and np.array_equal(params, before[0][1])
+        assert old.store.history() == before[1] and len(before[1]) == 1
+        assert old.store.component_states(old.run.id).keys() == before[2].keys()
+        assert old.model_version == 1 and not old.leading
+        # Not ended: the run is the new leader's to resume.
+        assert old.store.interrupted_runs() == [old.run.id]
+        fresh = replace(old.store.history()[0], round=2, model_version=2)  # a row nothing else refuses
+        with pytest.raises(Fenced):
+            old.store.commit_round(fresh, params, fence=1)
+        assert len(old.store.history()) == 1 and old.store.store.fence_token() == 2
+        old.store.commit_round(fresh, params, fence=2)  # the current token commits it
+        assert len(old.store.history()) == 2
+
+    asyncio.run(main())
