@@ -98,3 +98,10 @@ def start_server(
             time.sleep(0.1)
     server.stop(kill=True)
     raise RuntimeError(f"server did not come up:\n{server.log()}")
+
+
+def start_member(
+    data_dir: Path, redis_url: str, member_id: str, *args: str, port: int | None = None, lease_s: float = 10.0, env: dict | None = None
+) -> ServerProcess:
+    """One member of a cluster on ``redis_url`` (members share ``data_dir`` until the store is PostgreSQL)."""
+    return start_server(data_dir, "--redis", redis_url, "--member-id", member_id, "--lease-s", f"{lease_s:g}", *args, port=port, env=env)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -50,6 +51,12 @@ def _serve(args: argparse.Namespace) -> int:
         overrides["pyodide_url"] = args.pyodide_url
     if args.metrics_port is not None:
         overrides["metrics_host"], overrides["metrics_port"] = args.metrics_host, args.metrics_port
+    if args.redis:
+        member = args.member_id or f"{socket.gethostname()}-{args.port}"
+        if not member.isprintable() or " " in member or len(member) > 64 or not 0.3 <= args.lease_s <= 300:
+            print("webfl serve: --member-id is one printable word of at most 64 characters, --lease-s 0.3 to 300", file=sys.stderr)
+            return 2
+        overrides.update(redis=args.redis, member_id=member, lease_s=args.lease_s)
     settings = Settings(**overrides)
     try:
         check_database(settings.data_dir / "webfl.sqlite3")
@@ -173,6 +180,11 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--log-format", choices=LOG_FORMATS, default="text", help="json: one JSON object per line")
     serve.add_argument("--metrics-host", default="127.0.0.1", help="with --metrics-port: bind address of the unauthenticated /metrics")
     serve.add_argument("--metrics-port", type=int, help="also serve /metrics WITHOUT the admin token on this port (keep it on loopback)")
+    serve.add_argument("--redis", default=os.environ.get("WEBFL_REDIS") or None, metavar="URL",
+                       help="run as one member of a cluster on this Redis (redis://HOST:PORT/N; default: $WEBFL_REDIS)")
+    serve.add_argument("--member-id", default=os.environ.get("WEBFL_MEMBER_ID") or None,
+                       help="this member's id in the cluster, stable across restarts (default: HOSTNAME-PORT)")
+    serve.add_argument("--lease-s", type=float, default=10.0, help="the leader lease: a dead leader is replaced within it")
     serve.set_defaults(func=_serve)
 
     sim = sub.add_parser("simulate", help="run Python volunteers against a server")

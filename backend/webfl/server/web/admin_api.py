@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ..engine import RunActive, RunConfig
+from ..engine import NotLeader, RunActive, RunConfig
 from .bodies import read_json
 from .services import services, task_engine
 
@@ -62,6 +62,8 @@ async def start_rounds(request: Request) -> Response:
         run_id = engine.start(config)
     except RunActive as exc:
         return JSONResponse({"error": str(exc)}, status_code=409)
+    except NotLeader as exc:
+        return _not_leader(engine, str(exc))
     except (ValueError, OverflowError) as exc:
         return _bad(exc)
     return JSONResponse({"run": run_id, "config": config.to_dict()}, status_code=202)
@@ -69,7 +71,17 @@ async def start_rounds(request: Request) -> Response:
 
 @admin_only
 async def stop_rounds(request: Request) -> Response:
-    return JSONResponse({"stopped": await task_engine(request).stop()})
+    engine = task_engine(request)
+    if not engine.leading:
+        return _not_leader(engine, "this cluster member is not the leader; only the leader stops runs")
+    return JSONResponse({"stopped": await engine.stop()})
+
+
+def _not_leader(engine, message: str) -> Response:
+    """A cluster follower's answer to run control: 503, since the balancer's next pick may
+    be the leader (``webfl simulate`` retries it)."""
+    leader = (engine.cluster.describe()["leader"] if engine.cluster else None) or "being elected"
+    return JSONResponse({"error": f"{message} (the leader: {leader})"}, status_code=503, headers={"Retry-After": "1"})
 
 
 @admin_only

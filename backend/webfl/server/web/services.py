@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from starlette.requests import HTTPConnection
 
@@ -15,6 +16,9 @@ from ..limits import AddressLimits
 from ..security import ResumeTokens
 from ..store import Store
 from ..taskset import TaskSet
+
+if TYPE_CHECKING:
+    from ..cluster.member import ClusterMember
 
 __all__ = ["Services", "services", "task_engine"]
 
@@ -32,6 +36,8 @@ class Services:
     admin: AdminAuth
     resume_tokens: ResumeTokens
     limits: AddressLimits
+    #: This process's membership of a cluster (``--redis``); None: one process.
+    cluster: ClusterMember | None = None
 
     @property
     def engine(self) -> RoundEngine:
