@@ -135,3 +135,35 @@ def test_a_kill_9_of_the_leader_mid_round_the_run_finishes_behind_nginx_every_ro
     with sqlite3.connect(data / "webfl.sqlite3") as db:
         assert db.execute("SELECT id, status FROM runs").fetchall() == [(1, "completed")]
         assert db.execute("SELECT round, run_id FROM rounds ORDER BY round").fetchall() == [(r, 1) for r in range(1, 7)]
+
+
+def test_a_follower_restart_loses_no_volunteer_for_good(tmp_path, redis_server, nginx_proxy):
+    data, lease = tmp_path / "data", 3.0
+    leader = start_member(data, redis_server.url, "leader", lease_s=lease)
+    assert leader_of([leader]) is leader
+    follower = start_member(data, redis_server.url, "follower", lease_s=lease)
+    port = int(follower.url.rsplit(":", 1)[1])
+    proxy = nginx_proxy([leader.url.removeprefix("http://"), follower.url.removeprefix("http://")])
+    sim = simulate(proxy.url, 8)
+    restarted = None
+    try:
+        spread = leader.wait_for(lambda s: s["connected"] == 3 and all(m["volunteers"] for m in s["cluster"]["members"])
+                                 and s["run"] and s["run"]["rounds_done"] >= 1, timeout=120, what="volunteers on both members, a round done")
+        follower.stop(kill=True)
+        restarted = start_member(data, redis_server.url, "follower", port=port, lease_s=lease)
+        # Its volunteers are back (on either member), and none is counted twice.
+        back = leader.wait_for(lambda s: s["connected"] == 3 and sum(m["volunteers"] for m in s["cluster"]["members"]) == 3
+                               and s["run"]["rounds_done"] > spread["run"]["rounds_done"], timeout=60, what="every volunteer back")
+        assert back["cluster"]["leader"] == "leader"
+        out, err = sim.communicate(timeout=240)
+        assert sim.returncode == 0, out + err
+    finally:
+        if sim.poll() is None:
+            sim.kill()
+            sim.communicate()
+        for m in (restarted, follower, leader):
+            if m is not None:
+                m.stop()
+    assert "completed with 8 round(s)" in out
+    with sqlite3.connect(data / "webfl.sqlite3") as db:
+        assert db.execute("SELECT round FROM rounds ORDER BY round").fetchall() == [(r,) for r in range(1, 9)]

@@ -64,6 +64,9 @@ class ClusterView(Protocol):
     def leader_status(self, task: str) -> dict | None:
         """On a follower: the leader's latest status of ``task``, if it published one."""
 
+    async def publish_status(self, engine: RoundEngine) -> None:
+        """On the leader: make ``engine``'s status the one every member answers, now."""
+
 
 class RoundEngine:
     def __init__(self, task: Task, store: Store, coordinator: Coordinator, test: Dataset | None, seed: int = 0) -> None:

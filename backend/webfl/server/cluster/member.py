@@ -54,6 +54,10 @@ def status_key(task: str) -> str:
     return f"webfl:status:{task}"
 
 
+#: The leader announces each status it stores here (the task's name): followers read it at once.
+STATUS_CHANNEL = "webfl:status"
+
+
 class Role(Enum):
     STARTING = "starting"
     FOLLOWER = "follower"
@@ -96,6 +100,7 @@ class ClusterMember:
         self._background: set[asyncio.Task] = set()
         self._loop: asyncio.Task | None = None
         self._listener: asyncio.Task | None = None
+        self._status_listener: asyncio.Task | None = None
         self._consumer: asyncio.Task | None = None
 
     # -- what sockets, engines and handlers ask ---------------------------------------
@@ -126,6 +131,15 @@ class ClusterMember:
     def leader_status(self, task: str) -> dict | None:
         return self._snapshots.get(task)
 
+    async def publish_status(self, engine: RoundEngine) -> None:
+        if not engine.leading:
+            return
+        name = engine.task.name
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.set(status_key(name), json.dumps(engine.status()), px=int(3 * self.lease_s * 1000))
+            pipe.publish(STATUS_CHANNEL, name)
+            await pipe.execute()
+
     def prepare(self, engine: RoundEngine) -> None:
         """Give an engine this member's role (``TaskSet.prepare``)."""
         engine.cluster = self
@@ -150,6 +164,7 @@ class ClusterMember:
         for engine in self.tasks:
             self.prepare(engine)
         self._listener = asyncio.create_task(self.coordinator.listen(), name="cluster-listen")
+        self._status_listener = asyncio.create_task(self._follow_statuses(), name="cluster-statuses")
         await self._tick()
         if self.term is not None and not self.leads:
             # Volunteers the leader still lists on this member are from its previous life.
@@ -158,7 +173,7 @@ class ClusterMember:
 
     async def stop(self) -> None:
         """Leave: a leader hands its runs on (they stay running in the store) and frees the lease at once."""
-        for task in (self._loop, self._consumer, self._listener):
+        for task in (self._loop, self._consumer, self._listener, self._status_listener):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
@@ -227,7 +242,7 @@ class ClusterMember:
         self._consumer = asyncio.create_task(self._consume(term), name="cluster-relay")
         self.tasks.resume()
         for engine in self.tasks:
-            self._share_model(engine)
+            self._share_model(engine)  # and its status: the resumed run, at once
 
     async def _step_down(self, why: str) -> None:
         self._own = None
@@ -246,8 +261,9 @@ class ClusterMember:
             self._to(Role.FOLLOWER, "the lease is held" if holder else "joined")
         if holder != self.term:
             log.info("member %s: the leader is now %s", self.member, holder.value if holder else "nobody")
+            # The old leader's last status stays until the new one's: an empty one would
+            # tell a client watching a run (webfl simulate) that it ended.
             self.term = holder
-            self._snapshots.clear()
             await self._close_sockets(keep=holder)
 
     async def _close_sockets(self, keep: Holder | None) -> None:
@@ -281,19 +297,37 @@ class ClusterMember:
         self._members = [m for m in members if m["seen_s_ago"] <= dead_after]
         if self.leads:
             self._forget_dead({m["id"] for m in self._members})
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for engine in self.tasks:
-                    pipe.set(status_key(engine.task.name), json.dumps(engine.status()), px=int(dead_after * 1000))
-                await pipe.execute()
+            for engine in self.tasks:
+                await self.publish_status(engine)
         else:
-            names = [engine.task.name for engine in self.tasks]
-            values = await self.redis.mget([status_key(n) for n in names]) if names else []
-            self._snapshots = {n: json.loads(v) for n, v in zip(names, values) if v is not None}
-            # The leader committed: this member's copy of the model and history (``/api/model``,
-            # the exports, ``/models``) follows from the store.
-            behind = {e.task.name for e in self.tasks if (s := self._snapshots.get(e.task.name)) and s["model_version"] != e.model_version}
-            if behind:
-                await self.tasks.reload(behind)
+            await self._read_statuses([engine.task.name for engine in self.tasks])
+
+    async def _read_statuses(self, names: list[str]) -> None:
+        """A follower takes the leader's stored statuses of ``names``; its own copy of a task
+        the leader committed since (``/api/model``, the exports, ``/models``) follows from the store."""
+        values = await self.redis.mget([status_key(n) for n in names]) if names else []
+        self._snapshots.update({n: json.loads(v) for n, v in zip(names, values) if v is not None})
+        behind = {e.task.name for e in self.tasks if (s := self._snapshots.get(e.task.name)) and s["model_version"] != e.model_version}
+        if behind:
+            await self.tasks.reload(behind)
+
+    async def _follow_statuses(self) -> None:
+        """Read each status the leader announces as it is announced (runs until cancelled)."""
+        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        await pubsub.subscribe(STATUS_CHANNEL)
+        try:
+            while True:
+                try:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is not None and message["type"] == "message" and not self.leads:
+                        name = message["data"].decode(errors="replace")
+                        if name in self.tasks:
+                            await self._read_statuses([name])
+                except (RedisError, OSError) as exc:
+                    log.warning("status announcements: Redis unreachable (%s)", exc)
+                    await asyncio.sleep(self.beat_s)
+        finally:
+            await pubsub.aclose()
 
     def _forget_dead(self, alive: set[str]) -> None:
         gone = [v for v, home in self.coordinator.homes.items() if home not in alive]
@@ -312,9 +346,20 @@ class ClusterMember:
         if not engine.leading:
             return
         chain = engine.commits.chain
-        task = asyncio.create_task(self.redis.set(model_key(chain.digest), chain.raw(), px=MODEL_TTL_S * 1000))
+        self._spawn(self.redis.set(model_key(chain.digest), chain.raw(), px=MODEL_TTL_S * 1000))
+        self._spawn(self.publish_status(engine))
+
+    def _spawn(self, aw) -> None:
+        task = asyncio.create_task(self._logged(aw))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    @staticmethod
+    async def _logged(aw) -> None:
+        try:
+            await aw
+        except (RedisError, OSError) as exc:  # the next beat publishes again
+            log.warning("sharing a commit: Redis unreachable (%s)", exc)
 
     # -- the leader's side of the relay -----------------------------------------------
 

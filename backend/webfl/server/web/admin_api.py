@@ -66,6 +66,8 @@ async def start_rounds(request: Request) -> Response:
         return _not_leader(engine, str(exc))
     except (ValueError, OverflowError) as exc:
         return _bad(exc)
+    if engine.cluster is not None:  # read-your-writes: any member's next status shows the run
+        await engine.cluster.publish_status(engine)
     return JSONResponse({"run": run_id, "config": config.to_dict()}, status_code=202)
 
 
@@ -74,7 +76,10 @@ async def stop_rounds(request: Request) -> Response:
     engine = task_engine(request)
     if not engine.leading:
         return _not_leader(engine, "this cluster member is not the leader; only the leader stops runs")
-    return JSONResponse({"stopped": await engine.stop()})
+    stopped = await engine.stop()
+    if engine.cluster is not None:
+        await engine.cluster.publish_status(engine)
+    return JSONResponse({"stopped": stopped})
 
 
 def _not_leader(engine, message: str) -> Response:
