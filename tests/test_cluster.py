@@ -18,6 +18,7 @@ from test_server import MODEL_SIZE, Client, global_params
 
 from webfl.core.codecs import Encoded, get_codec
 from webfl.core.downlink import digest
+from webfl.core.protocol import CLOSE_PROTOCOL_ERROR, CLOSE_UNSUPPORTED, Message, encode
 from webfl.core.tasks import get_task
 from webfl.server.engine import RunConfig
 from webfl.server.rounds.validation import fold
@@ -97,6 +98,12 @@ def test_volunteers_on_every_member_commit_what_one_process_would_and_every_memb
             assert s["connected"] == 6 and [h["round"] for h in s["history"]] == [1, 2]
             np.testing.assert_array_equal(np.frombuffer(fetch(f"{m.url}/models/{model_digest}.bin"), "<f4"), expected)
             np.testing.assert_array_equal(global_params(m), expected)
+        # Hostile frames are refused at the follower's edge with the usual close codes.
+        for frame, code in (("text", CLOSE_UNSUPPORTED), (encode(Message("wait", {"retry_after_s": 1})), CLOSE_PROTOCOL_ERROR), (b"\x00" * 9, CLOSE_PROTOCOL_ERROR)):
+            bad = Client(follower)
+            bad.join()
+            assert bad.closed_with(frame)[0] == code
+        assert leader.wait_for(lambda s: s["connected"] == 6, timeout=20)["model_version"] == 2
     finally:
         for m in members:
             m.stop()

@@ -10,6 +10,7 @@ from rounds_harness import Volunteer, make_engine, small, until
 
 from webfl.server.cluster.lease import Holder, Lease
 from webfl.server.engine import RunConfig
+from webfl.server.coordinator import SlowConsumer
 from webfl.server.store import Fenced
 
 redis_asyncio = pytest.importorskip("redis.asyncio")
@@ -82,5 +83,63 @@ def test_a_stale_leaders_commit_aborts_and_leaves_the_store_unchanged(tmp_path):
         assert len(old.store.history()) == 1 and old.store.store.fence_token() == 2
         old.store.commit_round(fresh, params, fence=2)  # the current token commits it
         assert len(old.store.history()) == 2
+
+    asyncio.run(main())
+
+
+def test_frames_reach_volunteers_on_this_member_locally_and_on_others_through_their_channel(redis_server):
+    from webfl.server.cluster.bus import RedisCoordinator
+
+    async def main():
+        redis = redis_asyncio.Redis.from_url(redis_server.url)
+        try:
+            leader, follower = RedisCoordinator(redis, "L", queue_size=4), RedisCoordinator(redis, "F", queue_size=4)
+            listening = asyncio.create_task(follower.listen())
+            await asyncio.sleep(0.2)  # subscribed
+            here, there = leader.subscribe("here"), follower.subscribe("there")
+            leader.homes["there"] = "F"
+            assert await leader.publish(b"to both", to=["here", "there", "nobody"]) == 2
+            assert await asyncio.wait_for(here.get(), 5) == b"to both"
+            assert await asyncio.wait_for(there.get(), 5) == b"to both"
+            assert await leader.publish(b"everyone") == 2  # None: local and known remote volunteers
+            assert await asyncio.wait_for(there.get(), 5) == b"everyone"
+            # The slow-consumer protection is per socket, on the member holding it.
+            for i in range(6):
+                await leader.publish(b"%d" % i, to=["there"])
+            await asyncio.sleep(0.3)
+            got = []
+            with pytest.raises(SlowConsumer):
+                while True:
+                    got.append(await asyncio.wait_for(there.get(), 5))
+            assert got == [b"1", b"2", b"3"]  # the queue of 4 overflowed: its oldest made room for the drop notice
+            listening.cancel()
+            await asyncio.gather(listening, return_exceptions=True)
+        finally:
+            await redis.aclose()
+
+    asyncio.run(main())
+
+
+def test_a_term_reads_its_own_relay_stream_from_the_start_and_nothing_of_another(redis_server):
+    from webfl.server.cluster.relay import Kind, Relay
+
+    async def main():
+        redis = redis_asyncio.Redis.from_url(redis_server.url)
+        try:
+            old, new = Holder("a", 1), Holder("b", 2)
+            relay = Relay(redis, "f", 1.0)
+            await relay.send(old, Kind.FRAME, "mnist", "v1", data=b"late for a")
+            await relay.send(new, Kind.JOIN, "mnist", "v2", "10.0.0.9", b"\x00hello")  # before b reads at all
+            await relay.send(new, Kind.LEAVE, "mnist", "v2")
+            last, events = await relay.read(new, "0", block_ms=100)
+            assert [(e.kind, e.member, e.task, e.volunteer, e.address, e.data) for e in events] == [
+                (Kind.JOIN, "f", "mnist", "v2", "10.0.0.9", b"\x00hello"), (Kind.LEAVE, "f", "mnist", "v2", "", b"")]
+            assert (await relay.read(new, last, block_ms=100))[1] == []
+            await redis.xadd("webfl:relay:2", {"k": "nonsense"})  # a malformed entry is skipped, not fatal
+            await relay.send(new, Kind.RESET)
+            assert [e.kind for e in (await relay.read(new, last, block_ms=100))[1]] == [Kind.RESET]
+            assert 0 < await redis.pttl("webfl:relay:2") <= 10_000  # a dead term's stream expires
+        finally:
+            await redis.aclose()
 
     asyncio.run(main())
