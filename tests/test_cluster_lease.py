@@ -112,6 +112,12 @@ def test_frames_reach_volunteers_on_this_member_locally_and_on_others_through_th
                 while True:
                     got.append(await asyncio.wait_for(there.get(), 5))
             assert got == [b"1", b"2", b"3"]  # the queue of 4 overflowed: its oldest made room for the drop notice
+            # The leader has a member close a socket it cannot take, saying why; junk on the channel is dropped.
+            closed = asyncio.Queue()
+            follower.closer = lambda ids, code, reason: closed.put((ids, code, reason))
+            await redis.publish("webfl:member:F", b"\xff\xff\xff\x7fjunk")
+            await leader.close("F", ["there"], 1013, "this volunteer id is still connected; try again later")
+            assert await asyncio.wait_for(closed.get(), 5) == (["there"], 1013, "this volunteer id is still connected; try again later")
             listening.cancel()
             await asyncio.gather(listening, return_exceptions=True)
         finally:

@@ -64,7 +64,7 @@ async def volunteer_socket(websocket: WebSocket) -> None:
     address = websocket.client.host if websocket.client else "?"
     limits = svc.limits.open(address)
     if limits is None:
-        engine.rejections.add("connections")
+        _refused(svc, engine, "connections")
         await _close(websocket, CLOSE_TRY_LATER, f"too many connections from {address}; try again later")
         return
     peer_id: str | None = None
@@ -116,16 +116,16 @@ async def volunteer_socket(websocket: WebSocket) -> None:
             writer.cancel()
             subscription.close()
     except TimeoutError:
-        engine.rejections.add("idle")
+        _refused(svc, engine, "idle")
         await _close(websocket, CLOSE_POLICY, "no hello in time")
     except ProtocolError as exc:
-        engine.rejections.add("protocol")
+        _refused(svc, engine, "protocol")
         await _close(websocket, exc.code, exc.reason)
     except RateLimited as exc:
-        engine.rejections.add("rate")
+        _refused(svc, engine, "rate")
         await _close(websocket, CLOSE_POLICY, exc.reason)
     except _Closed as exc:
-        engine.rejections.add("idle" if exc.code == CLOSE_TRY_LATER else "protocol")
+        _refused(svc, engine, "idle" if exc.code == CLOSE_TRY_LATER else "protocol")
         await _close(websocket, exc.code, exc.reason)
     except SlowConsumer:
         await _close(websocket, CLOSE_TRY_LATER, "too slow to receive frames")
@@ -138,6 +138,13 @@ async def volunteer_socket(websocket: WebSocket) -> None:
                 await svc.cluster.detach(peer_id)  # a relayed volunteer's leave goes to the leader
             if relay_to is None:
                 engine.disconnect(peer_id)
+
+
+def _refused(svc: Services, engine: RoundEngine, kind: str) -> None:
+    """Count a frame or connection refused here; a follower also tells the leader, whose status counts them all."""
+    engine.rejections.add(kind)
+    if svc.cluster is not None:
+        svc.cluster.count_refusal(engine.task.name, kind)
 
 
 def _resumed_id(svc: Services, tokens: ResumeTokens, claim: object) -> str | None:

@@ -3,7 +3,9 @@
 A volunteer of this member gets its frames through its local queue (the slow-consumer
 protection of ``InProcessCoordinator``, per socket); one whose socket lives on another
 member (``homes``, which the leader learns from the relay) gets them through that
-member's pub/sub channel, one message per frame and member with the ids it is for.
+member's pub/sub channel, one message per frame and member with the ids it is for. The
+same channel carries the leader's order to close sockets there (``close``): a volunteer
+the leader cannot take (its id is connected elsewhere, its task unknown) is told why.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 from redis.asyncio import Redis
 
@@ -26,15 +28,22 @@ def member_channel(member: str) -> str:
     return f"webfl:member:{member}"
 
 
-def pack(ids: list[str], frame: bytes) -> bytes:
-    """One pub/sub message: the ids' JSON, its length first, then the frame as it goes out."""
-    header = json.dumps(ids).encode()
-    return len(header).to_bytes(4, "little") + header + frame
+def pack(header: dict, frame: bytes = b"") -> bytes:
+    """One pub/sub message: a JSON header (``to``: ids, or ``close``: ids with ``code`` and
+    ``reason``), its length first, then the frame as it goes out."""
+    encoded = json.dumps(header).encode()
+    return len(encoded).to_bytes(4, "little") + encoded + frame
 
 
-def unpack(message: bytes) -> tuple[list[str], bytes]:
+def unpack(message: bytes) -> tuple[dict, bytes]:
     n = int.from_bytes(message[:4], "little")
-    return json.loads(message[4 : 4 + n]), message[4 + n :]
+    header = json.loads(message[4 : 4 + n])
+    if not isinstance(header, dict):
+        raise ValueError("the header is not an object")
+    return header, message[4 + n :]
+
+
+Closer = Callable[[list[str], int, str], Awaitable[None]]
 
 
 class RedisCoordinator(Coordinator):
@@ -43,6 +52,8 @@ class RedisCoordinator(Coordinator):
         self.local = InProcessCoordinator(queue_size)
         #: Volunteer id -> the member holding its socket, for volunteers of other members.
         self.homes: dict[str, str] = {}
+        #: Closes this member's sockets of the given ids, as another member asks (``close``).
+        self.closer: Closer | None = None
 
     def subscribe(self, volunteer_id: str) -> Subscription:
         return self.local.subscribe(volunteer_id)
@@ -57,9 +68,13 @@ class RedisCoordinator(Coordinator):
             if (home := self.homes.get(volunteer)) is not None:
                 remote[home].append(volunteer)
         for home, volunteers in remote.items():
-            await self.redis.publish(member_channel(home), pack(volunteers, frame))
+            await self.redis.publish(member_channel(home), pack({"to": volunteers}, frame))
             sent += len(volunteers)
         return sent
+
+    async def close(self, member: str, volunteers: list[str], code: int, reason: str) -> None:
+        """Have ``member`` close its sockets of ``volunteers`` with ``code`` and ``reason``."""
+        await self.redis.publish(member_channel(member), pack({"close": volunteers, "code": code, "reason": reason}))
 
     async def listen(self) -> None:
         """Deliver what other members publish for this member's volunteers (runs until cancelled)."""
@@ -71,10 +86,13 @@ class RedisCoordinator(Coordinator):
                 if message is None or message["type"] != "message":
                     continue
                 try:
-                    ids, frame = unpack(message["data"])
-                except (ValueError, UnicodeDecodeError):
+                    header, frame = unpack(message["data"])
+                    if "close" in header:
+                        if self.closer is not None:
+                            await self.closer([str(v) for v in header["close"]], int(header["code"]), str(header["reason"]))
+                    else:
+                        await self.local.publish(frame, [str(v) for v in header["to"]])
+                except (ValueError, KeyError, TypeError, UnicodeDecodeError):
                     log.error("a malformed message on %s; dropped", member_channel(self.member))
-                    continue
-                await self.local.publish(frame, ids)
         finally:
             await pubsub.aclose()

@@ -27,7 +27,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from starlette.websockets import WebSocket
 
-from ...core.protocol import CLOSE_TRY_LATER, ProtocolError, decode
+from ...core.protocol import CLOSE_POLICY, CLOSE_TRY_LATER, ProtocolError, decode
 from ..engine import RoundEngine
 from ..sockets import VOLUNTEER_FRAMES, dispatch, joined
 from ..store import Fenced, Store
@@ -128,6 +128,11 @@ class ClusterMember:
         return {"member": self.member, "role": self.role.value, "leader": None if self.term is None else self.term.member,
                 "members": self._members}
 
+    def count_refusal(self, task: str, kind: str) -> None:
+        """A follower's socket refused something: the leader's ``rejections`` count it too."""
+        if not self.leads and self.term is not None:
+            self._spawn(self.relay.send(self.term, Kind.REFUSED, task, data=kind.encode()))
+
     def leader_status(self, task: str) -> dict | None:
         return self._snapshots.get(task)
 
@@ -161,6 +166,7 @@ class ClusterMember:
     async def start(self) -> None:
         """Join the cluster: the first election happens before the member serves."""
         self.tasks.prepare = self.prepare
+        self.coordinator.closer = self._close_volunteers
         for engine in self.tasks:
             self.prepare(engine)
         self._listener = asyncio.create_task(self.coordinator.listen(), name="cluster-listen")
@@ -277,6 +283,14 @@ class ClusterMember:
         if stale:
             log.info("member %s: closed %d volunteer socket(s) of the previous term", self.member, len(stale))
 
+    async def _close_volunteers(self, volunteers: list[str], code: int, reason: str) -> None:
+        for volunteer in volunteers:
+            if (sock := self._sockets.get(volunteer)) is not None:
+                try:
+                    await sock.websocket.close(code=code, reason=reason[:120])
+                except RuntimeError:
+                    pass
+
     async def _heartbeat(self) -> None:
         now = time.time()
         dead_after = 3 * self.lease_s
@@ -359,7 +373,7 @@ class ClusterMember:
         try:
             await aw
         except (RedisError, OSError) as exc:  # the next beat publishes again
-            log.warning("sharing a commit: Redis unreachable (%s)", exc)
+            log.warning("Redis unreachable (%s); the next beat catches up", exc)
 
     # -- the leader's side of the relay -----------------------------------------------
 
@@ -386,21 +400,39 @@ class ClusterMember:
             for volunteer in [v for v, home in homes.items() if home == event.member]:
                 self._forget(volunteer)
             return
+        if event.kind is Kind.REFUSED:
+            if event.task in self.tasks:
+                self.tasks.get(event.task).rejections.add(event.data.decode(errors="replace"))  # unknown keys count as malformed
+            return
         if event.kind is Kind.LEAVE:
             if homes.get(event.volunteer) == event.member:
                 self._forget(event.volunteer)
             return
         if event.task not in self.tasks:
             self.tasks.refresh()
-        engine = self.tasks.get(event.task)
         if event.kind is Kind.JOIN:
-            if event.volunteer in engine.peers or event.volunteer in homes or self.holds(event.volunteer):
-                raise ValueError(f"volunteer {event.volunteer} is connected already")
-            hello = decode(event.data, self.max_frame_bytes)
-            homes[event.volunteer] = event.member
-            for frame in joined(engine, event.volunteer, hello, event.address):
-                await self.coordinator.publish(frame, to=[event.volunteer])
-        elif homes.get(event.volunteer) == event.member and event.volunteer in engine.peers:
+            await self._join(event)
+            return
+        engine = self.tasks.get(event.task)
+        if homes.get(event.volunteer) == event.member and event.volunteer in engine.peers:
             msg = decode(event.data, self.max_frame_bytes)
             if msg.type in VOLUNTEER_FRAMES:
                 await dispatch(engine, event.volunteer, msg, len(event.data))
+
+    async def _join(self, event: Event) -> None:
+        """Register a follower's volunteer, or have its member close the socket saying why."""
+        v, homes = event.volunteer, self.coordinator.homes
+        if event.task not in self.tasks:
+            code, reason = CLOSE_POLICY, f"this server has no task named {event.task[:40]!r}"
+        elif any(v in e.peers for e in self.tasks) or v in homes or self.holds(v):
+            # A resumed id still connected through another member: it may come back once that one is gone.
+            code, reason = CLOSE_TRY_LATER, "this volunteer id is still connected; try again later"
+        else:
+            engine = self.tasks.get(event.task)
+            hello = decode(event.data, self.max_frame_bytes)
+            homes[v] = event.member
+            for frame in joined(engine, v, hello, event.address):
+                await self.coordinator.publish(frame, to=[v])
+            return
+        log.info("relay: join of %s from %s refused: %s", v, event.member, reason)
+        await self.coordinator.close(event.member, [v], code, reason)
