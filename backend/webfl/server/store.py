@@ -105,7 +105,7 @@ CREATE TABLE IF NOT EXISTS component_state (
 );
 CREATE TABLE IF NOT EXISTS fence (
     name TEXT PRIMARY KEY,
-    token INTEGER NOT NULL,
+    token BIGINT NOT NULL,
     stale INTEGER NOT NULL DEFAULT 0 CHECK (stale = 0)
 );
 """

@@ -169,8 +169,8 @@ class ClusterMember:
         self.coordinator.closer = self._close_volunteers
         for engine in self.tasks:
             self.prepare(engine)
-        self._listener = asyncio.create_task(self.coordinator.listen(), name="cluster-listen")
-        self._status_listener = asyncio.create_task(self._follow_statuses(), name="cluster-statuses")
+        self._listener = asyncio.create_task(self._supervised(self.coordinator.listen), name="cluster-listen")
+        self._status_listener = asyncio.create_task(self._supervised(self._follow_statuses), name="cluster-statuses")
         await self._tick()
         if self.term is not None and not self.leads:
             # Volunteers the leader still lists on this member are from its previous life.
@@ -331,17 +331,22 @@ class ClusterMember:
         await pubsub.subscribe(STATUS_CHANNEL)
         try:
             while True:
-                try:
-                    message = await pubsub.get_message(timeout=1.0)
-                    if message is not None and message["type"] == "message" and not self.leads:
-                        name = message["data"].decode(errors="replace")
-                        if name in self.tasks:
-                            await self._read_statuses([name])
-                except (RedisError, OSError) as exc:
-                    log.warning("status announcements: Redis unreachable (%s)", exc)
-                    await asyncio.sleep(self.beat_s)
+                message = await pubsub.get_message(timeout=1.0)
+                if message is not None and message["type"] == "message" and not self.leads:
+                    name = message["data"].decode(errors="replace")
+                    if name in self.tasks:
+                        await self._read_statuses([name])
         finally:
             await pubsub.aclose()
+
+    async def _supervised(self, listen) -> None:
+        """Run a pub/sub listener for good: subscribed afresh after Redis comes back."""
+        while True:
+            try:
+                await listen()
+            except (RedisError, OSError) as exc:
+                log.warning("member %s: a subscription lost Redis (%s); subscribing again", self.member, exc)
+                await asyncio.sleep(self.beat_s)
 
     def _forget_dead(self, alive: set[str]) -> None:
         gone = [v for v, home in self.coordinator.homes.items() if home not in alive]

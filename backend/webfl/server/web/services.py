@@ -59,4 +59,8 @@ def task_engine(conn: HTTPConnection) -> RoundEngine:
     """The engine of the path's ``{task}`` (``UnknownTask`` if none is served), else the default's."""
     svc = services(conn)
     name = conn.path_params.get("task")
-    return svc.engine if name is None else svc.tasks.get(name)
+    if name is None:
+        return svc.engine
+    if name not in svc.tasks and svc.cluster is not None:
+        svc.tasks.refresh()  # another member may have created it
+    return svc.tasks.get(name)
