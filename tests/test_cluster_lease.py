@@ -2,6 +2,8 @@
 and the older one's commit aborts with the store unchanged (Kleppmann's fencing)."""
 
 import asyncio
+import subprocess
+import sys
 from dataclasses import replace
 
 import numpy as np
@@ -149,3 +151,14 @@ def test_a_term_reads_its_own_relay_stream_from_the_start_and_nothing_of_another
             await redis.aclose()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("url, code, says", [
+    ("redis://:hunter2secret@127.0.0.1:1/0", 3, "cannot use the cluster's Redis at redis://127.0.0.1:1/0"),
+    ("http://:hunter2secret@example/0", 2, "it looks like redis://"),
+])
+def test_serve_refuses_a_redis_it_cannot_use_before_listening_and_never_shows_its_password(tmp_path, url, code, says):
+    done = subprocess.run([sys.executable, "-m", "webfl.cli", "serve", "--port", "0", "--data-dir", str(tmp_path), "--redis", url],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == code and says in done.stderr, done.stderr
+    assert "hunter2secret" not in done.stdout + done.stderr and "Traceback" not in done.stderr

@@ -14,6 +14,28 @@ from .server.logs import LOG_FORMATS, configure_logging
 __all__ = ["main"]
 
 
+def _redis_problem(url: str) -> tuple[int, str] | None:
+    """Why the cluster's Redis cannot be used, said before listening and never with its
+    password: exit 2 for a URL that is not one, 3 for a Redis that does not answer; or None."""
+    from urllib.parse import urlsplit
+
+    import redis
+
+    parts = urlsplit(url)
+    shown = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5)
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except ValueError as exc:
+        return 2, f"--redis {shown}: {exc} (it looks like redis://[:PASSWORD@]HOST:PORT/N)"
+    except redis.RedisError as exc:
+        return 3, f"cannot use the cluster's Redis at {shown}: {exc}"
+    return None
+
+
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -63,6 +85,10 @@ def _serve(args: argparse.Namespace) -> int:
     except CorruptDatabase as exc:
         print(f"webfl serve: {exc}", file=sys.stderr, flush=True)
         return 3
+    if settings.redis is not None and (problem := _redis_problem(settings.redis)) is not None:
+        code, message = problem
+        print(f"webfl serve: {message}", file=sys.stderr, flush=True)
+        return code
     app = create_app(settings)
     print(f"webfl: serving on {scheme}://{args.host}:{args.port} (data in {settings.data_dir}); "
           f"browsers may connect from {', '.join(settings.public_origins)}", flush=True)
