@@ -72,8 +72,12 @@ def test_volunteers_on_every_member_commit_what_one_process_would_and_every_memb
         initial = [c.join()[1] for c in clients]  # each member's volunteers get the leader's model
         assert {digest(m.arrays[0]) for m in initial} == {digest(global_params(leader))}
         follower = next(m for m in members if m is not leader)
-        assert follower.api("POST", "/api/rounds", RUN)[0] == 503  # only the leader runs rounds
-        assert leader.api("POST", "/api/rounds", RUN)[0] == 202
+        # Only the leader runs rounds: a follower passes run control on to it.
+        assert follower.api("POST", "/api/rounds", {**RUN, "rounds": 0})[0] == 400  # the leader's verdict, relayed
+        assert follower.api("POST", "/api/rounds", RUN, token="wrong")[0] == 401
+        code, body = follower.api("POST", "/api/rounds", RUN)
+        assert code == 202 and body["run"] == 1
+        assert follower.api("POST", "/api/rounds", RUN)[0] == 409  # the leader's run is active
         for round_ in (1, 2):
             tasks = [c.recv("task", timeout=60) for c in clients]
             assert {t["round"] for t in tasks} == {round_}

@@ -78,7 +78,9 @@ def _serve(args: argparse.Namespace) -> int:
         if not member.isprintable() or " " in member or len(member) > 64 or not 0.3 <= args.lease_s <= 300:
             print("webfl serve: --member-id is one printable word of at most 64 characters, --lease-s 0.3 to 300", file=sys.stderr)
             return 2
-        overrides.update(redis=args.redis, member_id=member, lease_s=args.lease_s)
+        host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else (f"[{args.host}]" if ":" in args.host else args.host)
+        overrides.update(redis=args.redis, member_id=member, lease_s=args.lease_s,
+                         member_url=(args.member_url or f"{scheme}://{host}:{args.port}").rstrip("/"))
     settings = Settings(**overrides)
     try:
         check_database(settings.data_dir / "webfl.sqlite3")
@@ -211,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--member-id", default=os.environ.get("WEBFL_MEMBER_ID") or None,
                        help="this member's id in the cluster, stable across restarts (default: HOSTNAME-PORT)")
     serve.add_argument("--lease-s", type=float, default=10.0, help="the leader lease: a dead leader is replaced within it")
+    serve.add_argument("--member-url", default=os.environ.get("WEBFL_MEMBER_URL") or None,
+                       help="where the other members reach this one (default: http://HOST:PORT; loopback for a wildcard host)")
     serve.set_defaults(func=_serve)
 
     sim = sub.add_parser("simulate", help="run Python volunteers against a server")

@@ -97,7 +97,8 @@ def create_app(settings: Settings) -> Starlette:
         tasks = TaskSet(store, coordinator, settings.seed, lambda t: shards.test if shards is not None and t.name == DEMO_TASK else None)
         tasks.load([*settings.tasks, *given], settings.task)
         if redis is not None:
-            cluster = ClusterMember(redis, settings.member_id, settings.lease_s, tasks, store, coordinator, settings.max_frame_bytes)
+            cluster = ClusterMember(redis, settings.member_id, settings.lease_s, tasks, store, coordinator, settings.max_frame_bytes,
+                                    settings.member_url)
         svc = Services(
             settings=settings,
             tasks=tasks,

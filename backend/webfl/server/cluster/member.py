@@ -83,8 +83,8 @@ class _Socket:
 
 class ClusterMember:
     def __init__(self, redis: Redis, member: str, lease_s: float, tasks: TaskSet, store: Store, coordinator: RedisCoordinator,
-                 max_frame_bytes: int) -> None:
-        self.redis, self.member, self.lease_s = redis, member, lease_s
+                 max_frame_bytes: int, url: str = "http://127.0.0.1:8000") -> None:
+        self.redis, self.member, self.lease_s, self.url = redis, member, lease_s, url
         self.tasks, self.store, self.coordinator, self.max_frame_bytes = tasks, store, coordinator, max_frame_bytes
         self.lease = Lease(redis, member, lease_s)
         self.relay = Relay(redis, member, lease_s)
@@ -96,6 +96,7 @@ class ClusterMember:
         self._renewed = 0.0
         self._sockets: dict[str, _Socket] = {}
         self._members: list[dict] = []
+        self._urls: dict[str, str] = {}  # member id -> where its admin API answers
         self._snapshots: dict[str, dict] = {}
         self._background: set[asyncio.Task] = set()
         self._loop: asyncio.Task | None = None
@@ -132,6 +133,10 @@ class ClusterMember:
         """A follower's socket refused something: the leader's ``rejections`` count it too."""
         if not self.leads and self.term is not None:
             self._spawn(self.relay.send(self.term, Kind.REFUSED, task, data=kind.encode()))
+
+    def leader_url(self) -> str | None:
+        """Where the leader's admin API answers, from its heartbeat; None while there is no leader."""
+        return None if self.term is None or self.leads else self._urls.get(self.term.member)
 
     def leader_status(self, task: str) -> dict | None:
         return self._snapshots.get(task)
@@ -294,20 +299,22 @@ class ClusterMember:
     async def _heartbeat(self) -> None:
         now = time.time()
         dead_after = 3 * self.lease_s
-        beat = json.dumps({"volunteers": len(self._sockets), "at": now})
+        beat = json.dumps({"volunteers": len(self._sockets), "at": now, "url": self.url})
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hset(MEMBERS_KEY, self.member, beat)
             pipe.pexpire(MEMBERS_KEY, int(dead_after * 1000))
             pipe.hgetall(MEMBERS_KEY)
             *_, seen = await pipe.execute()
-        members = []
+        members, urls = [], {}
         for member, value in sorted(seen.items()):
             try:
                 entry = json.loads(value)
                 ago = max(0.0, now - float(entry["at"]))
                 members.append({"id": member.decode(), "volunteers": int(entry["volunteers"]), "seen_s_ago": round(ago, 2)})
+                urls[member.decode()] = str(entry["url"])
             except (ValueError, KeyError, TypeError, UnicodeDecodeError):
                 continue
+        self._urls = urls
         self._members = [m for m in members if m["seen_s_ago"] <= dead_after]
         if self.leads:
             self._forget_dead({m["id"] for m in self._members})
