@@ -296,10 +296,9 @@ class RoundEngine:
             return False
         assert self._runner is not None
         self._runner.cancel()
-        try:
-            await self._runner
-        except asyncio.CancelledError:
-            pass
+        # wait(), not ``await runner`` in a try: catching the runner's CancelledError there
+        # would also swallow a cancellation of the caller (a cluster member shutting down).
+        await asyncio.wait([self._runner])
         return True
 
     async def step_down(self) -> None:

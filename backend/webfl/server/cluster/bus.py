@@ -76,12 +76,13 @@ class RedisCoordinator(Coordinator):
         """Have ``member`` close its sockets of ``volunteers`` with ``code`` and ``reason``."""
         await self.redis.publish(member_channel(member), pack({"close": volunteers, "code": code, "reason": reason}))
 
-    async def listen(self) -> None:
-        """Deliver what other members publish for this member's volunteers (runs until cancelled)."""
+    async def listen(self, stopping: Callable[[], bool] = lambda: False) -> None:
+        """Deliver what other members publish for this member's volunteers, until cancelled
+        or ``stopping()`` (checked every second: a cancellation lost in a library still ends it)."""
         pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
         await pubsub.subscribe(member_channel(self.member))
         try:
-            while True:
+            while not stopping():
                 message = await pubsub.get_message(timeout=1.0)
                 if message is None or message["type"] != "message":
                     continue

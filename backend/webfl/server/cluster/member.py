@@ -103,6 +103,7 @@ class ClusterMember:
         self._listener: asyncio.Task | None = None
         self._status_listener: asyncio.Task | None = None
         self._consumer: asyncio.Task | None = None
+        self._stopping = False
 
     # -- what sockets, engines and handlers ask ---------------------------------------
 
@@ -174,7 +175,7 @@ class ClusterMember:
         self.coordinator.closer = self._close_volunteers
         for engine in self.tasks:
             self.prepare(engine)
-        self._listener = asyncio.create_task(self._supervised(self.coordinator.listen), name="cluster-listen")
+        self._listener = asyncio.create_task(self._supervised(lambda: self.coordinator.listen(lambda: self._stopping)), name="cluster-listen")
         self._status_listener = asyncio.create_task(self._supervised(self._follow_statuses), name="cluster-statuses")
         await self._tick()
         if self.term is not None and not self.leads:
@@ -184,10 +185,15 @@ class ClusterMember:
 
     async def stop(self) -> None:
         """Leave: a leader hands its runs on (they stay running in the store) and frees the lease at once."""
-        for task in (self._loop, self._consumer, self._listener, self._status_listener):
-            if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+        # The flag ends each loop at its next turn even if a library swallowed the cancellation.
+        self._stopping = True
+        loops = [t for t in (self._loop, self._consumer, self._listener, self._status_listener) if t is not None]
+        for task in loops:
+            task.cancel()
+        if loops:
+            _, pending = await asyncio.wait(loops, timeout=self.beat_s + 5)
+            if pending:
+                log.warning("member %s: %d background loop(s) did not stop in time", self.member, len(pending))
         own = self._own
         self._own = None
         for engine in self.tasks:
@@ -209,7 +215,7 @@ class ClusterMember:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self.beat_s)
             try:
                 await self._tick()
@@ -337,7 +343,7 @@ class ClusterMember:
         pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
         await pubsub.subscribe(STATUS_CHANNEL)
         try:
-            while True:
+            while not self._stopping:
                 message = await pubsub.get_message(timeout=1.0)
                 if message is not None and message["type"] == "message" and not self.leads:
                     name = message["data"].decode(errors="replace")
@@ -348,7 +354,7 @@ class ClusterMember:
 
     async def _supervised(self, listen) -> None:
         """Run a pub/sub listener for good: subscribed afresh after Redis comes back."""
-        while True:
+        while not self._stopping:
             try:
                 await listen()
             except (RedisError, OSError) as exc:
@@ -391,7 +397,7 @@ class ClusterMember:
 
     async def _consume(self, term: Holder) -> None:
         after = "0"
-        while True:
+        while not self._stopping:
             try:
                 after, events = await self.relay.read(term, after)
             except RedisError as exc:
