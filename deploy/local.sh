@@ -9,8 +9,10 @@
 #
 # Ports (environment): WEBFL_HTTP_PORT (nginx, 8080), WEBFL_MEMBER_PORT (first member,
 # 8001), WEBFL_REDIS_PORT (16379), WEBFL_PG_PORT (15432). WEBFL_MEMBERS is the number of
-# members; today it must be 1 (see deploy/README.md). The admin token is
-# $WEBFL_ADMIN_TOKEN or one generated into DIR/admin_token, shared by every member.
+# members (1 by default; ports from WEBFL_MEMBER_PORT up), one cluster on the Redis, their
+# state in the PostgreSQL. Starting again
+# with more members adds them and reloads nginx. The admin token is $WEBFL_ADMIN_TOKEN or
+# one generated into DIR/admin_token, shared by every member.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -82,12 +84,6 @@ start_postgres() {
 }
 
 start_members() {
-  if [ "$MEMBERS" != 1 ]; then
-    # Several members need the shared coordinator and store of issue 13's next phase
-    # (webfl serve --redis/--database); without them each would be a federation of its own.
-    echo "[webfl local] WEBFL_MEMBERS=$MEMBERS: one member is what runs today (deploy/README.md)" >&2
-    exit 1
-  fi
   if [ -z "${WEBFL_ADMIN_TOKEN:-}" ]; then
     [ -f "$DIR/admin_token" ] || secret > "$DIR/admin_token"
     chmod 600 "$DIR/admin_token"
@@ -98,10 +94,11 @@ start_members() {
     port=$((MEMBER_PORT + i - 1))
     mkdir -p "$DIR/member-$i"
     if alive "$DIR/member-$i/webfl.pid"; then log "member $i: running"; continue; fi
-    # The store (history, checkpoints, shared keys) is PostgreSQL's; the password goes by
-    # PGPASSWORD, never on the command line where ps shows it.
-    PGPASSWORD="$(cat "$DIR/postgres/password")" WEBFL_ADMIN_TOKEN="$WEBFL_ADMIN_TOKEN" nohup "$WEBFL" serve \
-      --host 127.0.0.1 --port "$port" --database "postgresql://webfl@127.0.0.1:$PG_PORT/webfl" \
+    # The store (history, checkpoints, shared keys) is PostgreSQL's, the coordination Redis's;
+    # their passwords go by the environment, never on the command line where ps shows them.
+    PGPASSWORD="$(cat "$DIR/postgres/password")" WEBFL_ADMIN_TOKEN="$WEBFL_ADMIN_TOKEN" \
+      WEBFL_REDIS="redis://:$(cat "$DIR/redis/password")@127.0.0.1:$REDIS_PORT/0" nohup "$WEBFL" serve \
+      --host 127.0.0.1 --port "$port" --member-id "member-$i" --database "postgresql://webfl@127.0.0.1:$PG_PORT/webfl" \
       --data-dir "$DIR/member-$i" --log-level warning \
       --forwarded-allow-ips 127.0.0.1 --public-origin "http://127.0.0.1:$HTTP_PORT" >> "$DIR/member-$i/webfl.log" 2>&1 &
     echo $! > "$DIR/member-$i/webfl.pid"
@@ -113,11 +110,20 @@ start_members() {
 start_nginx() {
   mkdir -p "$DIR/nginx/temp"
   chmod 777 "$DIR/nginx/temp"  # the workers run as nobody when the master is root
-  if alive "$DIR/nginx/nginx.pid"; then log "nginx: running"; return; fi
   local members=() i
-  for i in $(seq 1 "$MEMBERS"); do members+=("127.0.0.1:$((MEMBER_PORT + i - 1))"); done
-  python3 "$HERE/nginx_site.py" --standalone "$DIR/nginx" --listen "127.0.0.1:$HTTP_PORT" "${members[@]}" > "$DIR/nginx/nginx.conf"
-  /usr/sbin/nginx -p "$DIR/nginx" -c "$DIR/nginx/nginx.conf" -t -q
+  for i in "$DIR"/member-*/webfl.pid; do
+    alive "$i" && members+=("127.0.0.1:$((MEMBER_PORT + $(basename "$(dirname "$i")" | cut -d- -f2) - 1))")
+  done
+  python3 "$HERE/nginx_site.py" --standalone "$DIR/nginx" --listen "127.0.0.1:$HTTP_PORT" "${members[@]}" > "$DIR/nginx/nginx.conf.new"
+  /usr/sbin/nginx -p "$DIR/nginx" -c "$DIR/nginx/nginx.conf.new" -t -q
+  if alive "$DIR/nginx/nginx.pid" && cmp -s "$DIR/nginx/nginx.conf" "$DIR/nginx/nginx.conf.new"; then
+    rm "$DIR/nginx/nginx.conf.new"; log "nginx: running"; return
+  fi
+  mv "$DIR/nginx/nginx.conf.new" "$DIR/nginx/nginx.conf"
+  if alive "$DIR/nginx/nginx.pid"; then
+    /usr/sbin/nginx -p "$DIR/nginx" -c "$DIR/nginx/nginx.conf" -s reload
+    log "nginx: reloaded with ${#members[@]} member(s)"; return
+  fi
   /usr/sbin/nginx -p "$DIR/nginx" -c "$DIR/nginx/nginx.conf"
   wait_port "$HTTP_PORT"
   log "nginx: http://127.0.0.1:$HTTP_PORT (volunteers: /, operator: /admin)"

@@ -135,3 +135,10 @@ def simulate_through_a_kill(server: ServerProcess, url: str, rounds: int) -> tup
         if restarted is not None:
             restarted.stop()
         server.stop(kill=True)
+
+
+def start_member(
+    data_dir: Path, redis_url: str, member_id: str, *args: str, port: int | None = None, lease_s: float = 10.0, env: dict | None = None
+) -> ServerProcess:
+    """One member of a cluster on ``redis_url`` (members share ``data_dir``'s SQLite, or a ``--database`` among ``args``)."""
+    return start_server(data_dir, "--redis", redis_url, "--member-id", member_id, "--lease-s", f"{lease_s:g}", *args, port=port, env=env)

@@ -2,12 +2,14 @@
 ``deploy/nginx/webfl.conf`` in front of a real ``webfl serve``."""
 
 import http.client
+import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -191,8 +193,15 @@ def test_local_sh_starts_the_stack_idempotently_and_stops_it(local_stack):
 
     again = run("start")
     assert again.returncode == 0 and again.stdout.count(": running") == 4, again.stdout + again.stderr
-    refused = run("start", WEBFL_MEMBERS="2")
-    assert refused.returncode == 1 and "one member is what runs today" in refused.stderr
+    grown = run("start", WEBFL_MEMBERS="2")  # a second member joins the cluster; nginx reloads
+    assert grown.returncode == 0 and "member 2: http" in grown.stdout and "nginx: reloaded with 2 member(s)" in grown.stdout, grown.stdout + grown.stderr
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        cluster = json.loads(get(http + "/api/status", {"Authorization": f"Bearer {token}"})[1])["cluster"]
+        if len(cluster["members"]) == 2:
+            break
+        time.sleep(0.3)
+    assert sorted(m["id"] for m in cluster["members"]) == ["member-1", "member-2"] and cluster["leader"] == "member-1"
 
     stopped = run("stop")
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr

@@ -6,12 +6,35 @@ import argparse
 import asyncio
 import json
 import os
+import socket
 import sys
 from pathlib import Path
 
 from .server.logs import LOG_FORMATS, configure_logging
 
 __all__ = ["main"]
+
+
+def _redis_problem(url: str) -> tuple[int, str] | None:
+    """Why the cluster's Redis cannot be used, said before listening and never with its
+    password: exit 2 for a URL that is not one, 3 for a Redis that does not answer; or None."""
+    from urllib.parse import urlsplit
+
+    import redis
+
+    parts = urlsplit(url)
+    shown = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5)
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except ValueError as exc:
+        return 2, f"--redis {shown}: {exc} (it looks like redis://[:PASSWORD@]HOST:PORT/N)"
+    except redis.RedisError as exc:
+        return 3, f"cannot use the cluster's Redis at {shown}: {exc}"
+    return None
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -54,6 +77,14 @@ def _serve(args: argparse.Namespace) -> int:
         overrides["pyodide_url"] = args.pyodide_url
     if args.metrics_port is not None:
         overrides["metrics_host"], overrides["metrics_port"] = args.metrics_host, args.metrics_port
+    if args.redis:
+        member = args.member_id or f"{socket.gethostname()}-{args.port}"
+        if not member.isprintable() or " " in member or len(member) > 64 or not 0.3 <= args.lease_s <= 300:
+            print("webfl serve: --member-id is one printable word of at most 64 characters, --lease-s 0.3 to 300", file=sys.stderr)
+            return 2
+        host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else (f"[{args.host}]" if ":" in args.host else args.host)
+        overrides.update(redis=args.redis, member_id=member, lease_s=args.lease_s,
+                         member_url=(args.member_url or f"{scheme}://{host}:{args.port}").rstrip("/"))
     settings = Settings(**overrides)
     try:
         if settings.database is None:
@@ -63,6 +94,10 @@ def _serve(args: argparse.Namespace) -> int:
     except (CorruptDatabase, DatabaseUnavailable, NewerSchema) as exc:
         print(f"webfl serve: {exc}", file=sys.stderr, flush=True)
         return 3
+    if settings.redis is not None and (problem := _redis_problem(settings.redis)) is not None:
+        code, message = problem
+        print(f"webfl serve: {message}", file=sys.stderr, flush=True)
+        return code
     app = create_app(settings)
     print(f"webfl: serving on {scheme}://{args.host}:{args.port} (data in {settings.database or settings.data_dir}); "
           f"browsers may connect from {', '.join(settings.public_origins)}", flush=True)
@@ -201,6 +236,13 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--log-format", choices=LOG_FORMATS, default="text", help="json: one JSON object per line")
     serve.add_argument("--metrics-host", default="127.0.0.1", help="with --metrics-port: bind address of the unauthenticated /metrics")
     serve.add_argument("--metrics-port", type=int, help="also serve /metrics WITHOUT the admin token on this port (keep it on loopback)")
+    serve.add_argument("--redis", default=os.environ.get("WEBFL_REDIS") or None, metavar="URL",
+                       help="run as one member of a cluster on this Redis (redis://HOST:PORT/N; default: $WEBFL_REDIS)")
+    serve.add_argument("--member-id", default=os.environ.get("WEBFL_MEMBER_ID") or None,
+                       help="this member's id in the cluster, stable across restarts (default: HOSTNAME-PORT)")
+    serve.add_argument("--lease-s", type=float, default=10.0, help="the leader lease: a dead leader is replaced within it")
+    serve.add_argument("--member-url", default=os.environ.get("WEBFL_MEMBER_URL") or None,
+                       help="where the other members reach this one (default: http://HOST:PORT; loopback for a wildcard host)")
     serve.set_defaults(func=_serve)
 
     sim = sub.add_parser("simulate", help="run Python volunteers against a server")

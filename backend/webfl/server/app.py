@@ -20,7 +20,7 @@ from .. import __version__
 from ..core.tasks import Task, get_task
 from .auth import AdminAuth, load_admin_token
 from .config import Settings
-from .coordinator import InProcessCoordinator
+from .coordinator import Coordinator, InProcessCoordinator
 from .datadir import prepare_data_dir
 from .datasets import DEMO_TASK, DemoShards
 from .limits import AddressLimits, FrameRates
@@ -82,7 +82,16 @@ def create_app(settings: Settings) -> Starlette:
             if settings.database is not None:
                 log.warning("this member generated its own admin token: members on one database must share WEBFL_ADMIN_TOKEN")
         store = Store(settings.store_target, keep_last=settings.keep_checkpoints, keep_every=settings.checkpoint_every)
-        coordinator = InProcessCoordinator(settings.send_queue)
+        redis = cluster = None
+        coordinator: Coordinator = InProcessCoordinator(settings.send_queue)
+        if settings.redis is not None:
+            from redis.asyncio import Redis  # the ``cluster`` extra
+
+            from .cluster.bus import RedisCoordinator
+            from .cluster.member import ClusterMember
+
+            redis = Redis.from_url(settings.redis)
+            coordinator = RedisCoordinator(redis, settings.member_id, settings.send_queue)
         served = {t.name for t in given} | {t.name for t in settings.tasks} | {d["name"] for d in store.task_definitions()}
         shards = None
         if DEMO_TASK in served:
@@ -90,6 +99,9 @@ def create_app(settings: Settings) -> Starlette:
         # Only the demo has data on the server; every other task is evaluated on the devices.
         tasks = TaskSet(store, coordinator, settings.seed, lambda t: shards.test if shards is not None and t.name == DEMO_TASK else None)
         tasks.load([*settings.tasks, *given], settings.task)
+        if redis is not None:
+            cluster = ClusterMember(redis, settings.member_id, settings.lease_s, tasks, store, coordinator, settings.max_frame_bytes,
+                                    settings.member_url)
         svc = Services(
             settings=settings,
             tasks=tasks,
@@ -99,14 +111,22 @@ def create_app(settings: Settings) -> Starlette:
             admin=AdminAuth(token, store, settings.data_dir),
             resume_tokens=ResumeTokens(store.secret("resume_tokens")),
             limits=_limits(settings),
+            cluster=cluster,
         )
-        tasks.resume()  # runs a crash interrupted carry on
+        if cluster is None:
+            tasks.resume()  # runs a crash interrupted carry on
+        else:
+            await cluster.start()  # the leader resumes them, now or when it takes over
         try:
             async with metrics.separate_listener(tasks, settings.metrics_host, settings.metrics_port):
                 yield {"services": svc}
         finally:
+            if cluster is not None:
+                await cluster.stop()
             await tasks.stop()
             store.close()
+            if redis is not None:
+                await redis.aclose()
 
     routes = [
         WebSocketRoute("/ws", volunteer_socket),

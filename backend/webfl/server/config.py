@@ -82,6 +82,15 @@ class Settings:
     #: (for a Prometheus on the same host or a private network).
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = None
+    #: A cluster's Redis (``redis://HOST:PORT/N``); None: one process, nothing shared.
+    redis: str | None = None
+    #: This member's id in the cluster (one word, stable across its restarts).
+    member_id: str = "webfl"
+    #: The leader lease: another member takes over within it when the leader dies.
+    lease_s: float = 10.0
+    #: Where the other members reach this one's admin API (a follower forwards run control
+    #: to the leader there).
+    member_url: str = "http://127.0.0.1:8000"
     #: Admin sign-in attempts per address per minute.
     logins_per_minute: float = field(default_factory=lambda: _env_num("WEBFL_LOGINS_PER_MINUTE", 5.0))
 

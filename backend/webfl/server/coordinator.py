@@ -2,9 +2,9 @@
 
 Everything that crosses from the engine to a connection goes through this one
 small interface: frames published to all volunteers or to chosen ones.
-``InProcessCoordinator`` serves a single server process; a multi-process
-deployment swaps in a Redis-backed one (a pub/sub channel per volunteer) without
-touching the engine or the sockets.
+``InProcessCoordinator`` serves a single server process; a cluster
+(``--redis``) swaps in ``cluster.bus.RedisCoordinator`` (a pub/sub channel per member)
+without touching the engine.
 """
 
 from __future__ import annotations
@@ -84,6 +84,10 @@ class InProcessCoordinator(Coordinator):
         sub = _QueueSubscription(self, volunteer_id, self._queue_size)
         self._subscribers[volunteer_id] = sub
         return sub
+
+    def subscribers(self) -> list[str]:
+        """The ids with a subscription here."""
+        return list(self._subscribers)
 
     async def publish(self, frame: bytes, to: Iterable[str] | None = None) -> int:
         targets = self._subscribers.values() if to is None else [s for v in to if (s := self._subscribers.get(v))]

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
+from typing import Protocol
 
 import numpy as np
 
@@ -39,9 +41,9 @@ from .rounds.sync import SyncRounds
 from .rounds.tasks import TaskBook
 from .rounds.validation import Rejections, Verdict
 from .security import TaskTokens
-from .store import RoundRecord, Store
+from .store import Fenced, RoundRecord, Store
 
-__all__ = ["MODES", "PeerState", "RoundEngine", "RoundState", "RunActive", "RunConfig", "Verdict"]
+__all__ = ["MODES", "NotLeader", "PeerState", "RoundEngine", "RoundState", "RunActive", "RunConfig", "Verdict"]
 
 log = logging.getLogger("webfl.engine")
 
@@ -55,6 +57,21 @@ def mode_of(config: RunConfig) -> type[RunMode]:
 
 class RunActive(RuntimeError):
     """A run is already in progress."""
+
+
+class NotLeader(RuntimeError):
+    """This cluster member is not the leader: only the leader runs rounds."""
+
+
+class ClusterView(Protocol):
+    def describe(self) -> dict:
+        """The status's ``cluster`` field: this member, the leader, every member."""
+
+    def leader_status(self, task: str) -> dict | None:
+        """On a follower: the leader's latest status of ``task``, if it published one."""
+
+    async def publish_status(self, engine: RoundEngine) -> None:
+        """On the leader: make ``engine``'s status the one every member answers, now."""
 
 
 class RoundEngine:
@@ -84,6 +101,13 @@ class RoundEngine:
         self._ended: str | None = None  # why self.run ended (protocol.RUN_ENDS); None while it runs
         self._mode: RunMode | None = None
         self._runner: asyncio.Task | None = None
+        #: The leader-only switch: a cluster follower holds the task but runs nothing.
+        self.leading = True
+        #: Called with this engine after every commit is announced (the cluster shares the model).
+        self.on_commit: list[Callable[[RoundEngine], None]] = []
+        #: What ``status()`` says of the cluster (``cluster.member``); None: one process.
+        self.cluster: ClusterView | None = None
+        self._stepping_down = False
         log.info("global model %s/%s at version %d, %d rounds in history", task.name, task.model, self.model_version, len(self.history))
 
     # -- the global model ---------------------------------------------------------------
@@ -228,6 +252,8 @@ class RoundEngine:
         """Launch a run; ``ValueError`` if its rule could not hold a round in memory, or
         cannot defend rounds of this size (a trimmed mean that trims nothing, Multi-Krum
         with more attackers than a round can outvote)."""
+        if not self.leading:
+            raise NotLeader("this cluster member is not the leader; only the leader starts runs")
         if self.running:
             raise RunActive(f"run {self.run.id if self.run else '?'} is still in progress; stop it first")
         # One rule object for the whole run: adaptive rules learn from earlier rounds.
@@ -293,11 +319,17 @@ class RoundEngine:
             return False
         assert self._runner is not None
         self._runner.cancel()
-        try:
-            await self._runner
-        except asyncio.CancelledError:
-            pass
+        # wait(), not ``await runner`` in a try: catching the runner's CancelledError there
+        # would also swallow a cancellation of the caller (a cluster member shutting down).
+        await asyncio.wait([self._runner])
         return True
+
+    async def step_down(self) -> None:
+        """Leave the run to the cluster's next leader: cancel it without recording an end
+        (it stays ``running`` in the store, so the next leader resumes it), and stop the
+        announcements and evaluations."""
+        self.leading, self._stepping_down = False, True
+        await self.close()
 
     async def close(self) -> None:
         """Stop the run, the announcements and the models sent for evaluation (before the store closes)."""
@@ -310,6 +342,8 @@ class RoundEngine:
         # the volunteers' holdouts: a few ready ones get it to evaluate.
         if not self.commits.evaluates_on_server:
             self.cohort.send(index, self.commits.model_version)
+        for listener in self.on_commit:
+            listener(self)
 
     async def _drive(self, run: Run) -> None:
         status_ = "failed"
@@ -324,20 +358,27 @@ class RoundEngine:
         except asyncio.CancelledError:
             status_ = "stopped"
             raise
+        except Fenced as exc:
+            # A newer leader owns the run now: this one must not write another thing.
+            log.error("run %d: commit refused by the fence (%s); stepping down", run.id, exc)
+            self.leading, self._stepping_down = False, True
         except Exception:
             log.exception("run %d failed", run.id)
         finally:
             self._mode = None
             self.phase.to(RoundState.IDLE)
-            self.store.end_run(run.id, status_)
-            # Volunteers see the run's end, and why: one that completed short of its rounds
-            # stopped at its privacy budget (Run.finished).
-            self._ended = "max_epsilon" if status_ == "completed" and run.rounds_done < run.config.rounds else status_
-            # After the last commit's paced announcement, whose status (made at the commit,
-            # without the end) would otherwise arrive last and hide it.
-            await self.commits.announcer.idle()
-            await self.coordinator.publish(self.status_frame())
-            log.info("run %d %s after %d round(s)", run.id, status_, run.rounds_done)
+            if self._stepping_down:
+                log.info("run %d left to the next leader after %d round(s)", run.id, run.rounds_done)
+            else:
+                self.store.end_run(run.id, status_)
+                # Volunteers see the run's end, and why: one that completed short of its rounds
+                # stopped at its privacy budget (Run.finished).
+                self._ended = "max_epsilon" if status_ == "completed" and run.rounds_done < run.config.rounds else status_
+                # After the last commit's paced announcement, whose status (made at the commit,
+                # without the end) would otherwise arrive last and hide it.
+                await self.commits.announcer.idle()
+                await self.coordinator.publish(self.status_frame())
+                log.info("run %d %s after %d round(s)", run.id, status_, run.rounds_done)
 
     # -- reporting ----------------------------------------------------------------------
 
@@ -345,4 +386,10 @@ class RoundEngine:
         return status_frame(self.phase, self.peers, self.commits, self._mode, self.run, self._ended)
 
     def status(self) -> dict:
+        if self.cluster is None:
+            return self._status()
+        snapshot = None if self.leading else self.cluster.leader_status(self.task.name)
+        return {**(snapshot or self._status()), "cluster": self.cluster.describe()}
+
+    def _status(self) -> dict:
         return status(self.task, self.phase, self.peers, self.commits, self.selection, self.rejections, self.stats, self.run, self.running, self._mode)

@@ -3,7 +3,9 @@
 The first frame must be ``hello`` from a matching client version. After it the
 volunteer gets ``welcome`` (with a credential to resume its id on a later connection,
 see ``resume``), the current model and status; then one task reads
-frames from the socket and another writes the frames the engine addresses to it.
+frames from the socket and another writes the frames the engine addresses to it. In a
+cluster (``--redis``) a follower checks each frame here and relays it to the leader's
+engine (``cluster.relay``), whose answers come back through the coordinator.
 Anything malformed ends the connection with a close code and a reason; content
 problems in an ``update`` get a ``reject`` and the connection stays up.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -29,6 +32,8 @@ from ..core.protocol import (
     encode,
 )
 from ..core.secagg.wire import TYPES as SECAGG_TYPES
+from .cluster.lease import Holder
+from .cluster.relay import Kind, Relay
 from .coordinator import SlowConsumer
 from .datasets import DEMO_TASK
 from .engine import RoundEngine
@@ -36,10 +41,9 @@ from .limits import ConnectionLimits, RateLimited
 from .logsafe import untrusted
 from .origins import origin_allowed
 from .security import ResumeTokens
-from .taskset import TaskSet
-from .web.services import services
+from .web.services import Services, services
 
-__all__ = ["volunteer_socket"]
+__all__ = ["VOLUNTEER_FRAMES", "dispatch", "joined", "volunteer_socket"]
 
 log = logging.getLogger("webfl.sockets")
 
@@ -61,10 +65,11 @@ async def volunteer_socket(websocket: WebSocket) -> None:
     address = websocket.client.host if websocket.client else "?"
     limits = svc.limits.open(address)
     if limits is None:
-        engine.rejections.add("connections")
+        _refused(svc, engine, "connections")
         await _close(websocket, CLOSE_TRY_LATER, f"too many connections from {address}; try again later")
         return
     peer_id: str | None = None
+    relay_to: Holder | None = None
     try:
         hello = await asyncio.wait_for(_receive(websocket, settings.max_frame_bytes, limits), settings.hello_timeout_s)
         if hello.type != "hello":
@@ -76,39 +81,52 @@ async def volunteer_socket(websocket: WebSocket) -> None:
             )
         wanted = hello.fields.get("task")
         if wanted is not None:
+            if wanted not in svc.tasks and svc.cluster is not None:
+                svc.tasks.refresh()  # the leader may have created it
             if wanted not in svc.tasks:
                 raise _Closed(CLOSE_POLICY, f"this server has no task named {wanted[:40]!r}")
             engine = svc.tasks.get(wanted)
         resume = svc.resume_tokens
+        cluster = svc.cluster
+        # A follower relays to the leader of the term it saw; none: no leader to relay to.
+        relay_to = None if cluster is None or cluster.leads else cluster.term
+        if cluster is not None and not cluster.leads and relay_to is None:
+            raise _Closed(CLOSE_TRY_LATER, "the cluster is electing its leader; try again in a few seconds")
         # No await from the check to connect(): no other connection can take the id between.
-        peer_id = _resumed_id(svc.tasks, resume, hello.fields.get("resume")) or secrets.token_hex(6)
+        peer_id = _resumed_id(svc, resume, hello.fields.get("resume")) or secrets.token_hex(6)
         subscription = svc.coordinator.subscribe(peer_id)
-        engine.connect(peer_id, hello.fields.get("agent", "?")[:64], address, hello["codecs"])
+        frames = joined(engine, peer_id, hello, address) if relay_to is None else []
+        if cluster is not None:
+            cluster.attach(peer_id, websocket, engine.task.name, relay_to)
         welcome = {"version": __version__, "volunteer": peer_id, "task": engine.task.to_dict(), "resume": resume.issue(peer_id),
                    "evaluate": not engine.evaluates_on_server}
         if svc.demo_shards is not None and engine.task.name == DEMO_TASK:
             welcome["shard"] = svc.demo_shards.assign(DEMO_TASK)
         await websocket.send_bytes(encode(Message("welcome", welcome)))
-        for frame in engine.welcome_frames(peer_id, hello.fields.get("model_version"), hello.fields.get("model_digest")):
+        for frame in frames:
             await websocket.send_bytes(frame)
-        await websocket.send_bytes(engine.status_frame())
+        if relay_to is None:
+            handle = _local(engine, peer_id)
+        else:
+            await cluster.relay.send(relay_to, Kind.JOIN, engine.task.name, peer_id, address, encode(hello))
+            handle = _relayed(cluster.relay, relay_to, engine.task.name, peer_id)
         writer = asyncio.create_task(_write(websocket, subscription))
         try:
-            await _read(websocket, engine, peer_id, settings.max_frame_bytes, limits, settings.idle_timeout_s)
+            await _read(websocket, handle, settings.max_frame_bytes, limits, settings.idle_timeout_s)
         finally:
             writer.cancel()
             subscription.close()
     except TimeoutError:
-        engine.rejections.add("idle")
+        _refused(svc, engine, "idle")
         await _close(websocket, CLOSE_POLICY, "no hello in time")
     except ProtocolError as exc:
-        engine.rejections.add("protocol")
+        _refused(svc, engine, "protocol")
         await _close(websocket, exc.code, exc.reason)
     except RateLimited as exc:
-        engine.rejections.add("rate")
+        _refused(svc, engine, "rate")
         await _close(websocket, CLOSE_POLICY, exc.reason)
     except _Closed as exc:
-        engine.rejections.add("idle" if exc.code == CLOSE_TRY_LATER else "protocol")
+        _refused(svc, engine, "idle" if exc.code == CLOSE_TRY_LATER else "protocol")
         await _close(websocket, exc.code, exc.reason)
     except SlowConsumer:
         await _close(websocket, CLOSE_TRY_LATER, "too slow to receive frames")
@@ -117,17 +135,27 @@ async def volunteer_socket(websocket: WebSocket) -> None:
     finally:
         svc.limits.close(address)
         if peer_id is not None:
-            engine.disconnect(peer_id)
+            if svc.cluster is not None:
+                await svc.cluster.detach(peer_id)  # a relayed volunteer's leave goes to the leader
+            if relay_to is None:
+                engine.disconnect(peer_id)
 
 
-def _resumed_id(tasks: TaskSet, tokens: ResumeTokens, claim: object) -> str | None:
+def _refused(svc: Services, engine: RoundEngine, kind: str) -> None:
+    """Count a frame or connection refused here; a follower also tells the leader, whose status counts them all."""
+    engine.rejections.add(kind)
+    if svc.cluster is not None:
+        svc.cluster.count_refusal(engine.task.name, kind)
+
+
+def _resumed_id(svc: Services, tokens: ResumeTokens, claim: object) -> str | None:
     """The id a ``hello.resume`` claim proves, unless a live connection (of any task) still holds it."""
     if claim is None:
         return None
     peer_id = tokens.claimed_id(claim)
     if peer_id is None:
         log.info("resume refused: the credential does not verify")
-    elif any(peer_id in engine.peers for engine in tasks):
+    elif any(peer_id in engine.peers for engine in svc.tasks) or (svc.cluster is not None and svc.cluster.holds(peer_id)):
         # Two tabs must not share an id (one could submit the other's round); the old
         # connection of a reloaded tab is normally gone by the time the new one says hello.
         log.info("resume of %s refused: it is still connected", peer_id)
@@ -147,7 +175,56 @@ async def _receive(websocket: WebSocket, max_bytes: int, limits: ConnectionLimit
     return decode(data, max_bytes)
 
 
-async def _read(websocket: WebSocket, engine: RoundEngine, peer_id: str, max_bytes: int, limits: ConnectionLimits, idle_s: float) -> None:
+#: What a volunteer may send after ``hello``.
+VOLUNTEER_FRAMES = frozenset({"ready", "pause", "eval", "stats", "update", *SECAGG_TYPES})
+
+#: Acts on one frame; a refusal that closes the socket (a SecAgg frame out of place), or None.
+Handler = Callable[[Message, bytes], Awaitable[ProtocolError | None]]
+
+
+def joined(engine: RoundEngine, peer_id: str, hello: Message, address: str) -> list[bytes]:
+    """Register a volunteer that said ``hello`` with its task's engine (on the leader):
+    the frames it needs after ``welcome`` (its model, the status)."""
+    engine.connect(peer_id, hello.fields.get("agent", "?")[:64], address, hello["codecs"])
+    model = engine.welcome_frames(peer_id, hello.fields.get("model_version"), hello.fields.get("model_digest"))
+    return [*model, engine.status_frame()]
+
+
+async def dispatch(engine: RoundEngine, peer_id: str, msg: Message, nbytes: int) -> ProtocolError | None:
+    """Act on one checked frame (one of ``VOLUNTEER_FRAMES``) of a connected volunteer; the
+    answers go through the engine's coordinator, so they find the volunteer on any member.
+    Returns why the volunteer's socket must close (a refused SecAgg frame), or None."""
+    if msg.type == "ready":
+        engine.ready(peer_id, msg["num_examples"])
+    elif msg.type == "pause":
+        engine.pause(peer_id)
+    elif msg.type == "eval":
+        engine.report_evaluation(peer_id, msg)  # no answer: a refused report changes nothing
+    elif msg.type == "stats":
+        engine.report_statistics(peer_id, msg)
+    elif msg.type == "update":
+        verdict = await engine.submit(peer_id, msg, nbytes)
+        reply = Message("accept", {"round": msg["round"]}) if verdict.accepted else Message(
+            "reject", {"reason": verdict.reason, "round": msg["round"]}
+        )
+        await engine.coordinator.publish(encode(reply), to=[peer_id])
+    elif msg.type in SECAGG_TYPES:
+        return await engine.secagg(peer_id, msg, nbytes)
+    return None
+
+
+def _local(engine: RoundEngine, peer_id: str) -> Handler:
+    return lambda msg, data: dispatch(engine, peer_id, msg, len(data))
+
+
+def _relayed(relay: Relay, term: Holder, task: str, peer_id: str) -> Handler:
+    async def handle(msg: Message, data: bytes) -> None:
+        await relay.send(term, Kind.FRAME, task, peer_id, data=data)  # the leader closes what it refuses
+
+    return handle
+
+
+async def _read(websocket: WebSocket, handle: Handler, max_bytes: int, limits: ConnectionLimits, idle_s: float) -> None:
     while True:
         # Receive returns whole messages only, so this also ends a slow-loris sender whose
         # frame never completes (uvicorn's keepalive pings catch one that stops answering).
@@ -162,26 +239,11 @@ async def _read(websocket: WebSocket, engine: RoundEngine, peer_id: str, max_byt
         if data is None:
             raise _Closed(CLOSE_UNSUPPORTED, "text frames are not accepted; send binary frames")
         msg = decode(data, max_bytes)
-        if msg.type == "ready":
-            engine.ready(peer_id, msg["num_examples"])
-        elif msg.type == "pause":
-            engine.pause(peer_id)
-        elif msg.type == "eval":
-            engine.report_evaluation(peer_id, msg)  # no answer: a refused report changes nothing
-        elif msg.type == "stats":
-            engine.report_statistics(peer_id, msg)
-        elif msg.type == "update":
-            verdict = await engine.submit(peer_id, msg, len(data))
-            reply = Message("accept", {"round": msg["round"]}) if verdict.accepted else Message(
-                "reject", {"reason": verdict.reason, "round": msg["round"]}
-            )
-            await engine.coordinator.publish(encode(reply), to=[peer_id])
-        elif msg.type in SECAGG_TYPES:
-            if (refused := await engine.secagg(peer_id, msg, len(data))) is not None:
-                await _close(websocket, refused.code, refused.reason)  # counted by the engine, once
-                return
-        else:
+        if msg.type not in VOLUNTEER_FRAMES:
             raise _Closed(CLOSE_PROTOCOL_ERROR, f"unexpected {msg.type} frame from a volunteer")
+        if (refused := await handle(msg, data)) is not None:
+            await _close(websocket, refused.code, refused.reason)  # counted by the engine, once
+            return
 
 
 async def _write(websocket: WebSocket, subscription) -> None:

@@ -39,7 +39,7 @@ from .storage import Connection, CorruptDatabase, Dialect, PostgresConnection, P
 
 log = logging.getLogger("webfl.store")
 
-__all__ = ["AbandonedRound", "CorruptDatabase", "NewerSchema", "RoundRecord", "Store", "TaskStore", "check_database"]
+__all__ = ["AbandonedRound", "CorruptDatabase", "Fenced", "NewerSchema", "RoundRecord", "Store", "TaskStore", "check_database"]
 
 #: Bumped by every migration in ``Store._migrate`` (SQLite's ``user_version``; PostgreSQL's
 #: ``webfl_schema`` table). 3: the shared secrets and the revoked admin sessions.
@@ -120,6 +120,11 @@ CREATE TABLE IF NOT EXISTS revoked_sessions (
     id TEXT PRIMARY KEY,
     expires BIGINT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS fence (
+    name TEXT PRIMARY KEY,
+    token BIGINT NOT NULL,
+    stale INTEGER NOT NULL DEFAULT 0 CHECK (stale = 0)
+);
 """
 
 
@@ -182,6 +187,10 @@ class AbandonedRound:
 
     def to_dict(self) -> dict:
         return {**asdict(self), "abandoned": True}
+
+
+class Fenced(Exception):
+    """A commit carried a leader's fencing token older than one the store has seen: refused."""
 
 
 class NewerSchema(Exception):
@@ -249,6 +258,31 @@ class Store:
 
     def session_revoked(self, session_id: str) -> bool:
         return bool(self.query("SELECT 1 FROM revoked_sessions WHERE id = ?", (session_id,)))
+
+    # -- the cluster leader's fence ---------------------------------------------
+
+    @staticmethod
+    def fence_sql(token: int) -> tuple[str, tuple]:
+        """A statement that records ``token`` and fails (the CHECK on ``stale``, so the
+        whole transaction rolls back) if a larger one was recorded already."""
+        return (
+            "INSERT INTO fence (name, token) VALUES ('leader', ?) ON CONFLICT (name) DO UPDATE"
+            " SET token = excluded.token, stale = CASE WHEN excluded.token < fence.token THEN 1 ELSE 0 END",
+            (token,),
+        )
+
+    def fence_token(self) -> int | None:
+        rows = self.query("SELECT token FROM fence WHERE name = 'leader'")
+        return int(rows[0][0]) if rows else None
+
+    def fenced_tx(self, token: int, statements: list[tuple[str, tuple]], **crash) -> None:
+        """``tx`` behind ``fence_sql(token)``: ``Fenced`` (nothing written) if a newer leader wrote first."""
+        try:
+            self.tx([self.fence_sql(token), *statements], **crash)
+        except Exception as exc:
+            if (self.fence_token() or 0) > token:
+                raise Fenced(f"fencing token {token} is older than {self.fence_token()}: a newer leader took over") from exc
+            raise
 
     # -- task definitions --------------------------------------------------------
 
@@ -396,8 +430,9 @@ class TaskStore:
     def save_checkpoint(self, model_version: int, params: np.ndarray) -> None:
         self.store.tx([self._checkpoint_sql(model_version, params)])
 
-    def commit_round(self, record: RoundRecord, params: np.ndarray, components: dict[str, dict] | None = None) -> None:
-        """Record a committed round, its new global model and the run's component states atomically."""
+    def commit_round(self, record: RoundRecord, params: np.ndarray, components: dict[str, dict] | None = None, fence: int | None = None) -> None:
+        """Record a committed round, its new global model and the run's component states atomically;
+        with a cluster leader's ``fence`` token, ``Fenced`` if a newer leader wrote first."""
         row = {"task": self.task, "model": self.model, **asdict(record), "funnel": _json_or_null(record.funnel), "privacy": _json_or_null(record.privacy),
                "class_accuracy": _json_or_null(record.class_accuracy)}
         statements = [
@@ -409,7 +444,10 @@ class TaskStore:
             for name, state in (components or {}).items():
                 fields, blob = _pack(state)
                 statements.append((_COMPONENT_UPSERT, (record.run_id, name, record.model_version, fields, blob)))
-        self.store.tx(statements, crash_at="checkpoint", round_=record.round)
+        if fence is None:
+            self.store.tx(statements, crash_at="checkpoint", round_=record.round)
+        else:
+            self.store.fenced_tx(fence, statements, crash_at="checkpoint", round_=record.round)
 
     def set_bytes_down(self, round_: int, bytes_down: int) -> None:
         """The bytes actually queued for a committed round (known only after its broadcast)."""

@@ -64,6 +64,8 @@ class TaskSet:
         self._store, self._coordinator, self._seed, self._held_out = store, coordinator, seed, held_out
         self._engines: dict[str, RoundEngine] = {}
         self._default: str | None = None
+        #: Called on every engine built here, before it serves (a cluster member sets its role).
+        self.prepare: Callable[[RoundEngine], None] = lambda engine: None
 
     def __iter__(self) -> Iterator[RoundEngine]:
         return iter(list(self._engines.values()))
@@ -95,7 +97,7 @@ class TaskSet:
             raise TaskInUse(f"a task named {task.name!r} exists already")
         if persist:
             self._store.save_task(task.name, task.to_json())
-        engine = RoundEngine(task, self._store, self._coordinator, self._held_out(task), self._seed)
+        engine = self._build(task)
         self._engines[task.name] = engine
         if self._default is None:
             self._default = task.name
@@ -161,6 +163,38 @@ class TaskSet:
             self.add(task)
         if default or given:
             self.set_default(default or given[0].name)
+
+    def _build(self, task: Task) -> RoundEngine:
+        engine = RoundEngine(task, self._store, self._coordinator, self._held_out(task), self._seed)
+        self.prepare(engine)
+        return engine
+
+    def refresh(self) -> None:
+        """Serve the stored tasks not served yet (another cluster member created them)."""
+        for definition in self._store.task_definitions():
+            if definition.get("name") not in self._engines:
+                try:
+                    self.add(Task.from_json(definition), persist=False)
+                except ValueError as exc:
+                    log.error("stored task %r no longer validates (%s); not served", definition.get("name"), exc)
+
+    async def reload(self, names: set[str] | None = None) -> None:
+        """Rebuild the engines (of ``names``; all by default) from the store: a cluster's
+        leader changed, or committed, and the model, history and runs are the store's now,
+        not this member's memory of them."""
+        stored = {d.get("name"): d for d in self._store.task_definitions()}
+        for name, old in list(self._engines.items()):
+            if names is not None and name not in names:
+                continue
+            await old.step_down()  # never ends a run: the store's runs are the next leader's
+            task = old.task
+            if name in stored:
+                try:
+                    task = Task.from_json(stored[name])  # its scaling may have been fixed since
+                except ValueError as exc:
+                    log.error("stored task %r no longer validates (%s); serving the one loaded", name, exc)
+            self._engines[name] = self._build(task)
+        self.refresh()
 
     def resume(self) -> None:
         for engine in self:

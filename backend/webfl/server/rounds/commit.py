@@ -120,6 +120,8 @@ class CommitPipeline:
         the ids of the volunteers connected now; ``committed(index)``: called with each new
         history entry's index once it is announced (federated evaluation starts there)."""
         self.task, self.model, self.store, self._coordinator, self._phase, self._seed = task, model, store, coordinator, phase, seed
+        #: A cluster leader's fencing token, carried by every commit (None: one process, no fence).
+        self.fence: int | None = None
         self.status_frame = status_frame
         self.committed = committed
         self.announcer = Announcer(coordinator, recipients, self.count_bytes_down)
@@ -168,7 +170,7 @@ class CommitPipeline:
                 class_accuracy=None if sums is None else sums.per_class_accuracy() or None,
             )
             states = {name: c.state() for name, c in run.components.items()}
-            stopped = await _uninterrupted(asyncio.to_thread(self.store.commit_round, record, params, states))
+            stopped = await _uninterrupted(asyncio.to_thread(self.store.commit_round, record, params, states, self.fence))
         except BaseException:
             _restore(run, before)
             raise

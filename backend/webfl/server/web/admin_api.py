@@ -15,7 +15,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ..engine import RunActive, RunConfig
+from ..cluster.forward import to_leader
+from ..engine import NotLeader, RunActive, RunConfig
 from .bodies import read_json
 from .services import services, task_engine
 
@@ -50,6 +51,8 @@ def _bad(exc: Exception) -> Response:
 @admin_only
 async def start_rounds(request: Request) -> Response:
     engine = task_engine(request)
+    if not engine.leading:
+        return await _to_leader(request)
     try:
         body = await read_json(request)
         if isinstance(body, dict):  # the task's training defaults, unless the run sets its own
@@ -62,14 +65,31 @@ async def start_rounds(request: Request) -> Response:
         run_id = engine.start(config)
     except RunActive as exc:
         return JSONResponse({"error": str(exc)}, status_code=409)
+    except NotLeader as exc:  # stepped down while the body came in
+        return JSONResponse({"error": str(exc)}, status_code=503, headers={"Retry-After": "1"})
     except (ValueError, OverflowError) as exc:
         return _bad(exc)
+    if engine.cluster is not None:  # read-your-writes: any member's next status shows the run
+        await engine.cluster.publish_status(engine)
     return JSONResponse({"run": run_id, "config": config.to_dict()}, status_code=202)
 
 
 @admin_only
 async def stop_rounds(request: Request) -> Response:
-    return JSONResponse({"stopped": await task_engine(request).stop()})
+    engine = task_engine(request)
+    if not engine.leading:
+        return await _to_leader(request)
+    stopped = await engine.stop()
+    if engine.cluster is not None:
+        await engine.cluster.publish_status(engine)
+    return JSONResponse({"stopped": stopped})
+
+
+async def _to_leader(request: Request) -> Response:
+    """A cluster follower passes run control on to the leader (``cluster.forward``)."""
+    cluster = services(request).cluster
+    assert cluster is not None, "only a cluster member is ever not leading"
+    return await to_leader(request, cluster.leader_url(), cluster.describe()["leader"])
 
 
 @admin_only

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from starlette.requests import HTTPConnection
 
@@ -15,6 +16,9 @@ from ..limits import AddressLimits
 from ..security import ResumeTokens
 from ..store import Store
 from ..taskset import TaskSet
+
+if TYPE_CHECKING:
+    from ..cluster.member import ClusterMember
 
 __all__ = ["Services", "services", "task_engine"]
 
@@ -32,6 +36,8 @@ class Services:
     admin: AdminAuth
     resume_tokens: ResumeTokens
     limits: AddressLimits
+    #: This process's membership of a cluster (``--redis``); None: one process.
+    cluster: ClusterMember | None = None
 
     @property
     def engine(self) -> RoundEngine:
@@ -53,4 +59,8 @@ def task_engine(conn: HTTPConnection) -> RoundEngine:
     """The engine of the path's ``{task}`` (``UnknownTask`` if none is served), else the default's."""
     svc = services(conn)
     name = conn.path_params.get("task")
-    return svc.engine if name is None else svc.tasks.get(name)
+    if name is None:
+        return svc.engine
+    if name not in svc.tasks and svc.cluster is not None:
+        svc.tasks.refresh()  # another member may have created it
+    return svc.tasks.get(name)
