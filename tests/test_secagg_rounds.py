@@ -77,6 +77,9 @@ def test_a_dp_run_divides_the_unmasked_sum_by_the_expected_cohort_and_charges_th
     asyncio.run(net.run(body, monkeypatch=monkeypatch))
     (record,) = net.engine.history
     assert record.participants == 7 and record.privacy["updates"] == 7
+    # Secure aggregation hides each update's clipped bit: the fraction is unknown (null), not 0.
+    assert record.privacy["clipped_fraction"] is None
+    assert record.to_dict()["privacy"]["clipped_fraction"] is None  # the status's history entry
     params = SecAggSettings(neighbors=6, threshold=4).for_round(8, before.size, 0.5, dp=True)
     uploaded = sorted(net.uploaded)
     total = np.sum([net.levels[v] for v in uploaded], axis=0, dtype=np.uint64).astype(np.uint32)

@@ -20,6 +20,12 @@ const ABANDONED = {
   refused_aggregate: "aggregate refused (not finite or exploding)",
 };
 
+// A dp round's fraction of updates clipped; null when secure aggregation hid each update's
+// clipped bit from the server (unknown, which a 0 % would misstate).
+function clippedFraction(p) {
+  return p.clipped_fraction == null ? "not known under secure aggregation" : format.percent(p.clipped_fraction);
+}
+
 // The run's guarantee for the operator: the run's epsilon, the task's over all its runs,
 // and the settings it rests on (``run.privacy`` of /api/status).
 function describePrivacy(run) {
@@ -167,7 +173,7 @@ export class Dashboard {
       row.dataset.run = String(h.run_id ?? "");
       const p = h.privacy;
       const cells = [h.round, h.run_id ?? "—", format.percent(h.accuracy), format.fixed(h.loss), h.participants, format.bytes(h.bytes_up), format.bytes(h.bytes_down), format.seconds(h.duration_s), funnel.summary(h.funnel),
-        p ? (h.epsilon == null ? "none (no noise)" : format.fixed(h.epsilon, 3)) : "—", p ? format.fixed(p.clip, 4) : "—", p ? format.percent(p.clipped_fraction) : "—"];
+        p ? (h.epsilon == null ? "none (no noise)" : format.fixed(h.epsilon, 3)) : "—", p ? format.fixed(p.clip, 4) : "—", p ? clippedFraction(p) : "—"];
       for (const value of cells) {
         const cell = document.createElement("td");
         cell.textContent = String(value);
