@@ -3,6 +3,7 @@
 import * as format from "../format.js";
 import { lineChart } from "../chart.js";
 import * as funnel from "./funnel.js";
+import * as secagg from "./secagg.js";
 
 // How each end status of a run (the store's) reads: "stopped" is the operator's doing,
 // "completed" means every round committed.
@@ -98,6 +99,8 @@ export class Dashboard {
     const open = status.open_round;
     q("open-round").textContent = open ? `round ${open.round}: ${open.received} of ${open.selected} updates` : "—";
     q("deadline").textContent = open ? format.seconds(open.deadline_in_s) : "—";
+    q("secagg-row").hidden = !open?.secagg;
+    q("secagg-stage").textContent = secagg.describe(open?.secagg) || "—";
     q("rejections").textContent = funnel.reasons(status.rejections);
     q("waiting-hint").hidden = !status.hint;
     q("waiting-hint").textContent = status.hint ? `Waiting for volunteers: ${status.hint}.` : "";
