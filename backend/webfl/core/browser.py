@@ -99,6 +99,7 @@ class BrowserSession:
         self.rounds_accepted: list[int] = []
         self.pending: _Pending | None = None
         self._steps = None  # the running job's batches (start_training .. train_batch)
+        self._stop = False  # a frame read ahead (notice) ended the running job
         self._update = b""
         #: The last global model kept on this device (IndexedDB), for when no server gave one.
         self._kept: _KeptModel | None = None
@@ -238,15 +239,34 @@ class BrowserSession:
         """Begin the current job, to be run by :meth:`train_batch` one batch per call."""
         self._steps = self._training()
         self._update = b""
+        self._stop = False
+
+    def notice(self, frame) -> bool:
+        """Read a frame that arrived while a job trains, ahead of its turn (the worker still
+        hands it to ``receive`` in order): one that ends the job (the run ended, or the
+        round refused us) stops the training at the next :meth:`train_batch`, so a stop
+        reaches the page within a batch instead of after the whole local training."""
+        if self._steps is not None and not self._stop:
+            self._stop = self.volunteer.ends_job(_as_bytes(frame))
+        return self._stop
 
     def train_batch(self) -> str:
-        """Run one batch: JSON ``{epoch, epochs, batch, batches, loss}``, or "" once the update is ready.
+        """Run one batch: JSON ``{epoch, epochs, batch, batches, loss}``, or "" once the update
+        is ready or the job stopped (``notice``; then no update is made).
 
         The worker returns to its event loop between calls, so pause, leave and the
         CPU-use setting's rests take effect within one batch.
         """
         if self._steps is None:
             raise RuntimeError("no training started")
+        if self._stop:
+            self._steps.close()
+            self._steps, self._stop = None, False
+            out = self.volunteer.abandon_job()
+            if self.want_paused and self.volunteer.state is SessionState.IDLE:
+                out = self.volunteer.pause()  # as in receive: not available, so no ``ready``
+            self._update = out[0] if out else b""
+            return ""
         try:
             epoch, epochs, batch, batches, loss = next(self._steps)
         except StopIteration as done:
@@ -255,7 +275,8 @@ class BrowserSession:
         return json.dumps({"epoch": epoch, "epochs": epochs, "batch": batch, "batches": batches, "loss": loss})
 
     def take_update(self) -> bytes:
-        """The frame the finished job produced (an ``update``, or ``ready`` if it diverged)."""
+        """The frame the finished job produced: an ``update``; ``ready`` if it diverged or was
+        stopped (``notice``); ``pause`` or b"" (nothing to send) if stopped while paused."""
         update, self._update = self._update, b""
         return update
 
