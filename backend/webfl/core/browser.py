@@ -13,6 +13,7 @@ import json
 import logging
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
@@ -27,6 +28,8 @@ from .volunteer import SessionState, TrainingDiverged, Volunteer
 __all__ = ["PREDICTIONS_SHOWN", "BrowserSession", "version"]
 
 log = logging.getLogger("webfl.browser")
+
+T = TypeVar("T")
 
 #: Rows of predictions sent to the page (all rows are predicted; the page says how many).
 PREDICTIONS_SHOWN = 200
@@ -354,26 +357,29 @@ class BrowserSession:
 
     def load_model(self, record: str, data) -> bool:
         """Hold a kept model for predictions; False (nothing changes) unless it is this task's, whole."""
+        kept = self._read_record(record, data, "version", int)
+        if kept is None:
+            return False
+        self._kept = _KeptModel(*kept)
+        return True
+
+    def _read_record(self, record: str, data, key: str, read: Callable[[object], T]) -> tuple[Task, np.ndarray, T] | None:
+        """A kept model's task, parameters and ``read(meta[key])``, from its JSON ``record``
+        (``model_record``/``personal_record``) and its bytes; None unless it is this task's
+        model, whole and matching its digest."""
         try:
             meta = json.loads(record)
             task = Task.from_json(meta["definition"])
-            params = self._kept_params(task, data, meta["digest"])
-            version = int(meta["version"])
+            expected_digest, extra = meta["digest"], read(meta[key])
         except (ValueError, KeyError, TypeError):
-            return False
-        if params is None:
-            return False
-        self._kept = _KeptModel(task, params, version)
-        return True
-
-    def _kept_params(self, task: Task, data, expected_digest: str) -> np.ndarray | None:
+            return None
         if self.task is not None and (task.name != self.task.name or task.model != self.task.model):
             return None
         raw = _as_bytes(data)
         if len(raw) != 4 * task.build_model().size:
             return None
         params = np.frombuffer(raw, "<f4").astype(np.float32)
-        return params if digest(params) == expected_digest else None
+        return (task, params, extra) if digest(params) == expected_digest else None
 
     def personalise(self) -> str:
         """Fine-tune the global model on this volunteer's training split (never uploaded); JSON summary."""
@@ -397,19 +403,11 @@ class BrowserSession:
 
     def load_personal(self, record: str, data) -> bool:
         """Restore a kept personal model; False (nothing changes) unless it is this task's, whole."""
-        try:
-            meta = json.loads(record)
-            task = Task.from_json(meta["definition"])
-            params = self._kept_params(task, data, meta["digest"])
-            summary = dict(meta["summary"])
-        except (ValueError, KeyError, TypeError):
+        kept = self._read_record(record, data, "summary", dict)
+        if kept is None:
             return False
-        if params is None:
-            return False
-        self._personal = _Personal(task, params, summary)
+        self._personal = _Personal(*kept)
         return True
-
-    # -- the pending update (the worker keeps it in IndexedDB) -------------------
 
     def pending_record(self) -> str:
         """JSON ``{volunteer, resume, round}`` of the update awaiting its verdict; "" if none."""
