@@ -1,15 +1,17 @@
 """The admin page in real Chromium: the launch form built from /api/run-settings (its
 defaults are the API's), presets, Advanced, keyboard and 390 px, runs with their end
-status, the run column and run markers, the download links."""
+status, the run column and run markers, the download links, a SecAgg round's stage."""
 
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
 from playwright.sync_api import expect
 from test_operator import seed_history
+from test_server import Client
 
 from browser_helpers import admin_login
 from webfl.core.tasks import get_task
@@ -186,3 +188,32 @@ def test_a_dp_run_shows_epsilon_clip_and_clipped_by_round_and_its_guarantee(cont
     expect(shown).to_contain_text("ε = 0.000 of at most 50 at δ = 0.00001 after 0 round(s)")
     expect(shown).to_contain_text(f"task total ε = {task_total:.3f}")
     admin.get_by_test_id("stop").click()
+
+
+def test_the_open_round_panel_shows_a_secagg_rounds_stage_survivors_and_deadline_at_390_px(browser, serve):
+    """Five hand-driven volunteers never advertise keys, so the round stays in its first
+    stage until its 30 s deadline: the page shows that stage in words, then hides the row."""
+    server = serve()
+    clients = [Client(server) for _ in range(5)]
+    for c in clients:
+        c.join()
+    context = browser.new_context(viewport={"width": 390, "height": 800})
+    try:
+        admin = context.new_page()
+        admin_login(admin, server)
+        expect(admin.get_by_test_id("secagg-row")).to_be_hidden()
+        body = {"rounds": 1, "clients_per_round": 5, "min_updates": 3, "deadline_s": 60, "secagg": {"clip": 1.0, "stage_s": 30}}
+        code, answer = server.api("POST", "/api/rounds", body)
+        assert code == 202, answer
+        stage = admin.get_by_test_id("secagg-stage")
+        expect(stage).to_have_text(re.compile(
+            r"^stage advertise \(volunteers advertise their public keys\): 5 of 5 volunteers still in, stage ends in (\d|[12]\d)(\.\d)? s$"),
+            timeout=20_000)
+        expect(admin.get_by_test_id("secagg-row")).to_be_visible()
+        assert admin.evaluate("() => document.documentElement.scrollWidth") <= 390
+        assert server.api("POST", "/api/rounds/stop")[1] == {"stopped": True}
+        expect(admin.get_by_test_id("secagg-row")).to_be_hidden(timeout=10_000)
+    finally:
+        context.close()
+        for c in clients:
+            c.ws.close()
