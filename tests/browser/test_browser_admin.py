@@ -152,7 +152,8 @@ def test_a_dp_run_shows_epsilon_clip_and_clipped_by_round_and_its_guarantee(cont
     accountant = Accountant()
     for r in (1, 2):
         accountant.charge(config.dp.mechanism)
-        privacy = {"epsilon": accountant.epsilon(1e-5), "clip": 0.5, "clipped_fraction": 0.25 * r}
+        # Round 1 as a secure-aggregation round records it: the fraction clipped is unknown.
+        privacy = {"epsilon": accountant.epsilon(1e-5), "clip": 0.5, "clipped_fraction": 0.25 * r if r == 2 else None}
         record = RoundRecord(r, run_id, r, 0.5, 1.0, 4, 10, 10, 1.0, time.time(), eval_source="server", privacy=privacy)
         store.commit_round(record, task.build_model().init(0), {"privacy": accountant.state()})
     store.end_run(run_id, "completed")
@@ -168,6 +169,7 @@ def test_a_dp_run_shows_epsilon_clip_and_clipped_by_round_and_its_guarantee(cont
     expect(newest.nth(9)).to_have_text(f"{task_total:.3f}")
     expect(newest.nth(10)).to_have_text("0.5000")
     expect(newest.nth(11)).to_have_text("50.0 %")
+    expect(rows.nth(1).locator("td").nth(11)).to_have_text("not known under secure aggregation")
     expect(admin.get_by_test_id("privacy")).to_have_text("—")  # no run in this process yet
     expect(admin.get_by_test_id("privacy-panel")).to_be_visible()
     expect(admin.get_by_test_id("privacy-chart")).to_have_attribute("data-points", "2")
