@@ -154,8 +154,10 @@ class Net:
                 self.current = name
                 await self.send(name, v.train())  # (the training dominates: not timed as a stage)
 
-    async def run(self, body: dict, until_rounds: int = 1, timeout: float = 60.0, monkeypatch=None) -> None:
-        """Start a run of ``body`` and pump frames until ``until_rounds`` are committed or abandoned."""
+    async def run(self, body: dict, until_rounds: int = 1, timeout: float = 60.0, monkeypatch=None,
+                  observe: Callable[[], None] | None = None) -> None:
+        """Start a run of ``body`` and pump frames until ``until_rounds`` are committed or
+        abandoned; ``observe`` is called between steps (to read the status mid-round)."""
         if monkeypatch is not None:
             self._spy(monkeypatch)
         self.engine.start(RunConfig.from_json(body))
@@ -164,6 +166,8 @@ class Net:
         while len(self.engine.history) + len(self.abandoned()) < until_rounds:
             assert loop.time() < deadline, "the run did not finish its rounds in time"
             await self.step()
+            if observe is not None:
+                observe()
             await asyncio.sleep(0.002)
         await self.engine.stop()
 

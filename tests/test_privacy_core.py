@@ -282,6 +282,19 @@ def test_missing_report_counts_an_update_at_the_bound_as_clipped():
     assert s.finish().clipped == 1
 
 
+def test_a_secure_aggregation_sum_leaves_the_clipped_count_unknown_not_zero():
+    """The server never sees a summed update's clipped bit: 0 clipped would be a false figure."""
+    s = DPSum(clip=1.0, noise_multiplier=0.0, expected_cohort=3)
+    rng = np.random.default_rng(12)
+    s.begin(8)
+    s.add_sum(np.sum([l2_clip(unit(rng, 8, 5.0), 1.0)[0] for _ in range(3)], axis=0), 3)
+    r = s.finish()
+    assert r.count == 3 and r.clipped is None
+    s.begin(8)
+    s.add(l2_clip(unit(rng, 8, 5.0), 1.0)[0])
+    assert s.finish().clipped == 1  # the next round, in the clear, counts again
+
+
 # -- the volunteer clips before the codec ----------------------------------------
 
 CONFIG = {"epochs": 2, "batch_size": 5, "lr": 0.5, "seed": 3}

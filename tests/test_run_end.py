@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 
+import numpy as np
 from rounds_harness import Volunteer, make_engine, small, until
 
 from test_privacy_rounds import dp_run, rdp_epsilon
-from test_volunteer import joined, server
-from webfl.core.protocol import Message, decode
+from test_volunteer import DATA, TASK, joined, model_frame, server
+from webfl import __version__
+from webfl.core.browser import BrowserSession
+from webfl.core.protocol import Message, decode, encode
 from webfl.server.engine import RunConfig
 
 
@@ -79,3 +84,65 @@ def test_the_volunteer_keeps_a_known_reason_and_ignores_anything_else():
         assert v.snapshot()["run_ended"] == kept
     v.receive(server("status", state="idle", round=2, model_version=2, connected=1, history=[]))  # an older server
     assert v.snapshot()["run_ended"] is None
+
+
+# -- a stop reaches a browser volunteer mid-training ---------------------------------
+
+
+def training_session(epochs: int = 50) -> BrowserSession:
+    """A browser session in the middle of a long local training job."""
+    s = BrowserSession("test")
+    s.hello()
+    s.receive(server("welcome", version=__version__, volunteer="v1", task=TASK.to_dict(), shard=None, resume="r1"))
+    buf = io.BytesIO()
+    np.savez(buf, x=DATA.x, y=DATA.y)
+    s.use_shard(buf.getvalue())
+    s.receive(model_frame(0))
+    config = {"epochs": epochs, "batch_size": 5, "lr": 0.1, "seed": 3}
+    s.receive(server("task", round=1, model_version=0, deadline_s=30.0, config=config, codec="none", token="tok"))
+    assert s.should_train()
+    s.start_training()
+    assert s.train_batch()
+    return s
+
+
+def test_the_servers_stop_read_ahead_stops_the_training_at_the_next_batch_with_no_update(tmp_path):
+    """The status frame the engine really sends on a stop, read ahead of its turn as the
+    worker does (``notice``): the next batch ends the job, nothing is pending, ``ready`` goes."""
+    async def stopped_frames() -> tuple[bytes, bytes]:
+        engine, coord = make_engine(tmp_path)
+        v = Volunteer(engine, coord, "a")
+        v.ready()
+        engine.start(config(rounds=5))
+        await until(lambda: v.task() is not None, what="the task")
+        running = encode(last_status(v))
+        assert await engine.stop()
+        return running, encode(last_status(v))
+
+    running, stopped = asyncio.run(stopped_frames())
+    s = training_session()
+    assert not s.notice(running)  # a status of a run still going changes nothing
+    assert s.train_batch()
+    assert s.notice(stopped)
+    assert s.train_batch() == "" and not s.should_train()
+    assert decode(s.take_update()).type == "ready"  # available for the next run; no update made
+    assert s.pending_record() == ""
+    assert s.receive(stopped) == []  # the frame in its turn: the page now says why
+    assert json.loads(s.snapshot())["run_ended"] == "stopped"
+
+
+def test_a_reject_for_the_training_round_stops_it_one_for_another_round_does_not():
+    s = training_session()
+    assert not s.notice(server("reject", reason="round 7 is over", round=7))
+    assert not s.notice(b"not a frame")  # left for receive, in its turn, to refuse
+    assert s.train_batch()
+    assert s.notice(server("reject", reason="secure aggregation round 1: dropped", round=1))
+    assert s.train_batch() == "" and decode(s.take_update()).type == "ready"
+
+
+def test_a_stop_while_paused_sends_neither_update_nor_ready():
+    s = training_session()
+    s.pause()  # the page's pause, queued behind the job: not available afterwards
+    s.notice(server("status", state="idle", round=1, model_version=0, connected=1, history=[], run=[0, 5], ended="stopped"))
+    assert s.train_batch() == ""
+    assert decode(s.take_update()).type == "pause" and s.state == "paused"

@@ -3,6 +3,9 @@ the committed step is exactly the decoded mean of the survivors' quantized level
 at each stage up to the threshold still commit; too many abandon the round, model unchanged."""
 
 import asyncio
+import json
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -77,6 +80,9 @@ def test_a_dp_run_divides_the_unmasked_sum_by_the_expected_cohort_and_charges_th
     asyncio.run(net.run(body, monkeypatch=monkeypatch))
     (record,) = net.engine.history
     assert record.participants == 7 and record.privacy["updates"] == 7
+    # Secure aggregation hides each update's clipped bit: the fraction is unknown (null), not 0.
+    assert record.privacy["clipped_fraction"] is None
+    assert record.to_dict()["privacy"]["clipped_fraction"] is None  # the status's history entry
     params = SecAggSettings(neighbors=6, threshold=4).for_round(8, before.size, 0.5, dp=True)
     uploaded = sorted(net.uploaded)
     total = np.sum([net.levels[v] for v in uploaded], axis=0, dtype=np.uint64).astype(np.uint32)
@@ -86,3 +92,31 @@ def test_a_dp_run_divides_the_unmasked_sum_by_the_expected_cohort_and_charges_th
     for v in uploaded:
         decoded = params.quantizer.decode_sum(net.levels[v], 1)
         assert np.linalg.norm(decoded) <= 0.5 + 1e-9
+
+
+def test_the_status_shows_each_stage_with_its_survivors_and_deadline_and_the_admin_page_words_it(tmp_path, monkeypatch):
+    """``open_round.secagg`` as a volunteer drops out before uploading; then admin/secagg.js
+    (run by node, no browser) turns those very statuses into the open-round panel's text."""
+    net = Net(tmp_path, 8)
+    net.vanish = {"v1": "train"}
+    seen: list[dict] = []
+
+    def observe() -> None:
+        open_ = net.engine.status()["open_round"]
+        if open_ is not None and open_["secagg"] is not None and (not seen or open_["secagg"]["stage"] != seen[-1]["stage"]):
+            seen.append(open_["secagg"])
+
+    asyncio.run(net.run(BODY, monkeypatch=monkeypatch, observe=observe))
+    assert [s["stage"] for s in seen] == ["advertise", "share", "upload", "unmask"]
+    assert [s["survivors"] for s in seen] == [8, 8, 8, 7] and {s["cohort"] for s in seen} == {8}
+    upload = seen[2]
+    assert 0 < upload["stage_deadline_in_s"] <= BODY["deadline_s"]
+    assert all(0 <= s["stage_deadline_in_s"] <= BODY["secagg"]["stage_s"] for s in (seen[1], seen[3]))
+    module = (Path(__file__).parents[1] / "web/static/admin/secagg.js").as_uri()
+    script = f"import {{ describe }} from {json.dumps(module)};" \
+             "for await (const line of (await import('node:readline')).createInterface({input: process.stdin})) console.log(describe(JSON.parse(line)));"
+    out = subprocess.run(["node", "--input-type=module", "-e", script], input="\n".join(map(json.dumps, [*seen, None])),
+                         capture_output=True, text=True, check=True, timeout=30).stdout.splitlines()
+    assert out[3].startswith("stage unmask (survivors reveal the shares that unmask the sum): 7 of 8 volunteers still in, stage ends in ")
+    assert out[2].startswith("stage upload (volunteers train and upload masked updates): 8 of 8 volunteers still in")
+    assert out[4] == ""  # no secure aggregation: the page hides the row

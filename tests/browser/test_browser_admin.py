@@ -1,15 +1,17 @@
 """The admin page in real Chromium: the launch form built from /api/run-settings (its
 defaults are the API's), presets, Advanced, keyboard and 390 px, runs with their end
-status, the run column and run markers, the download links."""
+status, the run column and run markers, the download links, a SecAgg round's stage."""
 
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
 from playwright.sync_api import expect
 from test_operator import seed_history
+from test_server import Client
 
 from browser_helpers import admin_login
 from webfl.core.tasks import get_task
@@ -150,7 +152,8 @@ def test_a_dp_run_shows_epsilon_clip_and_clipped_by_round_and_its_guarantee(cont
     accountant = Accountant()
     for r in (1, 2):
         accountant.charge(config.dp.mechanism)
-        privacy = {"epsilon": accountant.epsilon(1e-5), "clip": 0.5, "clipped_fraction": 0.25 * r}
+        # Round 1 as a secure-aggregation round records it: the fraction clipped is unknown.
+        privacy = {"epsilon": accountant.epsilon(1e-5), "clip": 0.5, "clipped_fraction": 0.25 * r if r == 2 else None}
         record = RoundRecord(r, run_id, r, 0.5, 1.0, 4, 10, 10, 1.0, time.time(), eval_source="server", privacy=privacy)
         store.commit_round(record, task.build_model().init(0), {"privacy": accountant.state()})
     store.end_run(run_id, "completed")
@@ -166,6 +169,7 @@ def test_a_dp_run_shows_epsilon_clip_and_clipped_by_round_and_its_guarantee(cont
     expect(newest.nth(9)).to_have_text(f"{task_total:.3f}")
     expect(newest.nth(10)).to_have_text("0.5000")
     expect(newest.nth(11)).to_have_text("50.0 %")
+    expect(rows.nth(1).locator("td").nth(11)).to_have_text("not known under secure aggregation")
     expect(admin.get_by_test_id("privacy")).to_have_text("—")  # no run in this process yet
     expect(admin.get_by_test_id("privacy-panel")).to_be_visible()
     expect(admin.get_by_test_id("privacy-chart")).to_have_attribute("data-points", "2")
@@ -186,3 +190,32 @@ def test_a_dp_run_shows_epsilon_clip_and_clipped_by_round_and_its_guarantee(cont
     expect(shown).to_contain_text("ε = 0.000 of at most 50 at δ = 0.00001 after 0 round(s)")
     expect(shown).to_contain_text(f"task total ε = {task_total:.3f}")
     admin.get_by_test_id("stop").click()
+
+
+def test_the_open_round_panel_shows_a_secagg_rounds_stage_survivors_and_deadline_at_390_px(browser, serve):
+    """Five hand-driven volunteers never advertise keys, so the round stays in its first
+    stage until its 30 s deadline: the page shows that stage in words, then hides the row."""
+    server = serve()
+    clients = [Client(server) for _ in range(5)]
+    for c in clients:
+        c.join()
+    context = browser.new_context(viewport={"width": 390, "height": 800})
+    try:
+        admin = context.new_page()
+        admin_login(admin, server)
+        expect(admin.get_by_test_id("secagg-row")).to_be_hidden()
+        body = {"rounds": 1, "clients_per_round": 5, "min_updates": 3, "deadline_s": 60, "secagg": {"clip": 1.0, "stage_s": 30}}
+        code, answer = server.api("POST", "/api/rounds", body)
+        assert code == 202, answer
+        stage = admin.get_by_test_id("secagg-stage")
+        expect(stage).to_have_text(re.compile(
+            r"^stage advertise \(volunteers advertise their public keys\): 5 of 5 volunteers still in, stage ends in (\d|[12]\d)(\.\d)? s$"),
+            timeout=20_000)
+        expect(admin.get_by_test_id("secagg-row")).to_be_visible()
+        assert admin.evaluate("() => document.documentElement.scrollWidth") <= 390
+        assert server.api("POST", "/api/rounds/stop")[1] == {"stopped": True}
+        expect(admin.get_by_test_id("secagg-row")).to_be_hidden(timeout=10_000)
+    finally:
+        context.close()
+        for c in clients:
+            c.ws.close()

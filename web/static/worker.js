@@ -39,6 +39,7 @@ let released = null; // resolves the wait of a held training when the last hold 
 let heldRequestedAt = null; // batches done when the first hold arrived
 let batchesDone = 0;
 let leaving = false;
+let training = false; // a job runs: frames arriving are read ahead for one that ends it
 
 let session = null; // Python BrowserSession
 let config = null;
@@ -158,26 +159,50 @@ function hold(reason, on) {
   if (on && holds.size === 0) heldRequestedAt = batchesDone;
   if (on) holds.add(reason);
   else holds.delete(reason);
-  if (holds.size === 0 && released) {
-    released();
-    released = null;
-  }
+  if (holds.size === 0) wake();
+}
+
+// A held training goes on to its next step: the holds are gone, or it is to stop.
+function wake() {
+  released?.();
+  released = null;
 }
 
 async function train(socket) {
-  let last = 0;
   session.start_training();
   postSnapshot();
-  let busy = 0;
   const started = performance.now();
+  let busy;
+  training = true;
+  try {
+    busy = await batches();
+  } finally {
+    training = false;
+  }
+  if (leaving) return;
+  post("trained", { busy_ms: busy, wall_ms: performance.now() - started });
+  const update = bytesOut(session.take_update());
+  if (update.length === 0) return; // stopped while paused: nothing to say
+  // Durable before it leaves: a reload from here on re-sends it (BrowserSession.receive).
+  await keepPending();
+  // Sent only on the socket the task came on; after a reconnect the session re-sends it.
+  if (!connection.send(socket, update)) console.info("connection changed during training; update kept for the next connection");
+  keepResidual();
+}
+
+// The job's batches, one a macrotask turn (pause, leave and frames get in between);
+// the busy time.
+async function batches() {
+  let busy = 0;
+  let last = 0;
   for (;;) {
     await whileHeld();
-    if (leaving) return;
+    if (leaving) return busy;
     const t0 = performance.now();
     const step = session.train_batch();
     const spent = performance.now() - t0;
     busy += spent;
-    if (!step) break;
+    if (!step) return busy;
     batchesDone += 1;
     const now = performance.now();
     const p = JSON.parse(step);
@@ -187,13 +212,6 @@ async function train(socket) {
     }
     await nextTurn(spent * REST_PER_BUSY[cpu]);
   }
-  post("trained", { busy_ms: busy, wall_ms: performance.now() - started });
-  const update = bytesOut(session.take_update());
-  // Durable before it leaves: a reload from here on re-sends it (BrowserSession.receive).
-  await keepPending();
-  // Sent only on the socket the task came on; after a reconnect the session re-sends it.
-  if (!connection.send(socket, update)) console.info("connection changed during training; update kept for the next connection");
-  keepResidual();
 }
 
 // What outlives a reload, per task and model (see worker/records.js).
@@ -266,6 +284,10 @@ function connect() {
       postSnapshot();
     },
     onFrame(socket, buffer) {
+      // Frames wait their turn behind a training job; one that ends the job (the run
+      // ended, the round refused us) is read now, so the training stops within a batch,
+      // sends nothing, and the frame itself then reaches the page without waiting.
+      if (training && socket === connection.socket && session.notice(new Uint8Array(buffer))) wake();
       inbox = inbox.then(() => handleFrame(socket, buffer)).catch(fail);
     },
     onClose() {
@@ -388,7 +410,7 @@ const handlers = {
   },
   leave() {
     leaving = true;
-    released?.(); // a held training wakes up and stops
+    wake(); // a held training wakes up and stops
     connection?.close(1000, "volunteer left");
     session?.closed();
     post("left");

@@ -13,6 +13,7 @@ import json
 import logging
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
@@ -27,6 +28,8 @@ from .volunteer import SessionState, TrainingDiverged, Volunteer
 __all__ = ["PREDICTIONS_SHOWN", "BrowserSession", "version"]
 
 log = logging.getLogger("webfl.browser")
+
+T = TypeVar("T")
 
 #: Rows of predictions sent to the page (all rows are predicted; the page says how many).
 PREDICTIONS_SHOWN = 200
@@ -99,6 +102,7 @@ class BrowserSession:
         self.rounds_accepted: list[int] = []
         self.pending: _Pending | None = None
         self._steps = None  # the running job's batches (start_training .. train_batch)
+        self._stop = False  # a frame read ahead (notice) ended the running job
         self._update = b""
         #: The last global model kept on this device (IndexedDB), for when no server gave one.
         self._kept: _KeptModel | None = None
@@ -238,15 +242,34 @@ class BrowserSession:
         """Begin the current job, to be run by :meth:`train_batch` one batch per call."""
         self._steps = self._training()
         self._update = b""
+        self._stop = False
+
+    def notice(self, frame) -> bool:
+        """Read a frame that arrived while a job trains, ahead of its turn (the worker still
+        hands it to ``receive`` in order): one that ends the job (the run ended, or the
+        round refused us) stops the training at the next :meth:`train_batch`, so a stop
+        reaches the page within a batch instead of after the whole local training."""
+        if self._steps is not None and not self._stop:
+            self._stop = self.volunteer.ends_job(_as_bytes(frame))
+        return self._stop
 
     def train_batch(self) -> str:
-        """Run one batch: JSON ``{epoch, epochs, batch, batches, loss}``, or "" once the update is ready.
+        """Run one batch: JSON ``{epoch, epochs, batch, batches, loss}``, or "" once the update
+        is ready or the job stopped (``notice``; then no update is made).
 
         The worker returns to its event loop between calls, so pause, leave and the
         CPU-use setting's rests take effect within one batch.
         """
         if self._steps is None:
             raise RuntimeError("no training started")
+        if self._stop:
+            self._steps.close()
+            self._steps, self._stop = None, False
+            out = self.volunteer.abandon_job()
+            if self.want_paused and self.volunteer.state is SessionState.IDLE:
+                out = self.volunteer.pause()  # as in receive: not available, so no ``ready``
+            self._update = out[0] if out else b""
+            return ""
         try:
             epoch, epochs, batch, batches, loss = next(self._steps)
         except StopIteration as done:
@@ -255,7 +278,8 @@ class BrowserSession:
         return json.dumps({"epoch": epoch, "epochs": epochs, "batch": batch, "batches": batches, "loss": loss})
 
     def take_update(self) -> bytes:
-        """The frame the finished job produced (an ``update``, or ``ready`` if it diverged)."""
+        """The frame the finished job produced: an ``update``; ``ready`` if it diverged or was
+        stopped (``notice``); ``pause`` or b"" (nothing to send) if stopped while paused."""
         update, self._update = self._update, b""
         return update
 
@@ -333,26 +357,29 @@ class BrowserSession:
 
     def load_model(self, record: str, data) -> bool:
         """Hold a kept model for predictions; False (nothing changes) unless it is this task's, whole."""
+        kept = self._read_record(record, data, "version", int)
+        if kept is None:
+            return False
+        self._kept = _KeptModel(*kept)
+        return True
+
+    def _read_record(self, record: str, data, key: str, read: Callable[[object], T]) -> tuple[Task, np.ndarray, T] | None:
+        """A kept model's task, parameters and ``read(meta[key])``, from its JSON ``record``
+        (``model_record``/``personal_record``) and its bytes; None unless it is this task's
+        model, whole and matching its digest."""
         try:
             meta = json.loads(record)
             task = Task.from_json(meta["definition"])
-            params = self._kept_params(task, data, meta["digest"])
-            version = int(meta["version"])
+            expected_digest, extra = meta["digest"], read(meta[key])
         except (ValueError, KeyError, TypeError):
-            return False
-        if params is None:
-            return False
-        self._kept = _KeptModel(task, params, version)
-        return True
-
-    def _kept_params(self, task: Task, data, expected_digest: str) -> np.ndarray | None:
+            return None
         if self.task is not None and (task.name != self.task.name or task.model != self.task.model):
             return None
         raw = _as_bytes(data)
         if len(raw) != 4 * task.build_model().size:
             return None
         params = np.frombuffer(raw, "<f4").astype(np.float32)
-        return params if digest(params) == expected_digest else None
+        return (task, params, extra) if digest(params) == expected_digest else None
 
     def personalise(self) -> str:
         """Fine-tune the global model on this volunteer's training split (never uploaded); JSON summary."""
@@ -376,19 +403,11 @@ class BrowserSession:
 
     def load_personal(self, record: str, data) -> bool:
         """Restore a kept personal model; False (nothing changes) unless it is this task's, whole."""
-        try:
-            meta = json.loads(record)
-            task = Task.from_json(meta["definition"])
-            params = self._kept_params(task, data, meta["digest"])
-            summary = dict(meta["summary"])
-        except (ValueError, KeyError, TypeError):
+        kept = self._read_record(record, data, "summary", dict)
+        if kept is None:
             return False
-        if params is None:
-            return False
-        self._personal = _Personal(task, params, summary)
+        self._personal = _Personal(*kept)
         return True
-
-    # -- the pending update (the worker keeps it in IndexedDB) -------------------
 
     def pending_record(self) -> str:
         """JSON ``{volunteer, resume, round}`` of the update awaiting its verdict; "" if none."""

@@ -523,6 +523,28 @@ class Volunteer:
         log.warning("volunteer %s: update rejected: %s", self.volunteer_id, msg["reason"])
         return self._back_to_idle()
 
+    def ends_job(self, frame: bytes) -> bool:
+        """Whether ``frame``, read ahead of its turn while training, makes the job pointless:
+        a status saying the run ended, or a reject for the job's round. Nothing changes
+        (the frame is still received in its turn); a frame that does not decode is left
+        for ``receive`` to refuse."""
+        job = self.job
+        if job is None or self.state is not SessionState.TRAINING:
+            return False
+        try:
+            msg = decode(frame)
+        except ProtocolError:
+            return False
+        if msg.type == "status":
+            return msg.fields.get("ended") in RUN_ENDS
+        return msg.type == "reject" and msg.fields.get("round") == job.round
+
+    def abandon_job(self) -> list[bytes]:
+        """Stop the job unfinished, with no update (see ``ends_job``): IDLE again, and ``ready``."""
+        if self.job is not None:
+            log.info("volunteer %s: round %d's training stopped, no update sent", self.volunteer_id, self.job.round)
+        return self._back_to_idle()
+
     def _back_to_idle(self) -> list[bytes]:
         if self.state in (SessionState.KEYING, SessionState.TRAINING):
             self._secagg = None  # dropped from a SecAgg round before uploading

@@ -3,6 +3,7 @@
 import * as format from "../format.js";
 import { lineChart } from "../chart.js";
 import * as funnel from "./funnel.js";
+import * as secagg from "./secagg.js";
 
 // How each end status of a run (the store's) reads: "stopped" is the operator's doing,
 // "completed" means every round committed.
@@ -19,6 +20,12 @@ const ABANDONED = {
   too_few_updates: "fewer updates than the minimum by the close",
   refused_aggregate: "aggregate refused (not finite or exploding)",
 };
+
+// A dp round's fraction of updates clipped; null when secure aggregation hid each update's
+// clipped bit from the server (unknown, which a 0 % would misstate).
+function clippedFraction(p) {
+  return p.clipped_fraction == null ? "not known under secure aggregation" : format.percent(p.clipped_fraction);
+}
 
 // The run's guarantee for the operator: the run's epsilon, the task's over all its runs,
 // and the settings it rests on (``run.privacy`` of /api/status).
@@ -92,6 +99,8 @@ export class Dashboard {
     const open = status.open_round;
     q("open-round").textContent = open ? `round ${open.round}: ${open.received} of ${open.selected} updates` : "—";
     q("deadline").textContent = open ? format.seconds(open.deadline_in_s) : "—";
+    q("secagg-row").hidden = !open?.secagg;
+    q("secagg-stage").textContent = secagg.describe(open?.secagg) || "—";
     q("rejections").textContent = funnel.reasons(status.rejections);
     q("waiting-hint").hidden = !status.hint;
     q("waiting-hint").textContent = status.hint ? `Waiting for volunteers: ${status.hint}.` : "";
@@ -167,7 +176,7 @@ export class Dashboard {
       row.dataset.run = String(h.run_id ?? "");
       const p = h.privacy;
       const cells = [h.round, h.run_id ?? "—", format.percent(h.accuracy), format.fixed(h.loss), h.participants, format.bytes(h.bytes_up), format.bytes(h.bytes_down), format.seconds(h.duration_s), funnel.summary(h.funnel),
-        p ? (h.epsilon == null ? "none (no noise)" : format.fixed(h.epsilon, 3)) : "—", p ? format.fixed(p.clip, 4) : "—", p ? format.percent(p.clipped_fraction) : "—"];
+        p ? (h.epsilon == null ? "none (no noise)" : format.fixed(h.epsilon, 3)) : "—", p ? format.fixed(p.clip, 4) : "—", p ? clippedFraction(p) : "—"];
       for (const value of cells) {
         const cell = document.createElement("td");
         cell.textContent = String(value);

@@ -58,7 +58,9 @@ class Release:
     clip: float  # the clip norm this round used
     noise_std: float  # std of the noise added to the sum (z_sum * C)
     verdicts: dict[str, int] = field(default_factory=dict)  # ClipVerdict value -> count
-    clipped: int = 0  # updates whose sender (or the server) clipped them
+    # Updates whose sender (or the server) clipped them; None when some came in a secure
+    # aggregation sum, whose per-update clipped bits the server never sees (not 0: unknown).
+    clipped: int | None = 0
     unclipped_fraction: float | None = None  # the noised b~ (adaptive clipping only)
     next_clip: float | None = None  # the adaptive clip norm of the next round
 
@@ -116,6 +118,7 @@ class DPSum:
         self.count = 0
         self.clipped = 0
         self.unclipped = 0
+        self.hidden = 0  # updates folded in as a sum (add_sum): their clipped bits are unknown
         self.verdicts = {v.value: 0 for v in ClipVerdict}
 
     def begin(self, size: int) -> None:
@@ -180,6 +183,7 @@ class DPSum:
             raise ValueError(f"a sum holds at least one update, not {count!r}")
         np.add(self._sum, total, out=self._sum)
         self.count += count
+        self.hidden += count
 
     def abandon(self) -> None:
         """Drop the open round (too few updates): nothing is released, nothing is charged."""
@@ -202,7 +206,8 @@ class DPSum:
             fraction = self.adaptive.noisy_fraction(self.unclipped, self.count, self.expected_cohort, float(normal))
             self.adaptive = self.adaptive.step(fraction)
             next_clip = self.adaptive.clip
-        release = Release(delta, self.count, c, noise_std, dict(self.verdicts), self.clipped, fraction, next_clip)
+        clipped = None if self.hidden else self.clipped
+        release = Release(delta, self.count, c, noise_std, dict(self.verdicts), clipped, fraction, next_clip)
         self._sum = None
         self._to(ReleaseState.IDLE)
         return release

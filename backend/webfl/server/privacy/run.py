@@ -145,7 +145,8 @@ class PrivacyLedger:
         return {
             "epsilon": self.epsilon,
             "clip": release.clip,
-            "clipped_fraction": release.clipped / release.count if release.count else None,
+            # None under secure aggregation: the clipped bits are hidden with the updates.
+            "clipped_fraction": release.clipped / release.count if release.count and release.clipped is not None else None,
             "updates": release.count,
             "noise_std": release.noise_std,
             "next_clip": release.next_clip,

@@ -78,6 +78,7 @@ class SecAggRounds(SyncRounds):
     def __init__(self, services, run) -> None:
         super().__init__(services, run)
         self.session: SecAggSession | None = None
+        self._stage_deadline = 0.0  # loop time the current stage ends at, for the status
 
     async def _round(self) -> bool:
         s, config = self.services, self.config
@@ -172,7 +173,7 @@ class SecAggRounds(SyncRounds):
         s, session = self.services, self.session
         assert session is not None
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        deadline = self._stage_deadline = loop.time() + timeout
         while (remaining := deadline - loop.time()) > 0:
             done = {session.cohort[u] for u in answered()}
             if all(p in done or p not in s.peers for p in expected):
@@ -236,5 +237,6 @@ class SecAggRounds(SyncRounds):
     def open_round(self) -> dict | None:
         out = super().open_round()
         if out is not None and self.session is not None:
-            out["secagg"] = self.session.describe()
+            remaining = self._stage_deadline - asyncio.get_running_loop().time()
+            out["secagg"] = self.session.describe() | {"stage_deadline_in_s": max(0.0, remaining)}
         return out

@@ -48,6 +48,8 @@ def status(
             "received": open_["received"],
             "deadline_in_s": max(0.0, open_["deadline"] - now),
             "funnel": open_["funnel"],
+            # Secure aggregation's stage, survivors so far and stage deadline; null otherwise.
+            "secagg": open_.get("secagg"),
         },
         # While a round waits for volunteers: for how many, and the same in words.
         "waiting_for": None if waiting is None else waiting.to_dict(now),

@@ -204,5 +204,16 @@ class SecAggSession:
         return {
             "stage": self.stage.value, "cohort": self.n, "neighbors": self.setup.graph.k, "threshold": self.setup.threshold,
             "bits": self.setup.bits, "advertised": len(self.keys), "shared": len(self.sealed) if self.stage is Stage.SHARE else len(self.inbox),
-            "uploaded": len(self.examples), "revealed": len(self.reveals),
+            "uploaded": len(self.examples), "revealed": len(self.reveals), "survivors": self.survivors_so_far,
         }
+
+    @property
+    def survivors_so_far(self) -> int:
+        """How many of the cohort are still in the round: each stage keeps those the last one kept."""
+        if self.stage is Stage.ADVERTISE:
+            return self.n
+        if self.stage is Stage.SHARE:
+            return len(self.roster)
+        if self.stage is Stage.UPLOAD:
+            return len(self.inbox)
+        return len(self.survivors)
