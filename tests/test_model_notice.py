@@ -207,7 +207,7 @@ def test_announcements_are_paced_one_frame_a_volunteer_and_the_newest_reaches_ev
             history.append(SimpleNamespace(round=version, accuracy=version / 10))  # as a commit does, before announcing
             fields = {"model_version": version, "digest": "d", "url": model_url("d"), "state": "idle", "round": version,
                       "connected": 250, "run": [version, 9], "privacy": None, "ended": None}
-            return Announcement(version, version - 1, fields)
+            return Announcement(version, version, fields)
 
         announcer = Announcer(coord, lambda: ids, sent, lambda since, upto: history_fields(history, since, upto), told=0)
         announcer.announce(announcement(1))
@@ -257,11 +257,13 @@ def test_an_idle_volunteer_gets_one_frame_a_commit_and_the_same_history_as_one_j
             trainer.ready()
         await until(lambda: not engine.running, what="the run to end")
         # The run's start and end as a status each; between them one notice a commit, no status.
-        assert [m.type for m in idle.inbox[joined:]] == ["status", "model_notice", "model_notice", "model_notice", "status"]
+        assert [m.type for m in idle.inbox[joined:]] == ["status"] + ["model_notice"] * 3 + ["status"]
         notices = idle.of("model_notice")
-        assert [(m["history_from"], len(m["history"])) for m in notices] == [(0, 1), (1, 1), (2, 1)]
+        assert [(m["model_version"], m["run"], m["history_from"], len(m["history"])) for m in notices] == [
+            (1, [1, 3], 0, 1), (2, [2, 3], 1, 1), (3, [3, 3], 2, 1)]
+        assert idle.inbox[-1]["ended"] == "completed"
         incremental, full = CoreVolunteer(), CoreVolunteer()
-        for m in idle.inbox[joined:-1]:  # the run's start (a full status) and the notices
+        for m in idle.inbox[joined:-1]:  # the run's start and the notices
             incremental.receive(encode(m))
         full.receive(engine.status_frame())  # what a volunteer joining now gets after welcome
         assert incremental.history == full.history == [[r.round, r.accuracy] for r in engine.history] and len(full.history) == 3

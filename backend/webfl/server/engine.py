@@ -349,8 +349,13 @@ class RoundEngine:
         status_ = "failed"
         self._mode = mode_of(run.config)(self.services, run)
         try:
-            # Volunteers see the new run (and a dp run's guarantee) before its first task.
-            await self.coordinator.publish(self.status_frame())
+            if run.privacy is not None:
+                # A dp run's guarantee is stated before any of its tasks: at once, to everyone.
+                await self.coordinator.publish(self.status_frame())
+            else:
+                # Otherwise its start is progress, as a commit is: paced, one notice a
+                # volunteer, so that round 1's tasks do not wait behind 10,000 sends.
+                self.commits.announce(commit=False)
             if self.task.needs_statistics:
                 await self._measure(run.config)
             await self._mode.drive()

@@ -49,8 +49,11 @@ def history_fields(history: list[RoundRecord], since: int | None = None, upto: i
 @dataclass(frozen=True)
 class Announcement:
     round: int
-    index: int  # of the commit in the history
+    upto: int  # the history entries it covers: a commit's is the one it made and those before
     fields: dict  # the notice's, and the status's but its history, as of the commit
+    #: ``model_notice``: a commit's, whose bytes count to the bytes_down of history entry
+    #: ``upto - 1``; ``status``: a run's start, no round's.
+    kind: str = "model_notice"
 
 
 class Announcer:
@@ -86,8 +89,8 @@ class Announcer:
 
     def frame(self, announcement: Announcement) -> bytes:
         """The notice of ``announcement`` with the history since the last one that reached all."""
-        history = self._history(self.told, announcement.index + 1)
-        return encode(Message("model_notice", {**announcement.fields, **history}))
+        history = self._history(self.told, announcement.upto)
+        return encode(Message(announcement.kind, {**announcement.fields, **history}))
 
     async def _run(self) -> None:
         targets: list[str] | None = None  # None: everyone connected
@@ -95,7 +98,7 @@ class Announcer:
             self._latest = None
             ids = self._recipients() if targets is None else targets
             frame = self.frame(current)
-            sent: Counter[int] = Counter()
+            sent: Counter[int | None] = Counter()
             switched = 0  # volunteers before this index got an older notice than ``current``
             failed = False
             try:
@@ -104,18 +107,19 @@ class Announcer:
                         current, self._latest, switched = self._latest, None, start
                         frame = self.frame(current)
                     batch = ids[start : start + BATCH]
-                    sent[current.index] += await self._coordinator.publish(frame, to=batch) * len(frame)
+                    sent[current.upto - 1 if current.kind == "model_notice" else None] += await self._coordinator.publish(frame, to=batch) * len(frame)
                     await asyncio.sleep(len(batch) / ANNOUNCE_RATE)
             except Exception:
                 log.exception("announcing round %d failed", current.round)
                 failed = True
             finally:
                 for index, nbytes in sent.items():
-                    await self._sent(index, nbytes)
+                    if index is not None:
+                        await self._sent(index, nbytes)
             if not failed and not switched:
                 # Everyone connected holds ``current``: those of this pass from it, those
                 # of the pass before (a pass to its first part) too, joiners from welcome.
-                self.told = max(self.told, current.index + 1)
+                self.told = max(self.told, current.upto)
             if self._latest is None and switched:
                 # A pass to those that got an older notice; if this was already such a
                 # pass, the rest of the one before got an older one too: tell everyone.

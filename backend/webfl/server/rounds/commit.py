@@ -179,7 +179,7 @@ class CommitPipeline:
         self.params, self.model_version = params, round_
         run.rounds_done += 1
         self.history.append(record)
-        self.announcer.announce(Announcement(round_, len(self.history) - 1, {**self.status_fields(), **self.notice_fields()}))
+        self.announce()
         self.committed(len(self.history) - 1)
         log.info("round %d committed: %d update(s), accuracy %s, loss %s", round_, participants, accuracy, loss)
         if stopped:
@@ -191,6 +191,13 @@ class CommitPipeline:
         record = self.history[index]
         record = self.history[index] = replace(record, bytes_down=record.bytes_down + nbytes)
         await asyncio.to_thread(self.store.set_bytes_down, record.round, record.bytes_down)
+
+    def announce(self, commit: bool = True) -> None:
+        """Tell every volunteer, paced, of a ``commit`` (its ``model_notice``, in its round's
+        bytes_down), or of the status now (a run's start)."""
+        fields = {**self.status_fields(), **self.notice_fields()} if commit else self.status_fields()
+        kind = "model_notice" if commit else "status"
+        self.announcer.announce(Announcement(self.model_version, len(self.history), fields, kind))
 
     def notice_fields(self) -> dict:
         """What every volunteer hears of a commit: the version, its digest and where to fetch it."""
