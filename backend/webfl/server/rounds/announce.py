@@ -38,6 +38,7 @@ ANNOUNCE_RATE = 2_000
 #: Volunteers per batch: the event loop runs other work between two batches.
 BATCH = 100
 
+
 def history_fields(history: list[RoundRecord], since: int | None = None, upto: int | None = None) -> dict:
     """``history`` entries ``since`` (None: the last ``HISTORY_KEPT``) up to ``upto`` (None:
     all), as ``[round, accuracy]``, with the index of the first (``history_from``)."""

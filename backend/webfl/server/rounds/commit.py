@@ -115,9 +115,9 @@ class CommitPipeline:
         status_fields: Callable[[], dict], recipients: Callable[[], list[str]],
         committed: Callable[[int], None] = lambda index: None,
     ) -> None:
-        """``status_fields``: the status (but its history) announced after every commit; ``recipients``:
-        the ids of the volunteers connected now; ``committed(index)``: called with each new
-        history entry's index once it is announced (federated evaluation starts there)."""
+        """``status_fields``: the status but its history, announced with every commit;
+        ``recipients``: the ids of the volunteers connected now; ``committed(index)``: called
+        with each new history entry's index once it is announced (federated evaluation starts there)."""
         self.task, self.model, self.store, self._coordinator, self._phase, self._seed = task, model, store, coordinator, phase, seed
         #: A cluster leader's fencing token, carried by every commit (None: one process, no fence).
         self.fence: int | None = None
