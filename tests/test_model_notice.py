@@ -1,9 +1,11 @@
-"""The model reaches those who need it: a commit sends every volunteer a ``model_notice``;
+"""The model reaches those who need it: a commit sends every volunteer one ``model_notice``
+(the status and the newest history with it);
 the model (or the delta from the version a volunteer holds) goes with its next task; and
 ``/models/<digest>.bin`` serves exactly the committed model, immutable."""
 
 import asyncio
 import hashlib
+from types import SimpleNamespace
 
 import numpy as np
 from rounds_harness import TASK, RecordingCoordinator, Volunteer, make_engine, make_engine_with, small, until
@@ -17,7 +19,7 @@ from webfl.core.volunteer import Volunteer as CoreVolunteer
 from webfl.server.app import create_app
 from webfl.server.config import Settings
 from webfl.server.engine import RunConfig
-from webfl.server.rounds.announce import Announcement, Announcer
+from webfl.server.rounds.announce import Announcement, Announcer, history_fields
 
 SIZE = TASK.build_model().size
 TOKEN = "notice-test-token"
@@ -64,7 +66,7 @@ def test_a_commit_sends_a_notice_to_all_and_the_model_only_to_the_selected_with_
             assert (await v.update(small(10 + i))).accepted
         await until(lambda: not engine.running, what="the run to end")
         first_round, second_round = engine.history
-        notice = len(engine.commits.notice_frame())
+        notice = max(len(encode(m)) for v in vs for m in v.of("model_notice"))
         # bytes_down counts the notices to all six and, in round 2, the two deltas.
         assert first_round.bytes_down < 6 * notice + 2 * 1000 < second_round.bytes_down < SIZE * 4
 
@@ -177,34 +179,93 @@ def test_models_url_serves_the_committed_model_bytes_immutable_and_404_otherwise
             assert client.get(f"/models/{bad}.bin").status_code == 404
 
 
-def test_announcements_are_paced_in_batches_and_the_newest_reaches_everyone_once(tmp_path):
+class RawCoordinator(RecordingCoordinator):
+    """Also keeps every published frame's bytes, to see what was encoded once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frames: list[bytes] = []
+
+    async def publish(self, frame, to=None):
+        self.frames.append(frame)
+        return await super().publish(frame, to)
+
+
+def test_announcements_are_paced_one_frame_a_volunteer_and_the_newest_reaches_everyone_once(tmp_path):
     async def main():
-        coord = RecordingCoordinator()
+        coord = RawCoordinator()
         ids = [f"v{i}" for i in range(250)]
         for i in ids:
             coord.inbox[i] = []
         counted: dict[int, int] = {}
+        history: list[SimpleNamespace] = []
 
         async def sent(index, nbytes):
             counted[index] = counted.get(index, 0) + nbytes
 
         def announcement(version):
-            notice = encode(Message("model_notice", {"model_version": version, "digest": "d", "url": model_url("d")}))
-            status = encode(Message("status", {"state": "idle", "round": version, "model_version": version, "connected": 250, "history": []}))
-            return Announcement(version, version - 1, notice, status)
+            history.append(SimpleNamespace(round=version, accuracy=version / 10))  # as a commit does, before announcing
+            fields = {"model_version": version, "digest": "d", "url": model_url("d"), "state": "idle", "round": version,
+                      "connected": 250, "run": [version, 9], "privacy": None, "ended": None}
+            return Announcement(version, version, fields)
 
-        announcer = Announcer(coord, lambda: ids, sent)
+        announcer = Announcer(coord, lambda: ids, sent, lambda since, upto: history_fields(history, since, upto), told=0)
         announcer.announce(announcement(1))
         await until(lambda: coord.inbox["v0"], what="the first batch")
         assert not coord.inbox["v249"]  # paced: the rest waits
         announcer.announce(announcement(2))
         announcer.announce(announcement(3))  # before the next batch: 2 is never sent
         await announcer.idle()
-        got = {i: [m["model_version"] for m in coord.inbox[i] if m.type == "model_notice"] for i in ids}
-        # The first batch got 1, then 3 in a second pass; the others 3 once, each with its status.
+        # One frame a volunteer per commit it hears of: the notice, with the status in it.
+        assert all(m.type == "model_notice" for i in ids for m in coord.inbox[i])
+        got = {i: [m["model_version"] for m in coord.inbox[i]] for i in ids}
+        # The first batch got 1, then 3 in a second pass; the others 3 once.
         assert all(got[i] == [1, 3] for i in ids[:100]) and all(got[i] == [3] for i in ids[100:])
-        assert all([m.type for m in coord.inbox[i]] == ["model_notice", "status"] * len(got[i]) for i in ids)
-        notice = len(announcement(1).notice)
-        assert counted == {0: 100 * notice, 2: 250 * notice}
+        # 1 had not reached everyone when 3 went out, so 3 carries the history from the start.
+        first, third = coord.inbox["v0"]
+        assert (first["history_from"], first["history"]) == (0, [[1, 0.1]])
+        assert (third["history_from"], third["history"], third["run"]) == (0, [[1, 0.1], [2, 0.2], [3, 0.3]], [3, 9])
+        assert announcer.told == 3 and counted == {0: 100 * len(coord.frames[0]), 2: 250 * len(coord.frames[-1])}
+        # 3 reached everyone: the next notice carries only the newest entry, encoded once for all.
+        del coord.frames[:]
+        announcer.announce(announcement(4))
+        await announcer.idle()
+        assert len(set(coord.frames)) == 1 and len(coord.frames) == 3  # three batches, the same bytes
+        assert all([m["model_version"] for m in coord.inbox[i]][-1:] == [4] and len(coord.inbox[i]) == len(got[i]) + 1 for i in ids)
+        assert (coord.inbox["v249"][-1]["history_from"], coord.inbox["v249"][-1]["history"]) == (3, [[4, 0.4]])
+        # A volunteer rebuilds from these notices the history a full status gives one joining now.
+        for i in ("v0", "v249"):
+            v = CoreVolunteer()
+            for m in coord.inbox[i]:
+                v.receive(encode(m))
+            assert v.history == [[r.round, r.accuracy] for r in history] and v.snapshot()["latest_version"] == 4
+
+    asyncio.run(main())
+
+
+def test_an_idle_volunteer_gets_one_frame_a_commit_and_the_same_history_as_one_joining_after(tmp_path):
+    async def main():
+        engine, coord, (trainer,) = make_engine_with(tmp_path, "trainer")
+        idle = Volunteer(engine, coord, "idle")  # never ready: never selected
+        joined = len(idle.inbox)  # the model frame (the socket adds the full status)
+        engine.start(RunConfig.from_json(dict(rounds=3, clients_per_round=1, deadline_s=30, max_wait_s=0)))
+        for r in range(3):
+            await until(lambda: len(trainer.of("task")) == r + 1, what=f"task {r + 1}")
+            assert (await trainer.update(small(r))).accepted
+            await until(lambda: engine.model_version == r + 1, what=f"commit {r + 1}")
+            await engine.commits.announcer.idle()
+            trainer.ready()
+        await until(lambda: not engine.running, what="the run to end")
+        # The run's start and end as a status each; between them one notice a commit, no status.
+        assert [m.type for m in idle.inbox[joined:]] == ["status"] + ["model_notice"] * 3 + ["status"]
+        notices = idle.of("model_notice")
+        assert [(m["model_version"], m["run"], m["history_from"], len(m["history"])) for m in notices] == [
+            (1, [1, 3], 0, 1), (2, [2, 3], 1, 1), (3, [3, 3], 2, 1)]
+        assert idle.inbox[-1]["ended"] == "completed"
+        incremental, full = CoreVolunteer(), CoreVolunteer()
+        for m in idle.inbox[joined:-1]:  # the run's start and the notices
+            incremental.receive(encode(m))
+        full.receive(engine.status_frame())  # what a volunteer joining now gets after welcome
+        assert incremental.history == full.history == [[r.round, r.accuracy] for r in engine.history] and len(full.history) == 3
 
     asyncio.run(main())

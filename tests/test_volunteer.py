@@ -160,3 +160,37 @@ def test_the_runs_progress_is_shown_only_when_it_is_two_counts(run, shown):
     extra = {} if run is None else {"run": run}
     v.receive(server("status", state="idle", round=2, model_version=2, connected=1, history=[], **extra))
     assert v.snapshot()["run"] == shown
+
+
+def status(history, start=None, kind="status", version=1) -> bytes:
+    fields = dict(state="idle", round=version, model_version=version, connected=1, history=history)
+    if kind == "model_notice":
+        fields.update(digest="d", url="/models/d.bin")
+    return server(kind, **fields, **({} if start is None else {"history_from": start}))
+
+
+def entries(first: int, last: int) -> list:
+    return [[r, r / 1000] for r in range(first, last + 1)]
+
+
+def test_incremental_notices_rebuild_the_history_a_full_status_gives():
+    v = joined()
+    v.receive(status(entries(1, 3), 0))  # welcome's full status
+    v.receive(status(entries(4, 4), 3, "model_notice", 4))  # the newest entry only
+    v.receive(status(entries(4, 5), 3, "model_notice", 5))  # from an older floor: overlaps
+    assert v.history == entries(1, 5) and v.snapshot()["latest_version"] == 5
+    v.receive(status(entries(6, 6), 5, "model_notice", 6))
+    # One entry at a time past the kept span keeps the same last HISTORY_KEPT as a full status.
+    for r in range(7, 260):
+        v.receive(status(entries(r, r), r - 1, "model_notice", r))
+    full = joined()
+    full.receive(status(entries(60, 259), 59))  # entry r is the server's index r - 1
+    assert v.history == full.history == entries(60, 259)
+    # A gap (entries before the first sent are unknown here): what came is the history.
+    v.receive(status(entries(300, 301), 299, "model_notice", 301))
+    assert v.history == entries(300, 301)
+    # Without history_from (an older server), the history is what the frame says; a notice
+    # without the status fields (older server) moves only the version.
+    v.receive(status(entries(1, 2)))
+    v.receive(server("model_notice", model_version=400, digest="d", url="/models/d.bin"))
+    assert v.history == entries(1, 2) and v.snapshot()["latest_version"] == 400

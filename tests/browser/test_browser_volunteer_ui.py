@@ -115,3 +115,36 @@ def test_consent_is_remembered_and_can_be_withdrawn(context, serve):
     assert page.evaluate("() => localStorage.getItem('webfl.consent')") is None
     page.reload()
     expect(page.get_by_test_id("consent-remembered")).to_be_hidden()
+
+
+def test_a_tab_that_does_not_train_follows_the_run_from_the_commits_notices(context, serve):
+    """A paused tab gets each commit as one notice carrying the newest history entry only:
+    its round text and chart still move round by round, and end as the server's history."""
+    server = serve()
+    trainer, watcher = context.new_page(), context.new_page()
+    join(trainer, server.url)
+    join(watcher, server.url)
+    watcher.get_by_test_id("pause").click()
+    wait_state(watcher, "paused")
+    server.wait_for(lambda s: s["volunteers"]["ready"] == 1 and s["volunteers"]["paused"] == 1, timeout=30, what="one ready, one paused")
+    # What the chart and the round text show, change by change (rounds may be quicker than polling).
+    watcher.evaluate("""() => {
+        const seen = (window.__seen = { points: [], rounds: [] });
+        const chart = document.querySelector('[data-testid="chart"]'), round = document.querySelector('[data-testid="round"]');
+        const note = () => {
+            if (seen.points.at(-1) !== chart.dataset.points) seen.points.push(chart.dataset.points);
+            if (seen.rounds.at(-1) !== round.textContent) seen.rounds.push(round.textContent);
+        };
+        new MutationObserver(note).observe(document.body, { subtree: true, attributes: true, childList: true, characterData: true });
+    }""")
+    code, body = server.api("POST", "/api/rounds", {"rounds": 3, "clients_per_round": 1, "local_epochs": 1, "deadline_s": 60})
+    assert code == 202, body
+    expect(watcher.locator("body")).to_have_attribute("data-run", "finished", timeout=90_000)
+    history = server.status()["history"]
+    expect(watcher.get_by_test_id("chart")).to_have_attribute("data-points", "3")
+    expect(watcher.get_by_test_id("run-accuracy")).to_have_text(f"{100 * history[-1]['accuracy']:.1f} % after round 3")
+    expect(watcher.get_by_test_id("round")).to_have_text("the run has finished (3 of 3 rounds)")
+    seen = watcher.evaluate("() => window.__seen")
+    # One point a commit, from the notices (the run's end, a full status, would jump to 3).
+    assert seen["points"][-3:] == ["1", "2", "3"], seen
+    assert "1 of 3 rounds done; waiting for the next" in seen["rounds"] and "2 of 3 rounds done; waiting for the next" in seen["rounds"], seen

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 __all__ = [
+    "HISTORY_KEPT",
     "PROTOCOL_VERSION",
     "Message",
     "ProtocolError",
@@ -55,6 +56,11 @@ DTYPES = frozenset({"<f4", "<f2", "<f8", "|u1", "|i1", "<u2", "<u4", "<i4"})
 # tuple means the field may be null. Fields not listed are refused, so a header
 # cannot smuggle data past validation.
 _NUM = (int, float)
+# The federation's progress, for every volunteer: the ``status`` frame, and a commit's
+# ``model_notice``. ``history_from``: the index in the server's history of the first entry
+# of ``history`` (the receiver keeps those before it); absent: ``history`` is all of it.
+_STATUS = {"state": (str,), "round": (int,), "connected": (int,), "history": (list,), "history_from": (int,),
+           "run": (list, None), "privacy": (dict, None), "ended": (str, None)}
 SCHEMAS: dict[str, dict[str, tuple]] = {
     # volunteer -> server
     "hello": {
@@ -102,8 +108,10 @@ SCHEMAS: dict[str, dict[str, tuple]] = {
         "base_version": (int,),  # present: the payload is a delta from that version
         "digest": (str,),  # sha256 prefix of the float32 model the frame produces
     },
-    # A commit, to every volunteer: the model itself comes with the next task (or from ``url``).
-    "model_notice": {"model_version": (int,), "digest": (str,), "url": (str,)},
+    # A commit, to every volunteer, in one frame: the model itself comes with the next task
+    # (or from ``url``); the status fields, optional, are the status as of the commit, with
+    # only the history entries from index ``history_from`` on (see ``_STATUS``).
+    "model_notice": {"model_version": (int,), "digest": (str,), "url": (str,), **_STATUS},
     "task": {
         "round": (int,),
         "model_version": (int,),
@@ -123,8 +131,7 @@ SCHEMAS: dict[str, dict[str, tuple]] = {
     "reject": {"reason": (str,), "round": (int, None)},
     # the task's definition changed (its scaling was fixed by the federated statistics)
     "definition": {"task": (dict,)},
-    "status": {"state": (str,), "round": (int,), "model_version": (int,), "connected": (int,), "history": (list,),
-               "run": (list, None), "privacy": (dict, None), "ended": (str, None)},
+    "status": {"model_version": (int,), **_STATUS},
 }
 OPTIONAL = {
     "hello": {"agent", "model_version", "model_digest", "resume", "task"},
@@ -132,13 +139,17 @@ OPTIONAL = {
     "reject": {"round"},
     # [rounds committed, rounds planned] of the current or last run, for "round 3 of 5".
     # ``ended``: why the run ended (see RUN_ENDS), null while it runs.
-    "status": {"run", "privacy", "ended"},
+    "status": {"run", "privacy", "ended", "history_from"},
+    "model_notice": set(_STATUS),
     "task": {"clip", "secagg"},
     "update": {"clipped"},
     "wait": {"reason"},
     "welcome": {"shard", "resume", "evaluate"},
 }
 
+
+#: History entries a volunteer keeps (and a full ``status`` carries): its chart's span.
+HISTORY_KEPT = 200
 
 #: Why a run ended, as the ``status`` frame's ``ended`` says: all its rounds committed,
 #: stopped by the operator, its privacy budget (``max_epsilon``) spent, or failed.

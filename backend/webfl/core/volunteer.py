@@ -59,7 +59,7 @@ from .data import Dataset, features
 from .downlink import apply_model, digest
 from .evaluation import evaluation_sums, holdout_split
 from .stats import feature_stats
-from .protocol import RUN_ENDS, Message, ProtocolError, decode, encode
+from .protocol import HISTORY_KEPT, RUN_ENDS, Message, ProtocolError, decode, encode
 from .secagg import Quantizer, SecAggClient, SecAggError
 from .secagg.runtime import CryptoRequest, SecAggVolunteer, Steps, VolunteerCrypto, run
 from .secagg.wire import id_rows, keys_message, read_id_rows, read_roster, read_setup, read_survivors, reveal_message
@@ -158,7 +158,10 @@ class Volunteer:
         self.params: np.ndarray | None = None
         self.model_version = -1
         self.job: Job | None = None
+        #: ``[round, accuracy]`` of the last ``HISTORY_KEPT`` commits, the first being the
+        #: server's history entry ``_history_from`` (incremental notices extend it).
         self.history: list = []
+        self._history_from = 0
         self.run_progress: list[int] | None = None  # [rounds committed, rounds planned] of the run
         self.run_ended: str | None = None  # why the run ended (protocol.RUN_ENDS), None while it runs
         self.privacy: dict | None = None  # the run's DP guarantee as the server states it (status frame)
@@ -354,6 +357,8 @@ class Volunteer:
 
     def _on_model_notice(self, msg: Message) -> list[bytes]:
         self.latest_version = max(self.latest_version, msg["model_version"])
+        if "history" in msg.fields:  # the commit's status rides along (one frame a commit)
+            self._status(msg.fields)
         return []
 
     def _on_task(self, msg: Message) -> list[bytes]:
@@ -565,15 +570,31 @@ class Volunteer:
         return t
 
     def _on_status(self, msg: Message) -> list[bytes]:
-        self.history = msg["history"]
-        run = msg.fields.get("run")
+        self._status(msg.fields)
+        return []
+
+    def _status(self, fields: dict) -> None:
+        """Take the federation's progress from a ``status`` or a commit's ``model_notice``."""
+        self._merge_history(fields.get("history", []), fields.get("history_from"))
+        self.latest_version = max(self.latest_version, fields.get("model_version", -1))
+        run = fields.get("run")
         # Only shown, never acted on; anything but two counts is ignored.
         ok = isinstance(run, list) and len(run) == 2 and all(type(n) is int and 0 <= n <= 1_000_000 for n in run)
         self.run_progress = run if ok else None
-        ended = msg.fields.get("ended")
+        ended = fields.get("ended")
         self.run_ended = ended if ended in RUN_ENDS else None
-        self.privacy = _privacy(msg.fields.get("privacy"))
-        return []
+        self.privacy = _privacy(fields.get("privacy"))
+
+    def _merge_history(self, entries: list, start: int | None) -> None:
+        """Entries from index ``start`` of the server's history replace ours from there;
+        without ``start`` (or with a gap before it) they are the whole history we keep."""
+        held_from = self._history_from
+        if start is None or not held_from <= start <= held_from + len(self.history):
+            self.history, self._history_from = list(entries), max(start or 0, 0)
+        else:
+            self.history = self.history[: start - held_from] + list(entries)
+        if (extra := len(self.history) - HISTORY_KEPT) > 0:
+            self.history, self._history_from = self.history[extra:], self._history_from + extra
 
     # -- work ------------------------------------------------------------------
 

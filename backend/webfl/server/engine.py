@@ -35,7 +35,7 @@ from .rounds.mode import RunMode, Services
 from .rounds.peers import Peer, PeerState, Peers
 from .rounds.selection import Selection
 from .rounds.state import Phase, RoundState
-from .rounds.status import status, status_frame
+from .rounds.status import status, status_fields, status_frame
 from .rounds.secagg import SecAggRounds
 from .rounds.sync import SyncRounds
 from .rounds.tasks import TaskBook
@@ -88,7 +88,7 @@ class RoundEngine:
         self.stats = RoundStats()
         self.tokens = TaskTokens(store.secret("task_tokens"))  # shared: any member checks what another issued
         self.commits = CommitPipeline(
-            task, self.model, self.store, coordinator, self.phase, test, seed, self.status_frame, lambda: [p.id for p in self.peers],
+            task, self.model, self.store, coordinator, self.phase, test, seed, self.status_fields, lambda: [p.id for p in self.peers],
             committed=self._committed,
         )
         self.selection = Selection(self.peers, self.phase, coordinator, seed, lambda: [r.duration_s for r in self.commits.history])
@@ -349,8 +349,13 @@ class RoundEngine:
         status_ = "failed"
         self._mode = mode_of(run.config)(self.services, run)
         try:
-            # Volunteers see the new run (and a dp run's guarantee) before its first task.
-            await self.coordinator.publish(self.status_frame())
+            if run.privacy is not None:
+                # A dp run's guarantee is stated before any of its tasks: at once, to everyone.
+                await self.coordinator.publish(self.status_frame())
+            else:
+                # Otherwise its start is progress, as a commit is: paced, one notice a
+                # volunteer, so that round 1's tasks do not wait behind 10,000 sends.
+                self.commits.announce(commit=False)
             if self.task.needs_statistics:
                 await self._measure(run.config)
             await self._mode.drive()
@@ -381,6 +386,10 @@ class RoundEngine:
                 log.info("run %d %s after %d round(s)", run.id, status_, run.rounds_done)
 
     # -- reporting ----------------------------------------------------------------------
+
+    def status_fields(self) -> dict:
+        """The volunteers' status but its history (a commit's notice carries it)."""
+        return status_fields(self.phase, self.peers, self.commits, self._mode, self.run, self._ended)
 
     def status_frame(self) -> bytes:
         return status_frame(self.phase, self.peers, self.commits, self._mode, self.run, self._ended)

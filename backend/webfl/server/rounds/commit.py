@@ -2,8 +2,8 @@
 
 A commit: aggregate -> server optimizer -> sanity checks -> evaluate on the held-out
 split -> one store transaction (round record, checkpoint, every component's state) ->
-only then advance the downlink chain, adopt the model and announce it: a ``model_notice``
-and the status to every volunteer, paced (``announce``; the model itself travels with
+only then advance the downlink chain, adopt the model and announce it: one ``model_notice``
+carrying the status to every volunteer, paced (``announce``; the model itself travels with
 each task, see ``tasks``). An aggregate that
 is non-finite or explodes, or a model that evaluates to NaN, is refused before anything
 is applied; a transaction that fails leaves the live model, the chain and the
@@ -27,14 +27,13 @@ from ...core.data import Dataset, features
 from ...core.downlink import ModelChain, model_url
 from ...core.evaluation import EvalSums, evaluation_sums
 from ...core.models import MLP
-from ...core.protocol import Message, encode
 from ...core.server_opt import ServerOptimizer
 from ...core.tasks import Task
 from ..coordinator import Coordinator
 from ..crashpoints import crashpoint
 from ..privacy.run import DPRule, PrivacyLedger
 from ..store import RoundRecord, TaskStore
-from .announce import Announcement, Announcer
+from .announce import Announcement, Announcer, history_fields
 from .config import RunConfig
 from .seeds import downlink_rng
 from .state import Phase, RoundState
@@ -113,18 +112,17 @@ class CommitPipeline:
 
     def __init__(
         self, task: Task, model: MLP, store: TaskStore, coordinator: Coordinator, phase: Phase, test: Dataset | None, seed: int,
-        status_frame: Callable[[], bytes], recipients: Callable[[], list[str]],
+        status_fields: Callable[[], dict], recipients: Callable[[], list[str]],
         committed: Callable[[int], None] = lambda index: None,
     ) -> None:
-        """``status_frame``: the status frame announced after every commit; ``recipients``:
-        the ids of the volunteers connected now; ``committed(index)``: called with each new
-        history entry's index once it is announced (federated evaluation starts there)."""
+        """``status_fields``: the status but its history, announced with every commit;
+        ``recipients``: the ids of the volunteers connected now; ``committed(index)``: called
+        with each new history entry's index once it is announced (federated evaluation starts there)."""
         self.task, self.model, self.store, self._coordinator, self._phase, self._seed = task, model, store, coordinator, phase, seed
         #: A cluster leader's fencing token, carried by every commit (None: one process, no fence).
         self.fence: int | None = None
-        self.status_frame = status_frame
+        self.status_fields = status_fields
         self.committed = committed
-        self.announcer = Announcer(coordinator, recipients, self.count_bytes_down)
         self._test = None if test is None else (features(test.x), test.y)
         checkpoint = store.latest_checkpoint()
         if checkpoint is None:
@@ -134,6 +132,8 @@ class CommitPipeline:
             self.model_version, self.params = checkpoint
         self.history = store.history()
         self.chain = ModelChain(self.params, self.model_version)
+        told = len(self.history)  # nobody is connected yet; a joining volunteer gets it all
+        self.announcer = Announcer(coordinator, recipients, self.count_bytes_down, lambda since, upto: history_fields(self.history, since, upto), told)
 
     @property
     def evaluates_on_server(self) -> bool:
@@ -179,7 +179,7 @@ class CommitPipeline:
         self.params, self.model_version = params, round_
         run.rounds_done += 1
         self.history.append(record)
-        self.announcer.announce(Announcement(round_, len(self.history) - 1, self.notice_frame(), self.status_frame()))
+        self.announce()
         self.committed(len(self.history) - 1)
         log.info("round %d committed: %d update(s), accuracy %s, loss %s", round_, participants, accuracy, loss)
         if stopped:
@@ -192,10 +192,16 @@ class CommitPipeline:
         record = self.history[index] = replace(record, bytes_down=record.bytes_down + nbytes)
         await asyncio.to_thread(self.store.set_bytes_down, record.round, record.bytes_down)
 
-    def notice_frame(self) -> bytes:
+    def announce(self, commit: bool = True) -> None:
+        """Tell every volunteer, paced, of a ``commit`` (its ``model_notice``, in its round's
+        bytes_down), or of the status now (a run's start)."""
+        fields = {**self.status_fields(), **self.notice_fields()} if commit else self.status_fields()
+        kind = "model_notice" if commit else "status"
+        self.announcer.announce(Announcement(self.model_version, len(self.history), fields, kind))
+
+    def notice_fields(self) -> dict:
         """What every volunteer hears of a commit: the version, its digest and where to fetch it."""
-        fields = {"model_version": self.chain.version, "digest": self.chain.digest, "url": model_url(self.chain.digest)}
-        return encode(Message("model_notice", fields))
+        return {"model_version": self.chain.version, "digest": self.chain.digest, "url": model_url(self.chain.digest)}
 
     def _evaluate(self, params: np.ndarray) -> EvalSums | None:
         """Loss, accuracy and per-class counts on the server's held-out data; None without any."""

@@ -6,6 +6,7 @@ import asyncio
 
 from ...core.protocol import Message, encode
 from ...core.tasks import Task
+from .announce import history_fields
 from .commit import CommitPipeline, Run
 from .funnel import RoundStats
 from .mode import RunMode
@@ -14,7 +15,7 @@ from .selection import Selection
 from .state import Phase
 from .validation import Rejections
 
-__all__ = ["status", "status_frame"]
+__all__ = ["status", "status_fields", "status_frame"]
 
 
 def status(
@@ -60,22 +61,25 @@ def status(
     }
 
 
-def status_frame(
-    phase: Phase, peers: Peers, commits: CommitPipeline, mode: RunMode | None, run: Run | None, ended: str | None = None
-) -> bytes:
-    """What every volunteer sees: the engine's state, the model, and the run's progress
-    (``run``: rounds committed and rounds planned, so a page can say "round 3 of 5";
-    ``ended``: why the run ended, one of ``protocol.RUN_ENDS``, or null while it runs)."""
+def status_fields(phase: Phase, peers: Peers, commits: CommitPipeline, mode: RunMode | None, run: Run | None, ended: str | None = None) -> dict:
+    """What every volunteer sees but the history: the engine's state, the model, and the
+    run's progress (``run``: rounds committed and rounds planned, so a page can say "round
+    3 of 5"; ``ended``: why the run ended, one of ``protocol.RUN_ENDS``, or null while it runs)."""
     open_ = mode.open_round() if mode else None
-    fields = {
+    return {
         "state": phase.state.value,
         "round": open_["round"] if open_ else commits.model_version,
         "model_version": commits.model_version,
         "connected": len(peers),
-        "history": [[r.round, r.accuracy] for r in commits.history[-200:]],
         "run": [run.rounds_done, run.config.rounds] if run else None,
         # What the page states in words: the run's guarantee, or null (not private).
         "privacy": run.privacy.frame() if run and run.privacy else None,
         "ended": ended,
     }
-    return encode(Message("status", fields))
+
+
+def status_frame(
+    phase: Phase, peers: Peers, commits: CommitPipeline, mode: RunMode | None, run: Run | None, ended: str | None = None
+) -> bytes:
+    """The full ``status`` frame (welcome, a run's start and end): the fields and the kept history."""
+    return encode(Message("status", {**status_fields(phase, peers, commits, mode, run, ended), **history_fields(commits.history)}))
