@@ -121,7 +121,7 @@ def test_the_servers_stop_read_ahead_stops_the_training_at_the_next_batch_with_n
 
     running, stopped = asyncio.run(stopped_frames())
     s = training_session()
-    assert not s.notice(running)  # a status of a run still going changes nothing
+    assert not s.notice(running)  # a status of a run still going leaves the job running
     assert s.train_batch()
     assert s.notice(stopped)
     assert s.train_batch() == "" and not s.should_train()
@@ -129,6 +129,20 @@ def test_the_servers_stop_read_ahead_stops_the_training_at_the_next_batch_with_n
     assert s.pending_record() == ""
     assert s.receive(stopped) == []  # the frame in its turn: the page now says why
     assert json.loads(s.snapshot())["run_ended"] == "stopped"
+
+
+def test_a_status_read_ahead_is_shown_at_once_and_again_in_its_turn_changes_nothing():
+    """A run's start is announced paced, so its status can land behind the task: read ahead,
+    the page shows "round 1 of 4" during the job rather than after it."""
+    s = training_session()
+    status = server("status", state="training", round=1, model_version=0, connected=1, history=[[1, 0.5]], history_from=0, run=[0, 4])
+    assert not s.notice(status)
+    shown = json.loads(s.snapshot())
+    assert shown["run"] == [0, 4] and shown["history"] == [[1, 0.5]]
+    assert s.train_batch()  # the job goes on
+    s.receive(status)
+    again = json.loads(s.snapshot())
+    assert again["run"] == shown["run"] and again["history"] == shown["history"]
 
 
 def test_a_reject_for_the_training_round_stops_it_one_for_another_round_does_not():

@@ -287,7 +287,12 @@ function connect() {
       // Frames wait their turn behind a training job; one that ends the job (the run
       // ended, the round refused us) is read now, so the training stops within a batch,
       // sends nothing, and the frame itself then reaches the page without waiting.
-      if (training && socket === connection.socket && session.notice(new Uint8Array(buffer))) wake();
+      // A status is shown at once as well ("round 1 of 4" arrives after the task now).
+      if (training && socket === connection.socket) {
+        const stops = session.notice(new Uint8Array(buffer));
+        postSnapshot();
+        if (stops) wake();
+      }
       inbox = inbox.then(() => handleFrame(socket, buffer)).catch(fail);
     },
     onClose() {

@@ -248,9 +248,12 @@ class BrowserSession:
         """Read a frame that arrived while a job trains, ahead of its turn (the worker still
         hands it to ``receive`` in order): one that ends the job (the run ended, or the
         round refused us) stops the training at the next :meth:`train_batch`, so a stop
-        reaches the page within a batch instead of after the whole local training."""
+        reaches the page within a batch instead of after the whole local training. A status
+        is shown at once too (:meth:`Volunteer.show_status`)."""
+        raw = _as_bytes(frame)
+        self.volunteer.show_status(raw)
         if self._steps is not None and not self._stop:
-            self._stop = self.volunteer.ends_job(_as_bytes(frame))
+            self._stop = self.volunteer.ends_job(raw)
         return self._stop
 
     def train_batch(self) -> str:

@@ -528,6 +528,17 @@ class Volunteer:
         log.warning("volunteer %s: update rejected: %s", self.volunteer_id, msg["reason"])
         return self._back_to_idle()
 
+    def show_status(self, frame: bytes) -> None:
+        """Take a ``status`` (or a commit's ``model_notice`` carrying one) read ahead of its
+        turn while a job trains: the page shows "round 1 of 4" at once, not after the job.
+        Only what is shown changes, and receiving the frame again in its turn changes nothing."""
+        try:
+            msg = decode(frame)
+        except ProtocolError:
+            return  # refused when its turn comes
+        if msg.type == "status" or (msg.type == "model_notice" and "history" in msg.fields):
+            self._status(msg.fields)
+
     def ends_job(self, frame: bytes) -> bool:
         """Whether ``frame``, read ahead of its turn while training, makes the job pointless:
         a status saying the run ended, or a reject for the job's round. Nothing changes

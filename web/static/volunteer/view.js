@@ -213,10 +213,14 @@ export class View {
     pause.textContent = snapshot.paused ? "Resume" : "Pause";
     pause.setAttribute("aria-pressed", String(snapshot.paused));
     this.training.hidden = snapshot.state !== "training";
-    if (snapshot.state === "training") {
+    // Reset the bar when a job starts, not on every snapshot: a status read while the job
+    // trains brings one too, and the bar must keep the job's progress.
+    const job = snapshot.state === "training" ? snapshot.round : null;
+    if (job !== null && job !== this.trainingRound) {
       this.q("train-progress").value = 0;
       this.q("train-label").textContent = `Training for round ${snapshot.round}`;
     }
+    this.trainingRound = job;
     this.drawHistory(snapshot.history);
     this.renderState();
   }
