@@ -56,13 +56,20 @@ class LeaderHub:
 
     async def open(self, facts: RoundFacts) -> None:
         ttl = facts.deadline - time.time() + FACTS_SLACK_S
-        await self.redis.set(facts_key(self.term, facts.task), facts.to_json(), px=int(ttl * 1000))
+        try:
+            await self.redis.set(facts_key(self.term, facts.task), facts.to_json(), px=int(ttl * 1000))
+        except RedisError as exc:  # followers find no facts and relay every update: the round still runs
+            log.warning("round %d of %s: facts not published (%s); followers relay its updates", facts.round, facts.task, exc)
 
     async def ask(self, task: str, round_: int, volunteers: set[str]) -> set[str]:
         homes = self.coordinator.homes
         members = {homes[v] for v in volunteers if v in homes}
-        for member in members:
-            await self.redis.publish(member_channel(member), pack({"flush": task, "round": round_}))
+        try:
+            for member in members:
+                await self.redis.publish(member_channel(member), pack({"flush": task, "round": round_}))
+        except RedisError as exc:  # the round closes without the shares not yet shipped
+            log.warning("round %d of %s: could not ask for shares (%s)", round_, task, exc)
+            return set()
         return {v for v in volunteers if homes.get(v) in members}
 
     def home_of(self, volunteer: str) -> str | None:

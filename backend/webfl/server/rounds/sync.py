@@ -30,7 +30,7 @@ from .mode import RunMode
 from .peers import PeerState
 from .seeds import task_seed
 from .selection import target
-from .shares import RoundFacts, Share
+from .shares import RoundFacts, Share, ShareHub
 from .state import RoundState
 from .validation import ACCEPTED, Verdict, fold, payload
 
@@ -98,9 +98,8 @@ class SyncRounds(RunMode):
         s.tasks.open(round_)
         hub = s.sharing.hub if rule.mergeable else None
         if hub is not None:
-            wall = time.time() + config.deadline_s
             facts = RoundFacts(s.commits.task.name, round_, version, s.commits.model.size, config.codec.spec, config.max_examples,
-                               open_.selected, wall)
+                               open_.selected, time.time() + config.deadline_s)
             await hub.open(facts)  # before any task: a follower vets the first update with them
             open_.shared = True
         for i, peer_id in enumerate(selected):
@@ -134,7 +133,7 @@ class SyncRounds(RunMode):
         s.stats.commit_took(time.monotonic() - began)
         return True
 
-    async def _collect(self, hub, open_: _OpenRound) -> None:
+    async def _collect(self, hub: ShareHub, open_: _OpenRound) -> None:
         """Ask the members still holding tasks of the round for their shares; wait for them a while."""
         loop = asyncio.get_running_loop()
         waiting = await hub.ask(self.services.commits.task.name, open_.round, self._training())
