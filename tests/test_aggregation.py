@@ -410,3 +410,56 @@ def test_old_style_construction_still_works():
     for xi, wi in zip(x, w):
         agg.add(NONE, NONE.encode(xi, np.random.default_rng(0)), wi)
     np.testing.assert_allclose(agg.finish(), np.average(x, axis=0, weights=w), rtol=1e-6, atol=1e-7)
+
+
+# -- partial sums (a cluster's followers fold shares of a round) -----------------------
+
+
+def test_shares_folded_apart_and_merged_commit_what_one_rule_folding_all_would():
+    # Dyadic values and weights: every float64 sum is exact, so the order cannot matter.
+    rng = np.random.default_rng(3)
+    x = (rng.integers(-64, 64, (9, SIZE)) / 64).astype(np.float32)
+    w = rng.integers(1, 50, 9).astype(np.float64)
+    whole = run(FedAvg(), x, w)
+    leader, shares = FedAvg(), [FedAvg(), FedAvg()]
+    leader.begin(SIZE, 9)
+    for agg in shares:
+        agg.begin(SIZE, 9)
+    for i, (xi, wi) in enumerate(zip(x, w)):
+        target = leader if i < 3 else shares[i % 2]
+        target.add(NONE, NONE.encode(xi, rng), wi)
+    for agg in shares:
+        leader.merge(agg.partial())
+    assert leader.count == 9 and leader.total_weight == w.sum()
+    np.testing.assert_array_equal(leader.finish(), whole)
+
+
+@pytest.mark.parametrize("bad, says", [
+    (lambda s: s.__class__(s.sum.astype(np.float32), s.count, s.total_weight), "float64"),
+    (lambda s: s.__class__(s.sum[:-1], s.count, s.total_weight), "float64"),
+    (lambda s: s.__class__(np.where(np.arange(SIZE) == 7, np.nan, s.sum), s.count, s.total_weight), "NaN"),
+    (lambda s: s.__class__(s.sum, 0, s.total_weight), "at least one"),
+    (lambda s: s.__class__(s.sum, 8, s.total_weight), "exceed"),
+    (lambda s: s.__class__(s.sum, s.count, -1.0), "weight"),
+    (lambda s: s.__class__(s.sum, s.count, math.inf), "weight"),
+])
+def test_a_partial_sum_that_does_not_fit_the_round_leaves_the_rule_unchanged(bad, says):
+    x, w = updates(4)
+    share = FedAvg()
+    share.begin(SIZE, 4)
+    share.add(NONE, NONE.encode(x[0], np.random.default_rng(0)), w[0])
+    leader = FedAvg()
+    leader.begin(SIZE, 4)
+    leader.add(NONE, NONE.encode(x[1], np.random.default_rng(0)), w[1])
+    before = leader.partial()
+    with pytest.raises(ValueError, match=says):
+        leader.merge(bad(share.partial()))
+    after = leader.partial()
+    assert (after.count, after.total_weight) == (before.count, before.total_weight)
+    np.testing.assert_array_equal(after.sum, before.sum)
+
+
+@pytest.mark.parametrize("spec", ["clipped", "clipped:0.5", "median", "trimmed_mean:0.2", "multikrum"])
+def test_only_plain_weighted_sums_merge(spec):
+    assert not get_aggregator(spec).mergeable
+    assert FedAvg().mergeable and not FedAvg(bound=NormBound(max_norm=5.0)).mergeable

@@ -34,6 +34,7 @@ from .rounds.statistics import FeatureStatistics
 from .rounds.mode import RunMode, Services
 from .rounds.peers import Peer, PeerState, Peers
 from .rounds.selection import Selection
+from .rounds.shares import Share, Sharing
 from .rounds.state import Phase, RoundState
 from .rounds.status import status, status_fields, status_frame
 from .rounds.secagg import SecAggRounds
@@ -96,7 +97,8 @@ class RoundEngine:
         self.evaluation = FederatedEvaluation(self.commits, self.store, task.num_classes)
         self.cohort = EvaluationCohort(self.peers, self.tasks.catch_up, coordinator, self.commits.count_bytes_down)
         self.statistics = FeatureStatistics(task.num_features)
-        self.services = Services(self.phase, self.peers, self.selection, self.tasks, self.commits, self.rejections, self.stats, seed, coordinator)
+        self.services = Services(self.phase, self.peers, self.selection, self.tasks, self.commits, self.rejections, self.stats, seed, coordinator,
+                                 Sharing())
         self.run: Run | None = None
         self._ended: str | None = None  # why self.run ended (protocol.RUN_ENDS); None while it runs
         self._mode: RunMode | None = None
@@ -191,6 +193,12 @@ class RoundEngine:
         if not verdict.accepted:
             self.rejections.add(verdict.kind or "malformed")
         return verdict
+
+    def merge_share(self, share: Share) -> str | None:
+        """Merge a cluster follower's share of the open round (``rounds.shares``); why it was refused, or None."""
+        if self._mode is None:
+            return "no run is in progress"
+        return self._mode.merge_share(share)
 
     async def secagg(self, peer_id: str, msg: Message, nbytes: int) -> ProtocolError | None:
         """One secure-aggregation frame (``sa_*``); why it is refused (the socket closes with it), or None."""

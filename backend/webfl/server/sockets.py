@@ -5,7 +5,8 @@ volunteer gets ``welcome`` (with a credential to resume its id on a later connec
 see ``resume``), the current model and status; then one task reads
 frames from the socket and another writes the frames the engine addresses to it. In a
 cluster (``--redis``) a follower checks each frame here and relays it to the leader's
-engine (``cluster.relay``), whose answers come back through the coordinator.
+engine (``cluster.relay``), whose answers come back through the coordinator; an update
+of a shared round it vets and folds itself (``cluster.partial``).
 Anything malformed ends the connection with a close code and a reason; content
 problems in an ``update`` get a ``reject`` and the connection stays up.
 """
@@ -17,6 +18,7 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -33,7 +35,7 @@ from ..core.protocol import (
 )
 from ..core.secagg.wire import TYPES as SECAGG_TYPES
 from .cluster.lease import Holder
-from .cluster.relay import Kind, Relay
+from .cluster.relay import Kind
 from .coordinator import SlowConsumer
 from .datasets import DEMO_TASK
 from .engine import RoundEngine
@@ -42,6 +44,9 @@ from .logsafe import untrusted
 from .origins import origin_allowed
 from .security import ResumeTokens
 from .web.services import Services, services
+
+if TYPE_CHECKING:
+    from .cluster.member import ClusterMember
 
 __all__ = ["VOLUNTEER_FRAMES", "dispatch", "joined", "volunteer_socket"]
 
@@ -109,7 +114,7 @@ async def volunteer_socket(websocket: WebSocket) -> None:
             handle = _local(engine, peer_id)
         else:
             await cluster.relay.send(relay_to, Kind.JOIN, engine.task.name, peer_id, address, encode(hello))
-            handle = _relayed(cluster.relay, relay_to, engine.task.name, peer_id)
+            handle = _relayed(cluster, relay_to, engine.task.name, peer_id)
         writer = asyncio.create_task(_write(websocket, subscription))
         try:
             await _read(websocket, handle, settings.max_frame_bytes, limits, settings.idle_timeout_s)
@@ -217,9 +222,12 @@ def _local(engine: RoundEngine, peer_id: str) -> Handler:
     return lambda msg, data: dispatch(engine, peer_id, msg, len(data))
 
 
-def _relayed(relay: Relay, term: Holder, task: str, peer_id: str) -> Handler:
+def _relayed(cluster: ClusterMember, term: Holder, task: str, peer_id: str) -> Handler:
     async def handle(msg: Message, data: bytes) -> None:
-        await relay.send(term, Kind.FRAME, task, peer_id, data=data)  # the leader closes what it refuses
+        # An update of a shared round is folded here (``cluster.partial``); anything else goes to the leader.
+        if msg.type == "update" and await cluster.shares.update(term, task, peer_id, msg, len(data)):
+            return
+        await cluster.relay.send(term, Kind.FRAME, task, peer_id, data=data)  # the leader closes what it refuses
 
     return handle
 

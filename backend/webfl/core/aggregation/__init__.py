@@ -23,7 +23,7 @@ from .base import DEFAULT_MEMORY_LIMIT, Aggregator, RuleState, UpdateRejected
 from .bounds import MIN_HISTORY, NORM_BOUND_GRAMMAR, PRIOR_MEDIAN_NORM, NormBound, parse_norm_bound
 from .clipped import ClippedFedAvg
 from .coordinate import CoordinateMedian, TrimmedMean
-from .fedavg import FedAvg
+from .fedavg import FedAvg, PartialSum
 from .multikrum import MultiKrum
 from .registry import AGGREGATORS, GRAMMAR, get_aggregator
 
@@ -40,6 +40,7 @@ __all__ = [
     "NORM_BOUND_GRAMMAR",
     "NormBound",
     "PRIOR_MEDIAN_NORM",
+    "PartialSum",
     "RuleState",
     "TrimmedMean",
     "UpdateRejected",

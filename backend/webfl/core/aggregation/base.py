@@ -97,6 +97,11 @@ class Aggregator(ABC):
     # -- what a run can ask of the rule ---------------------------------------------
 
     @property
+    def mergeable(self) -> bool:
+        """Shares of a round folded elsewhere add up to the round (``FedAvg.merge``); only plain weighted sums."""
+        return False
+
+    @property
     def min_count(self) -> int:
         """The fewest updates the rule aggregates as intended (robust rules: more than one)."""
         return 1

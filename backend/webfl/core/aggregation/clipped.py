@@ -66,6 +66,11 @@ class ClippedFedAvg(FedAvg):
         return p
 
     @property
+    def mergeable(self) -> bool:
+        # An adaptive bound learns from every norm, and the clipped count would miss the shares'.
+        return False
+
+    @property
     def clip_bound(self) -> float:
         """The norm the next update is clipped to."""
         if self.clip_norm is not None:

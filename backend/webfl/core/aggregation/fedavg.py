@@ -1,13 +1,31 @@
-"""FedAvg: the example-weighted mean of the updates, streamed (McMahan et al. 2017)."""
+"""FedAvg: the example-weighted mean of the updates, streamed (McMahan et al. 2017).
+
+Its round state is a weighted sum, so a round can be folded in pieces: another process
+(a cluster follower) folds its share of the updates into a rule of its own and ships
+``partial()``; the rule that commits adds it with ``merge``. Finishing then gives what
+one rule folding every update would (up to float64 rounding of the sum's order).
+"""
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 
 import numpy as np
 
 from ..codecs import Codec, Encoded
 from .base import Aggregator
 
-__all__ = ["FedAvg"]
+__all__ = ["FedAvg", "PartialSum"]
+
+
+@dataclass(frozen=True)
+class PartialSum:
+    """A share of a streaming round folded elsewhere: the weighted sum, its updates, their weight."""
+
+    sum: np.ndarray  # float64, the model's size
+    count: int
+    total_weight: float
 
 
 class FedAvg(Aggregator):
@@ -19,6 +37,46 @@ class FedAvg(Aggregator):
     """
 
     name = "fedavg"
+
+    @property
+    def mergeable(self) -> bool:
+        """The round's state is the weighted sum alone: ``partial``/``merge`` lose nothing.
+
+        Not with a norm bound: its history (the adaptive median, the checkpointed norms)
+        grows with every ``add`` and would miss the updates folded elsewhere.
+        """
+        return self.bound is None
+
+    def partial(self) -> PartialSum:
+        """This round's share as it stands (a copy); the round stays open."""
+        if not self._open:
+            raise ValueError(f"{self.name}: no round in progress; call begin() first")
+        return PartialSum(self._sum.copy(), self.count, self.total_weight)
+
+    def merge(self, part: PartialSum) -> None:
+        """Add a share folded elsewhere; ``ValueError`` (the rule unchanged) if it does not fit this round.
+
+        The share comes from another process: checked like an update before it touches the sum.
+        """
+        if not self._open:
+            raise ValueError(f"{self.name}: no round in progress; call begin() first")
+        if not self.mergeable:
+            raise ValueError(f"{self.spec} with a norm bound cannot merge partial sums")
+        s = part.sum
+        if not isinstance(s, np.ndarray) or s.dtype != np.float64 or s.shape != (self.size,):
+            raise ValueError(f"a partial sum must be {self.size} float64 values")
+        if not isinstance(part.count, int) or part.count < 1:
+            raise ValueError(f"a partial sum must hold at least one update, got {part.count!r}")
+        if self.max_updates is not None and self.count + part.count > self.max_updates:
+            raise ValueError(f"{self.name}: {part.count} more update(s) exceed the round's {self.max_updates}")
+        w = float(part.total_weight)
+        if not (math.isfinite(w) and w > 0):
+            raise ValueError(f"a partial sum's weight must be a positive number, got {part.total_weight!r}")
+        if not np.isfinite(s).all():
+            raise ValueError("a partial sum holds NaN or Inf")
+        np.add(self._sum, s, out=self._sum)
+        self.count += part.count
+        self.total_weight += w
 
     def _start(self) -> None:
         self._sum = np.zeros(self.size, dtype=np.float64)

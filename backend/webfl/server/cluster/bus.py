@@ -5,7 +5,8 @@ protection of ``InProcessCoordinator``, per socket); one whose socket lives on a
 member (``homes``, which the leader learns from the relay) gets them through that
 member's pub/sub channel, one message per frame and member with the ids it is for. The
 same channel carries the leader's order to close sockets there (``close``): a volunteer
-the leader cannot take (its id is connected elsewhere, its task unknown) is told why.
+the leader cannot take (its id is connected elsewhere, its task unknown) is told why; and
+its request for the member's share of a closing round (``flush``, see ``partial``).
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ def unpack(message: bytes) -> tuple[dict, bytes]:
 
 
 Closer = Callable[[list[str], int, str], Awaitable[None]]
+#: Ships this member's share of a task's round, as the leader asks at the round's close (``partial``).
+Flusher = Callable[[str, int], Awaitable[None]]
 
 
 class RedisCoordinator(Coordinator):
@@ -54,6 +57,7 @@ class RedisCoordinator(Coordinator):
         self.homes: dict[str, str] = {}
         #: Closes this member's sockets of the given ids, as another member asks (``close``).
         self.closer: Closer | None = None
+        self.flusher: Flusher | None = None
 
     def subscribe(self, volunteer_id: str) -> Subscription:
         return self.local.subscribe(volunteer_id)
@@ -88,7 +92,10 @@ class RedisCoordinator(Coordinator):
                     continue
                 try:
                     header, frame = unpack(message["data"])
-                    if "close" in header:
+                    if "flush" in header:
+                        if self.flusher is not None:
+                            await self.flusher(str(header["flush"]), int(header["round"]))
+                    elif "close" in header:
                         if self.closer is not None:
                             await self.closer([str(v) for v in header["close"]], int(header["code"]), str(header["reason"]))
                     else:

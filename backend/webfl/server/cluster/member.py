@@ -8,7 +8,8 @@ rebuilds its engines from the store and resumes the interrupted runs there
 (``RoundEngine.resume``), reads its term's relay stream, and publishes each committed
 model under ``webfl:model:<digest>`` and each task's status under
 ``webfl:status:<task>``. A follower relays its volunteers (``relay``) and answers
-``/api/status`` with the leader's latest. When the leader changes, every member closes
+``/api/status`` with the leader's latest; it folds its volunteers' updates of a shared
+round itself and ships the sum (``partial``). When the leader changes, every member closes
 the sockets of the old term with 1013 (try again later): the volunteers reconnect and
 join the new leader's engine, which knew nothing of them.
 """
@@ -33,7 +34,9 @@ from ..sockets import VOLUNTEER_FRAMES, dispatch, joined
 from ..store import Fenced, Store
 from ..taskset import TaskSet, UnknownTask
 from .bus import RedisCoordinator
+from ..rounds.shares import Share
 from .lease import Holder, Lease
+from .partial import FollowerShares, LeaderHub
 from .relay import Event, Kind, Relay
 
 __all__ = ["MEMBERS_KEY", "ClusterMember", "Role", "model_key"]
@@ -88,6 +91,7 @@ class ClusterMember:
         self.tasks, self.store, self.coordinator, self.max_frame_bytes = tasks, store, coordinator, max_frame_bytes
         self.lease = Lease(redis, member, lease_s)
         self.relay = Relay(redis, member, lease_s)
+        self.shares = FollowerShares(redis, member, self.relay, coordinator, tasks.get, self.holds, self.count_refusal)
         self.beat_s = min(1.0, lease_s / 3)
         self.role = Role.STARTING
         #: The leader's term as this member last saw it (None: no leader); sockets read it.
@@ -122,6 +126,7 @@ class ClusterMember:
         sock = self._sockets.pop(volunteer, None)
         if sock is not None and sock.relay_to is not None:
             try:
+                await self.shares.left(volunteer)  # on the stream before the leave: the leader still knows it
                 await self.relay.send(sock.relay_to, Kind.LEAVE, sock.task, volunteer)
             except RedisError as exc:  # the leader forgets it with this member's heartbeat
                 log.warning("could not relay that %s left: %s", volunteer, exc)
@@ -156,6 +161,7 @@ class ClusterMember:
         engine.cluster = self
         engine.leading = self._own is not None
         engine.commits.fence = None if self._own is None else self._own.token
+        engine.services.sharing.hub = None if self._own is None else LeaderHub(self.redis, self._own, self.coordinator)
         engine.on_commit.append(self._share_model)
 
     async def model_blob(self, digest: str) -> bytes | None:
@@ -173,6 +179,7 @@ class ClusterMember:
         """Join the cluster: the first election happens before the member serves."""
         self.tasks.prepare = self.prepare
         self.coordinator.closer = self._close_volunteers
+        self.coordinator.flusher = self._flush
         for engine in self.tasks:
             self.prepare(engine)
         self._listener = asyncio.create_task(self._supervised(lambda: self.coordinator.listen(lambda: self._stopping)), name="cluster-listen")
@@ -281,6 +288,7 @@ class ClusterMember:
             # The old leader's last status stays until the new one's: an empty one would
             # tell a client watching a run (webfl simulate) that it ended.
             self.term = holder
+            self.shares.reset()
             await self._close_sockets(keep=holder)
 
     async def _close_sockets(self, keep: Holder | None) -> None:
@@ -293,6 +301,10 @@ class ClusterMember:
                 pass  # closed already
         if stale:
             log.info("member %s: closed %d volunteer socket(s) of the previous term", self.member, len(stale))
+
+    async def _flush(self, task: str, round_: int) -> None:
+        if self.term is not None and not self.leads:
+            await self.shares.flush(self.term, task, round_)
 
     async def _close_volunteers(self, volunteers: list[str], code: int, reason: str) -> None:
         for volunteer in volunteers:
@@ -430,6 +442,14 @@ class ClusterMember:
             self.tasks.refresh()
         if event.kind is Kind.JOIN:
             await self._join(event)
+            return
+        if event.kind is Kind.SHARE:
+            engine = self.tasks.get(event.task)
+            share = Share.decode(event.data, engine.commits.model.size)  # a ShareError is a ValueError: logged, refused
+            if share.member != event.member or share.task != event.task:
+                raise ValueError(f"a share of {share.member}/{share.task} on {event.member}'s entry for {event.task}")
+            if (why := engine.merge_share(share)) is not None:
+                log.warning("relay: share of round %d from %s refused: %s", share.round, event.member, why)
             return
         engine = self.tasks.get(event.task)
         if homes.get(event.volunteer) == event.member and event.volunteer in engine.peers:

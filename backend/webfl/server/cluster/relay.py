@@ -4,8 +4,9 @@ The socket lives on the member the load balancer picked; the engine runs on the 
 The follower checks each frame at the edge (rate limits, size, the protocol's schema;
 ``sockets``) and appends what passes to the stream of the leader's term,
 ``webfl:relay:<token>``, as one entry: a volunteer joined (its ``hello``), sent a frame,
-or left, or a member (re)started and its old volunteers are gone; and what it refused at
-the edge, so that the leader's status counts every member's refusals. The leader reads its
+or left, or a member (re)started and its old volunteers are gone; what it refused at
+the edge, so that the leader's status counts every member's refusals; and its share of a
+round it folded itself (``partial``). The leader reads its
 term's stream from the start, so nothing addressed to it is lost between its election
 and its first read, and nothing addressed to an earlier leader reaches it.
 """
@@ -37,6 +38,7 @@ class Kind(Enum):
     LEAVE = "leave"
     RESET = "reset"  # a member started: the leader forgets volunteers it had there
     REFUSED = "refused"  # the follower refused a frame or connection at its edge (data: the reason key)
+    SHARE = "share"  # the follower's share of a shared round (data: ``rounds.shares.Share.encode``)
 
 
 @dataclass(frozen=True)

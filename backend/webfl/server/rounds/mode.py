@@ -20,6 +20,7 @@ from .config import RunConfig
 from .funnel import RoundStats
 from .peers import Peers
 from .selection import Selection
+from .shares import Share, Sharing
 from .state import Phase
 from .tasks import TaskBook
 from .validation import Rejections, Verdict
@@ -38,6 +39,7 @@ class Services:
     stats: RoundStats
     seed: int
     coordinator: Coordinator
+    sharing: Sharing
 
 
 class RunMode(ABC):
@@ -67,6 +69,10 @@ class RunMode(ABC):
     async def secagg_frame(self, peer_id: str, msg: Message, nbytes: int) -> ProtocolError | None:
         """Handle one secure-aggregation frame (``sa_*``); why it is refused (the close code and reason), or None."""
         return ProtocolError(f"{msg.type}: this run does not use secure aggregation", CLOSE_TRY_LATER)
+
+    def merge_share(self, share: Share) -> str | None:
+        """Merge a follower's share of the open round; why it was refused, or None."""
+        return f"a {self.name} run folds no shares"
 
     def open_round(self) -> dict | None:
         """The open round for the status (``round``, ``selected``, ``received``, ``deadline``, ``funnel``), if any."""

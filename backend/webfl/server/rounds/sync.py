@@ -6,6 +6,12 @@ volunteer is still training, or at ``deadline_s``. With ``min_updates`` it commi
 with fewer (or a refused aggregate) it is abandoned, the model unchanged, recorded (with
 its funnel) and retried. Surplus ready volunteers are steered away (``wait``) while it
 trains. Every update weighs ``min(num_examples, max_examples)`` in the mean.
+
+In a cluster, a round whose rule merges (plain FedAvg) is shared (``shares``): its facts
+go out before its tasks, each follower folds its own volunteers' updates and ships one
+share, which ``merge_share`` adds once per member and round. At the close the leader asks
+the members still holding tasks for their shares and waits up to ``SHARE_WAIT_S``; a
+member that never ships loses only its volunteers' updates.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from .mode import RunMode
 from .peers import PeerState
 from .seeds import task_seed
 from .selection import target
+from .shares import RoundFacts, Share, ShareHub
 from .state import RoundState
 from .validation import ACCEPTED, Verdict, fold, payload
 
@@ -33,6 +40,8 @@ log = logging.getLogger("webfl.engine")
 
 #: Pause between an abandoned round and its retry.
 RETRY_S = 0.5
+#: How long a shared round's close waits for the shares it asked for (a round trip through Redis, normally).
+SHARE_WAIT_S = 2.0
 
 
 @dataclass
@@ -46,6 +55,9 @@ class _OpenRound:
     received: int = 0
     bytes_up: int = 0
     bytes_down: int = 0
+    shared: bool = False  # followers fold their volunteers' updates and ship shares
+    merged: set[str] = field(default_factory=set)  # members whose share is in
+    stragglers: set[str] = field(default_factory=set)  # still training on a member when it shipped
 
 
 class SyncRounds(RunMode):
@@ -84,6 +96,12 @@ class SyncRounds(RunMode):
         open_ = self._open = _OpenRound(round_, loop.time() + config.deadline_s, frozenset(selected), funnel, version)
         rule.begin(s.commits.model.size, len(selected))
         s.tasks.open(round_)
+        hub = s.sharing.hub if rule.mergeable else None
+        if hub is not None:
+            facts = RoundFacts(s.commits.task.name, round_, version, s.commits.model.size, config.codec.spec, config.max_examples,
+                               open_.selected, time.time() + config.deadline_s)
+            await hub.open(facts)  # before any task: a follower vets the first update with them
+            open_.shared = True
         for i, peer_id in enumerate(selected):
             sent = await s.tasks.send(peer_id, config, round_, version, task_seed(s.seed, round_, i), open_.deadline, self.run.clip)
             open_.bytes_down += sent
@@ -99,7 +117,9 @@ class SyncRounds(RunMode):
             # Volunteers ready beyond what the next round selects have nothing to do for a while.
             await s.selection.steer(s.selection.eligible(config.codec)[want:], want, config, "enough volunteers are ready")
             await s.phase.wait_change(remaining)
-        funnel.close(self._training())
+        if hub is not None:
+            await self._collect(hub, open_)
+        funnel.close(self._training() | open_.stragglers)
         self._close()
         if rule.count < config.min_updates:
             rule.abort()
@@ -112,6 +132,51 @@ class SyncRounds(RunMode):
             return False
         s.stats.commit_took(time.monotonic() - began)
         return True
+
+    async def _collect(self, hub: ShareHub, open_: _OpenRound) -> None:
+        """Ask the members still holding tasks of the round for their shares; wait for them a while."""
+        loop = asyncio.get_running_loop()
+        waiting = await hub.ask(self.services.commits.task.name, open_.round, self._training())
+        end = loop.time() + SHARE_WAIT_S
+        while (late := waiting & self._training()) and (left := end - loop.time()) > 0:
+            await self.services.phase.wait_change(left)
+        if late:
+            log.warning("round %d: no share from the member(s) of %d volunteer(s) in time; their updates are lost", open_.round, len(late))
+
+    def merge_share(self, share: Share) -> str | None:
+        s, open_ = self.services, self._open
+        if open_ is None or not open_.shared or share.round != open_.round:
+            return f"round {share.round} is not an open shared round"
+        if share.member in open_.merged:
+            return f"a second share of round {share.round} from {share.member}"  # a replayed stream entry
+        hub, named = s.sharing.hub, set(share.accepted) | share.reported | share.pending
+        # A volunteer that answered and then left has no home any more; one homed elsewhere is not this member's.
+        if hub is None or any(v not in open_.selected or hub.home_of(v) not in (None, share.member) for v in named):
+            return f"the share names volunteer(s) not selected on {share.member}"
+        if share.partial is not None:
+            try:
+                self.run.rule.merge(share.partial)
+            except ValueError as exc:
+                return str(exc)  # the rule is unchanged
+        open_.merged.add(share.member)
+        for v in share.reported:
+            if v in open_.funnel.trained:
+                open_.funnel.report(v)
+        for kind, n in share.rejected.items():
+            open_.funnel.rejected[kind] += n
+        for v, (num_examples, nbytes) in share.accepted.items():
+            if s.tasks.holds(v):
+                s.tasks.answered(v)
+            open_.funnel.accept(num_examples)
+            open_.received += 1
+            open_.bytes_up += nbytes
+        for v in share.pending:
+            s.tasks.withdraw(v)  # the member closed its share: nothing more comes for it
+        open_.stragglers |= share.pending
+        log.info("round %d: a share of %d update(s) from %s merged (%d/%d)", open_.round, len(share.accepted), share.member,
+                 open_.received, len(open_.selected))
+        s.phase.changed()
+        return None
 
     def _training(self) -> set[str]:
         """Volunteers still training on their task: they may yet answer. Not one that left,

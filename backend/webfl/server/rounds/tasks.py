@@ -155,6 +155,15 @@ class TaskBook:
         token_ok = self.tokens.check(peer_id, job.round, job.model_version, msg["token"])
         return check(token_ok, msg, codec) or job
 
+    def expect(self, peer_id: str, round_: int, model_version: int) -> None:
+        """Vet updates for a task issued elsewhere (a cluster follower's book of the leader's round)."""
+        self.open(round_)
+        self._jobs[peer_id] = Assignment(round_, model_version, float("inf"))
+
+    def withdraw(self, peer_id: str) -> None:
+        """Drop the task without an answer: the member that held it closed its share of the round."""
+        self._jobs.pop(peer_id, None)
+
     def answered(self, peer_id: str) -> None:
         """The task is done (accepted, or refused for good): its slot is free."""
         job = self._jobs.pop(peer_id)

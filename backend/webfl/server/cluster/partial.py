@@ -1,0 +1,195 @@
+"""Partial aggregates: a follower folds its volunteers' updates of a shared round itself.
+
+A sync round whose rule merges (``rounds.shares``) is shared. The leader (``LeaderHub``)
+stores the round's facts under ``webfl:round:<token>:<task>`` before any task goes out.
+A follower (``FollowerShares``) that gets an ``update`` for that round reads them once,
+vets the update with the leader's own checks (a ``TaskBook`` of the round's selection:
+round, selection, one update each, model version, task token, codec, example count; then
+``validation.fold``: dtype, shape, finiteness), folds it into its share (one FedAvg sum,
+O(model size)) and answers ``accept`` or ``reject`` itself. It ships the share once, on
+the relay stream of the leader's term (so after the frames it relayed before): when all
+its selected volunteers answered or left, or when the leader asks at the round's close.
+An update of any other round is relayed as before, and the leader judges it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from ...core.aggregation import FedAvg
+from ...core.codecs import Codec, get_codec
+from ...core.protocol import Message, encode
+from ..engine import RoundEngine
+from ..rounds.funnel import capped_weight
+from ..rounds.shares import RoundFacts, Share, ShareError
+from ..rounds.tasks import TaskBook
+from ..rounds.validation import Verdict, fold, payload
+from .bus import RedisCoordinator, member_channel, pack
+from .lease import Holder
+from .relay import Kind, Relay
+
+__all__ = ["FollowerShares", "LeaderHub", "facts_key"]
+
+log = logging.getLogger("webfl.cluster")
+
+#: How long a round's facts outlive its deadline in Redis.
+FACTS_SLACK_S = 60.0
+
+
+def facts_key(term: Holder, task: str) -> str:
+    return f"webfl:round:{term.token}:{task}"
+
+
+class LeaderHub:
+    """The leader's side (``rounds.shares.ShareHub``): publish a round's facts, ask for its shares."""
+
+    def __init__(self, redis: Redis, term: Holder, coordinator: RedisCoordinator) -> None:
+        self.redis, self.term, self.coordinator = redis, term, coordinator
+
+    async def open(self, facts: RoundFacts) -> None:
+        ttl = facts.deadline - time.time() + FACTS_SLACK_S
+        try:
+            await self.redis.set(facts_key(self.term, facts.task), facts.to_json(), px=int(ttl * 1000))
+        except RedisError as exc:  # followers find no facts and relay every update: the round still runs
+            log.warning("round %d of %s: facts not published (%s); followers relay its updates", facts.round, facts.task, exc)
+
+    async def ask(self, task: str, round_: int, volunteers: set[str]) -> set[str]:
+        homes = self.coordinator.homes
+        members = {homes[v] for v in volunteers if v in homes}
+        try:
+            for member in members:
+                await self.redis.publish(member_channel(member), pack({"flush": task, "round": round_}))
+        except RedisError as exc:  # the round closes without the shares not yet shipped
+            log.warning("round %d of %s: could not ask for shares (%s)", round_, task, exc)
+            return set()
+        return {v for v in volunteers if homes.get(v) in members}
+
+    def home_of(self, volunteer: str) -> str | None:
+        return self.coordinator.homes.get(volunteer)
+
+
+@dataclass
+class _Share:
+    """A follower's share of one open round of one task."""
+
+    facts: RoundFacts
+    term: Holder
+    book: TaskBook
+    codec: Codec
+    rule: FedAvg
+    accepted: dict[str, tuple[int, int]] = field(default_factory=dict)
+    reported: set[str] = field(default_factory=set)
+    rejected: Counter[str] = field(default_factory=Counter)
+    shipped: bool = False
+
+
+class FollowerShares:
+    """A follower's shares, one per task (its current round), for the leader's term it saw."""
+
+    def __init__(self, redis: Redis, member: str, relay: Relay, coordinator: RedisCoordinator, engines: Callable[[str], RoundEngine],
+                 holds: Callable[[str], bool], count_refusal: Callable[[str, str], None]) -> None:
+        self.redis, self.member, self.relay, self.coordinator = redis, member, relay, coordinator
+        self._engines, self._holds, self._count_refusal = engines, holds, count_refusal
+        self._shares: dict[str, _Share] = {}
+        self._lock = asyncio.Lock()  # one reader of a round's facts at a time
+
+    def reset(self) -> None:
+        """The leader changed: its rounds are over (the new one re-runs them)."""
+        self._shares.clear()
+
+    async def update(self, term: Holder, task: str, peer_id: str, msg: Message, nbytes: int) -> bool:
+        """Vet, fold and answer an update of the task's shared round here; False: relay it instead."""
+        share = await self._share(term, task, msg["round"])
+        if share is None:
+            return False
+        facts = share.facts
+        if peer_id in facts.selected:
+            share.reported.add(peer_id)
+        verdict = self._verdict(share, peer_id, msg, nbytes)
+        if not verdict.accepted:
+            kind = verdict.kind or "malformed"
+            share.rejected[kind] += 1
+            self._count_refusal(task, kind)
+        reply = Message("accept", {"round": facts.round}) if verdict.accepted else Message(
+            "reject", {"reason": verdict.reason, "round": msg["round"]})
+        await self.coordinator.publish(encode(reply), to=[peer_id])
+        if verdict.accepted and not self._pending(share):
+            await self._ship(share)
+        return True
+
+    async def left(self, peer_id: str) -> None:
+        """A volunteer's socket closed: a share may have nobody left to wait for."""
+        for share in list(self._shares.values()):
+            if peer_id in share.facts.selected and not share.shipped and not self._pending(share):
+                await self._ship(share)
+
+    async def flush(self, term: Holder, task: str, round_: int) -> None:
+        """The leader asks for the round's share (an empty one if no update came here)."""
+        share = await self._share(term, task, round_)
+        if share is not None and not share.shipped:
+            await self._ship(share)
+
+    # -- inside ----------------------------------------------------------------------------
+
+    async def _share(self, term: Holder, task: str, round_: int) -> _Share | None:
+        share = self._shares.get(task)
+        if share is not None and share.term == term and share.facts.round == round_:
+            return share
+        async with self._lock:
+            share = self._shares.get(task)
+            if share is not None and share.term == term and share.facts.round == round_:
+                return share
+            try:
+                raw = await self.redis.get(facts_key(term, task))
+                facts = None if raw is None else RoundFacts.from_json(raw)
+            except (RedisError, ShareError) as exc:
+                log.warning("round facts of %s: %s; relaying its updates", task, exc)
+                return None
+            if facts is None or facts.round != round_ or facts.task != task:
+                return None  # not a shared round, or another one: the leader judges
+            engine = self._engines(task)
+            book = TaskBook(engine.peers, engine.coordinator, engine.tokens, engine.commits.chain)
+            for v in facts.selected:
+                book.expect(v, facts.round, facts.model_version)
+            rule = FedAvg()
+            rule.begin(facts.size, len(facts.selected))
+            share = self._shares[task] = _Share(facts, term, book, get_codec(facts.codec), rule)
+            return share
+
+    def _verdict(self, share: _Share, peer_id: str, msg: Message, nbytes: int) -> Verdict:
+        job = share.book.vet(peer_id, msg, share.codec)
+        if isinstance(job, Verdict):
+            return job
+        if refused := fold(share.rule, share.codec, payload(msg), capped_weight(msg["num_examples"], share.facts.max_examples)):
+            return refused  # the task stays open, as on the leader
+        share.book.answered(peer_id)
+        share.accepted[peer_id] = (msg["num_examples"], nbytes)
+        return Verdict(True)
+
+    def _pending(self, share: _Share) -> set[str]:
+        """The round's selected volunteers whose sockets are here and that have not answered."""
+        return {v for v in share.facts.selected if self._holds(v) and v not in share.accepted}
+
+    async def _ship(self, share: _Share) -> None:
+        share.shipped = True
+        share.book.close()  # later updates of the round: "round is not open", as on the leader after its close
+        facts = share.facts
+        partial = share.rule.partial() if share.rule.count else None
+        pending = self._pending(share)
+        share.rule.abort()
+        out = Share(self.member, facts.task, facts.round, partial, dict(share.accepted), frozenset(share.reported), frozenset(pending),
+                    dict(share.rejected))
+        try:
+            await self.relay.send(share.term, Kind.SHARE, facts.task, data=out.encode())
+        except RedisError as exc:  # the leader's close waits, then goes on without this member's updates
+            log.error("round %d of %s: the share of %d update(s) could not be shipped (%s)", facts.round, facts.task, len(share.accepted), exc)
+            return
+        log.info("round %d of %s: shipped a share of %d update(s)", facts.round, facts.task, len(share.accepted))
