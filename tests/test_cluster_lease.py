@@ -114,6 +114,23 @@ def test_frames_reach_volunteers_on_this_member_locally_and_on_others_through_th
                 while True:
                     got.append(await asyncio.wait_for(there.get(), 5))
             assert got == [b"1", b"2", b"3"]  # the queue of 4 overflowed: its oldest made room for the drop notice
+            # A large frame (a model) goes once into a key by digest; the channel carries only its name.
+            messages = redis.pubsub(ignore_subscribe_messages=True)
+            await messages.subscribe("webfl:member:F")
+            model = np.random.default_rng(0).bytes(800_000)
+            joining = follower.subscribe("joining")  # "there" overflowed above
+            leader.homes["joining"] = "F"
+            for _ in range(3):
+                assert await leader.publish(model, to=["joining"]) == 1
+                assert await asyncio.wait_for(joining.get(), 5) == model
+            sizes, deadline = [], asyncio.get_running_loop().time() + 5
+            while len(sizes) < 3 and asyncio.get_running_loop().time() < deadline:
+                # None also stands for the subscription's own confirmation, which is skipped.
+                if (message := await messages.get_message(timeout=0.5)) is not None:
+                    sizes.append(len(message["data"]))
+            assert len(sizes) == 3 and max(sizes) < 200, sizes
+            assert len(await redis.keys("webfl:frame:*")) == 1  # the same bytes, one key
+            await messages.aclose()
             # The leader has a member close a socket it cannot take, saying why; junk on the channel is dropped.
             closed = asyncio.Queue()
             follower.closer = lambda ids, code, reason: closed.put((ids, code, reason))

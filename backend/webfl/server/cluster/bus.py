@@ -7,10 +7,16 @@ member's pub/sub channel, one message per frame and member with the ids it is fo
 same channel carries the leader's order to close sockets there (``close``): a volunteer
 the leader cannot take (its id is connected elsewhere, its task unknown) is told why; and
 its request for the member's share of a closing round (``flush``, see ``partial``).
+
+A large frame (a model in ``welcome`` frames, a delta with a task) goes once into a key
+named by its digest, and the channel carries only that name (``ref``): sixty volunteers
+joining a follower at once would otherwise queue sixty copies of the model on one
+subscription, past Redis's pub/sub output limit (32 MB by default), which then drops it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections import defaultdict
@@ -20,13 +26,22 @@ from redis.asyncio import Redis
 
 from ..coordinator import Coordinator, InProcessCoordinator, Subscription
 
-__all__ = ["RedisCoordinator", "member_channel", "pack", "unpack"]
+__all__ = ["BY_REFERENCE_BYTES", "RedisCoordinator", "member_channel", "pack", "unpack"]
 
 log = logging.getLogger("webfl.cluster")
+
+#: Frames from this size on travel by reference (a key by digest), not in the message.
+BY_REFERENCE_BYTES = 64 * 1024
+#: How long such a key lives: the receiving member reads it as the message arrives.
+REFERENCE_TTL_S = 120
 
 
 def member_channel(member: str) -> str:
     return f"webfl:member:{member}"
+
+
+def frame_key(digest: str) -> str:
+    return f"webfl:frame:{digest}"
 
 
 def pack(header: dict, frame: bytes = b"") -> bytes:
@@ -71,10 +86,28 @@ class RedisCoordinator(Coordinator):
         for volunteer in ids:
             if (home := self.homes.get(volunteer)) is not None:
                 remote[home].append(volunteer)
+        if remote and len(frame) >= BY_REFERENCE_BYTES:
+            digest = hashlib.sha256(frame).hexdigest()
+            await self.redis.set(frame_key(digest), frame, ex=REFERENCE_TTL_S)
+            header, frame = {"ref": digest}, b""
+        else:
+            header = {}
         for home, volunteers in remote.items():
-            await self.redis.publish(member_channel(home), pack({"to": volunteers}, frame))
+            await self.redis.publish(member_channel(home), pack({**header, "to": volunteers}, frame))
             sent += len(volunteers)
         return sent
+
+    async def _referenced(self, header: dict, frame: bytes) -> bytes | None:
+        """The frame a message carries, read from its key when it travelled by reference;
+        None if the key is gone or does not hold what its name says."""
+        if "ref" not in header:
+            return frame
+        digest = str(header["ref"])
+        stored = await self.redis.get(frame_key(digest))
+        if stored is None or hashlib.sha256(stored).hexdigest() != digest:
+            log.error("frame %s for %d volunteer(s) is gone from Redis; dropped", digest[:12], len(header["to"]))
+            return None
+        return stored
 
     async def close(self, member: str, volunteers: list[str], code: int, reason: str) -> None:
         """Have ``member`` close its sockets of ``volunteers`` with ``code`` and ``reason``."""
@@ -98,7 +131,7 @@ class RedisCoordinator(Coordinator):
                     elif "close" in header:
                         if self.closer is not None:
                             await self.closer([str(v) for v in header["close"]], int(header["code"]), str(header["reason"]))
-                    else:
+                    elif (frame := await self._referenced(header, frame)) is not None:
                         await self.local.publish(frame, [str(v) for v in header["to"]])
                 except (ValueError, KeyError, TypeError, UnicodeDecodeError):
                     log.error("a malformed message on %s; dropped", member_channel(self.member))
