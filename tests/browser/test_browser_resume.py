@@ -79,8 +79,10 @@ def test_a_resend_for_a_closed_round_is_rejected_and_forgotten(context, serve):
     assert server.api("POST", "/api/rounds", {**RUN, "clients_per_round": 1})[0] == 202
     wait_state(tab, "training")
     proxy.cut_websockets()  # the update will be lost on the way...
-    server.api("POST", "/api/rounds/stop", {})  # ...and its round closes meanwhile
     wait_pending(tab, True)
+    # ...and its round closes meanwhile. (Stopped before the update is made, the job would
+    # stop within a batch and send nothing: test_browser_run_end.)
+    server.api("POST", "/api/rounds/stop", {})
     join(tab, proxy.url, wait=False)
     wait_state(tab, "idle")
     wait_pending(tab, False)
