@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable, Iterable
 
 import numpy as np
@@ -35,7 +34,6 @@ from ...core.secagg.native import X25519Agreement
 from ..crashpoints import crashpoint
 from ..privacy.run import DPRule
 from ..secagg import SecAggSession
-from .funnel import Funnel
 from .seeds import task_seed
 from .state import RoundState
 from .sync import SyncRounds, _OpenRound
@@ -84,14 +82,8 @@ class SecAggRounds(SyncRounds):
         s, config = self.services, self.config
         settings = config.secagg
         assert settings is not None
-        s.phase.to(RoundState.SELECTING)
-        version = s.commits.model_version
-        cohort = await s.selection.select(config, version, len(s.commits.history))
-        selected = cohort.selected
-        loop = asyncio.get_running_loop()
-        round_ = version + 1
-        funnel = Funnel(cohort.connected, cohort.ready, config.max_examples)
-        open_ = self._open = _OpenRound(round_, loop.time() + config.deadline_s + 3 * settings.stage_s, frozenset(selected), funnel, version)
+        selected, open_ = await self._select(longer_by_s=3 * settings.stage_s)
+        round_, version, funnel = open_.round, open_.model_version, open_.funnel
         size = s.commits.model.size
         dp = isinstance(self.run.rule, DPRule)
         clip = self.run.clip if dp else settings.clip
@@ -141,12 +133,7 @@ class SecAggRounds(SyncRounds):
         rule.begin(size, len(session.survivors))
         rule.add_sum(decoded, len(session.survivors))
         self._open = self.session = None
-        began = time.monotonic()
-        if await s.commits.commit(self.run, rule, open_.started, open_.bytes_up, open_.bytes_down, funnel.to_dict()) is None:
-            await self._abandon(open_, "refused_aggregate")
-            return False
-        s.stats.commit_took(time.monotonic() - began)
-        return True
+        return await self._commit(rule, open_)
 
     async def _give_up(self, open_: _OpenRound, why: str, detail: str) -> bool:
         log.warning("secagg round %d abandoned (%s): %s; global model unchanged", open_.round, why, detail)

@@ -21,6 +21,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+from ...core.aggregation import Aggregator
 from ...core.protocol import Message
 from ..crashpoints import crashpoint
 from ..store import AbandonedRound
@@ -83,17 +84,23 @@ class SyncRounds(RunMode):
         finally:
             self._close()
 
-    async def _round(self) -> bool:
-        """One round; True if it committed, False if it was abandoned."""
-        s, config, rule = self.services, self.config, self.run.rule
+    async def _select(self, longer_by_s: float = 0.0) -> tuple[list[str], _OpenRound]:
+        """Select the next round's cohort and open it, its deadline ``longer_by_s`` past the
+        run's (a secure-aggregation round adds its stages)."""
+        s, config = self.services, self.config
         s.phase.to(RoundState.SELECTING)
         version = s.commits.model_version
         cohort = await s.selection.select(config, version, len(s.commits.history))
-        selected = cohort.selected
-        loop = asyncio.get_running_loop()
-        round_ = version + 1
         funnel = Funnel(cohort.connected, cohort.ready, config.max_examples)
-        open_ = self._open = _OpenRound(round_, loop.time() + config.deadline_s, frozenset(selected), funnel, version)
+        deadline = asyncio.get_running_loop().time() + config.deadline_s + longer_by_s
+        self._open = _OpenRound(version + 1, deadline, frozenset(cohort.selected), funnel, version)
+        return cohort.selected, self._open
+
+    async def _round(self) -> bool:
+        """One round; True if it committed, False if it was abandoned."""
+        s, config, rule = self.services, self.config, self.run.rule
+        selected, open_ = await self._select()
+        round_, version, funnel, loop = open_.round, open_.model_version, open_.funnel, asyncio.get_running_loop()
         rule.begin(s.commits.model.size, len(selected))
         s.tasks.open(round_)
         hub = s.sharing.hub if rule.mergeable else None
@@ -126,8 +133,13 @@ class SyncRounds(RunMode):
             log.warning("round %d abandoned: %d update(s), %d needed; global model unchanged", round_, rule.count, config.min_updates)
             await self._abandon(open_, "too_few_updates")
             return False
+        return await self._commit(rule, open_)
+
+    async def _commit(self, rule: Aggregator, open_: _OpenRound) -> bool:
+        """Commit the round's aggregate; False (recorded as abandoned) if the pipeline refused it."""
+        s = self.services
         began = time.monotonic()
-        if await s.commits.commit(self.run, rule, open_.started, open_.bytes_up, open_.bytes_down, funnel.to_dict()) is None:
+        if await s.commits.commit(self.run, rule, open_.started, open_.bytes_up, open_.bytes_down, open_.funnel.to_dict()) is None:
             await self._abandon(open_, "refused_aggregate")
             return False
         s.stats.commit_took(time.monotonic() - began)
