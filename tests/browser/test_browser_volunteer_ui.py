@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 from playwright.sync_api import expect
@@ -43,11 +44,23 @@ def test_the_widget_grows_to_its_content_so_pause_and_leave_show_on_a_phone(brow
         expect(iframe).not_to_have_attribute("style", re.compile(r"height: 200px"))
         # The content keeps growing after idle (the model arrives, "try the model" shows):
         # each growth is reported, and the frame catches up.
-        frame.wait_for_function("() => document.documentElement.scrollHeight <= window.innerHeight + 1", timeout=10_000)
-        frame_box = iframe.bounding_box()
+        # Checked as one snapshot of the page, so content growing between two reads cannot
+        # pass one check and fail the next: nothing scrolls inside the frame, and Pause and
+        # Leave lie within its box on the host page.
+        fits = """([frameTop, frameHeight]) => document.documentElement.scrollHeight <= window.innerHeight + 1
+            && ["pause", "leave"].every((id) => {
+                 const r = document.querySelector(`[data-testid="${id}"]`).getBoundingClientRect();
+                 return frameTop + r.bottom <= frameTop + frameHeight + 1 && r.right <= window.innerWidth;
+               })"""
+        deadline = time.monotonic() + 10
+        while True:
+            frame_box = iframe.bounding_box()
+            if frame.evaluate(fits, [frame_box["y"], frame_box["height"]]):
+                break
+            assert time.monotonic() < deadline, ("the frame never fitted its content", frame_box)
+            time.sleep(0.1)
         for control in ("pause", "leave"):
             box = frame.get_by_test_id(control).bounding_box()  # page coordinates
-            assert box["y"] + box["height"] <= frame_box["y"] + frame_box["height"] + 1, (control, box, frame_box)
             assert box["x"] + box["width"] <= PHONE["width"], (control, box)
     finally:
         context.close()

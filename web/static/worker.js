@@ -39,7 +39,6 @@ let released = null; // resolves the wait of a held training when the last hold 
 let heldRequestedAt = null; // batches done when the first hold arrived
 let batchesDone = 0;
 let leaving = false;
-let training = false; // a job runs: frames arriving are read ahead for one that ends it
 
 let session = null; // Python BrowserSession
 let config = null;
@@ -172,13 +171,7 @@ async function train(socket) {
   session.start_training();
   postSnapshot();
   const started = performance.now();
-  let busy;
-  training = true;
-  try {
-    busy = await batches();
-  } finally {
-    training = false;
-  }
+  const busy = await batches();
   if (leaving) return;
   post("trained", { busy_ms: busy, wall_ms: performance.now() - started });
   const update = bytesOut(session.take_update());
@@ -287,8 +280,9 @@ function connect() {
       // Frames wait their turn behind a training job; one that ends the job (the run
       // ended, the round refused us) is read now, so the training stops within a batch,
       // sends nothing, and the frame itself then reaches the page without waiting.
-      // A status is shown at once as well ("round 1 of 4" arrives after the task now).
-      if (training && socket === connection.socket) {
+      // A status is shown at once as well ("round 1 of 4" can arrive just after the task,
+      // while the task's frame is still being handled and before the job has started).
+      if (socket === connection.socket) {
         const stops = session.notice(new Uint8Array(buffer));
         postSnapshot();
         if (stops) wake();
