@@ -31,7 +31,6 @@ from ...core.codecs import Codec, Encoded
 from ...core.protocol import CLOSE_POLICY, CLOSE_TRY_LATER, Message, ProtocolError, encode
 from ...core.secagg import OutOfStage, SecAggError
 from ...core.secagg.native import X25519Agreement
-from ..crashpoints import crashpoint
 from ..privacy.run import DPRule
 from ..secagg import SecAggSession
 from .seeds import task_seed
@@ -212,13 +211,8 @@ class SecAggRounds(SyncRounds):
         if not s.tasks.tokens.check(peer_id, job.round, job.model_version, msg["token"]):
             return "sa_masked: the session token does not match this connection's task", CLOSE_POLICY
         session.upload(peer_id, msg)
-        s.tasks.answered(peer_id)
         open_.funnel.report(peer_id)
-        open_.funnel.accept(msg["num_examples"])
-        open_.received += 1
-        open_.bytes_up += nbytes
-        log.info("secagg round %d: masked update %d/%d from %s folded in", open_.round, open_.received, len(open_.selected), peer_id)
-        crashpoint("training", open_.round)
+        self._count(open_, peer_id, msg["num_examples"], nbytes, "masked update")
         return None
 
     def open_round(self) -> dict | None:

@@ -222,14 +222,19 @@ class SyncRounds(RunMode):
         assert open_ is not None and job.round == open_.round  # the book only holds this round's tasks
         if refused := fold(self.run.rule, config.codec, payload(msg), config.weight(msg["num_examples"]), msg.fields.get("clipped")):
             return refused  # the task stays open: a valid update may still answer it
-        s.tasks.answered(peer_id)
-        open_.funnel.accept(msg["num_examples"])
-        open_.received += 1
-        open_.bytes_up += nbytes
-        log.info("round %d: update %d/%d from %s accepted", open_.round, open_.received, len(open_.selected), peer_id)
-        crashpoint("training", open_.round)
+        self._count(open_, peer_id, msg["num_examples"], nbytes, "update")
         s.phase.changed()
         return ACCEPTED
+
+    def _count(self, open_: _OpenRound, peer_id: str, examples: int, nbytes: int, what: str) -> None:
+        """An update is in the round's aggregate: its task is answered, and the funnel and the
+        round's counts say so."""
+        self.services.tasks.answered(peer_id)
+        open_.funnel.accept(examples)
+        open_.received += 1
+        open_.bytes_up += nbytes
+        log.info("round %d: %s %d/%d from %s accepted", open_.round, what, open_.received, len(open_.selected), peer_id)
+        crashpoint("training", open_.round)
 
     def open_round(self) -> dict | None:
         open_ = self._open
