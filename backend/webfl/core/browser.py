@@ -249,11 +249,10 @@ class BrowserSession:
         hands it to ``receive`` in order): one that ends the job (the run ended, or the
         round refused us) stops the training at the next :meth:`train_batch`, so a stop
         reaches the page within a batch instead of after the whole local training. A status
-        is shown at once too (:meth:`Volunteer.show_status`)."""
-        raw = _as_bytes(frame)
-        self.volunteer.show_status(raw)
+        is shown at once too (:meth:`Volunteer.read_ahead`)."""
+        ends = self.volunteer.read_ahead(_as_bytes(frame))
         if self._steps is not None and not self._stop:
-            self._stop = self.volunteer.ends_job(raw)
+            self._stop = ends
         return self._stop
 
     def train_batch(self) -> str:

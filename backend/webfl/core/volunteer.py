@@ -528,35 +528,28 @@ class Volunteer:
         log.warning("volunteer %s: update rejected: %s", self.volunteer_id, msg["reason"])
         return self._back_to_idle()
 
-    def show_status(self, frame: bytes) -> None:
-        """Take a ``status`` (or a commit's ``model_notice`` carrying one) read ahead of its
-        turn while a job trains: the page shows "round 1 of 4" at once, not after the job.
-        Only what is shown changes, and receiving the frame again in its turn changes nothing."""
+    def read_ahead(self, frame: bytes) -> bool:
+        """Read ``frame`` ahead of its turn (it waits behind a job, or behind the task that
+        starts one), decoded once: a ``status`` (or a commit's ``model_notice`` carrying one)
+        is shown at once, so the page says "round 1 of 4" during the job, not after it.
+        Returns whether the frame makes the training job pointless: a status saying the run
+        ended, or a reject for the job's round. Receiving the frame again in its turn changes
+        nothing more; a frame that does not decode is left for ``receive`` to refuse."""
         try:
             msg = decode(frame)
         except ProtocolError:
-            return  # refused when its turn comes
+            return False
         if msg.type == "status" or (msg.type == "model_notice" and "history" in msg.fields):
             self._status(msg.fields)
-
-    def ends_job(self, frame: bytes) -> bool:
-        """Whether ``frame``, read ahead of its turn while training, makes the job pointless:
-        a status saying the run ended, or a reject for the job's round. Nothing changes
-        (the frame is still received in its turn); a frame that does not decode is left
-        for ``receive`` to refuse."""
         job = self.job
         if job is None or self.state is not SessionState.TRAINING:
-            return False
-        try:
-            msg = decode(frame)
-        except ProtocolError:
             return False
         if msg.type == "status":
             return msg.fields.get("ended") in RUN_ENDS
         return msg.type == "reject" and msg.fields.get("round") == job.round
 
     def abandon_job(self) -> list[bytes]:
-        """Stop the job unfinished, with no update (see ``ends_job``): IDLE again, and ``ready``."""
+        """Stop the job unfinished, with no update (see ``read_ahead``): IDLE again, and ``ready``."""
         if self.job is not None:
             log.info("volunteer %s: round %d's training stopped, no update sent", self.volunteer_id, self.job.round)
         return self._back_to_idle()
