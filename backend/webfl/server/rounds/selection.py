@@ -99,11 +99,11 @@ class Selection:
     def eligible(self, codec: Codec) -> list[str]:
         """Ready volunteers (after waking those whose wait is over) that can decode ``codec``."""
         self._peers.wake(asyncio.get_running_loop().time())
-        return [p.id for p in self._peers.of_state(PeerState.READY) if self._can_use(p, codec)]
+        stages = codec.stages  # the common case inline: this runs over every ready volunteer
+        return [p.id for p in self._peers.of_state(PeerState.READY) if p.codecs.issuperset(stages) or self._cannot_use(p, codec)]
 
-    def _can_use(self, peer: Peer, codec: Codec) -> bool:
-        if peer.codecs.issuperset(codec.stages):
-            return True
+    def _cannot_use(self, peer: Peer, codec: Codec) -> bool:
+        """Log once per volunteer and codec that it lacks a stage of ``codec``; always False."""
         if codec.spec not in peer.refused_codecs:
             peer.refused_codecs.add(codec.spec)
             log.info("volunteer %s not selectable: codec %s needs %s, it supports %s", peer.id, codec.spec, ", ".join(codec.stages), ", ".join(sorted(peer.codecs)))
