@@ -25,7 +25,7 @@ def test_the_index_by_state_agrees_with_a_scan_of_every_volunteer_through_joins_
         if op < 0.3 or len(peers) == 0:
             peer_id = f"{rng.randrange(400):03x}"
             if peer_id not in peers:
-                peers.add(peer_id, "agent", "127.0.0.1", ["q8"])
+                peers.add(peer_id, "agent", "127.0.0.1", rng.choice([["q8"], ["q8", "topk"], []]))
         elif op < 0.45:
             peers.remove(rng.choice([p.id for p in peers]))
         elif op < 0.55:
@@ -39,6 +39,7 @@ def test_the_index_by_state_agrees_with_a_scan_of_every_volunteer_through_joins_
             scanned = sorted(p.id for p in everyone if p.state is state)
             assert peers.in_state(state) == scanned and peers.count(state) == len(scanned)
             assert [p.id for p in peers.of_state(state)] == scanned
+        assert peers.codec_sets() == {p.codecs for p in everyone}
 
 
 def test_waking_moves_exactly_the_volunteers_whose_wait_is_over():
@@ -68,5 +69,10 @@ def test_a_cohort_is_the_same_draw_from_the_ready_ids_as_before_the_index():
             cohort = await selection.select(config, version, version)
             drawn = selection_rng(42, version, version).choice(ready, size=10, replace=False).tolist()
             assert cohort.selected == sorted(drawn) and cohort.ready == len(ready) + 1
+        # Without it every volunteer connected can decode the codec: the ready ids as they are.
+        peers.remove("no-codec")
+        assert selection.eligible(config.codec) == ready
+        cohort = await selection.select(config, 9, 9)
+        assert cohort.selected == sorted(selection_rng(42, 9, 9).choice(ready, size=10, replace=False).tolist())
 
     asyncio.run(main())

@@ -99,7 +99,9 @@ class Selection:
     def eligible(self, codec: Codec) -> list[str]:
         """Ready volunteers (after waking those whose wait is over) that can decode ``codec``."""
         self._peers.wake(asyncio.get_running_loop().time())
-        stages = codec.stages  # the common case inline: this runs over every ready volunteer
+        if all(codecs.issuperset(codec.stages) for codecs in self._peers.codec_sets()):
+            return self._peers.in_state(PeerState.READY)  # the usual case: no volunteer to check one by one
+        stages = codec.stages
         return [p.id for p in self._peers.of_state(PeerState.READY) if p.codecs.issuperset(stages) or self._cannot_use(p, codec)]
 
     def _cannot_use(self, peer: Peer, codec: Codec) -> bool:
