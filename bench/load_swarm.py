@@ -54,6 +54,7 @@ class Swarm:
         self.count: Counter[str] = Counter()  # frames and bytes in, by type; updates and verdicts
         self.closes: Counter[str] = Counter()  # why connections ended, by close code and reason
         self.first_task_at: float | None = None  # wall clock, comparable with the server's committed_at
+        self.notice_at: dict[int, float] = {}  # model version: when the last volunteer here heard of it (wall clock)
         self._gate = asyncio.Semaphore(CONNECTING)
         self._changed = asyncio.Event()
         self._decoded: dict[bytes, Message] = {}
@@ -113,6 +114,7 @@ class Swarm:
                         await ws.send(self.ready)
                     elif msg.type == "model_notice":
                         self.count[f"notice of model {msg['model_version']}"] += 1
+                        self.notice_at[msg["model_version"]] = time.time()
                     elif msg.type == "task":
                         if self.first_task_at is None:
                             self.first_task_at = time.time()
@@ -153,7 +155,8 @@ class Swarm:
         return {**self.stats(), "seconds": time.monotonic() - started}
 
     def stats(self) -> dict:
-        return {"joined": self.joined, "dropped": self.ever_joined - self.joined, "failed": self.failed, "count": dict(self.count), "closes": dict(self.closes), "first_task_at": self.first_task_at}
+        return {"joined": self.joined, "dropped": self.ever_joined - self.joined, "failed": self.failed, "count": dict(self.count), "closes": dict(self.closes), "first_task_at": self.first_task_at,
+                "notice_at": dict(self.notice_at)}
 
     async def serve(self, conn: Connection) -> None:
         loop = asyncio.get_running_loop()
