@@ -11,9 +11,9 @@ Sent at once after every commit, the next round's tasks and updates would wait b
 (``Pace``), and the newest commit wins: notices are hints (the model itself comes with a
 task, see ``tasks``), so a commit that lands while a pass is under way takes over the rest
 of that pass, and one more pass then brings it to those that got an older one. Every
-commit's notice goes out with the next batch, and the newest reaches every volunteer connected; an
-intermediate one may reach only some, which is why a notice carries every entry since the
-last one that reached all.
+commit's notice goes out with the next batch, and the newest reaches every volunteer
+connected; an intermediate one may reach only some, which is why a notice carries every
+entry since the last one that reached all.
 
 The round comes first: the pace is a bucket of volunteers (``Pace``), ``BATCH`` at once,
 then ``BUSY_RATE`` a second while a round is in flight (its cohort and tasks going out,
