@@ -106,7 +106,7 @@ class Generators:
 
 
 def merge(replies: list[dict]) -> dict:
-    out = {"joined": 0, "dropped": 0, "failed": 0, "count": {}, "closes": {}, "first_task_at": None}
+    out = {"joined": 0, "dropped": 0, "failed": 0, "count": {}, "closes": {}, "first_task_at": None, "notice_at": {}}
     for r in replies:
         for key in ("joined", "dropped", "failed"):
             out[key] += r[key]
@@ -115,6 +115,8 @@ def merge(replies: list[dict]) -> dict:
                 out[key][k] = out[key].get(k, 0) + v
         if r["first_task_at"] is not None:
             out["first_task_at"] = min(filter(None, [out["first_task_at"], r["first_task_at"]]))
+        for version, at in r["notice_at"].items():
+            out["notice_at"][version] = max(at, out["notice_at"].get(version, at))
     return out
 
 
@@ -222,6 +224,9 @@ def run_rounds(server: ServerProcess, gens: Generators, config: dict, timeout_s:
     mine = [h for h in status["history"] if h["run_id"] == run_id]
     if len(mine) != config["rounds"]:
         raise RuntimeError(f"run {run_id} committed {len(mine)} of {config['rounds']} rounds")
+    told = after["count"].get(last, 0) >= status["connected"] - after["dropped"]
+    # From the last commit to the last volunteer hearing of it (None: not all did in time).
+    notice_s = after["notice_at"][status["model_version"]] - mine[-1]["committed_at"] if told else None
     received = after["count"].get("bytes in", 0) - before["count"].get("bytes in", 0)
     server_cpu = cpu_seconds(server.proc.pid) - cpu_before
     return {
@@ -235,6 +240,7 @@ def run_rounds(server: ServerProcess, gens: Generators, config: dict, timeout_s:
         "dropped": after["dropped"] - before["dropped"],
         "server_cpu_s": server_cpu,
         "wall_s": time.time() - launched,
+        "notice_s": notice_s,
     }
 
 
@@ -349,6 +355,10 @@ def phases(server: ServerProcess, gens: Generators, args: argparse.Namespace, st
     results["round"] = big
 
 
+def mean_duration(phase: dict) -> float:
+    return statistics.mean(h["duration_s"] for h in phase["rounds"])
+
+
 def report(r: dict, args: argparse.Namespace) -> str:
     mb = 1e6
     lines = [
@@ -372,7 +382,7 @@ def report(r: dict, args: argparse.Namespace) -> str:
             f"| {args.rounds} rounds of 10 (q8 up, float32 model down with the tasks) | connected | bytes received per commit | server's bytes_down per commit "
             "| round time | server CPU per round | `/api/status` p99 (max) during the rounds |",
             "|---|---:|---:|---:|---:|---:|---:|",
-            f"| 10 alone | 10 | {base['bytes_in_per_commit'] / mb:.1f} MB | {base['server_bytes_down_per_commit'] / mb:.1f} MB | {base['round_s']:.2f} s "
+            f"| 10 alone | 10 | {base['bytes_in_per_commit'] / mb:.1f} MB | {base['server_bytes_down_per_commit'] / mb:.1f} MB | {base['round_s']:.3f} s "
             f"| {base['server_cpu_s'] / args.rounds:.2f} s | – |",
         ]
     if base and loaded:
@@ -380,11 +390,16 @@ def report(r: dict, args: argparse.Namespace) -> str:
         during = "–" if loaded["status_p99"] is None else f"{loaded['status_p99']:.1f} s ({loaded['status_max']:.1f} s{timeouts})"
         lines += [
             f"| {loaded['connected'] - 10:,} idle + 10 | {loaded['connected']:,} | {loaded['bytes_in_per_commit'] / mb:,.1f} MB "
-            f"| {loaded['server_bytes_down_per_commit'] / mb:,.1f} MB | {loaded['round_s']:.2f} s | {loaded['server_cpu_s'] / args.rounds:.2f} s | "
+            f"| {loaded['server_bytes_down_per_commit'] / mb:,.1f} MB | {loaded['round_s']:.3f} s | {loaded['server_cpu_s'] / args.rounds:.2f} s | "
             f"{during} |",
             f"| ratio | | {loaded['bytes_in_per_commit'] / base['bytes_in_per_commit']:,.0f}x | "
             f"{loaded['server_bytes_down_per_commit'] / base['server_bytes_down_per_commit']:,.0f}x | {loaded['round_s'] / base['round_s']:.2f}x "
             f"| {loaded['server_cpu_s'] / base['server_cpu_s']:.1f}x | |",
+            "",
+            f"The server's own round durations (mean): {mean_duration(base):.3f} s alone, {mean_duration(loaded):.3f} s with "
+            f"{loaded['connected'] - 10:,} idle ({mean_duration(loaded) / mean_duration(base):.2f}x). The last commit's notice reached "
+            + ("not every volunteer in time." if loaded["notice_s"] is None else
+               f"every volunteer {loaded['notice_s']:.2f} s after the commit (the pass is paced, see server/rounds/announce.py)."),
         ]
     if big := r.get("round"):
         c = big["rounds"][0]

@@ -75,6 +75,10 @@ class ClusterView(Protocol):
         """On the leader: make ``engine``'s status the one every member answers, now."""
 
 
+#: The states in which a round's own work is under way (``SELECTING`` too, unless it waits).
+IN_FLIGHT = frozenset({RoundState.TRAINING, RoundState.AGGREGATING, RoundState.BROADCASTING})
+
+
 class RoundEngine:
     def __init__(self, task: Task, store: Store, coordinator: Coordinator, test: Dataset | None, seed: int = 0) -> None:
         """``test``: the server's held-out data for ``task``, if it has any."""
@@ -90,7 +94,7 @@ class RoundEngine:
         self.tokens = TaskTokens(store.secret("task_tokens"))  # shared: any member checks what another issued
         self.commits = CommitPipeline(
             task, self.model, self.store, coordinator, self.phase, test, seed, self.status_fields, lambda: [p.id for p in self.peers],
-            committed=self._committed,
+            committed=self._committed, busy=self._round_in_flight,
         )
         self.selection = Selection(self.peers, self.phase, coordinator, seed, lambda: [r.duration_s for r in self.commits.history])
         self.tasks = TaskBook(self.peers, coordinator, self.tokens, self.commits.chain)
@@ -344,6 +348,13 @@ class RoundEngine:
         await self.stop()
         await self.commits.announcer.close()
         await self.cohort.close()
+
+    def _round_in_flight(self) -> bool:
+        """A round's own work is under way: its cohort and tasks going out, updates due, the
+        fold, the commit. Announcements then hold back; a selection that waits for
+        volunteers to be ready is not such work."""
+        state = self.phase.state
+        return state in IN_FLIGHT or (state is RoundState.SELECTING and self.selection.waiting is None)
 
     def _committed(self, index: int) -> None:
         # Without data of its own, the server learns how good the new model is only from

@@ -7,19 +7,32 @@ bytes for every volunteer of the task, so a commit costs the one event loop one 
 send a volunteer, not two frames and the whole history.
 
 Sent at once after every commit, the next round's tasks and updates would wait behind
-10,000 sends, and with fast rounds the sends pile up. So they go out in batches at a
-bounded rate (``ANNOUNCE_RATE``), and the newest commit wins: notices are hints (the model
-itself comes with a task, see ``tasks``), so a commit that lands while a pass is under
-way takes over the rest of that pass, and one more pass then brings it to those that got
-an older one. Every commit's notice starts out at once, and the newest reaches every
-volunteer connected; an intermediate one may reach only some, which is why a notice
-carries every entry since the last one that reached all.
+10,000 sends, and with fast rounds the sends pile up. So they go out in batches, paced
+(``Pace``), and the newest commit wins: notices are hints (the model itself comes with a
+task, see ``tasks``), so a commit that lands while a pass is under way takes over the rest
+of that pass, and one more pass then brings it to those that got an older one. Every
+commit's notice goes out with the next batch, and the newest reaches every volunteer
+connected; an intermediate one may reach only some, which is why a notice carries every
+entry since the last one that reached all.
+
+The round comes first: the pace is a bucket of volunteers (``Pace``), ``BATCH`` at once,
+then ``BUSY_RATE`` a second while a round is in flight (its cohort and tasks going out,
+updates due, the fold, the commit), otherwise as many as keep the pass's share of the event
+loop at ``QUIET_DUTY`` by the cost it measures of each batch (publishing it, and the
+connections' writers sending it, until the loop comes back to the pass), between
+``BUSY_RATE`` and ``QUIET_RATE``. So it never starves: a commit reaches every volunteer
+connected at its commit (it or a newer one) within two passes' worth of sends (the rest of
+the pass it took over, then the part that pass had told; if that was itself such a part,
+everyone): with N connected, within ``2 N / BUSY_RATE`` plus the batches' own cost even
+while rounds run back to back (10,000: about 41 s), and about ``2 N * cost / QUIET_DUTY``
+once none is in flight (10,000 at 50 us each: 4 s).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -28,15 +41,19 @@ from ...core.protocol import HISTORY_KEPT, Message, encode
 from ..coordinator import Coordinator
 from ..store import RoundRecord
 
-__all__ = ["ANNOUNCE_RATE", "Announcement", "Announcer", "history_fields"]
+__all__ = ["BATCH", "BUSY_RATE", "QUIET_DUTY", "QUIET_RATE", "Announcement", "Announcer", "Pace", "history_fields"]
 
 log = logging.getLogger("webfl.engine")
 
-#: Volunteers told per second at most: about a fifth of one core of this machine's
-#: event loop, so a round's own work keeps the rest (see docs/scale.md).
-ANNOUNCE_RATE = 2_000
 #: Volunteers per batch: the event loop runs other work between two batches.
 BATCH = 100
+#: While a round is in flight: volunteers told per second (a batch every 0.2 s).
+BUSY_RATE = 500.0
+#: Otherwise: the share of the event loop's time a pass may take, measured ...
+QUIET_DUTY = 0.25
+#: ... and volunteers told per second at most, also where a batch costs this loop next to
+#: nothing (a cluster's publish lands on other members).
+QUIET_RATE = 5_000.0
 
 
 def history_fields(history: list[RoundRecord], since: int | None = None, upto: int | None = None) -> dict:
@@ -57,18 +74,49 @@ class Announcement:
     kind: str = "model_notice"
 
 
+class Pace:
+    """A token bucket of volunteers to tell: ``BATCH`` at once, refilled at ``rate(busy)``."""
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.clock = clock
+        self._tokens, self._at = float(BATCH), clock()
+        self._cost = 0.0  # of the event loop per volunteer, as the last batch measured (0: not yet)
+
+    def rate(self, busy: bool) -> float:
+        """Volunteers a second: ``BUSY_RATE`` while a round is in flight, else what keeps the
+        measured cost at ``QUIET_DUTY`` of the loop, within ``[BUSY_RATE, QUIET_RATE]``."""
+        if busy:
+            return BUSY_RATE
+        return QUIET_RATE if self._cost <= 0.0 else min(QUIET_RATE, max(BUSY_RATE, QUIET_DUTY / self._cost))
+
+    def take(self, n: int, busy: bool) -> float:
+        """Spend ``n`` volunteers' tokens; how many seconds to wait before telling them."""
+        now, rate = self.clock(), self.rate(busy)
+        self._tokens = min(float(BATCH), self._tokens + (now - self._at) * rate) - n
+        self._at = now
+        return max(0.0, -self._tokens / rate)
+
+    def measured(self, n: int, cost_s: float) -> None:
+        """Telling ``n`` volunteers took the event loop ``cost_s``."""
+        if n > 0:
+            self._cost = cost_s / n
+
+
 class Announcer:
     """One background pass at a time over the volunteers connected; latest wins."""
 
     def __init__(
         self, coordinator: Coordinator, recipients: Callable[[], list[str]], sent: Callable[[int, int], Awaitable[None]],
-        history: Callable[[int, int], dict], told: int,
+        history: Callable[[int, int], dict], told: int, busy: Callable[[], bool] = lambda: False, pace: Pace | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         """``recipients``: ids connected now; ``sent(index, nbytes)``: count notice bytes for
         a commit; ``history(since, upto)``: the notice's history fields, entries ``since``
         up to ``upto``; ``told``: the history entries every volunteer connected holds (a
-        joining one gets all of them with its welcome)."""
+        joining one gets all of them with its welcome); ``busy()``: a round is in flight;
+        ``pace``'s clock and ``sleep``: what measures a batch and waits (tests inject them)."""
         self._coordinator, self._recipients, self._sent, self._history = coordinator, recipients, sent, history
+        self._busy, self._pace, self._sleep = busy, pace or Pace(), sleep
         self.told = told
         self._latest: Announcement | None = None
         self._task: asyncio.Task | None = None
@@ -104,12 +152,17 @@ class Announcer:
             failed = False
             try:
                 for start in range(0, len(ids), BATCH):
-                    if self._latest is not None:
+                    batch = ids[start : start + BATCH]
+                    if (wait := self._pace.take(len(batch), self._busy())) > 0:
+                        await self._sleep(wait)
+                    if self._latest is not None:  # a newer commit takes over the rest of the pass
                         current, self._latest, switched = self._latest, None, start
                         frame = self.frame(current)
-                    batch = ids[start : start + BATCH]
-                    sent[current.upto - 1 if current.kind == "model_notice" else None] += await self._coordinator.publish(frame, to=batch) * len(frame)
-                    await asyncio.sleep(len(batch) / ANNOUNCE_RATE)
+                    began = self._pace.clock()
+                    sent[current.upto - 1 if current.kind == "model_notice" else None] += (
+                        await self._coordinator.publish(frame, to=batch) * len(frame))
+                    await asyncio.sleep(0)  # the writers woken by the publish send before the pass runs again
+                    self._pace.measured(len(batch), self._pace.clock() - began)
             except Exception:
                 log.exception("announcing round %d failed", current.round)
                 failed = True

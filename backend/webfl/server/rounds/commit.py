@@ -113,11 +113,12 @@ class CommitPipeline:
     def __init__(
         self, task: Task, model: MLP, store: TaskStore, coordinator: Coordinator, phase: Phase, test: Dataset | None, seed: int,
         status_fields: Callable[[], dict], recipients: Callable[[], list[str]],
-        committed: Callable[[int], None] = lambda index: None,
+        committed: Callable[[int], None] = lambda index: None, busy: Callable[[], bool] = lambda: False,
     ) -> None:
         """``status_fields``: the status but its history, announced with every commit;
         ``recipients``: the ids of the volunteers connected now; ``committed(index)``: called
-        with each new history entry's index once it is announced (federated evaluation starts there)."""
+        with each new history entry's index once it is announced (federated evaluation starts there);
+        ``busy()``: a round is in flight, so announcements hold back (``announce``)."""
         self.task, self.model, self.store, self._coordinator, self._phase, self._seed = task, model, store, coordinator, phase, seed
         #: A cluster leader's fencing token, carried by every commit (None: one process, no fence).
         self.fence: int | None = None
@@ -133,7 +134,8 @@ class CommitPipeline:
         self.history = store.history()
         self.chain = ModelChain(self.params, self.model_version)
         told = len(self.history)  # nobody is connected yet; a joining volunteer gets it all
-        self.announcer = Announcer(coordinator, recipients, self.count_bytes_down, lambda since, upto: history_fields(self.history, since, upto), told)
+        self.announcer = Announcer(coordinator, recipients, self.count_bytes_down, lambda since, upto: history_fields(self.history, since, upto), told,
+                                   busy)
 
     @property
     def evaluates_on_server(self) -> bool:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import bisect
 import logging
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import Enum
@@ -41,11 +43,20 @@ class Peer:
 
 
 class Peers:
-    """The registry of live connections; every state change signals the ``Phase``."""
+    """The registry of live connections; every state change signals the ``Phase``.
+
+    Also indexed by state, each state's ids kept sorted, and the codec sets advertised are
+    counted: a round asks for the ready ones (and counts states) several times, and with
+    10,000 idle connections a scan and sort of all of them was most of a short round's CPU
+    on the server (docs/scale.md, run 5).
+    """
 
     def __init__(self, phase: Phase) -> None:
         self._phase = phase
         self._peers: dict[str, Peer] = {}
+        self._by_state: dict[PeerState, dict[str, Peer]] = {state: {} for state in PeerState}
+        self._sorted: dict[PeerState, list[str]] = {state: [] for state in PeerState}
+        self._codec_sets: Counter[frozenset[str]] = Counter()
 
     def __contains__(self, peer_id: object) -> bool:
         return peer_id in self._peers
@@ -63,12 +74,18 @@ class Peers:
         if peer_id in self._peers:
             raise ValueError(f"volunteer {peer_id} is already connected")
         peer = self._peers[peer_id] = Peer(peer_id, agent, address, frozenset(c for c in codecs if isinstance(c, str)))
+        self._codec_sets[peer.codecs] += 1
+        self._file(peer)
         self._phase.changed()
         return peer
 
     def remove(self, peer_id: str) -> bool:
-        if self._peers.pop(peer_id, None) is None:
+        if (peer := self._peers.pop(peer_id, None)) is None:
             return False
+        self._unfile(peer)
+        self._codec_sets[peer.codecs] -= 1
+        if not self._codec_sets[peer.codecs]:
+            del self._codec_sets[peer.codecs]
         log.info("volunteer %s disconnected", peer_id)
         self._phase.changed()
         return True
@@ -77,7 +94,9 @@ class Peers:
         if new is not peer.state:
             log.info("volunteer %s: %s -> %s", peer.id, peer.state.value, new.value,
                      extra={"event": "volunteer_state", "volunteer": peer.id, "from": peer.state.value, "to": new.value})
+            self._unfile(peer)
             peer.state = new
+            self._file(peer)
             self._phase.changed()
 
     def ready(self, peer_id: str, num_examples: int, now: float) -> None:
@@ -95,12 +114,31 @@ class Peers:
 
     def wake(self, now: float) -> None:
         """Volunteers whose wait is over are ready again."""
-        for peer in self:
-            if peer.state is PeerState.WAITING and now >= peer.wait_until:
+        for peer in list(self._by_state[PeerState.WAITING].values()):
+            if now >= peer.wait_until:
                 self.to(peer, PeerState.READY)
 
     def count(self, state: PeerState) -> int:
-        return sum(p.state is state for p in self._peers.values())
+        return len(self._by_state[state])
 
     def in_state(self, state: PeerState) -> list[str]:
-        return sorted(p.id for p in self._peers.values() if p.state is state)
+        """The ids in ``state``, sorted."""
+        return list(self._sorted[state])
+
+    def of_state(self, state: PeerState) -> list[Peer]:
+        """The volunteers in ``state``, by id."""
+        index = self._by_state[state]
+        return [index[peer_id] for peer_id in self._sorted[state]]
+
+    def codec_sets(self) -> set[frozenset[str]]:
+        """The distinct codec sets the volunteers connected advertised."""
+        return set(self._codec_sets)
+
+    def _file(self, peer: Peer) -> None:
+        self._by_state[peer.state][peer.id] = peer
+        bisect.insort(self._sorted[peer.state], peer.id)
+
+    def _unfile(self, peer: Peer) -> None:
+        del self._by_state[peer.state][peer.id]
+        ids = self._sorted[peer.state]
+        del ids[bisect.bisect_left(ids, peer.id)]

@@ -21,7 +21,7 @@ from .peers import Peer, PeerState, Peers
 from .seeds import selection_rng
 from .state import Phase
 
-__all__ = ["Cohort", "Selection", "Waiting", "poisson", "target"]
+__all__ = ["Cohort", "Selection", "Waiting", "poisson", "steers", "target"]
 
 log = logging.getLogger("webfl.engine")
 
@@ -29,6 +29,11 @@ log = logging.getLogger("webfl.engine")
 def target(config: RunConfig) -> int:
     """How many volunteers train at once: selected per sync round, in flight under FedBuff."""
     return math.ceil(config.clients_per_round * config.over_selection)
+
+
+def steers(config: RunConfig) -> bool:
+    """Whether surplus ready volunteers are told to come back later (``max_wait_s`` above 0)."""
+    return config.max_wait_s > 0
 
 
 @dataclass(frozen=True)
@@ -94,13 +99,13 @@ class Selection:
     def eligible(self, codec: Codec) -> list[str]:
         """Ready volunteers (after waking those whose wait is over) that can decode ``codec``."""
         self._peers.wake(asyncio.get_running_loop().time())
-        return [p for p in self._peers.in_state(PeerState.READY) if self._can_use(self._peers.get(p), codec)]
+        if all(codecs.issuperset(codec.stages) for codecs in self._peers.codec_sets()):
+            return self._peers.in_state(PeerState.READY)  # the usual case: no volunteer to check one by one
+        stages = codec.stages
+        return [p.id for p in self._peers.of_state(PeerState.READY) if p.codecs.issuperset(stages) or self._cannot_use(p, codec)]
 
-    def _can_use(self, peer: Peer | None, codec: Codec) -> bool:
-        if peer is None:
-            return False
-        if peer.codecs.issuperset(codec.stages):
-            return True
+    def _cannot_use(self, peer: Peer, codec: Codec) -> bool:
+        """Log once per volunteer and codec that it lacks a stage of ``codec``; always False."""
         if codec.spec not in peer.refused_codecs:
             peer.refused_codecs.add(codec.spec)
             log.info("volunteer %s not selectable: codec %s needs %s, it supports %s", peer.id, codec.spec, ", ".join(codec.stages), ", ".join(sorted(peer.codecs)))
@@ -133,14 +138,17 @@ class Selection:
             selected = poisson(ready, config.dp.sampling_rate)  # type: ignore[union-attr]
         else:
             rng = selection_rng(self._seed, model_version, rounds_committed)
-            selected = sorted(rng.choice(ready, size=min(want, len(ready)), replace=False).tolist())
+            # Drawn by index: the same draw as from ``ready`` itself, without making a NumPy
+            # array of 10,000 id strings every round.
+            selected = sorted(ready[i] for i in rng.choice(len(ready), size=min(want, len(ready)), replace=False))
         cohort = Cohort(selected, len(self._peers), self._peers.count(PeerState.READY))
-        await self.steer(sorted(set(ready) - set(selected)), want, config, "not selected for this round")
+        if steers(config):
+            await self.steer(sorted(set(ready) - set(selected)), want, config, "not selected for this round")
         return cohort
 
     async def steer(self, peer_ids: list[str], needed: int, config: RunConfig, reason: str) -> None:
         """Tell ``peer_ids`` (ready, surplus) to come back later, sized to the load."""
-        if config.max_wait_s <= 0 or not peer_ids:
+        if not steers(config) or not peer_ids:
             return
         ready = self._peers.count(PeerState.READY) + self._peers.count(PeerState.WAITING)
         round_s = pacing.round_duration(list(self._durations()), min(config.deadline_s, 10.0))

@@ -30,7 +30,7 @@ from .funnel import Funnel
 from .mode import RunMode
 from .peers import PeerState
 from .seeds import task_seed
-from .selection import target
+from .selection import steers, target
 from .shares import RoundFacts, Share, ShareHub
 from .state import RoundState
 from .validation import ACCEPTED, Verdict, fold, payload
@@ -121,8 +121,10 @@ class SyncRounds(RunMode):
             remaining = open_.deadline - loop.time()
             if open_.received >= config.clients_per_round or not training or remaining <= 0:
                 break
-            # Volunteers ready beyond what the next round selects have nothing to do for a while.
-            await s.selection.steer(s.selection.eligible(config.codec)[want:], want, config, "enough volunteers are ready")
+            # Volunteers ready beyond what the next round selects have nothing to do for a while
+            # (listed only when steering is on: this runs at every update and state change).
+            if steers(config):
+                await s.selection.steer(s.selection.eligible(config.codec)[want:], want, config, "enough volunteers are ready")
             await s.phase.wait_change(remaining)
         if hub is not None:
             await self._collect(hub, open_)
