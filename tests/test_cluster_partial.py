@@ -24,6 +24,7 @@ from webfl.server.cluster.bus import RedisCoordinator  # noqa: E402  (the cluste
 from webfl.server.cluster.lease import Holder  # noqa: E402
 from webfl.server.cluster.partial import FollowerShares, LeaderHub  # noqa: E402
 from webfl.server.cluster.relay import Kind, Relay  # noqa: E402
+from redis.exceptions import RedisError  # noqa: E402
 
 TERM = Holder("L", 7)
 SIZE = TASK.build_model().size
@@ -181,5 +182,70 @@ def test_a_follower_that_never_ships_loses_only_its_volunteers_updates(tmp_path,
             await until(lambda: c.engine.store.abandoned_rounds(), timeout=10, what="the abandoned round")
             assert c.engine.store.abandoned_rounds()[0].why == "too_few_updates" and c.engine.model_version == 0
         await c.engine.stop()
+
+    run_in_redis(redis_server, test)
+
+
+class RefusesOnce(Relay):
+    """A relay whose first shipment Redis refuses (a dropped connection, a full server)."""
+
+    refusals = 1
+
+    async def send(self, *args, **kwargs) -> None:
+        if self.refusals:
+            self.refusals -= 1
+            raise RedisError("connection reset by peer")
+        await super().send(*args, **kwargs)
+
+
+async def merging(c: Cluster, verdicts: list[str | None]) -> None:
+    """The leader's side of the relay for shares (``ClusterMember._apply``): merge each as it comes."""
+    after = "0"
+    while True:
+        after, events = await c.relay.read(TERM, after, block_ms=100)
+        verdicts += [c.engine.merge_share(Share.decode(e.data, SIZE)) for e in events if e.kind is Kind.SHARE]
+
+
+@pytest.mark.parametrize("lost", ["ask", "shipment"])
+def test_a_lost_ask_or_a_refused_shipment_loses_no_update(tmp_path, redis_server, lost):
+    # min_updates 3: without the follower's share the round is abandoned.
+    config = RunConfig.from_json({"rounds": 1, "clients_per_round": 4, "min_updates": 3, "deadline_s": 1})
+
+    async def test(redis):
+        c = Cluster(tmp_path, redis)
+        asks: list[int] = []
+
+        async def flusher(task: str, round_: int) -> None:
+            asks.append(round_)
+            if lost == "ask" and len(asks) == 1:
+                return  # pub/sub delivers at most once: this ask never arrives
+            await c.shares.flush(TERM, task, round_)
+
+        c.follower_bus.flusher = flusher
+        if lost == "shipment":
+            c.shares.relay = RefusesOnce(redis, "F", 10.0)
+        verdicts: list[str | None] = []
+        background = [asyncio.create_task(c.follower_bus.listen()), asyncio.create_task(merging(c, verdicts))]
+        try:
+            c.engine.start(config)
+            tasks = await c.tasks()
+            for i, v in enumerate(HERE):
+                assert (await c.volunteer(v).update(delta(i))).accepted
+            # "ask": d is a straggler, so c's share waits for the close's ask, and the first ask is lost.
+            # "shipment": both answer, the share goes at once, and Redis refuses that shipment.
+            followers = THERE if lost == "shipment" else THERE[:1]
+            for i, v in enumerate(followers, start=2):
+                assert (await c.on_follower(v, update(tasks[v], delta(i)))).type == "accept"
+            await until(lambda: c.engine.model_version == 1 or c.engine.store.abandoned_rounds(), timeout=10, what="the round's end")
+            assert c.engine.model_version == 1, c.engine.store.abandoned_rounds()
+            np.testing.assert_array_equal(c.engine.params, one_process(config, [delta(i) for i in range(2 + len(followers))]))
+            assert c.engine.history[-1].funnel["accepted"] == 2 + len(followers)
+            assert verdicts[0] is None and all("second share" in why for why in verdicts[1:])  # copies change nothing
+            if lost == "ask":
+                assert len(asks) >= 2
+        finally:
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
 
     run_in_redis(redis_server, test)

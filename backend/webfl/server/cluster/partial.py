@@ -6,9 +6,13 @@ A follower (``FollowerShares``) that gets an ``update`` for that round reads the
 vets the update with the leader's own checks (a ``TaskBook`` of the round's selection:
 round, selection, one update each, model version, task token, codec, example count; then
 ``validation.fold``: dtype, shape, finiteness), folds it into its share (one FedAvg sum,
-O(model size)) and answers ``accept`` or ``reject`` itself. It ships the share once, on
+O(model size)) and answers ``accept`` or ``reject`` itself. It closes the share once, on
 the relay stream of the leader's term (so after the frames it relayed before): when all
 its selected volunteers answered or left, or when the leader asks at the round's close.
+Neither an ask (pub/sub delivers at most once) nor a shipment (Redis may refuse it) may
+lose the share, so the closed share is kept: the leader asks again until it has it, the
+follower sends the same bytes again at every ask and retries a shipment Redis refused,
+and the leader merges one share per member and round, refusing the copies.
 An update of any other round is relayed as before, and the leader judges it.
 """
 
@@ -42,6 +46,8 @@ log = logging.getLogger("webfl.cluster")
 
 #: How long a round's facts outlive its deadline in Redis.
 FACTS_SLACK_S = 60.0
+#: Pause before a follower sends again a share whose shipment Redis refused.
+RESHIP_S = 0.5
 
 
 def facts_key(term: Holder, task: str) -> str:
@@ -64,12 +70,11 @@ class LeaderHub:
     async def ask(self, task: str, round_: int, volunteers: set[str]) -> set[str]:
         homes = self.coordinator.homes
         members = {homes[v] for v in volunteers if v in homes}
-        try:
-            for member in members:
+        for member in members:
+            try:
                 await self.redis.publish(member_channel(member), pack({"flush": task, "round": round_}))
-        except RedisError as exc:  # the round closes without the shares not yet shipped
-            log.warning("round %d of %s: could not ask for shares (%s)", round_, task, exc)
-            return set()
+            except RedisError as exc:  # still waited for: the round's close asks again
+                log.warning("round %d of %s: could not ask %s for its share (%s)", round_, task, member, exc)
         return {v for v in volunteers if homes.get(v) in members}
 
     def home_of(self, volunteer: str) -> str | None:
@@ -88,7 +93,8 @@ class _Share:
     accepted: dict[str, tuple[int, int]] = field(default_factory=dict)
     reported: set[str] = field(default_factory=set)
     rejected: Counter[str] = field(default_factory=Counter)
-    shipped: bool = False
+    closed: bytes | None = None  # the share's wire form once closed: the same bytes at every ask
+    retrying: bool = False  # a refused shipment is being sent again
 
 
 class FollowerShares:
@@ -100,10 +106,13 @@ class FollowerShares:
         self._engines, self._holds, self._count_refusal = engines, holds, count_refusal
         self._shares: dict[str, _Share] = {}
         self._lock = asyncio.Lock()  # one reader of a round's facts at a time
+        self._retries: set[asyncio.Task] = set()
 
     def reset(self) -> None:
         """The leader changed: its rounds are over (the new one re-runs them)."""
         self._shares.clear()
+        for retry in self._retries:
+            retry.cancel()
 
     async def update(self, term: Holder, task: str, peer_id: str, msg: Message, nbytes: int) -> bool:
         """Vet, fold and answer an update of the task's shared round here; False: relay it instead."""
@@ -121,20 +130,21 @@ class FollowerShares:
         reply = Message("accept", {"round": facts.round}) if verdict.accepted else Message(
             "reject", {"reason": verdict.reason, "round": msg["round"]})
         await self.coordinator.publish(encode(reply), to=[peer_id])
-        if verdict.accepted and not self._pending(share):
+        if verdict.accepted and share.closed is None and not self._pending(share):
             await self._ship(share)
         return True
 
     async def left(self, peer_id: str) -> None:
         """A volunteer's socket closed: a share may have nobody left to wait for."""
         for share in list(self._shares.values()):
-            if peer_id in share.facts.selected and not share.shipped and not self._pending(share):
+            if peer_id in share.facts.selected and share.closed is None and not self._pending(share):
                 await self._ship(share)
 
     async def flush(self, term: Holder, task: str, round_: int) -> None:
-        """The leader asks for the round's share (an empty one if no update came here)."""
+        """The leader asks for the round's share (an empty one if no update came here); it asks
+        again until the share is in, so a share already shipped goes again, the same bytes."""
         share = await self._share(term, task, round_)
-        if share is not None and not share.shipped:
+        if share is not None:
             await self._ship(share)
 
     # -- inside ----------------------------------------------------------------------------
@@ -179,17 +189,34 @@ class FollowerShares:
         return {v for v in share.facts.selected if self._holds(v) and v not in share.accepted}
 
     async def _ship(self, share: _Share) -> None:
-        share.shipped = True
-        share.book.close()  # later updates of the round: "round is not open", as on the leader after its close
+        """Close the share (once) and send it on the leader's stream; a refused send is retried."""
+        if share.closed is None:
+            share.book.close()  # later updates of the round: "round is not open", as on the leader after its close
+            facts = share.facts
+            partial = share.rule.partial() if share.rule.count else None
+            share.rule.abort()
+            share.closed = Share(self.member, facts.task, facts.round, partial, dict(share.accepted), frozenset(share.reported),
+                                 frozenset(self._pending(share)), dict(share.rejected)).encode()
+        if not await self._send(share) and not share.retrying:
+            share.retrying = True
+            retry = asyncio.create_task(self._resend(share))
+            self._retries.add(retry)
+            retry.add_done_callback(self._retries.discard)
+
+    async def _send(self, share: _Share) -> bool:
         facts = share.facts
-        partial = share.rule.partial() if share.rule.count else None
-        pending = self._pending(share)
-        share.rule.abort()
-        out = Share(self.member, facts.task, facts.round, partial, dict(share.accepted), frozenset(share.reported), frozenset(pending),
-                    dict(share.rejected))
         try:
-            await self.relay.send(share.term, Kind.SHARE, facts.task, data=out.encode())
-        except RedisError as exc:  # the leader's close waits, then goes on without this member's updates
-            log.error("round %d of %s: the share of %d update(s) could not be shipped (%s)", facts.round, facts.task, len(share.accepted), exc)
-            return
+            await self.relay.send(share.term, Kind.SHARE, facts.task, data=share.closed)
+        except RedisError as exc:
+            log.error("round %d of %s: the share of %d update(s) could not be shipped (%s); sending it again",
+                      facts.round, facts.task, len(share.accepted), exc)
+            return False
         log.info("round %d of %s: shipped a share of %d update(s)", facts.round, facts.task, len(share.accepted))
+        return True
+
+    async def _resend(self, share: _Share) -> None:
+        """Send a share Redis refused again, while it is this task's current one and its round open."""
+        while self._shares.get(share.facts.task) is share and time.time() < share.facts.deadline:
+            await asyncio.sleep(RESHIP_S)
+            if await self._send(share):
+                return

@@ -10,8 +10,9 @@ trains. Every update weighs ``min(num_examples, max_examples)`` in the mean.
 In a cluster, a round whose rule merges (plain FedAvg) is shared (``shares``): its facts
 go out before its tasks, each follower folds its own volunteers' updates and ships one
 share, which ``merge_share`` adds once per member and round. At the close the leader asks
-the members still holding tasks for their shares and waits up to ``SHARE_WAIT_S``; a
-member that never ships loses only its volunteers' updates.
+the members still holding tasks for their shares, again every ``ASK_EVERY_S`` (pub/sub
+may lose an ask), and waits up to ``SHARE_WAIT_S``; a member that never ships loses only
+its volunteers' updates.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ log = logging.getLogger("webfl.engine")
 RETRY_S = 0.5
 #: How long a shared round's close waits for the shares it asked for (a round trip through Redis, normally).
 SHARE_WAIT_S = 2.0
+#: How often the close asks again for the shares still missing (a copy of a share is refused, so asking is idempotent).
+ASK_EVERY_S = 0.4
 
 
 @dataclass
@@ -146,12 +149,18 @@ class SyncRounds(RunMode):
         return True
 
     async def _collect(self, hub: ShareHub, open_: _OpenRound) -> None:
-        """Ask the members still holding tasks of the round for their shares; wait for them a while."""
-        loop = asyncio.get_running_loop()
-        waiting = await hub.ask(self.services.commits.task.name, open_.round, self._training())
+        """Ask the members still holding tasks of the round for their shares, again every
+        ``ASK_EVERY_S`` (an ask or a shipment may be lost), and wait for them a while."""
+        loop, task = asyncio.get_running_loop(), self.services.commits.task.name
+        waiting = await hub.ask(task, open_.round, self._training())
         end = loop.time() + SHARE_WAIT_S
+        ask_at = loop.time() + ASK_EVERY_S
         while (late := waiting & self._training()) and (left := end - loop.time()) > 0:
-            await self.services.phase.wait_change(left)
+            if loop.time() >= ask_at:
+                log.info("round %d: asking again for the shares of %d volunteer(s)", open_.round, len(late))
+                await hub.ask(task, open_.round, late)
+                ask_at = loop.time() + ASK_EVERY_S
+            await self.services.phase.wait_change(min(left, ask_at - loop.time()))
         if late:
             log.warning("round %d: no share from the member(s) of %d volunteer(s) in time; their updates are lost", open_.round, len(late))
 
