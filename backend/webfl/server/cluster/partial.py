@@ -13,6 +13,13 @@ Neither an ask (pub/sub delivers at most once) nor a shipment (Redis may refuse 
 lose the share, so the closed share is kept: the leader asks again until it has it, the
 follower sends the same bytes again at every ask and retries a shipment Redis refused,
 and the leader merges one share per member and round, refusing the copies.
+A round whose rule does not merge (``RoundFacts.folded`` false: a buffered rule, a norm
+bound, clipping, dp) is vetted here the same way but not folded: ``validation.decodes``
+stands for the fold (the norm bound's history lives on the leader). What fails is
+answered here; what passes goes to the leader as it was sent, in batches (``Vetted``,
+``batches``), with the round's edge refusals for its funnel. The leader folds each with
+its own ``submit`` (``take_vetted``), so its verdict (the norm bound, the rule's memory
+bound) is final and it answers the volunteer.
 An update of any other round is relayed as before, and the leader judges it.
 """
 
@@ -30,17 +37,19 @@ from redis.exceptions import RedisError
 
 from ...core.aggregation import FedAvg
 from ...core.codecs import Codec, get_codec
-from ...core.protocol import Message, encode
+from ...core.protocol import Message, ProtocolError, decode, encode
 from ..engine import RoundEngine
 from ..rounds.funnel import capped_weight
-from ..rounds.shares import RoundFacts, Share, ShareError
+from ..rounds.shares import RoundFacts, Share, ShareError, Vetted
 from ..rounds.tasks import TaskBook
-from ..rounds.validation import Verdict, fold, payload
+from ..rounds.validation import Verdict, decodes, fold, payload
+from ..sockets import answer_update
+from .batches import Batches
 from .bus import RedisCoordinator, member_channel, pack
 from .lease import Holder
 from .relay import Kind, Relay
 
-__all__ = ["FollowerShares", "LeaderHub", "facts_key"]
+__all__ = ["FollowerShares", "LeaderHub", "facts_key", "take_vetted"]
 
 log = logging.getLogger("webfl.cluster")
 
@@ -89,7 +98,8 @@ class _Share:
     term: Holder
     book: TaskBook
     codec: Codec
-    rule: FedAvg
+    rule: FedAvg | None  # None: a round the leader folds (not ``facts.folded``)
+    batches: Batches[tuple[str, bytes | str]] | None  # that round's vetted updates (frames) and edge refusals (kinds)
     accepted: dict[str, tuple[int, int]] = field(default_factory=dict)
     reported: set[str] = field(default_factory=set)
     rejected: Counter[str] = field(default_factory=Counter)
@@ -114,12 +124,16 @@ class FollowerShares:
         for retry in self._retries:
             retry.cancel()
 
-    async def update(self, term: Holder, task: str, peer_id: str, msg: Message, nbytes: int) -> bool:
-        """Vet, fold and answer an update of the task's shared round here; False: relay it instead."""
+    async def update(self, term: Holder, task: str, peer_id: str, msg: Message, data: bytes) -> bool:
+        """Vet, fold and answer an update of the task's shared round here (or vet it and ship
+        it to the leader, for a round the leader folds); False: relay it instead."""
         share = await self._share(term, task, msg["round"])
         if share is None:
             return False
-        facts = share.facts
+        if share.batches is not None:
+            await self._vet(share, peer_id, msg, data)
+            return True
+        facts, nbytes = share.facts, len(data)
         if peer_id in facts.selected:
             share.reported.add(peer_id)
         verdict = self._verdict(share, peer_id, msg, nbytes)
@@ -137,14 +151,14 @@ class FollowerShares:
     async def left(self, peer_id: str) -> None:
         """A volunteer's socket closed: a share may have nobody left to wait for."""
         for share in list(self._shares.values()):
-            if peer_id in share.facts.selected and share.closed is None and not self._pending(share):
+            if share.rule is not None and peer_id in share.facts.selected and share.closed is None and not self._pending(share):
                 await self._ship(share)
 
     async def flush(self, term: Holder, task: str, round_: int) -> None:
         """The leader asks for the round's share (an empty one if no update came here); it asks
         again until the share is in, so a share already shipped goes again, the same bytes."""
         share = await self._share(term, task, round_)
-        if share is not None:
+        if share is not None and share.rule is not None:
             await self._ship(share)
 
     # -- inside ----------------------------------------------------------------------------
@@ -169,10 +183,31 @@ class FollowerShares:
             book = TaskBook(engine.peers, engine.coordinator, engine.tokens, engine.commits.chain)
             for v in facts.selected:
                 book.expect(v, facts.round, facts.model_version)
-            rule = FedAvg()
-            rule.begin(facts.size, len(facts.selected))
-            share = self._shares[task] = _Share(facts, term, book, get_codec(facts.codec), rule)
+            rule, batches = None, None
+            if facts.folded:
+                rule = FedAvg()
+                rule.begin(facts.size, len(facts.selected))
+            else:
+                batches = Batches(lambda entries: self._ship_vetted(term, facts, entries))
+            share = self._shares[task] = _Share(facts, term, book, get_codec(facts.codec), rule, batches)
             return share
+
+    async def _vet(self, share: _Share, peer_id: str, msg: Message, data: bytes) -> None:
+        """A round the leader folds: refuse here what the leader would (all but its norm bound), ship the rest."""
+        job = share.book.vet(peer_id, msg, share.codec)
+        refused = job if isinstance(job, Verdict) else decodes(share.codec, payload(msg), share.facts.size)
+        if refused is None:
+            await share.batches.put((peer_id, data))  # the leader answers: its verdict is final
+            return
+        kind = refused.kind or "malformed"
+        self._count_refusal(share.facts.task, kind)
+        await self.coordinator.publish(encode(Message("reject", {"reason": refused.reason, "round": msg["round"]})), to=[peer_id])
+        await share.batches.put((peer_id, kind))
+
+    async def _ship_vetted(self, term: Holder, facts: RoundFacts, entries: list[tuple[str, bytes | str]]) -> None:
+        updates = tuple((v, x) for v, x in entries if isinstance(x, bytes))
+        refused = tuple((v, x) for v, x in entries if isinstance(x, str))
+        await self.relay.send(term, Kind.VETTED, facts.task, data=Vetted(facts.round, updates, refused).encode())
 
     def _verdict(self, share: _Share, peer_id: str, msg: Message, nbytes: int) -> Verdict:
         job = share.book.vet(peer_id, msg, share.codec)
@@ -220,3 +255,28 @@ class FollowerShares:
             await asyncio.sleep(RESHIP_S)
             if await self._send(share):
                 return
+
+
+async def take_vetted(engine: RoundEngine, homes: dict[str, str], member: str, data: bytes, max_frame_bytes: int) -> None:
+    """The leader's side of a batch of ``member``'s vetted updates: each folded (and answered)
+    with the engine's own ``submit``, as a relayed frame would be; edge refusals go to the round's funnel."""
+    batch = Vetted.decode(data, max_frame_bytes)  # a ShareError is a ValueError: the caller logs and drops the batch
+    for volunteer, kind in batch.refused:
+        if homes.get(volunteer) == member:
+            engine.refused_elsewhere(volunteer, batch.round, kind)
+    for volunteer, frame in batch.updates:
+        if homes.get(volunteer) != member or volunteer not in engine.peers:
+            log.warning("relay: a vetted update of %s from %s, which does not hold it; dropped", volunteer, member)
+            continue
+        try:
+            msg = decode(frame, max_frame_bytes)
+        except ProtocolError as exc:
+            log.warning("relay: a vetted update of %s from %s does not decode (%s); dropped", volunteer, member, exc)
+            continue
+        if msg.type != "update" or msg["round"] != batch.round:
+            log.warning("relay: a vetted %s of round %s from %s in a batch of round %d; dropped", msg.type, msg.fields.get("round"),
+                        member, batch.round)
+            continue
+        verdict = await answer_update(engine, volunteer, msg, len(frame))
+        if not verdict.accepted:  # the norm bound, the rule's memory bound, or a round closed meanwhile
+            log.warning("relay: a vetted update of %s from %s refused by the leader: %s", volunteer, member, verdict.reason)

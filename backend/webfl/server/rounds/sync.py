@@ -7,9 +7,10 @@ with fewer (or a refused aggregate) it is abandoned, the model unchanged, record
 its funnel) and retried. Surplus ready volunteers are steered away (``wait``) while it
 trains. Every update weighs ``min(num_examples, max_examples)`` in the mean.
 
-In a cluster, a round whose rule merges (plain FedAvg) is shared (``shares``): its facts
-go out before its tasks, each follower folds its own volunteers' updates and ships one
-share, which ``merge_share`` adds once per member and round. At the close the leader asks
+In a cluster every round's facts go out before its tasks (``shares``). A round whose rule
+merges (plain FedAvg) is shared: each follower folds its own volunteers' updates and ships
+one share, which ``merge_share`` adds once per member and round. Any other rule's updates
+are vetted on the follower and folded here through ``submit``, as a relayed frame is. At the close the leader asks
 the members still holding tasks for their shares, again every ``ASK_EVERY_S`` (pub/sub
 may lose an ask), and waits up to ``SHARE_WAIT_S``; a member that never ships loses only
 its volunteers' updates.
@@ -106,12 +107,13 @@ class SyncRounds(RunMode):
         round_, version, funnel, loop = open_.round, open_.model_version, open_.funnel, asyncio.get_running_loop()
         rule.begin(s.commits.model.size, len(selected))
         s.tasks.open(round_)
-        hub = s.sharing.hub if rule.mergeable else None
+        hub = s.sharing.hub
         if hub is not None:
             facts = RoundFacts(s.commits.task.name, round_, version, s.commits.model.size, config.codec.spec, config.max_examples,
-                               open_.selected, time.time() + config.deadline_s)
+                               open_.selected, time.time() + config.deadline_s, folded=rule.mergeable)
             await hub.open(facts)  # before any task: a follower vets the first update with them
-            open_.shared = True
+            open_.shared = rule.mergeable
+            hub = hub if open_.shared else None  # the leader folds every update: no shares to collect
         for i, peer_id in enumerate(selected):
             sent = await s.tasks.send(peer_id, config, round_, version, task_seed(s.seed, round_, i), open_.deadline, self.run.clip)
             open_.bytes_down += sent
@@ -198,6 +200,13 @@ class SyncRounds(RunMode):
                  open_.received, len(open_.selected))
         s.phase.changed()
         return None
+
+    def refused_elsewhere(self, peer_id: str, round_: int, kind: str) -> None:
+        open_ = self._open
+        if open_ is not None and round_ == open_.round:
+            if peer_id in open_.funnel.trained:
+                open_.funnel.report(peer_id)
+            open_.funnel.reject(kind)
 
     def _training(self) -> set[str]:
         """Volunteers still training on their task: they may yet answer. Not one that left,
