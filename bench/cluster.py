@@ -3,6 +3,7 @@ members on one Redis, in one run, and the seconds without a commit when the lead
 
     .venv/bin/python bench/cluster.py                      # 120 volunteers, 3 rounds a step: a few minutes
     .venv/bin/python bench/cluster.py --volunteers 400 --members 1,2,4
+    .venv/bin/python bench/cluster.py --aggregator median --failover-rounds 0   # a buffered rule, no failover
 
 Throughput: for each member count, a fresh redis-server, that many real ``webfl serve``
 members on one data folder, and one ``bench/load_swarm.py`` generator process per member
@@ -10,6 +11,8 @@ holding an equal share of the volunteers on it directly (the load balancer's job
 volunteer answers each task at once with a precomputed q8 update of the 2NN; each round
 selects them all (``clients_per_round`` = volunteers). The rate is the run's accepted
 updates over the sum of its rounds' durations (the server's own ``duration_s``).
+``--aggregator``: the run's rule; ``fedavg`` is folded in shares on the followers, a
+buffered rule (``median``) is vetted there and folded by the leader.
 
 Failover: two members behind nginx, ``webfl simulate`` (volunteers that train and
 reconnect) through it, the leader killed with SIGKILL after a few commits, the default
@@ -46,7 +49,7 @@ def members(data: Path, redis: Redis, n: int, lease_s: float = 10.0, env: dict |
     return started
 
 
-def throughput(n: int, volunteers: int, rounds: int) -> dict:
+def throughput(n: int, volunteers: int, rounds: int, aggregator: str) -> dict:
     redis = Redis.start()
     gens: list[Generators] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -57,7 +60,8 @@ def throughput(n: int, volunteers: int, rounds: int) -> dict:
             shares = [volunteers // n + (i < volunteers % n) for i in range(n)]
             joined = sum(g.grow(s, 300)["joined"] for g, s in zip(gens, shares))
             leader.wait_for(lambda s: s["volunteers"]["ready"] == volunteers, timeout=120, what="every volunteer ready")
-            config = {**RUN, "rounds": rounds, "clients_per_round": volunteers, "min_updates": volunteers, "deadline_s": 300}
+            config = {**RUN, "rounds": rounds, "clients_per_round": volunteers, "min_updates": volunteers, "deadline_s": 300,
+                      "aggregator": aggregator}
             code, body = leader.api("POST", "/api/rounds", config)
             assert code == 202, body
             status = leader.wait_for(lambda s: s["run"] and not s["run"]["running"], timeout=900, what="the run to end")
@@ -111,14 +115,15 @@ def main() -> int:
     parser.add_argument("--volunteers", type=int, default=120)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--members", default="1,2,4")
-    parser.add_argument("--failover-rounds", type=int, default=10)
+    parser.add_argument("--aggregator", default="fedavg")
+    parser.add_argument("--failover-rounds", type=int, default=10, help="0: no failover")
     args = parser.parse_args()
-    print(f"load average at the start: {load_average()}", flush=True)
+    print(f"load average at the start: {load_average()}; aggregator {args.aggregator}", flush=True)
     rows = []
     for n in (int(x) for x in args.members.split(",")):
-        rows.append(throughput(n, args.volunteers, args.rounds))
+        rows.append(throughput(n, args.volunteers, args.rounds, args.aggregator))
         print(rows[-1], flush=True)
-    fo = failover(args.failover_rounds)
+    fo = failover(args.failover_rounds) if args.failover_rounds else None
     print(fo, flush=True)
     base = rows[0]["rate"]
     print(f"\nload average at the end: {load_average()}\n")
@@ -127,6 +132,8 @@ def main() -> int:
     for r in rows:
         ratio = r["rate"] / base
         print(f"| {r['members']} | {r['joined']} | {r['accepted']} | {r['round_s']:.2f} s | {r['rate']:.0f} | {ratio:.2f}x | {ratio / r['members']:.2f} |")
+    if fo is None:
+        return 0
     print(f"\nFailover (2 members, lease 10 s, kill -9 of the leader): {fo['gap_s']:.1f} s without a commit "
           f"({fo['kill_to_commit_s']:.1f} s from the kill to the next commit), against a usual {fo['usual_gap_s']:.2f} s between commits "
           f"({fo['gap_s'] / fo['usual_gap_s']:.0f}x).")

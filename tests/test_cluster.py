@@ -45,9 +45,9 @@ def delta(i: int, round_: int) -> np.ndarray:
     return (rng.integers(-8, 9, MODEL_SIZE) * 2.0**-10).astype(np.float32)
 
 
-def single_process_model(n: int) -> np.ndarray:
+def single_process_model(n: int, run: dict = RUN) -> np.ndarray:
     """What one process commits from the same updates: the run's own rule and optimizer."""
-    config = RunConfig.from_json({**RUN, "local_epochs": 1})
+    config = RunConfig.from_json({**run, "local_epochs": 1})
     params = get_task("mnist").build_model().init(0)
     rule, opt, codec = config.rule(), config.optimizer(), get_codec("none")
     for round_ in (1, 2):
@@ -63,7 +63,10 @@ def fetch(url: str) -> bytes:
         return resp.read()
 
 
-def test_volunteers_on_every_member_commit_what_one_process_would_and_every_member_serves_it(tmp_path, redis_server):
+# fedavg: followers fold shares; median (buffered): followers vet and ship the updates, the leader folds them.
+@pytest.mark.parametrize("aggregator", ["fedavg", "median"])
+def test_volunteers_on_every_member_commit_what_one_process_would_and_every_member_serves_it(tmp_path, redis_server, aggregator):
+    run = {**RUN, "aggregator": aggregator}
     data = tmp_path / "data"
     members = [start_member(data, redis_server.url, f"m{i}") for i in range(3)]
     try:
@@ -73,11 +76,11 @@ def test_volunteers_on_every_member_commit_what_one_process_would_and_every_memb
         assert {digest(m.arrays[0]) for m in initial} == {digest(global_params(leader))}
         follower = next(m for m in members if m is not leader)
         # Only the leader runs rounds: a follower passes run control on to it.
-        assert follower.api("POST", "/api/rounds", {**RUN, "rounds": 0})[0] == 400  # the leader's verdict, relayed
-        assert follower.api("POST", "/api/rounds", RUN, token="wrong")[0] == 401
-        code, body = follower.api("POST", "/api/rounds", RUN)
+        assert follower.api("POST", "/api/rounds", {**run, "rounds": 0})[0] == 400  # the leader's verdict, relayed
+        assert follower.api("POST", "/api/rounds", run, token="wrong")[0] == 401
+        code, body = follower.api("POST", "/api/rounds", run)
         assert code == 202 and body["run"] == 1
-        assert follower.api("POST", "/api/rounds", RUN)[0] == 409  # the leader's run is active
+        assert follower.api("POST", "/api/rounds", run)[0] == 409  # the leader's run is active
         for round_ in (1, 2):
             tasks = [c.recv("task", timeout=60) for c in clients]
             assert {t["round"] for t in tasks} == {round_}
@@ -89,7 +92,7 @@ def test_volunteers_on_every_member_commit_what_one_process_would_and_every_memb
             notices = [n if n["model_version"] == 2 else c.recv("model_notice", timeout=60) for c, n in zip(clients, notices)]
         status = leader.wait_for(lambda s: not s["run"]["running"], timeout=60, what="the run to complete")
         assert [h["round"] for h in status["history"]] == [1, 2] and status["connected"] == 6
-        expected = single_process_model(6)
+        expected = single_process_model(6, run)
         (model_digest,) = {n["digest"] for n in notices}
         assert model_digest == digest(expected)
         for m in members:

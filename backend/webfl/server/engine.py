@@ -40,7 +40,7 @@ from .rounds.status import status, status_fields, status_frame
 from .rounds.secagg import SecAggRounds
 from .rounds.sync import SyncRounds
 from .rounds.tasks import TaskBook
-from .rounds.validation import Rejections, Verdict
+from .rounds.validation import REASONS, Rejections, Verdict
 from .security import TaskTokens
 from .store import Fenced, RoundRecord, Store
 
@@ -203,6 +203,11 @@ class RoundEngine:
         if self._mode is None:
             return "no run is in progress"
         return self._mode.merge_share(share)
+
+    def refused_elsewhere(self, peer_id: str, round_: int, kind: str) -> None:
+        """A cluster follower refused an update of ``peer_id`` at its edge: the open round's funnel counts it."""
+        if self._mode is not None:
+            self._mode.refused_elsewhere(peer_id, round_, kind if kind in REASONS else "malformed")
 
     async def secagg(self, peer_id: str, msg: Message, nbytes: int) -> ProtocolError | None:
         """One secure-aggregation frame (``sa_*``); why it is refused (the socket closes with it), or None."""

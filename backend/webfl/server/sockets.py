@@ -42,13 +42,14 @@ from .engine import RoundEngine
 from .limits import ConnectionLimits, RateLimited
 from .logsafe import untrusted
 from .origins import origin_allowed
+from .rounds.validation import Verdict
 from .security import ResumeTokens
 from .web.services import Services, services
 
 if TYPE_CHECKING:
     from .cluster.member import ClusterMember
 
-__all__ = ["VOLUNTEER_FRAMES", "dispatch", "joined", "volunteer_socket"]
+__all__ = ["VOLUNTEER_FRAMES", "answer_update", "dispatch", "joined", "volunteer_socket"]
 
 log = logging.getLogger("webfl.sockets")
 
@@ -208,14 +209,20 @@ async def dispatch(engine: RoundEngine, peer_id: str, msg: Message, nbytes: int)
     elif msg.type == "stats":
         engine.report_statistics(peer_id, msg)
     elif msg.type == "update":
-        verdict = await engine.submit(peer_id, msg, nbytes)
-        reply = Message("accept", {"round": msg["round"]}) if verdict.accepted else Message(
-            "reject", {"reason": verdict.reason, "round": msg["round"]}
-        )
-        await engine.coordinator.publish(encode(reply), to=[peer_id])
+        await answer_update(engine, peer_id, msg, nbytes)
     elif msg.type in SECAGG_TYPES:
         return await engine.secagg(peer_id, msg, nbytes)
     return None
+
+
+async def answer_update(engine: RoundEngine, peer_id: str, msg: Message, nbytes: int) -> Verdict:
+    """The engine's verdict on an ``update``, answered to the volunteer wherever its socket is."""
+    verdict = await engine.submit(peer_id, msg, nbytes)
+    reply = Message("accept", {"round": msg["round"]}) if verdict.accepted else Message(
+        "reject", {"reason": verdict.reason, "round": msg["round"]}
+    )
+    await engine.coordinator.publish(encode(reply), to=[peer_id])
+    return verdict
 
 
 def _local(engine: RoundEngine, peer_id: str) -> Handler:
@@ -224,8 +231,9 @@ def _local(engine: RoundEngine, peer_id: str) -> Handler:
 
 def _relayed(cluster: ClusterMember, term: Holder, task: str, peer_id: str) -> Handler:
     async def handle(msg: Message, data: bytes) -> None:
-        # An update of a shared round is folded here (``cluster.partial``); anything else goes to the leader.
-        if msg.type == "update" and await cluster.shares.update(term, task, peer_id, msg, len(data)):
+        # An update of a round with published facts is vetted (and, if it merges, folded) here
+        # (``cluster.partial``); anything else goes to the leader.
+        if msg.type == "update" and await cluster.shares.update(term, task, peer_id, msg, data):
             return
         await cluster.relay.send(term, Kind.FRAME, task, peer_id, data=data)  # the leader closes what it refuses
 

@@ -19,7 +19,7 @@ Example counts (``weight``) are self-reported unless the server derives them: th
 coordinate-wise rules ignore them and Multi-Krum only uses them among the selected.
 """
 
-from .base import DEFAULT_MEMORY_LIMIT, Aggregator, RuleState, UpdateRejected
+from .base import DEFAULT_MEMORY_LIMIT, Aggregator, RuleState, UpdateRejected, decode_update
 from .bounds import MIN_HISTORY, NORM_BOUND_GRAMMAR, PRIOR_MEDIAN_NORM, NormBound, parse_norm_bound
 from .clipped import ClippedFedAvg
 from .coordinate import CoordinateMedian, TrimmedMean
@@ -44,6 +44,7 @@ __all__ = [
     "RuleState",
     "TrimmedMean",
     "UpdateRejected",
+    "decode_update",
     "get_aggregator",
     "parse_norm_bound",
 ]

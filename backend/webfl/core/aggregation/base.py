@@ -21,7 +21,7 @@ from ..codecs import Codec, CodecError, Encoded, RejectionKind
 from ..specs import Params
 from .bounds import NormBound
 
-__all__ = ["DEFAULT_MEMORY_LIMIT", "Aggregator", "RuleState", "UpdateRejected", "l2norm"]
+__all__ = ["DEFAULT_MEMORY_LIMIT", "Aggregator", "RuleState", "UpdateRejected", "decode_update", "l2norm"]
 
 DEFAULT_MEMORY_LIMIT = 512 * 2**20
 # NumPy's casting and reduction buffers and other small arrays, counted once per round.
@@ -266,15 +266,24 @@ class Aggregator(ABC):
 
     def _decode(self, codec: Codec, enc: Encoded) -> tuple[np.ndarray, float]:
         """The validated float32 update and its L2 norm; raises before touching any state."""
-        u = codec.decode(enc, self.size)
-        # Re-check what the codec promises: a buggy codec must not poison a buffer either.
-        if not isinstance(u, np.ndarray) or u.dtype != np.float32 or u.shape != (self.size,):
-            got = f"{getattr(u, 'dtype', type(u).__name__)} {getattr(u, 'shape', '')}"
-            raise CodecError(f"codec returned {got}, not {self.size} float32 values", "shape")
-        norm = l2norm(u)
+        u, norm = decode_update(codec, enc, self.size)
         if self.bound is not None and (reason := self.bound.check(norm)) is not None:
             raise UpdateRejected(reason)
         return u, norm
+
+
+def decode_update(codec: Codec, enc: Encoded, size: int) -> tuple[np.ndarray, float]:
+    """An update's float32 vector of ``size`` and its L2 norm; ``CodecError`` if it is not one.
+
+    Every rule's check before its norm bound, and what a cluster follower checks at its
+    edge for a rule that folds on the leader (it holds no bound's history).
+    """
+    u = codec.decode(enc, size)
+    # Re-check what the codec promises: a buggy codec must not poison a buffer either.
+    if not isinstance(u, np.ndarray) or u.dtype != np.float32 or u.shape != (size,):
+        got = f"{getattr(u, 'dtype', type(u).__name__)} {getattr(u, 'shape', '')}"
+        raise CodecError(f"codec returned {got}, not {size} float32 values", "shape")
+    return u, l2norm(u)
 
 
 def l2norm(u: np.ndarray) -> float:

@@ -36,7 +36,7 @@ from ..taskset import TaskSet, UnknownTask
 from .bus import RedisCoordinator
 from ..rounds.shares import Share
 from .lease import Holder, Lease
-from .partial import FollowerShares, LeaderHub
+from .partial import FollowerShares, LeaderHub, take_vetted
 from .relay import Event, Kind, Relay
 
 __all__ = ["MEMBERS_KEY", "ClusterMember", "Role", "model_key"]
@@ -450,6 +450,9 @@ class ClusterMember:
                 raise ValueError(f"a share of {share.member}/{share.task} on {event.member}'s entry for {event.task}")
             if (why := engine.merge_share(share)) is not None:
                 log.warning("relay: share of round %d from %s refused: %s", share.round, event.member, why)
+            return
+        if event.kind is Kind.VETTED:
+            await take_vetted(self.tasks.get(event.task), homes, event.member, event.data, self.max_frame_bytes)
             return
         engine = self.tasks.get(event.task)
         if homes.get(event.volunteer) == event.member and event.volunteer in engine.peers:

@@ -5,10 +5,11 @@ The follower checks each frame at the edge (rate limits, size, the protocol's sc
 ``sockets``) and appends what passes to the stream of the leader's term,
 ``webfl:relay:<token>``, as one entry: a volunteer joined (its ``hello``), sent a frame,
 or left, or a member (re)started and its old volunteers are gone; what it refused at
-the edge, so that the leader's status counts every member's refusals; and its share of a
-round it folded itself (``partial``). The leader reads its
-term's stream from the start, so nothing addressed to it is lost between its election
-and its first read, and nothing addressed to an earlier leader reaches it.
+the edge, so that the leader's status counts every member's refusals; its share of a
+round it folded itself, or a batch of the updates it vetted for the leader to fold
+(``partial``). The leader reads its term's stream from the start, so nothing addressed
+to it is lost between its election and its first read, and nothing addressed to an
+earlier leader reaches it.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class Kind(Enum):
     RESET = "reset"  # a member started: the leader forgets volunteers it had there
     REFUSED = "refused"  # the follower refused a frame or connection at its edge (data: the reason key)
     SHARE = "share"  # the follower's share of a shared round (data: ``rounds.shares.Share.encode``)
+    VETTED = "vetted"  # updates the follower vetted for the leader to fold (data: ``rounds.shares.Vetted.encode``)
 
 
 @dataclass(frozen=True)

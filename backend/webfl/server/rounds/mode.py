@@ -74,6 +74,10 @@ class RunMode(ABC):
         """Merge a follower's share of the open round; why it was refused, or None."""
         return f"a {self.name} run folds no shares"
 
+    def refused_elsewhere(self, peer_id: str, round_: int, kind: str) -> None:
+        """A cluster follower refused ``peer_id``'s update of ``round_`` at its edge (the engine's
+        rejections counted it already): the open round's funnel counts it too."""
+
     def open_round(self) -> dict | None:
         """The open round for the status (``round``, ``selected``, ``received``, ``deadline``, ``funnel``), if any."""
         return None

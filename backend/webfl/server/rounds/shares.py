@@ -5,9 +5,13 @@ that ``mergeable``: plain FedAvg) into a share of the round, and ships the share
 leader, which merges it (``SyncRounds.merge_share``) instead of folding every update
 itself. The leader publishes the round's facts (``RoundFacts``) before any task goes
 out, so a follower can vet an update exactly as the leader would (``TaskBook.vet``, the
-task token, ``validation.fold``). This module holds the two messages and their wire
-form (both come from Redis, so both are parsed strictly) and the seam (``ShareHub``)
-through which a run mode reaches the cluster without importing it; one process has none.
+task token, ``validation.fold``). A round whose rule does not merge (a buffered rule, a
+norm bound, clipping, dp) is not folded (``RoundFacts.folded`` false): the follower
+vets each update at its edge all the same (``validation.decodes`` instead of the fold)
+and ships the frames that pass in batches (``Vetted``), which the leader folds. This
+module holds the messages and their wire form (they come from Redis, so they are parsed
+strictly) and the seam (``ShareHub``) through which a run mode reaches the cluster
+without importing it; one process has none.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import numpy as np
 
 from ...core.aggregation import PartialSum
 
-__all__ = ["RoundFacts", "Share", "ShareError", "ShareHub", "Sharing"]
+__all__ = ["RoundFacts", "Share", "ShareError", "ShareHub", "Sharing", "Vetted"]
 
 #: The longest volunteer id or task name a share may carry (the ids are 12 hex digits).
 _MAX_NAME = 64
@@ -43,19 +47,22 @@ class RoundFacts:
     max_examples: int  # an update weighs min(num_examples, max_examples)
     selected: frozenset[str]
     deadline: float  # wall clock (time.time()): processes share no loop clock
+    folded: bool = True  # followers fold shares (the rule merges); else they vet and ship the updates
 
     def to_json(self) -> bytes:
         return json.dumps({
             "task": self.task, "round": self.round, "model_version": self.model_version, "size": self.size, "codec": self.codec,
-            "max_examples": self.max_examples, "selected": sorted(self.selected), "deadline": self.deadline,
+            "max_examples": self.max_examples, "selected": sorted(self.selected), "deadline": self.deadline, "folded": self.folded,
         }).encode()
 
     @classmethod
     def from_json(cls, data: bytes) -> RoundFacts:
         try:
             d = json.loads(data)
+            if not isinstance(d["folded"], bool):
+                raise TypeError(f"folded is {str(d['folded'])[:40]!r}, not a boolean")
             facts = cls(_name(d["task"]), _count(d["round"], 1), _count(d["model_version"]), _count(d["size"], 1), _name(d["codec"]),
-                        _count(d["max_examples"], 1), frozenset(map(_name, d["selected"])), float(d["deadline"]))
+                        _count(d["max_examples"], 1), frozenset(map(_name, d["selected"])), float(d["deadline"]), d["folded"])
         except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
             raise ShareError(f"round facts do not parse: {exc}") from exc
         if not math.isfinite(facts.deadline):
@@ -111,6 +118,40 @@ class Share:
             raise ShareError(f"a share's sum has {len(body)} bytes, the model needs {8 * size}")
         partial = PartialSum(np.frombuffer(body, dtype="<f8").astype(np.float64), count, weight)
         return cls(share.member, share.task, share.round, partial, accepted, share.reported, share.pending, share.rejected)
+
+
+@dataclass(frozen=True)
+class Vetted:
+    """A batch of a follower's updates of a round that is not folded there: each frame as
+    its volunteer sent it, after the follower's edge checks passed; the leader folds them."""
+
+    round: int
+    updates: tuple[tuple[str, bytes], ...]  # (volunteer, its update frame)
+    refused: tuple[tuple[str, str], ...]  # (volunteer, rejection kind): refused at the edge, for the round's funnel
+
+    def encode(self) -> bytes:
+        """A JSON header (the round, the volunteers and their frames' lengths, the refusals), its
+        length first, then the frames."""
+        header = json.dumps({"round": self.round, "volunteers": [v for v, _ in self.updates], "sizes": [len(f) for _, f in self.updates],
+                             "refused": [list(r) for r in self.refused]}).encode()
+        return len(header).to_bytes(4, "little") + header + b"".join(f for _, f in self.updates)
+
+    @classmethod
+    def decode(cls, data: bytes, max_frame_bytes: int) -> Vetted:
+        """Parse a batch whose frames hold at most ``max_frame_bytes`` each; ``ShareError`` if it is not one."""
+        try:
+            n = int.from_bytes(data[:4], "little")
+            d = json.loads(data[4 : 4 + n])
+            round_, volunteers, sizes = _count(d["round"], 1), [_name(v) for v in d["volunteers"]], [_count(b, 1) for b in d["sizes"]]
+            refused = tuple((_name(v), _name(k)) for v, k in d["refused"])
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+            raise ShareError(f"a batch of updates does not parse: {exc}") from exc
+        body = memoryview(data)[4 + n :]
+        if len(volunteers) != len(sizes) or sum(sizes) != len(body) or max(sizes, default=0) > max_frame_bytes:
+            raise ShareError(f"a batch of {len(volunteers)} update(s) with {len(sizes)} size(s) of {sum(sizes)} bytes does not fit "
+                             f"its {len(body)} bytes (at most {max_frame_bytes} a frame)")
+        ends = np.cumsum(sizes, dtype=np.int64).tolist()
+        return cls(round_, tuple((v, bytes(body[end - b : end])) for v, b, end in zip(volunteers, sizes, ends)), refused)
 
 
 class ShareHub(Protocol):

@@ -7,11 +7,13 @@ with fewer (or a refused aggregate) it is abandoned, the model unchanged, record
 its funnel) and retried. Surplus ready volunteers are steered away (``wait``) while it
 trains. Every update weighs ``min(num_examples, max_examples)`` in the mean.
 
-In a cluster, a round whose rule merges (plain FedAvg) is shared (``shares``): its facts
-go out before its tasks, each follower folds its own volunteers' updates and ships one
-share, which ``merge_share`` adds once per member and round. At the close the leader asks
-the members still holding tasks for their shares and waits up to ``SHARE_WAIT_S``; a
-member that never ships loses only its volunteers' updates.
+In a cluster every round's facts go out before its tasks (``shares``). A round whose rule
+merges (plain FedAvg) is shared: each follower folds its own volunteers' updates and ships
+one share, which ``merge_share`` adds once per member and round. Any other rule's updates
+are vetted on the follower and folded here through ``submit``, as a relayed frame is. At the close the leader asks
+the members still holding tasks for their shares, again every ``ASK_EVERY_S`` (pub/sub
+may lose an ask), and waits up to ``SHARE_WAIT_S``; a member that never ships loses only
+its volunteers' updates.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ log = logging.getLogger("webfl.engine")
 RETRY_S = 0.5
 #: How long a shared round's close waits for the shares it asked for (a round trip through Redis, normally).
 SHARE_WAIT_S = 2.0
+#: How often the close asks again for the shares still missing (a copy of a share is refused, so asking is idempotent).
+ASK_EVERY_S = 0.4
 
 
 @dataclass
@@ -103,12 +107,13 @@ class SyncRounds(RunMode):
         round_, version, funnel, loop = open_.round, open_.model_version, open_.funnel, asyncio.get_running_loop()
         rule.begin(s.commits.model.size, len(selected))
         s.tasks.open(round_)
-        hub = s.sharing.hub if rule.mergeable else None
+        hub = s.sharing.hub
         if hub is not None:
             facts = RoundFacts(s.commits.task.name, round_, version, s.commits.model.size, config.codec.spec, config.max_examples,
-                               open_.selected, time.time() + config.deadline_s)
+                               open_.selected, time.time() + config.deadline_s, folded=rule.mergeable)
             await hub.open(facts)  # before any task: a follower vets the first update with them
-            open_.shared = True
+            open_.shared = rule.mergeable
+            hub = hub if open_.shared else None  # the leader folds every update: no shares to collect
         for i, peer_id in enumerate(selected):
             sent = await s.tasks.send(peer_id, config, round_, version, task_seed(s.seed, round_, i), open_.deadline, self.run.clip)
             open_.bytes_down += sent
@@ -148,12 +153,18 @@ class SyncRounds(RunMode):
         return True
 
     async def _collect(self, hub: ShareHub, open_: _OpenRound) -> None:
-        """Ask the members still holding tasks of the round for their shares; wait for them a while."""
-        loop = asyncio.get_running_loop()
-        waiting = await hub.ask(self.services.commits.task.name, open_.round, self._training())
+        """Ask the members still holding tasks of the round for their shares, again every
+        ``ASK_EVERY_S`` (an ask or a shipment may be lost), and wait for them a while."""
+        loop, task = asyncio.get_running_loop(), self.services.commits.task.name
+        waiting = await hub.ask(task, open_.round, self._training())
         end = loop.time() + SHARE_WAIT_S
+        ask_at = loop.time() + ASK_EVERY_S
         while (late := waiting & self._training()) and (left := end - loop.time()) > 0:
-            await self.services.phase.wait_change(left)
+            if loop.time() >= ask_at:
+                log.info("round %d: asking again for the shares of %d volunteer(s)", open_.round, len(late))
+                await hub.ask(task, open_.round, late)
+                ask_at = loop.time() + ASK_EVERY_S
+            await self.services.phase.wait_change(min(left, ask_at - loop.time()))
         if late:
             log.warning("round %d: no share from the member(s) of %d volunteer(s) in time; their updates are lost", open_.round, len(late))
 
@@ -191,6 +202,13 @@ class SyncRounds(RunMode):
                  open_.received, len(open_.selected))
         s.phase.changed()
         return None
+
+    def refused_elsewhere(self, peer_id: str, round_: int, kind: str) -> None:
+        open_ = self._open
+        if open_ is not None and round_ == open_.round:
+            if peer_id in open_.funnel.trained:
+                open_.funnel.report(peer_id)
+            open_.funnel.reject(kind)
 
     def _training(self) -> set[str]:
         """Volunteers still training on their task: they may yet answer. Not one that left,

@@ -15,12 +15,12 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from ...core.aggregation import Aggregator, UpdateRejected
+from ...core.aggregation import Aggregator, UpdateRejected, decode_update
 from ...core.codecs import Codec, CodecError, Encoded
 from ...core.protocol import Message
 from ..privacy.run import DPRule
 
-__all__ = ["ACCEPTED", "MAX_EXAMPLES_PER_UPDATE", "REASONS", "Rejections", "Verdict", "check", "fold", "payload"]
+__all__ = ["ACCEPTED", "MAX_EXAMPLES_PER_UPDATE", "REASONS", "Rejections", "Verdict", "check", "decodes", "fold", "payload"]
 
 MAX_EXAMPLES_PER_UPDATE = 10_000_000
 
@@ -92,6 +92,18 @@ def fold(aggregator: Aggregator, codec: Codec, enc: Encoded, weight: float, clip
         else:
             aggregator.add(codec, enc, weight)
     except (CodecError, UpdateRejected) as exc:
+        return Verdict(False, f"invalid update: {exc}", FOLD_REASONS[exc.kind])
+    except ValueError as exc:
+        return Verdict(False, f"invalid update: {exc}", "malformed")
+    return None
+
+
+def decodes(codec: Codec, enc: Encoded, size: int) -> Verdict | None:
+    """``fold``'s checks before the rule's own (codec, dtype, shape, finiteness), folding
+    nothing; ``None`` if they pass. A cluster follower's edge check for a rule the leader folds."""
+    try:
+        decode_update(codec, enc, size)
+    except CodecError as exc:
         return Verdict(False, f"invalid update: {exc}", FOLD_REASONS[exc.kind])
     except ValueError as exc:
         return Verdict(False, f"invalid update: {exc}", "malformed")
