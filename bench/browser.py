@@ -1,6 +1,6 @@
 """The volunteer page in Debian's Chromium: start-up, bytes, training speed, page responsiveness.
 
-    python3 bench/browser.py [--repeat 3]
+    python3 bench/browser.py [--repeat 3] [--startup-only]
 
 Runs a real ``webfl serve`` on a free loopback port and measures:
 
@@ -19,8 +19,10 @@ Runs a real ``webfl serve`` on a free loopback port and measures:
   one), as ratios; the same for the digits task's CNN (im2col, batch 16);
 - main-thread long tasks (PerformanceObserver "longtask", > 50 ms) while the tab trains.
 
-Prints a markdown table, then ``pyodide/native epoch ratio: B=10 X.XX, B=32 Y.YY`` (with
-the kernel). Needs ``make setup`` (the wheels, node_modules, /usr/bin/chromium).
+Prints a markdown table, a per-step breakdown of the best cold start-up of each page (the
+``webfl:STEP`` measures of ``web/static/worker/timing.js``), then ``pyodide/native epoch
+ratio: B=10 X.XX, B=32 Y.YY`` (with the kernel). ``--startup-only`` measures start-up
+alone (no epochs, no long tasks). Needs ``make setup`` (the wheels, node_modules, /usr/bin/chromium).
 """
 
 from __future__ import annotations
@@ -89,19 +91,63 @@ def digits_npz() -> bytes:
     return out.getvalue()
 
 # A page that does nothing but load Pyodide and NumPy from the server in a module
-# worker, as webfl's does: the baseline for what webfl adds to start-up.
+# worker, as webfl's does: the baseline for what webfl adds to start-up. It marks its
+# steps with the names webfl's worker uses (worker/timing.js), for the breakdown.
 BARE_PAGE = """<!doctype html><meta charset="utf-8"><title>bare</title><script type="module">
 const origin = location.origin;
 const code = `
+performance.mark("webfl:worker-ready");
+let t = performance.now();
 const py = await (await import("${origin}/pyodide/__VERSION__/pyodide.mjs")).loadPyodide({ indexURL: "${origin}/pyodide/__VERSION__/" });
+performance.measure("webfl:pyodide", { start: t });
+t = performance.now();
 await py.loadPackage("${origin}__NUMPY__", { messageCallback() {} });
 py.pyimport("numpy");
+performance.measure("webfl:numpy-load", { start: t });
+performance.mark("webfl:connecting");
 postMessage("ready");`;
 window.start = () => new Promise((resolve) => {
+  performance.mark("webfl:join");
   const w = new Worker(URL.createObjectURL(new Blob([code], { type: "text/javascript" })), { type: "module" });
   w.onmessage = () => resolve();
 });
 </script>"""
+
+# The start-up steps a page and its workers measured, relative to their own time origins.
+STEPS_JS = """() => ({
+  origin: performance.timeOrigin,
+  entries: performance.getEntries().filter((e) => e.name.startsWith("webfl:"))
+    .map((e) => ({ name: e.name.slice(6), kind: e.entryType, start: e.startTime, duration: e.duration })),
+})"""
+
+#: The breakdown's rows: step name (a "webfl:" mark or measure) and what it is.
+STEPS = (
+    ("worker", "worker created (page module, Join handler)"),
+    ("worker-ready", "worker's modules loaded and run"),
+    ("config", "configuration fetched (only without the page's)"),
+    ("records", "IndexedDB records read (in parallel)"),
+    ("pyodide", "Pyodide loaded (runtime download, wasm compile, stdlib)"),
+    ("numpy-verify", "NumPy wheel sha256 checked"),
+    ("numpy-load", "NumPy loaded and imported"),
+    ("core-verify", "core wheel arrived, sha256 checked"),
+    ("core-import", "core unpacked, webfl.core.browser imported"),
+    ("kernel", "kernel instantiated, self-checked"),
+    ("session", "BrowserSession created"),
+    ("restore", "kept records handed to the session"),
+    ("connecting", "ready (\"Connecting\")"),
+)
+
+
+def start_up_steps(page) -> dict[str, tuple[float, float]]:
+    """Step name -> (ms after the click it began, ms it took; 0 for a mark), page and workers."""
+    sides = [page.evaluate(STEPS_JS)] + [w.evaluate(STEPS_JS) for w in page.workers]
+    joins = [s["origin"] + e["start"] for s in sides for e in s["entries"] if e["name"] == "join"]
+    if not joins:
+        return {}
+    join = max(joins)  # the last click: this load's
+    steps = {e["name"]: (s["origin"] + e["start"] - join, e["duration"]) for s in sides for e in s["entries"]}
+    steps["worker"] = (max(s["origin"] for s in sides[1:]) - join, 0.0) if sides[1:] else (0.0, 0.0)
+    return steps
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -167,8 +213,8 @@ def load_once(context, url: str) -> tuple[float, int, object]:
     return elapsed, sum(received), page
 
 
-def bare_load(context, url: str, config: dict) -> float:
-    """Seconds until a bare page's worker has Pyodide + NumPy (see BARE_PAGE)."""
+def bare_load(context, url: str, config: dict) -> tuple[float, dict]:
+    """Seconds until a bare page's worker has Pyodide + NumPy (see BARE_PAGE), and its steps."""
     html = BARE_PAGE.replace("__VERSION__", config["pyodide"]["version"]).replace("__NUMPY__", config["numpy"]["url"])
     context.route(url + "/bare", lambda route: route.fulfill(status=200, content_type="text/html", body=html))
     page = context.new_page()
@@ -176,12 +222,14 @@ def bare_load(context, url: str, config: dict) -> float:
     start = time.perf_counter()
     page.evaluate("() => window.start()")
     elapsed = time.perf_counter() - start
+    steps = start_up_steps(page)
     page.close()
-    return elapsed
+    return elapsed, steps
 
 
-def webfl_load(context, url: str) -> float:
-    """Seconds from the consent click until webfl's runtime is ready (no waiting for the service worker)."""
+def webfl_load(context, url: str) -> tuple[float, dict]:
+    """Seconds from the consent click until webfl's runtime is ready (no waiting for the
+    service worker), and its steps."""
     page = context.new_page()
     page.goto(url)
     start = time.perf_counter()
@@ -191,21 +239,41 @@ def webfl_load(context, url: str) -> float:
         timeout=180_000,
     )
     elapsed = time.perf_counter() - start
+    steps = start_up_steps(page)
     page.close()
-    return elapsed
+    return elapsed, steps
 
 
-def startup_pairs(browser, url: str, config: dict, repeat: int) -> dict[str, float]:
+def startup_pairs(browser, url: str, config: dict, repeat: int) -> tuple[dict[str, float], dict[str, dict]]:
     """webfl and the bare page, cold (a fresh context) then warm (the same context again),
-    interleaved ``repeat`` times; the best of each."""
+    interleaved ``repeat`` times: the best time of each, and the steps of each page's
+    best cold start."""
     times: dict[str, list[float]] = {"webfl cold": [], "webfl warm": [], "bare cold": [], "bare warm": []}
+    steps: dict[str, list[dict]] = {"webfl": [], "bare": []}
     for _ in range(repeat):
         for name, load in (("webfl", lambda c: webfl_load(c, url)), ("bare", lambda c: bare_load(c, url, config))):
             context = browser.new_context()
-            times[f"{name} cold"].append(load(context))
-            times[f"{name} warm"].append(load(context))
+            seconds, cold_steps = load(context)
+            times[f"{name} cold"].append(seconds)
+            steps[name].append(cold_steps)
+            times[f"{name} warm"].append(load(context)[0])
             context.close()
-    return {name: min(ts) for name, ts in times.items()}
+    best = {name: steps[name][times[f"{name} cold"].index(min(times[f"{name} cold"]))] for name in steps}
+    return {name: min(ts) for name, ts in times.items()}, best
+
+
+def steps_table(best: dict[str, dict]) -> list[str]:
+    """The best cold start of webfl and of the bare page, step by step (ms after the click)."""
+    cell = lambda steps, name: (
+        "" if name not in steps else
+        f"at {steps[name][0]:.0f}" if steps[name][1] == 0 else
+        f"{steps[name][0]:.0f} + {steps[name][1]:.0f}"
+    )
+    lines = ["| cold start-up step, ms after Join (start + duration) | webfl | bare page |", "|---|---:|---:|"]
+    for name, what in STEPS:
+        if name in best["webfl"] or name in best["bare"]:
+            lines.append(f"| {what} | {cell(best['webfl'], name)} | {cell(best['bare'], name)} |")
+    return lines
 
 
 def native_epochs(npz: bytes, repeat: int, batch_size: int, task: str = "mnist") -> list[float]:
@@ -259,9 +327,32 @@ def long_tasks_while_training(page, url: str, rounds: int) -> dict:
     return {"seconds": elapsed, "count": len(tasks), "max_ms": max(tasks, default=0.0), "total_ms": sum(tasks)}
 
 
+def training(page, url: str, npz: bytes, repeat: int) -> tuple[dict, dict, dict]:
+    """Epoch times (2NN at each batch size, digits CNN) in the page's worker and natively,
+    and the long tasks while training."""
+    # Interleaved, best of each: the machine is shared, and whatever else runs
+    # would otherwise land on one side of a ratio only. Native takes twice the
+    # samples: its short subprocesses are the most exposed to that load, and a
+    # slow native best would flatter the ratio.
+    times = {batch: {"wasm": [], "numpy": [], "native": []} for batch in BATCHES}
+    cnn_npz, cnn = digits_npz(), {"wasm": [], "numpy": [], "native": []}
+    for _ in range(repeat):
+        for batch, t in times.items():
+            t["wasm"] += pyodide_epochs(page, npz, 3, batch, "active")
+            t["native"] += native_epochs(npz, 6, batch)
+            t["numpy"] += pyodide_epochs(page, npz, 1, batch, "numpy")
+        cnn["wasm"] += pyodide_epochs(page, cnn_npz, 3, CNN_BATCH, "active", CNN_TASK)
+        cnn["native"] += native_epochs(cnn_npz, 6, CNN_BATCH, CNN_TASK)
+        cnn["numpy"] += pyodide_epochs(page, cnn_npz, 1, CNN_BATCH, "numpy", CNN_TASK)
+    epochs = {batch: {side: min(ts) for side, ts in t.items()} for batch, t in times.items()}
+    cnn = {side: min(ts) for side, ts in cnn.items()}
+    return epochs, cnn, long_tasks_while_training(page, url, rounds=2)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=3, help="interleaved rounds of timed epochs (the best is reported)")
+    parser.add_argument("--repeat", type=int, default=3, help="interleaved rounds of start-up pairs and of timed epochs (the best is reported)")
+    parser.add_argument("--startup-only", action="store_true", help="measure start-up alone: no epochs, no long tasks")
     args = parser.parse_args()
     if not Path(CHROMIUM).exists():
         print(f"bench/browser.py: {CHROMIUM} is missing (make setup installs it); skipped")
@@ -292,26 +383,10 @@ def main() -> int:
 
             config = json.loads(urllib.request.urlopen(url + "/api/config").read())
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-            pairs = startup_pairs(browser, url, config, args.repeat)
+            pairs, best_steps = startup_pairs(browser, url, config, args.repeat)
             browser.close()
 
-            # Interleaved, best of each: the machine is shared, and whatever else runs
-            # would otherwise land on one side of a ratio only. Native takes twice the
-            # samples: its short subprocesses are the most exposed to that load, and a
-            # slow native best would flatter the ratio.
-            times = {batch: {"wasm": [], "numpy": [], "native": []} for batch in BATCHES}
-            cnn_npz, cnn = digits_npz(), {"wasm": [], "numpy": [], "native": []}
-            for _ in range(args.repeat):
-                for batch, t in times.items():
-                    t["wasm"] += pyodide_epochs(page, npz, 3, batch, "active")
-                    t["native"] += native_epochs(npz, 6, batch)
-                    t["numpy"] += pyodide_epochs(page, npz, 1, batch, "numpy")
-                cnn["wasm"] += pyodide_epochs(page, cnn_npz, 3, CNN_BATCH, "active", CNN_TASK)
-                cnn["native"] += native_epochs(cnn_npz, 6, CNN_BATCH, CNN_TASK)
-                cnn["numpy"] += pyodide_epochs(page, cnn_npz, 1, CNN_BATCH, "numpy", CNN_TASK)
-            epochs = {batch: {side: min(ts) for side, ts in t.items()} for batch, t in times.items()}
-            cnn = {side: min(ts) for side, ts in cnn.items()}
-            tasks = long_tasks_while_training(page, url, rounds=2)
+            epochs, cnn, tasks = ({}, {}, {}) if args.startup_only else training(page, url, npz, args.repeat)
             gz.close()
     finally:
         proc.terminate()
@@ -341,20 +416,24 @@ def main() -> int:
             (f"One 2NN epoch, batch {batch}: Pyodide worker, WebAssembly kernel", f"{t['wasm'] * 1000:.0f} ms ({t['wasm'] / t['native']:.2f}x native)"),
             (f"One 2NN epoch, batch {batch}: Pyodide worker, NumPy alone", f"{t['numpy'] * 1000:.0f} ms ({t['numpy'] / t['native']:.2f}x native)"),
         ]
-    rows += [
-        (f"One digits CNN epoch (8x8, conv 16-32, dense 64), {SHARD} examples, batch {CNN_BATCH}: native / Pyodide + kernel / Pyodide + NumPy alone",
-         f"{cnn['native'] * 1000:.0f} ms / {cnn['wasm'] * 1000:.0f} ms ({cnn['wasm'] / cnn['native']:.2f}x) / {cnn['numpy'] * 1000:.0f} ms ({cnn['numpy'] / cnn['native']:.2f}x)"),
-        (f"Main-thread long tasks while training 2 rounds x 2 epochs ({tasks['seconds']:.1f} s)",
-         f"{tasks['count']} (longest {tasks['max_ms']:.0f} ms, total {tasks['total_ms']:.0f} ms)"),
-    ]
+    if cnn:
+        rows += [
+            (f"One digits CNN epoch (8x8, conv 16-32, dense 64), {SHARD} examples, batch {CNN_BATCH}: native / Pyodide + kernel / Pyodide + NumPy alone",
+             f"{cnn['native'] * 1000:.0f} ms / {cnn['wasm'] * 1000:.0f} ms ({cnn['wasm'] / cnn['native']:.2f}x) / {cnn['numpy'] * 1000:.0f} ms ({cnn['numpy'] / cnn['native']:.2f}x)"),
+            (f"Main-thread long tasks while training 2 rounds x 2 epochs ({tasks['seconds']:.1f} s)",
+             f"{tasks['count']} (longest {tasks['max_ms']:.0f} ms, total {tasks['total_ms']:.0f} ms)"),
+        ]
     # Timings scale with whatever else the machine runs: say how busy it was.
     print(f"Chromium {CHROMIUM}, {os.cpu_count()} cores, server on 127.0.0.1, "
           f"load average {load_before:.1f} before / {os.getloadavg()[0]:.1f} after\n")
     print("| measure | value |\n|---|---|")
     for name, value in rows:
         print(f"| {name} | {value} |")
-    ratio = {batch: t["wasm"] / t["native"] for batch, t in epochs.items()}
-    print(f"\npyodide/native epoch ratio: B=10 {ratio[10]:.2f}, B=32 {ratio[32]:.2f}")
+    print(f"\nBest cold start of x{args.repeat} each, by step:\n")
+    print("\n".join(steps_table(best_steps)))
+    if epochs:
+        ratio = {batch: t["wasm"] / t["native"] for batch, t in epochs.items()}
+        print(f"\npyodide/native epoch ratio: B=10 {ratio[10]:.2f}, B=32 {ratio[32]:.2f}")
     return 0
 
 

@@ -5,6 +5,7 @@ import { WorkerClient } from "./client.js";
 import { View } from "./view.js";
 import { labelFiles, labelFolder } from "./images.js";
 import { TryModel } from "./predict.js";
+import { mark } from "../worker/timing.js";
 
 const view = new View(document);
 let client = null;
@@ -25,6 +26,7 @@ const configFetch = document.body.dataset.task
   : Promise.resolve(null);
 
 async function join() {
+  mark("join"); // where the start-up's measures (worker/timing.js) count from
   const data = view.dataChoice();
   if (data === null) {
     const input = view.q(view.root.querySelector('input[name="data"][value="images"]')?.checked ? "image-folder" : "csv-file");
