@@ -139,14 +139,18 @@ STEPS = (
 
 
 def start_up_steps(page) -> dict[str, tuple[float, float]]:
-    """Step name -> (ms after the click it began, ms it took; 0 for a mark), page and workers."""
+    """Step name -> (ms after the click it began, ms it took or None for a mark), page and workers."""
     sides = [page.evaluate(STEPS_JS)] + [w.evaluate(STEPS_JS) for w in page.workers]
     joins = [s["origin"] + e["start"] for s in sides for e in s["entries"] if e["name"] == "join"]
     if not joins:
         return {}
     join = max(joins)  # the last click: this load's
-    steps = {e["name"]: (s["origin"] + e["start"] - join, e["duration"]) for s in sides for e in s["entries"]}
-    steps["worker"] = (max(s["origin"] for s in sides[1:]) - join, 0.0) if sides[1:] else (0.0, 0.0)
+    steps = {
+        e["name"]: (s["origin"] + e["start"] - join, None if e["kind"] == "mark" else e["duration"])
+        for s in sides for e in s["entries"]
+    }
+    if sides[1:]:
+        steps["worker"] = (max(s["origin"] for s in sides[1:]) - join, None)
     return steps
 
 def free_port() -> int:
@@ -266,7 +270,7 @@ def steps_table(best: dict[str, dict]) -> list[str]:
     """The best cold start of webfl and of the bare page, step by step (ms after the click)."""
     cell = lambda steps, name: (
         "" if name not in steps else
-        f"at {steps[name][0]:.0f}" if steps[name][1] == 0 else
+        f"at {steps[name][0]:.0f}" if steps[name][1] is None else
         f"{steps[name][0]:.0f} + {steps[name][1]:.0f}"
     )
     lines = ["| cold start-up step, ms after Join (start + duration) | webfl | bare page |", "|---|---:|---:|"]

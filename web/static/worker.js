@@ -18,10 +18,8 @@
 //                 "predicted" {id, result} | {id, error}, "personalised" {summary} | {error}.
 
 import { Downloads } from "./worker/downloads.js";
-// runtime.js and ondevice.js import these; named here too so they are fetched with their
-// siblings, one round trip sooner.
+// runtime.js imports it too; named here so it is fetched with its siblings, one round trip sooner.
 import "./worker/kernel.js";
-import "./volunteer/images.js";
 import { AssetError, loadRuntime } from "./worker/runtime.js";
 import { Connection } from "./worker/connection.js";
 import { Records } from "./worker/records.js";

@@ -8,7 +8,9 @@
 //   uploaded: updates are always trained from the global model.
 
 import { Records } from "./records.js";
-import { decodeImages } from "../volunteer/images.js";
+
+// Image decoding is fetched when images first come, not on every worker's start-up.
+const decodeImages = async (...args) => (await import("../volunteer/images.js")).decodeImages(...args);
 
 const models = new Records("models", "last global model");
 const personal = new Records("personal", "personal model");
