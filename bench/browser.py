@@ -124,7 +124,7 @@ STEPS_JS = """() => ({
 
 #: The breakdown's rows: step name (a "webfl:" mark or measure) and what it is.
 STEPS = (
-    ("worker", "worker created (page module, Join handler)"),
+    ("worker", "worker started (its script fetched)"),
     ("worker-ready", "worker's modules loaded and run"),
     ("config", "configuration fetched (only without the page's)"),
     ("records", "IndexedDB records read (in parallel)"),
