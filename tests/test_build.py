@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from webfl.build import paths
+from webfl.build.bytecode import PyodideBytecode, pyc_name
 from webfl.build.compress import precompress
 from webfl.build.datasets import (
     SKLEARN_FILES,
@@ -39,11 +40,12 @@ from webfl.core.data import load_npz
 from webfl.core.tasks import BREAST_CANCER_FEATURES, BUILT_IN
 
 LOCK = paths.PYODIDE_DIR / LOCK_FILE
+BYTECODE = PyodideBytecode(paths.PYODIDE_DIR, paths.BYTECODE_CACHE)
 
 
 @pytest.fixture
 def core_wheel(tmp_path: Path) -> Path:
-    return build_core_wheel(paths.PACKAGE_SRC_DIR, tmp_path, tmp_path / "webfl-core.json").path
+    return build_core_wheel(paths.PACKAGE_SRC_DIR, tmp_path, tmp_path / "webfl-core.json", bytecode=BYTECODE).path
 
 
 def test_core_wheel_holds_only_the_core_and_a_valid_record(core_wheel: Path) -> None:
@@ -51,10 +53,13 @@ def test_core_wheel_holds_only_the_core_and_a_valid_record(core_wheel: Path) -> 
     expected = {"webfl/__init__.py"} | {
         f"webfl/{p.relative_to(src).as_posix()}" for p in (src / "core").rglob("*.py")
     }
+    # Each source has its bytecode for Pyodide's Python 3.12 beside it.
+    compiled = {pyc_name(name, "cpython-312") for name in expected}
     dist_info = core_wheel.name.split("-py3")[0] + ".dist-info"
     with zipfile.ZipFile(core_wheel) as zf:
         names = zf.namelist()
-        assert names == sorted(expected) + [f"{dist_info}/{f}" for f in ("METADATA", "WHEEL", "RECORD")]
+        assert names == sorted(expected | compiled) + [f"{dist_info}/{f}" for f in ("METADATA", "WHEEL", "RECORD")]
+        assert "webfl/core/__pycache__/browser.cpython-312.pyc" in names
         assert "Root-Is-Purelib: true" in zf.read(f"{dist_info}/WHEEL").decode()
         assert "Tag: py3-none-any" in zf.read(f"{dist_info}/WHEEL").decode()
         assert "Name: webfl" in zf.read(f"{dist_info}/METADATA").decode()
@@ -97,14 +102,29 @@ print("ok", webfl.__version__)
 
 
 def test_core_wheel_rebuild_is_byte_identical(tmp_path: Path) -> None:
-    a = build_core_wheel(paths.PACKAGE_SRC_DIR, tmp_path / "a", tmp_path / "a" / "info.json")
-    b = build_core_wheel(paths.PACKAGE_SRC_DIR, tmp_path / "b", tmp_path / "b" / "info.json")
+    a = build_core_wheel(paths.PACKAGE_SRC_DIR, tmp_path / "a", tmp_path / "a" / "info.json", bytecode=BYTECODE)
+    b = build_core_wheel(paths.PACKAGE_SRC_DIR, tmp_path / "b", tmp_path / "b" / "info.json", bytecode=BYTECODE)
     assert a.written and a.path.read_bytes() == b.path.read_bytes()
     assert json.loads((tmp_path / "a" / "info.json").read_text()) == {
         "version": a.version, "file": a.path.name, "sha256": hashlib.sha256(a.path.read_bytes()).hexdigest()
     }
-    again = build_core_wheel(paths.PACKAGE_SRC_DIR, tmp_path / "a", tmp_path / "a" / "info.json")
+    again = build_core_wheel(paths.PACKAGE_SRC_DIR, tmp_path / "a", tmp_path / "a" / "info.json", bytecode=BYTECODE)
     assert not again.written and again.sha256 == a.sha256
+
+
+def test_bytecode_is_reproducible_and_compiled_once_per_source(tmp_path: Path, monkeypatch) -> None:
+    sources = {"webfl/core/specs.py": (paths.PACKAGE_SRC_DIR / "core" / "specs.py").read_bytes(), "webfl/x.py": b"S = {'a', 'b', 'c'}\n"}
+    first = PyodideBytecode(paths.PYODIDE_DIR, tmp_path / "one")(sources)
+    second = PyodideBytecode(paths.PYODIDE_DIR, tmp_path / "two")(sources)  # a fresh Pyodide, no cache
+    assert first == second and set(first) == {"webfl/core/__pycache__/specs.cpython-312.pyc", "webfl/__pycache__/x.cpython-312.pyc"}
+    # PEP 552 checked-hash: magic of Python 3.12 (3531), flags 0b11, then the source's hash.
+    pyc = first["webfl/__pycache__/x.cpython-312.pyc"]
+    assert pyc[:4] == (3531).to_bytes(2, "little") + b"\r\n" and pyc[4:8] == (3).to_bytes(4, "little")
+    # Unchanged sources come from the cache: no Node at all.
+    monkeypatch.setattr("webfl.build.bytecode.shutil.which", lambda name: None)
+    assert PyodideBytecode(paths.PYODIDE_DIR, tmp_path / "one")(sources) == first
+    with pytest.raises(BuildError, match="node is needed"):
+        PyodideBytecode(paths.PYODIDE_DIR, tmp_path / "one")({**sources, "webfl/x.py": b"S = 1\n"})
 
 
 def test_core_wheel_of_another_version_replaces_the_old_one(tmp_path: Path) -> None:
@@ -114,7 +134,7 @@ def test_core_wheel_of_another_version_replaces_the_old_one(tmp_path: Path) -> N
     out = tmp_path / "out"
     out.mkdir()
     (out / "webfl-0.0.1-py3-none-any.whl").write_bytes(b"old")
-    built = build_core_wheel(src, out, out / "info.json")
+    built = build_core_wheel(src, out, out / "info.json", bytecode=BYTECODE)
     assert sorted(p.name for p in out.glob("*.whl")) == ["webfl-9.9.9-py3-none-any.whl"]
     assert built.version == "9.9.9"
 

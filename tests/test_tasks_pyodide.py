@@ -16,18 +16,24 @@ import numpy as np
 import pytest
 
 from webfl.build import paths
+from webfl.build.bytecode import PyodideBytecode
 from webfl.build.wheel import build_core_wheel
 from webfl.core.stats import feature_stats, scaling_from_stats
 from webfl.core.tasks import BUILT_IN
 from webfl.core.training import TrainConfig, local_train
 
 CODE = """
+import importlib._bootstrap_external as external
+compiled = []  # sources Python had to compile: none, the wheel carries their bytecode
+to_code = external.SourceLoader.source_to_code
+external.SourceLoader.source_to_code = lambda self, data, path, **kw: (compiled.append(path), to_code(self, data, path, **kw))[1]
 import json, numpy as np
+import webfl.core.browser
 from webfl.core.tasks import BUILT_IN, Task
 from webfl.core.training import TrainConfig, local_train
 from webfl.core.stats import feature_stats, scaling_from_stats, fold
 from webfl.core.evaluation import EvalSums, evaluation_sums, holdout_split
-out = {}
+out = {"compiled": [path for path in compiled if "webfl" in path]}
 task = Task.from_json(json.loads(json.dumps(BUILT_IN["digits"].to_json())))
 model = task.build_model()
 rng = np.random.default_rng(0)
@@ -80,7 +86,9 @@ def test_task_core_runs_in_pyodide_as_natively(tmp_path: Path) -> None:
     numpy_wheels = sorted(paths.WHEELS_DIR.glob("numpy-*-pyodide_*_wasm32.whl"))
     if node is None or not numpy_wheels or not (paths.PYODIDE_DIR / "pyodide.mjs").is_file():
         pytest.skip("needs node, npm pyodide and the Pyodide NumPy wheel (make setup)")
-    core = build_core_wheel(paths.PACKAGE_SRC_DIR, tmp_path, tmp_path / "core.json").path
+    core = build_core_wheel(
+        paths.PACKAGE_SRC_DIR, tmp_path, tmp_path / "core.json", bytecode=PyodideBytecode(paths.PYODIDE_DIR, paths.BYTECODE_CACHE)
+    ).path
     script = tmp_path / "run.mjs"
     script.write_text(NODE % {
         "pyodide": paths.PYODIDE_DIR, "wheels": json.dumps([str(numpy_wheels[-1]), str(core)]),
@@ -90,6 +98,7 @@ def test_task_core_runs_in_pyodide_as_natively(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr[-3000:]
     out = json.loads(run.stdout.strip().splitlines()[-1])
 
+    assert out["compiled"] == []  # every core module imported from its set-up bytecode
     assert out["cnn_grad_error"] < 1e-7
     assert out["eval_round_trip"] and out["holdout"] == [51, 13]
     assert out["fold_error"] < 1e-3

@@ -25,6 +25,9 @@ import { Connection } from "./worker/connection.js";
 import { Records } from "./worker/records.js";
 import { DeviceModels, reason, trainingImages } from "./worker/ondevice.js";
 import { answerCrypto } from "./worker/secagg.js";
+import { mark, timed } from "./worker/timing.js";
+
+mark("worker-ready"); // this worker's modules have arrived and run
 
 const PROGRESS_EVERY_MS = 100;
 // The CPU-use setting: rest this many times a batch's compute time after each batch,
@@ -215,8 +218,7 @@ function keepResidual() {
   if (spec) residuals.put(recordKey(), { spec, bytes: bytesOut(session.residual_bytes()) });
 }
 
-async function restoreResidual() {
-  const record = await residuals.get(recordKey());
+function restoreResidual(record) {
   if (!record) return;
   if (session.load_residual(record.spec, record.bytes)) console.info(`webfl: restored the ${record.spec} error-feedback residual`);
   else console.info("webfl: the stored residual does not fit; starting afresh");
@@ -231,12 +233,20 @@ async function keepPending() {
   else await pendingUpdates.delete(recordKey());
 }
 
-async function restorePending() {
-  const record = await pendingUpdates.get(recordKey());
+function restorePending(record) {
   if (record && session.restore_pending(record.volunteer, record.resume, record.round, record.frame)) {
     pendingKept = session.pending_record();
     console.info(`webfl: an update for round ${record.round} awaits its verdict; asking to resume as ${record.volunteer}`);
   }
+}
+
+// What this device kept for the task (IndexedDB), read while the runtime loads.
+function readKept(key) {
+  return Promise.all([residuals.get(key), pendingUpdates.get(key), device.read(key)]).then(([residual, pending, models]) => ({
+    residual,
+    pending,
+    models,
+  }));
 }
 
 async function handleFrame(socket, buffer) {
@@ -362,8 +372,11 @@ const handlers = {
     dataChoice = data;
     if (level in REST_PER_BUSY) cpu = level;
     post("stage", { label: "Getting the configuration", fraction: 0.01 });
-    if (given) await device.keepConfig(given);
-    config = given ?? (await configuration(task));
+    config = given ?? (await timed("config", () => configuration(task)));
+    // IndexedDB works while the runtime loads: the page's configuration is kept for a
+    // start without the server, and what this device kept for the task is read.
+    const keptConfig = given ? device.keepConfig(given) : null;
+    const kept = timed("records", () => readKept(recordKey()));
     const stage = (label, fraction) => post("stage", { label, fraction });
     const downloads = new Downloads(config.downloads, (progress) => post("downloads", progress));
     let runtime;
@@ -374,11 +387,15 @@ const handlers = {
     }
     const { browser, compute } = runtime;
     post("compute", { backend: compute });
-    session = browser.BrowserSession(`webfl-browser/${config.version}`, config.task.definition);
+    session = await timed("session", () => browser.BrowserSession(`webfl-browser/${config.version}`, config.task.definition));
     browser.destroy();
-    await restoreResidual();
-    await restorePending();
-    await device.restore(session, recordKey());
+    const { residual, pending, models } = await kept;
+    await timed("restore", () => {
+      restoreResidual(residual);
+      restorePending(pending);
+      device.restore(session, models);
+    });
+    await keptConfig;
     if (data.kind === "csv") {
       stage(`Reading ${data.file.name} (it stays in this tab)`, 0.97);
       await useCsv(data.file);
@@ -388,6 +405,7 @@ const handlers = {
       await useImages(data);
     }
     postSnapshot(); // a kept model can be tried before any server answers
+    mark("connecting");
     stage("Connecting", 1);
     connect();
   },

@@ -1,6 +1,7 @@
 """``python -m webfl.build [--force]``: build and fetch what the browser and the server load.
 
-Steps, one progress line each: check the npm packages, build the core wheel, fetch and
+Steps, one progress line each: check the npm packages, build the core wheel (with its
+bytecode, compiled by Pyodide under Node), fetch and
 verify the Pyodide NumPy wheel, gzip the big files for serving, compile the WebAssembly
 kernel, convert MNIST, extract and convert scikit-learn's breast cancer and digits files. Each step
 skips work whose output is up to date; ``--force`` redoes it (the download cache stays).
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 
 from . import paths
+from .bytecode import PyodideBytecode
 from .compress import PYODIDE_FILES, precompress
 from ..core.tasks import BREAST_CANCER_FEATURES
 from .datasets import breast_cancer_csv, build_converted, build_mnist, digits_arrays, fetch_sklearn_files, npz_bytes
@@ -39,7 +41,9 @@ def build(force: bool) -> None:
     pinned = check_npm_packages(paths.ROOT)
     say("npm packages", " ".join(f"{name}@{version}" for name, version in pinned.items()) + " ok")
 
-    core = build_core_wheel(paths.PACKAGE_SRC_DIR, paths.WHEELS_DIR, paths.CORE_WHEEL_INFO, force=force)
+    core = build_core_wheel(
+        paths.PACKAGE_SRC_DIR, paths.WHEELS_DIR, paths.CORE_WHEEL_INFO, bytecode=PyodideBytecode(paths.PYODIDE_DIR, paths.BYTECODE_CACHE), force=force
+    )
     say("core wheel", f"{rel(core.path)} {'built' if core.written else 'unchanged'}, sha256 {core.sha256[:16]}... ok")
 
     fetched = fetch_pyodide_wheels(

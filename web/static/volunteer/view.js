@@ -80,7 +80,6 @@ export class View {
     badge.tabIndex = -1;
     badge.focus({ preventScroll: true });
     this.status.scrollIntoView({ block: "start" });
-    if (document.body.dataset.mode !== "embed") this.initChart();
   }
 
   async initChart() {
@@ -191,6 +190,9 @@ export class View {
   }
 
   on_snapshot({ snapshot }) {
+    // The chart starts with the first snapshot (the runtime is ready): there is nothing to
+    // plot before, and uPlot's two downloads and its parse would slow the worker's start.
+    if (!this.session && document.body.dataset.mode !== "embed") this.initChart();
     this.session = snapshot;
     const q = this.q;
     q("round").textContent = describeRound(snapshot);

@@ -8,7 +8,9 @@
 //   uploaded: updates are always trained from the global model.
 
 import { Records } from "./records.js";
-import { decodeImages } from "../volunteer/images.js";
+
+// Image decoding is fetched when images first come, not on every worker's start-up.
+const decodeImages = async (...args) => (await import("../volunteer/images.js")).decodeImages(...args);
 
 const models = new Records("models", "last global model");
 const personal = new Records("personal", "personal model");
@@ -41,13 +43,18 @@ export class DeviceModels {
     await models.put(key, { meta, bytes: this.bytesOut(session.model_bytes()) });
   }
 
-  async restore(session, key) {
-    const kept = await models.get(key);
+  // The kept global and personal models for `key`, read before the session exists.
+  async read(key) {
+    const [kept, mine] = await Promise.all([models.get(key), personal.get(key)]);
+    return { kept, mine };
+  }
+
+  // Hand what read() found to the session.
+  restore(session, { kept, mine }) {
     if (kept && session.load_model(kept.meta, kept.bytes)) {
       this.keptMeta = kept.meta;
       console.info(`webfl: the last model (version ${JSON.parse(kept.meta).version}) is on this device for predictions`);
     }
-    const mine = await personal.get(key);
     if (mine && !session.load_personal(mine.meta, mine.bytes)) console.info("webfl: the kept personal model does not fit this task; ignored");
   }
 

@@ -4,6 +4,7 @@
 // calls errorCallback, and the failure would surface later as ModuleNotFoundError.
 
 import { installKernel, prepareKernel } from "./kernel.js";
+import { timed } from "./timing.js";
 
 export class AssetError extends Error {}
 
@@ -95,12 +96,16 @@ async function loadChecked(pyodide, target, module, what) {
   }
 }
 
-// Start fetching a wheel now, in parallel with Pyodide; verify() reads it later.
-// onBytes(n): bytes arrived so far, for the progress bar.
+// Start fetching a wheel now, in parallel with Pyodide, and hash it with the browser's
+// SHA-256 as soon as it has arrived (so the hash is off the critical path); verify()
+// compares later. onBytes(n): bytes arrived so far, for the progress bar.
 function prefetch(url, onBytes) {
   return fetch(url)
-    .then(async (response) => ({ response, bytes: response.ok ? await readAll(response, onBytes) : null }))
-    .catch(() => ({ response: null, bytes: null })); // no response, or it broke off: verify() says so
+    .then(async (response) => {
+      const bytes = response.ok ? await readAll(response, onBytes) : null;
+      return { response, bytes, sha256: bytes ? await browserDigest(bytes) : null };
+    })
+    .catch(() => ({ response: null, bytes: null, sha256: null })); // no response, or it broke off: verify() says so
 }
 
 async function readAll(response, onBytes) {
@@ -122,13 +127,20 @@ async function readAll(response, onBytes) {
   return bytes;
 }
 
-// sha256 as hex: the browser's own where it offers one (https and localhost pages),
-// else Python's hashlib (slower: the bytes are copied into Pyodide first).
-async function hexDigest(pyodide, bytes) {
-  if (self.crypto?.subtle) {
+// sha256 as hex with the browser's own SHA-256, where it offers one (https and
+// localhost pages); else null, and verify() hashes with Python's hashlib (slower: the
+// bytes are copied into Pyodide first).
+async function browserDigest(bytes) {
+  if (!self.crypto?.subtle) return null;
+  try {
     const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));
     return Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
+  } catch {
+    return null;
   }
+}
+
+function pythonDigest(pyodide, bytes) {
   const digest = pyodide.runPython("import hashlib\nlambda data: hashlib.sha256(data.to_bytes()).hexdigest()");
   try {
     return digest(bytes);
@@ -142,10 +154,10 @@ async function hexDigest(pyodide, bytes) {
 // by URL. The bytes stay in the HTTP cache, so a loadPackage() that follows does not
 // download them again.
 async function verify(pyodide, url, fetched, sha256, what) {
-  const { response, bytes } = await fetched;
+  const { response, bytes, sha256: hashed } = await fetched;
   if (!response) throw new AssetError(`${what} could not be loaded (no response from ${shortUrl(url)}).`);
   if (!response.ok) throw new AssetError(`${what} could not be loaded (HTTP ${response.status} at ${shortUrl(url)}).`);
-  const actual = await hexDigest(pyodide, bytes);
+  const actual = hashed ?? pythonDigest(pyodide, bytes);
   if (actual !== sha256) {
     throw new AssetError(
       `${what} at ${shortUrl(url)} is not the file the server announced (sha256 ${actual.slice(0, 12)}… instead of ${sha256.slice(0, 12)}…). ` +
@@ -159,9 +171,12 @@ async function verify(pyodide, url, fetched, sha256, what) {
 // second request (the core wheel's URL revalidates) and nothing swapped in between.
 function installPure(pyodide, bytes, module, what) {
   try {
-    const sitePackages = pyodide.runPython("import sysconfig; sysconfig.get_path('purelib')");
+    // Pyodide's own choice (its package loader's); sysconfig would be imported for it (~0.05 s).
+    const sitePackages = pyodide.runPython("import site; site.getsitepackages()[0]");
     pyodide.unpackArchive(bytes, "wheel", { extractDir: sitePackages });
-    pyodide.runPython("import importlib; importlib.invalidate_caches()");
+    // Only site-packages changed: its finder forgets its listing. importlib.invalidate_caches()
+    // would also import importlib.metadata for its finder (~0.1 s in Pyodide).
+    pyodide.runPython(`import sys; finder = sys.path_importer_cache.get(${JSON.stringify(sitePackages)})\nif finder: finder.invalidate_caches()`);
     pyodide.pyimport(module).destroy();
   } catch (error) {
     throw new AssetError(`${what} could not be loaded (${error.message.trim().split("\n").pop()}).`);
@@ -183,18 +198,18 @@ export async function loadRuntime(config, stage, downloads) {
   stage(`Downloading the Python runtime (Pyodide ${config.pyodide.version}), NumPy and the learning core`, 0.02);
   let pyodide;
   try {
-    pyodide = await loadPyodideRuntime(indexURL, config.pyodide.version);
+    pyodide = await timed("pyodide", () => loadPyodideRuntime(indexURL, config.pyodide.version));
   } finally {
     kernel.stop();
   }
 
   stage("Loading NumPy", 0.86);
-  if (numpyFetch) await verify(pyodide, numpy, numpyFetch, config.numpy.sha256, "The NumPy wheel");
-  await loadChecked(pyodide, numpy, "numpy", "The NumPy wheel");
+  if (numpyFetch) await timed("numpy-verify", () => verify(pyodide, numpy, numpyFetch, config.numpy.sha256, "The NumPy wheel"));
+  await timed("numpy-load", () => loadChecked(pyodide, numpy, "numpy", "The NumPy wheel"));
 
   stage("Loading the webfl learning core", 0.9);
-  const coreBytes = await verify(pyodide, core, coreFetch, config.core.sha256, "The webfl learning core wheel");
-  installPure(pyodide, coreBytes, "webfl.core.browser", "The webfl learning core wheel");
+  const coreBytes = await timed("core-verify", () => verify(pyodide, core, coreFetch, config.core.sha256, "The webfl learning core wheel"));
+  await timed("core-import", () => installPure(pyodide, coreBytes, "webfl.core.browser", "The webfl learning core wheel"));
 
   stage("Checking versions", 0.94);
   const browser = pyodide.pyimport("webfl.core.browser");
@@ -206,7 +221,7 @@ export async function loadRuntime(config, stage, downloads) {
         "Reload the page; if it persists, the server's wheel needs rebuilding (make setup).",
     );
   }
-  const compute = await installKernel(pyodide, kernel).catch((error) => {
+  const compute = await timed("kernel", () => installKernel(pyodide, kernel)).catch((error) => {
     console.info(`webfl: the fast kernel could not be installed (${error.message}); training with NumPy`);
     return "numpy";
   });
