@@ -10,13 +10,19 @@ const py = await loadPyodide({ indexURL: `${dir}/`, env: { PYTHONHASHSEED: "0" }
 py.globals.set("sources", py.toPy(sources));
 process.stdout.write(
   py.runPython(`
-import base64, importlib.util, json, sys
-from importlib._bootstrap_external import _code_to_hash_pyc
+import base64, json, os, py_compile, sys, tempfile
 
 def pyc(name, encoded):
-    source = base64.b64decode(encoded)
-    code = compile(source, name, "exec", dont_inherit=True, optimize=0)
-    return base64.b64encode(_code_to_hash_pyc(code, importlib.util.source_hash(source), checked=True)).decode()
+    # py_compile, the public way to a checked-hash .pyc (PEP 552); dfile: the name
+    # tracebacks show, the module's path in the wheel rather than this temporary copy.
+    with tempfile.TemporaryDirectory() as work:
+        source, target = os.path.join(work, "source.py"), os.path.join(work, "source.pyc")
+        with open(source, "wb") as f:
+            f.write(base64.b64decode(encoded))
+        py_compile.compile(source, cfile=target, dfile=name, doraise=True, optimize=0,
+                           invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)
+        with open(target, "rb") as f:
+            return base64.b64encode(f.read()).decode()
 
 json.dumps({"cache_tag": sys.implementation.cache_tag, "pyc": {name: pyc(name, text) for name, text in sources.items()}})
 `),
