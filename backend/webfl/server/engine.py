@@ -408,7 +408,7 @@ class RoundEngine:
                 self._ended = "max_epsilon" if status_ == "completed" and run.rounds_done < run.config.rounds else status_
                 # Paced too, one small frame a volunteer (the history since the last notice
                 # that reached everyone: none), as a run's start: sent at once, the full status
-                # to 10,000 sockets held the loop (``/api/status``) for about 0.3 s. After the
+                # to 10,000 sockets held the loop (``/api/status``) for 0.3-0.5 s. After the
                 # last commit's pass, whose status (made at the commit, without the end) would
                 # otherwise take over and hide it; the run ends once everyone was told.
                 await self.commits.announcer.idle()

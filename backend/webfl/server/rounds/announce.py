@@ -71,7 +71,7 @@ class Announcement:
     upto: int  # the history entries it covers: a commit's is the one it made and those before
     fields: dict  # the notice's, and the status's but its history, as of the commit
     #: ``model_notice``: a commit's, whose bytes count to the bytes_down of history entry
-    #: ``upto - 1``; ``status``: a run's start, no round's.
+    #: ``upto - 1``; ``status``: a run's start or end, no round's.
     kind: str = "model_notice"
 
 
