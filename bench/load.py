@@ -106,7 +106,7 @@ class Generators:
 
 
 def merge(replies: list[dict]) -> dict:
-    out = {"joined": 0, "dropped": 0, "failed": 0, "count": {}, "closes": {}, "first_task_at": None, "notice_at": {}}
+    out = {"joined": 0, "dropped": 0, "failed": 0, "count": {}, "closes": {}, "first_task_at": None, "notice_at": {}, "ended_at": None}
     for r in replies:
         for key in ("joined", "dropped", "failed"):
             out[key] += r[key]
@@ -117,6 +117,8 @@ def merge(replies: list[dict]) -> dict:
             out["first_task_at"] = min(filter(None, [out["first_task_at"], r["first_task_at"]]))
         for version, at in r["notice_at"].items():
             out["notice_at"][version] = max(at, out["notice_at"].get(version, at))
+        if r["ended_at"] is not None:
+            out["ended_at"] = max(filter(None, [out["ended_at"], r["ended_at"]]))
     return out
 
 
@@ -221,12 +223,18 @@ def run_rounds(server: ServerProcess, gens: Generators, config: dict, timeout_s:
     deadline = time.monotonic() + 120
     while (after := gens.stats())["count"].get(last, 0) < status["connected"] - after["dropped"] and time.monotonic() < deadline:
         time.sleep(0.25)
+    # The run's end follows the last notice, paced too: the run is over once it went to all.
+    ends = before["count"].get("run end", 0) + status["connected"] - after["dropped"]
+    while (after := gens.stats())["count"].get("run end", 0) < ends and time.monotonic() < deadline:
+        time.sleep(0.25)
     mine = [h for h in status["history"] if h["run_id"] == run_id]
     if len(mine) != config["rounds"]:
         raise RuntimeError(f"run {run_id} committed {len(mine)} of {config['rounds']} rounds")
     told = after["count"].get(last, 0) >= status["connected"] - after["dropped"]
     # From the last commit to the last volunteer hearing of it (None: not all did in time).
     notice_s = after["notice_at"][status["model_version"]] - mine[-1]["committed_at"] if told else None
+    # From the last commit to the last volunteer hearing that the run ended (None: not all did).
+    ended_s = after["ended_at"] - mine[-1]["committed_at"] if after["count"].get("run end", 0) >= ends else None
     received = after["count"].get("bytes in", 0) - before["count"].get("bytes in", 0)
     server_cpu = cpu_seconds(server.proc.pid) - cpu_before
     return {
@@ -241,6 +249,7 @@ def run_rounds(server: ServerProcess, gens: Generators, config: dict, timeout_s:
         "server_cpu_s": server_cpu,
         "wall_s": time.time() - launched,
         "notice_s": notice_s,
+        "ended_s": ended_s,
     }
 
 
@@ -399,7 +408,9 @@ def report(r: dict, args: argparse.Namespace) -> str:
             f"The server's own round durations (mean): {mean_duration(base):.3f} s alone, {mean_duration(loaded):.3f} s with "
             f"{loaded['connected'] - 10:,} idle ({mean_duration(loaded) / mean_duration(base):.2f}x). The last commit's notice reached "
             + ("not every volunteer in time." if loaded["notice_s"] is None else
-               f"every volunteer {loaded['notice_s']:.2f} s after the commit (the pass is paced, see server/rounds/announce.py)."),
+               f"every volunteer {loaded['notice_s']:.2f} s after the commit (the pass is paced, see server/rounds/announce.py).")
+            + (" The run's end reached not every volunteer in time." if loaded["ended_s"] is None else
+               f" The run's end (paced too, after that notice) reached every volunteer {loaded['ended_s']:.2f} s after the commit."),
         ]
     if big := r.get("round"):
         c = big["rounds"][0]

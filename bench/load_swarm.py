@@ -8,7 +8,7 @@ version and token. No training runs, so the server, not the generator, is measur
 The parent drives it over a ``multiprocessing`` pipe with ``(command, argument)``
 tuples: ``("grow", n)`` opens connections until this process holds ``n`` (answers
 ``{"joined", "failed", "seconds"}``), ``("stats", None)`` answers the counters,
-``("clear", None)`` forgets the first task's time (a new phase begins),
+``("clear", None)`` forgets the first task's and the run end's times (a new phase begins),
 ``("stop", None)`` closes every socket and exits.
 """
 
@@ -55,6 +55,7 @@ class Swarm:
         self.closes: Counter[str] = Counter()  # why connections ended, by close code and reason
         self.first_task_at: float | None = None  # wall clock, comparable with the server's committed_at
         self.notice_at: dict[int, float] = {}  # model version: when the last volunteer here heard of it (wall clock)
+        self.ended_at: float | None = None  # when the last volunteer here heard a run it saw running end (wall clock)
         self._gate = asyncio.Semaphore(CONNECTING)
         self._changed = asyncio.Event()
         self._decoded: dict[bytes, Message] = {}
@@ -93,6 +94,7 @@ class Swarm:
 
     async def _volunteer(self) -> None:
         joined = False
+        running = False  # a status or notice said a run is under way (not a welcome's end of an earlier one)
         try:
             async with self._gate:
                 ws = await websockets.connect(self.url, compression=None, max_size=None, open_timeout=120, ping_interval=None, close_timeout=5)
@@ -115,6 +117,12 @@ class Swarm:
                     elif msg.type == "model_notice":
                         self.count[f"notice of model {msg['model_version']}"] += 1
                         self.notice_at[msg["model_version"]] = time.time()
+                        running = msg.fields.get("ended") is None
+                    elif msg.type == "status":
+                        if running and msg.fields.get("ended") is not None:
+                            self.count["run end"] += 1
+                            self.ended_at = time.time()
+                        running = msg.fields.get("ended") is None and msg.fields.get("run") is not None
                     elif msg.type == "task":
                         if self.first_task_at is None:
                             self.first_task_at = time.time()
@@ -156,7 +164,7 @@ class Swarm:
 
     def stats(self) -> dict:
         return {"joined": self.joined, "dropped": self.ever_joined - self.joined, "failed": self.failed, "count": dict(self.count), "closes": dict(self.closes), "first_task_at": self.first_task_at,
-                "notice_at": dict(self.notice_at)}
+                "notice_at": dict(self.notice_at), "ended_at": self.ended_at}
 
     async def serve(self, conn: Connection) -> None:
         loop = asyncio.get_running_loop()
@@ -168,8 +176,8 @@ class Swarm:
                 conn.send(await self.grow(arg["target"], arg["timeout_s"]))
             elif command == "stats":
                 conn.send(self.stats())
-            elif command == "clear":  # a new phase: its first task is still to come
-                self.first_task_at = None
+            elif command == "clear":  # a new phase: its first task and run end are still to come
+                self.first_task_at = self.ended_at = None
                 conn.send(self.stats())
             elif command == "stop":
                 for task in self.tasks:

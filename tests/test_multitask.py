@@ -22,8 +22,9 @@ from webfl.core.tasks import BUILT_IN, Task, get_task
 from webfl.server.app import create_app
 from webfl.server.config import Settings
 from webfl.server.engine import RoundEngine, RunConfig
+from webfl.server.rounds.announce import BATCH, BUSY_RATE
 from webfl.server.store import Store
-from webfl.server.taskset import read_task_file
+from webfl.server.taskset import TaskSet, read_task_file
 
 TOKEN = "multitask-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -150,6 +151,42 @@ def test_a_commit_reaches_only_its_own_tasks_volunteers(tmp_path):
         # The commit is announced to the task's own volunteers only.
         assert trains.of("model_notice") and not bystander.of("model_notice") and not bystander.of("status")
         assert mnist.history == [] and mnist.model_version == 0
+        store.close()
+
+    asyncio.run(scenario())
+
+
+def test_one_tasks_round_in_flight_holds_back_another_tasks_notices(tmp_path):
+    """The tasks share one event loop, so heart's round in flight slows mnist's pass to
+    ``BUSY_RATE`` (``TaskSet.round_in_flight``); once it ends, the pass goes at the quiet pace."""
+    async def scenario() -> None:
+        store, coord = Store(tmp_path / "webfl.sqlite3"), RecordingCoordinator()
+        tasks = TaskSet(store, coord, 0, lambda task: held_out() if task.name == "mnist" else None)
+        mnist, heart = tasks.add(get_task("mnist", "softmax")), tasks.add(Task.from_json(HEART))
+        bystanders = [Volunteer(mnist, coord, f"m{i:03d}") for i in range(500)]
+        trains = Volunteer(heart, coord, "h1")
+        trains.ready()
+        heart.start(RunConfig.from_json({"rounds": 1, "clients_per_round": 1, "deadline_s": 60, "max_wait_s": 0}))
+        await until(lambda: trains.task() is not None, what="heart's task")
+
+        async def pass_s() -> float:
+            loop = asyncio.get_running_loop()
+            began = loop.time()
+            mnist.commits.announce(commit=False)
+            await mnist.commits.announcer.idle()
+            return loop.time() - began
+
+        assert heart.round_in_flight() and not mnist.round_in_flight() and mnist.busy()
+        heard = len(trains.inbox)
+        busy_s = await pass_s()
+        # The first batch goes at once, the other four at BUSY_RATE.
+        assert busy_s >= (len(bystanders) - BATCH) / BUSY_RATE * 0.95
+        assert all(v.of("status") for v in bystanders) and len(trains.inbox) == heard  # mnist's own volunteers only
+        await heart.stop()
+        assert not tasks.round_in_flight() and not mnist.busy()
+        quiet_s = await pass_s()
+        assert quiet_s < busy_s / 2, (quiet_s, busy_s)
+        await tasks.stop()
         store.close()
 
     asyncio.run(scenario())

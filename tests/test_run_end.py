@@ -7,14 +7,17 @@ import io
 import json
 
 import numpy as np
-from rounds_harness import Volunteer, make_engine, small, until
+from rounds_harness import TASK as _TASK, RecordingCoordinator, Volunteer, held_out, make_engine, small, until
 
 from test_privacy_rounds import dp_run, rdp_epsilon
 from test_volunteer import DATA, TASK, joined, model_frame, server
 from webfl import __version__
 from webfl.core.browser import BrowserSession
 from webfl.core.protocol import Message, decode, encode
-from webfl.server.engine import RunConfig
+from webfl.core.volunteer import Volunteer as CoreVolunteer
+from webfl.server.engine import RoundEngine, RunConfig
+from webfl.server.rounds.announce import BATCH
+from webfl.server.store import Store
 
 
 def config(**kw) -> RunConfig:
@@ -43,6 +46,49 @@ def test_a_completed_run_says_so_and_a_new_run_clears_it(tmp_path):
         await until(lambda: last_status(v)["run"] == [0, 1], what="the new run's status")
         assert last_status(v)["ended"] is None
         await engine.stop()
+
+    asyncio.run(main())
+
+
+class Publishes(RecordingCoordinator):
+    """Records every publish: its bytes and to whom (None: everyone)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: list[tuple[bytes, list[str] | None]] = []
+
+    async def publish(self, frame, to=None):
+        self.sent.append((frame, None if to is None else list(to)))
+        return await super().publish(frame, to)
+
+
+def test_the_end_is_paced_one_small_frame_a_volunteer_after_the_last_notice(tmp_path):
+    """The run's end goes as its start does: in batches, the same bytes for all, with the
+    history since the last notice that reached everyone (none), never one send to all."""
+    async def main():
+        coord = Publishes()
+        engine = RoundEngine(_TASK, Store(tmp_path / "webfl.sqlite3"), coord, held_out(), 0)
+        trainer = Volunteer(engine, coord, "trainer")
+        idle = [Volunteer(engine, coord, f"idle{i:03d}") for i in range(249)]
+        trainer.ready()
+        engine.start(config(rounds=2))
+        for r in range(2):
+            await until(lambda: len(trainer.of("task")) == r + 1, what=f"task {r + 1}")
+            assert (await trainer.update(small(r))).accepted
+            trainer.ready()
+        await until(lambda: not engine.running, what="the run to end")
+        ends = [(frame, to) for frame, to in coord.sent if decode(frame).type == "status" and decode(frame)["ended"] == "completed"]
+        assert len({frame for frame, _ in ends}) == 1 and all(to is not None and len(to) <= BATCH for _, to in ends)
+        assert sorted(v for _, to in ends for v in to) == sorted([trainer.id] + [v.id for v in idle])  # once each
+        end = decode(ends[0][0])
+        assert (end["history"], end["history_from"], end["run"], end["state"]) == ([], 2, [2, 2], "idle")
+        for v in (trainer, idle[0], idle[-1]):
+            assert v.inbox[-1]["ended"] == "completed" and v.of("model_notice")[-1]["model_version"] == 2
+            # What the volunteer shows from these frames: the whole history, and the end.
+            core = CoreVolunteer()
+            for m in [m for m in v.inbox if m.type in ("status", "model_notice")]:
+                core.receive(encode(m))
+            assert core.history == [[r.round, r.accuracy] for r in engine.history] and core.snapshot()["run_ended"] == "completed"
 
     asyncio.run(main())
 

@@ -94,7 +94,7 @@ class RoundEngine:
         self.tokens = TaskTokens(store.secret("task_tokens"))  # shared: any member checks what another issued
         self.commits = CommitPipeline(
             task, self.model, self.store, coordinator, self.phase, test, seed, self.status_fields, lambda: [p.id for p in self.peers],
-            committed=self._committed, busy=self._round_in_flight,
+            committed=self._committed, busy=lambda: self.busy(),
         )
         self.selection = Selection(self.peers, self.phase, coordinator, seed, lambda: [r.duration_s for r in self.commits.history])
         self.tasks = TaskBook(self.peers, coordinator, self.tokens, self.commits.chain)
@@ -114,6 +114,9 @@ class RoundEngine:
         #: What ``status()`` says of the cluster (``cluster.member``); None: one process.
         self.cluster: ClusterView | None = None
         self._stepping_down = False
+        #: Whether announcements hold back: a round in flight on this process. Its own by
+        #: default; a ``TaskSet`` makes it any of its tasks', since they share one event loop.
+        self.busy: Callable[[], bool] = self.round_in_flight
         log.info("global model %s/%s at version %d, %d rounds in history", task.name, task.model, self.model_version, len(self.history))
 
     # -- the global model ---------------------------------------------------------------
@@ -354,10 +357,10 @@ class RoundEngine:
         await self.commits.announcer.close()
         await self.cohort.close()
 
-    def _round_in_flight(self) -> bool:
+    def round_in_flight(self) -> bool:
         """A round's own work is under way: its cohort and tasks going out, updates due, the
-        fold, the commit. Announcements then hold back; a selection that waits for
-        volunteers to be ready is not such work."""
+        fold, the commit. Announcements then hold back (``busy``); a selection that waits
+        for volunteers to be ready is not such work."""
         state = self.phase.state
         return state in IN_FLIGHT or (state is RoundState.SELECTING and self.selection.waiting is None)
 
@@ -403,10 +406,14 @@ class RoundEngine:
                 # Volunteers see the run's end, and why: one that completed short of its rounds
                 # stopped at its privacy budget (Run.finished).
                 self._ended = "max_epsilon" if status_ == "completed" and run.rounds_done < run.config.rounds else status_
-                # After the last commit's paced announcement, whose status (made at the commit,
-                # without the end) would otherwise arrive last and hide it.
+                # Paced too, one small frame a volunteer (the history since the last notice
+                # that reached everyone: none), as a run's start: sent at once, the full status
+                # to 10,000 sockets held the loop (``/api/status``) for 0.3-0.5 s. After the
+                # last commit's pass, whose status (made at the commit, without the end) would
+                # otherwise take over and hide it; the run ends once everyone was told.
                 await self.commits.announcer.idle()
-                await self.coordinator.publish(self.status_frame())
+                self.commits.announce(commit=False)
+                await self.commits.announcer.idle()
                 log.info("run %d %s after %d round(s)", run.id, status_, run.rounds_done)
 
     # -- reporting ----------------------------------------------------------------------

@@ -141,7 +141,7 @@ class TaskSet:
         # the seed: the same parameters.
         engine.store.forget_model()
         self._store.save_task(task.name, after)
-        self._engines[task.name] = RoundEngine(task, self._store, self._coordinator, self._held_out(task), self._seed)
+        self._engines[task.name] = self._engine(task)
         await engine.close()
         log.info("task %s redefined (%s): a new model %s at version 0", task.name, what, task.model)
         return self._engines[task.name]
@@ -164,8 +164,18 @@ class TaskSet:
         if default or given:
             self.set_default(default or given[0].name)
 
-    def _build(self, task: Task) -> RoundEngine:
+    def round_in_flight(self) -> bool:
+        """A round of any task served here is in flight (``RoundEngine.round_in_flight``)."""
+        return any(engine.round_in_flight() for engine in self._engines.values())
+
+    def _engine(self, task: Task) -> RoundEngine:
         engine = RoundEngine(task, self._store, self._coordinator, self._held_out(task), self._seed)
+        # The tasks share one event loop: one task's notices hold back for another's round too.
+        engine.busy = self.round_in_flight
+        return engine
+
+    def _build(self, task: Task) -> RoundEngine:
+        engine = self._engine(task)
         self.prepare(engine)
         return engine
 

@@ -17,7 +17,8 @@ entry since the last one that reached all.
 
 The round comes first: the pace is a bucket of volunteers (``Pace``), ``BATCH`` at once,
 then ``BUSY_RATE`` a second while a round is in flight (its cohort and tasks going out,
-updates due, the fold, the commit), otherwise as many as keep the pass's share of the event
+updates due, the fold, the commit; a round of any task this process serves, since they share
+its event loop: ``TaskSet.round_in_flight``), otherwise as many as keep the pass's share of the event
 loop at ``QUIET_DUTY`` by the cost it measures of each batch (publishing it, and the
 connections' writers sending it, until the loop comes back to the pass), between
 ``BUSY_RATE`` and ``QUIET_RATE``. So it never starves: a commit reaches every volunteer
@@ -70,7 +71,7 @@ class Announcement:
     upto: int  # the history entries it covers: a commit's is the one it made and those before
     fields: dict  # the notice's, and the status's but its history, as of the commit
     #: ``model_notice``: a commit's, whose bytes count to the bytes_down of history entry
-    #: ``upto - 1``; ``status``: a run's start, no round's.
+    #: ``upto - 1``; ``status``: a run's start or end, no round's.
     kind: str = "model_notice"
 
 
@@ -113,7 +114,7 @@ class Announcer:
         """``recipients``: ids connected now; ``sent(index, nbytes)``: count notice bytes for
         a commit; ``history(since, upto)``: the notice's history fields, entries ``since``
         up to ``upto``; ``told``: the history entries every volunteer connected holds (a
-        joining one gets all of them with its welcome); ``busy()``: a round is in flight;
+        joining one gets all of them with its welcome); ``busy()``: a round is in flight on this process;
         ``pace``'s clock and ``sleep``: what measures a batch and waits (tests inject them)."""
         self._coordinator, self._recipients, self._sent, self._history = coordinator, recipients, sent, history
         self._busy, self._pace, self._sleep = busy, pace or Pace(), sleep

@@ -196,7 +196,7 @@ class CommitPipeline:
 
     def announce(self, commit: bool = True) -> None:
         """Tell every volunteer, paced, of a ``commit`` (its ``model_notice``, in its round's
-        bytes_down), or of the status now (a run's start)."""
+        bytes_down), or of the status now (a run's start or end)."""
         fields = {**self.status_fields(), **self.notice_fields()} if commit else self.status_fields()
         kind = "model_notice" if commit else "status"
         self.announcer.announce(Announcement(self.model_version, len(self.history), fields, kind))
