@@ -6,7 +6,7 @@ import gzip
 import hashlib
 import re
 
-import httpx
+import httpx2
 import pytest
 
 from servers import TOKEN
@@ -15,7 +15,7 @@ from webfl.build import paths
 
 @pytest.fixture
 def http(server):
-    with httpx.Client(base_url=server.url, follow_redirects=False, timeout=30) as client:
+    with httpx2.Client(base_url=server.url, follow_redirects=False, timeout=30) as client:
         yield client
 
 
@@ -36,7 +36,7 @@ def test_pyodide_url_setting_loads_numpy_by_name(tmp_path):
 
     server = start_server(tmp_path / "data", "--pyodide-url", "https://pyodide.example/v0.27.7/full")
     try:
-        config = httpx.get(server.url + "/api/config").json()
+        config = httpx2.get(server.url + "/api/config").json()
     finally:
         server.stop()
     assert config["pyodide"]["index_url"] == "https://pyodide.example/v0.27.7/full/"
@@ -52,7 +52,7 @@ def test_wasm_is_served_gzipped_when_accepted(http):
     assert plain.headers["vary"] == "Accept-Encoding"
     assert plain.content == (paths.PYODIDE_DIR / "pyodide.asm.wasm").read_bytes()
 
-    raw = httpx.Request("GET", http.base_url.join(url), headers={"Accept-Encoding": "gzip, deflate, br"})
+    raw = httpx2.Request("GET", http.base_url.join(url), headers={"Accept-Encoding": "gzip, deflate, br"})
     packed = http.send(raw, stream=True)
     body = b"".join(packed.iter_raw())
     assert packed.headers["content-encoding"] == "gzip"
@@ -81,10 +81,10 @@ def test_pages_forbid_framing_except_the_widget(tmp_path):
 
     server = start_server(tmp_path / "data", "--embed-origins", "https://blog.example,https://news.example")
     try:
-        page = httpx.get(server.url + "/")
-        embed = httpx.get(server.url + "/embed?task=mnist")
-        wrong_task = httpx.get(server.url + "/embed?task=cifar")
-        script = httpx.get(server.url + "/embed.js")
+        page = httpx2.get(server.url + "/")
+        embed = httpx2.get(server.url + "/embed?task=mnist")
+        wrong_task = httpx2.get(server.url + "/embed?task=cifar")
+        script = httpx2.get(server.url + "/embed.js")
     finally:
         server.stop()
     assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
@@ -100,7 +100,7 @@ def test_embed_check_answers_any_origin(tmp_path):
 
     server = start_server(tmp_path / "data", "--embed-origins", "https://blog.example")
     try:
-        check = lambda origin: httpx.get(server.url + "/api/embed/check", headers={"Origin": origin} if origin else {})
+        check = lambda origin: httpx2.get(server.url + "/api/embed/check", headers={"Origin": origin} if origin else {})
         allowed, refused, own, none = check("https://blog.example"), check("https://evil.example"), check(server.url), check(None)
     finally:
         server.stop()
@@ -139,7 +139,7 @@ def test_admin_login_rejects_a_wrong_token_and_a_forged_form(http):
     assert wrong.status_code == 401 and "not right" in wrong.text
     assert "webfl_admin" not in wrong.headers.get("set-cookie", "")
     # A cross-site form carries no login cookie (SameSite=Strict): the double submit fails.
-    forged = httpx.post(str(http.base_url.join("/admin/login")), data={"token": TOKEN, "csrf": csrf})
+    forged = httpx2.post(str(http.base_url.join("/admin/login")), data={"token": TOKEN, "csrf": csrf})
     assert forged.status_code == 403
 
 
@@ -161,7 +161,7 @@ def test_admin_session_and_csrf(http, server):
 
     # A tampered cookie is no session at all.
     value = http.cookies["webfl_admin"]
-    with httpx.Client(base_url=server.url, cookies={"webfl_admin": value[:-3] + "AAA"}) as other:
+    with httpx2.Client(base_url=server.url, cookies={"webfl_admin": value[:-3] + "AAA"}) as other:
         assert other.get("/api/status").status_code == 401
 
     # Logging out needs the CSRF token too, then the cookie is gone.
@@ -178,13 +178,13 @@ def test_sessions_end_when_the_token_changes(tmp_path):
 
     data = tmp_path / "data"
     server = start_server(data)
-    with httpx.Client(base_url=server.url, follow_redirects=False) as http:
+    with httpx2.Client(base_url=server.url, follow_redirects=False) as http:
         _login(http)
         cookie = http.cookies["webfl_admin"]
         server.stop()
         server = start_server(data, env={"WEBFL_ADMIN_TOKEN": "a-new-token"})
         try:
-            with httpx.Client(base_url=server.url, cookies={"webfl_admin": cookie}) as again:
+            with httpx2.Client(base_url=server.url, cookies={"webfl_admin": cookie}) as again:
                 assert again.get("/api/status").status_code == 401
         finally:
             server.stop()
