@@ -95,3 +95,12 @@ def test_a_csv_that_only_the_full_check_refuses_is_explained_and_never_joins(con
     wait_state(page, "error")
     expect(page.get_by_test_id("error")).to_have_text("Your file “digits.csv” cannot be used: row 1: label must be an integer in 0..9")
     assert server.status()["connected"] == 0
+
+
+def test_a_missing_worker_module_is_named(context, serve):
+    # Imported while Pyodide loads (worker.js): its failure is a sentence, not a stalled load.
+    page = _join_failing(context, serve, "**/static/worker/secagg.js", lambda route: route.fulfill(status=404, body="not here"))
+    expect(page.get_by_test_id("error")).to_have_text(
+        "A part of the training worker (/static/worker/secagg.js) could not be loaded (HTTP 404 at /static/worker/secagg.js). Reload the page."
+    )
+    expect(page.get_by_test_id("pause")).to_be_disabled()

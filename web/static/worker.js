@@ -17,17 +17,44 @@
 //                 "trained" {busy_ms, wall_ms}, "error" {message}, "left",
 //                 "predicted" {id, result} | {id, error}, "personalised" {summary} | {error}.
 
+// Only what starting the runtime needs is imported here, so Pyodide's load begins as soon
+// as these few have arrived; what only a session needs comes while it loads (below).
 import { Downloads } from "./worker/downloads.js";
 // runtime.js imports it too; named here so it is fetched with its siblings, one round trip sooner.
 import "./worker/kernel.js";
-import { AssetError, loadRuntime } from "./worker/runtime.js";
-import { Connection } from "./worker/connection.js";
-import { Records } from "./worker/records.js";
-import { DeviceModels, reason, trainingImages } from "./worker/ondevice.js";
-import { answerCrypto } from "./worker/secagg.js";
+import { AssetError, firstFailure, loadRuntime } from "./worker/runtime.js";
 import { mark, timed } from "./worker/timing.js";
 
 mark("worker-ready"); // this worker's modules have arrived and run
+
+// A module of this worker, or an error that names it (as a failed static import would
+// not: the worker would only fail to start).
+async function workerModule(path) {
+  try {
+    return await import(path);
+  } catch (error) {
+    const url = new URL(path, import.meta.url);
+    const why = (await firstFailure([url.href])) || error.message;
+    throw new AssetError(`A part of the training worker (${url.pathname}) could not be loaded (${why}). Reload the page.`);
+  }
+}
+
+// The connection, the IndexedDB records, the models kept on this device and secure
+// aggregation: imported now, in parallel with the runtime; set once they have arrived.
+// start() awaits them before the session exists, and everything else that uses them
+// runs only once there is a session.
+let Connection, answerCrypto, reason, trainingImages, residuals, pendingUpdates, device;
+const sessionModules = Promise.all(["./worker/connection.js", "./worker/records.js", "./worker/ondevice.js", "./worker/secagg.js"].map(workerModule)).then(
+  ([connectionJs, recordsJs, ondeviceJs, secaggJs]) => {
+    ({ Connection } = connectionJs);
+    ({ answerCrypto } = secaggJs);
+    ({ reason, trainingImages } = ondeviceJs);
+    residuals = new recordsJs.Records("residuals", "error-feedback residual");
+    pendingUpdates = new recordsJs.Records("pending", "pending update");
+    device = new ondeviceJs.DeviceModels(bytesOut);
+  },
+);
+sessionModules.catch(() => {}); // reported by start(), which awaits it
 
 const PROGRESS_EVERY_MS = 100;
 // The CPU-use setting: rest this many times a batch's compute time after each batch,
@@ -47,10 +74,7 @@ let session = null; // Python BrowserSession
 let config = null;
 let connection = null;
 let dataChoice = null;
-const residuals = new Records("residuals", "error-feedback residual");
-const pendingUpdates = new Records("pending", "pending update");
 let pendingKept = ""; // the pending record in IndexedDB, as session.pending_record() said
-const device = new DeviceModels(bytesOut);
 // Frames are handled strictly in order, one at a time, even when one needs a fetch.
 let inbox = Promise.resolve();
 
@@ -240,7 +264,16 @@ function restorePending(record) {
   }
 }
 
-// What this device kept for the task (IndexedDB), read while the runtime loads.
+// IndexedDB works while the runtime loads: the page's configuration (`given`, if any) is
+// kept for a start without the server, and what this device kept for the task is read.
+async function keepAndRead(given) {
+  await sessionModules;
+  const keeping = given ? device.keepConfig(given) : null;
+  const kept = await timed("records", () => readKept(recordKey()));
+  await keeping;
+  return kept;
+}
+
 function readKept(key) {
   return Promise.all([residuals.get(key), pendingUpdates.get(key), device.read(key)]).then(([residual, pending, models]) => ({
     residual,
@@ -332,10 +365,11 @@ function control(action) {
 async function configuration(task) {
   try {
     const fresh = await fetchJson(`/api/config?task=${encodeURIComponent(task)}`, "its configuration");
+    await sessionModules;
     await device.keepConfig(fresh);
     return fresh;
   } catch (error) {
-    const kept = error instanceof Unreachable ? await device.keptConfig(task) : null;
+    const kept = error instanceof Unreachable ? await sessionModules.then(() => device.keptConfig(task)) : null;
     if (!kept) throw error;
     console.info("webfl: the server is unreachable; starting from the configuration kept on this device");
     return kept;
@@ -373,15 +407,12 @@ const handlers = {
     if (level in REST_PER_BUSY) cpu = level;
     post("stage", { label: "Getting the configuration", fraction: 0.01 });
     config = given ?? (await timed("config", () => configuration(task)));
-    // IndexedDB works while the runtime loads: the page's configuration is kept for a
-    // start without the server, and what this device kept for the task is read.
-    const keptConfig = given ? device.keepConfig(given) : null;
-    const kept = timed("records", () => readKept(recordKey()));
     const stage = (label, fraction) => post("stage", { label, fraction });
     const downloads = new Downloads(config.downloads, (progress) => post("downloads", progress));
-    let runtime;
+    let runtime, kept;
     try {
-      runtime = await loadRuntime(config, stage, downloads);
+      // Whichever fails first is reported, at once.
+      [runtime, kept] = await Promise.all([loadRuntime(config, stage, downloads), keepAndRead(given)]);
     } finally {
       downloads.stop();
     }
@@ -389,13 +420,12 @@ const handlers = {
     post("compute", { backend: compute });
     session = await timed("session", () => browser.BrowserSession(`webfl-browser/${config.version}`, config.task.definition));
     browser.destroy();
-    const { residual, pending, models } = await kept;
+    const { residual, pending, models } = kept;
     await timed("restore", () => {
       restoreResidual(residual);
       restorePending(pending);
       device.restore(session, models);
     });
-    await keptConfig;
     if (data.kind === "csv") {
       stage(`Reading ${data.file.name} (it stays in this tab)`, 0.97);
       await useCsv(data.file);

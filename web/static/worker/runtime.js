@@ -23,7 +23,7 @@ function shortUrl(url) {
 }
 
 // Which of these URLs fails, and how? A HEAD probe names the culprit of an opaque failure.
-async function firstFailure(urls) {
+export async function firstFailure(urls) {
   for (const url of urls) {
     try {
       const response = await fetch(url, { method: "HEAD", cache: "no-store" });
