@@ -7,7 +7,7 @@ same volunteers and data; the final accuracy and the bytes up and down come from
 
     .venv/bin/python bench/codecs.py [--rounds 30] [--clients 10] [--quick]
 
-Prints markdown tables (the README's "Compression" section). Not part of the tests.
+Prints markdown tables (docs/benchmarks.md, "Compression"). Not part of the tests.
 """
 
 from __future__ import annotations
