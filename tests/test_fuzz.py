@@ -358,9 +358,9 @@ def admin_requests(draw, auth: dict) -> tuple[str, str, dict, bytes]:
 def _admin_session(server) -> dict:
     import re
 
-    import httpx
+    import httpx2
 
-    with httpx.Client(base_url=server.url, timeout=30) as client:
+    with httpx2.Client(base_url=server.url, timeout=30) as client:
         page = client.get("/admin").text
         login_csrf = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
         answer = client.post("/admin/login", data={"csrf": login_csrf, "token": server.token}, follow_redirects=True)

@@ -675,7 +675,7 @@ def test_over_tls_the_cookie_is_secure_and_origins_are_https(tmp_path):
     import ssl
     import subprocess
 
-    import httpx
+    import httpx2
 
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
@@ -683,7 +683,7 @@ def test_over_tls_the_cookie_is_secure_and_origins_are_https(tmp_path):
                    check=True, capture_output=True)
     server = start_server(tmp_path / "data", tls=(cert, key))
     try:
-        with httpx.Client(base_url=server.url, verify=ssl.create_default_context(cafile=str(cert))) as http:
+        with httpx2.Client(base_url=server.url, verify=ssl.create_default_context(cafile=str(cert))) as http:
             csrf = re.search(r'name="csrf" value="([^"]+)"', http.get("/admin").text).group(1)
             answer = http.post("/admin/login", data={"token": server.token, "csrf": csrf})
             cookie = next(v for k, v in answer.headers.multi_items() if k == "set-cookie" and v.startswith("webfl_admin="))

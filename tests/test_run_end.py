@@ -191,6 +191,24 @@ def test_a_status_read_ahead_is_shown_at_once_and_again_in_its_turn_changes_noth
     assert again["run"] == shown["run"] and again["history"] == shown["history"]
 
 
+def test_an_older_status_received_in_its_turn_does_not_undo_a_newer_one_read_ahead():
+    """The welcome's status (no run) can still wait in the worker's inbox when the run's
+    start arrives and is read ahead: received in its turn, it must not put the page back
+    to "round 1" without "of 4" for the rest of the job."""
+    s = training_session()
+    before = server("status", state="idle", round=0, model_version=0, connected=1, history=[], history_from=0, run=None)
+    start = server("status", state="training", round=1, model_version=0, connected=1, history=[], history_from=0, run=[0, 4])
+    for frame in (before, start):  # as they arrive
+        s.notice(frame)
+    assert json.loads(s.snapshot())["run"] == [0, 4]
+    for frame in (before, start):  # in their turn
+        s.receive(frame)
+        assert json.loads(s.snapshot())["run"] == [0, 4]
+    later = server("status", state="training", round=2, model_version=1, connected=1, history=[[1, 0.5]], history_from=0, run=[1, 4])
+    s.receive(later)  # not read ahead (the simulator's way): shown in its turn
+    assert json.loads(s.snapshot())["run"] == [1, 4]
+
+
 def test_a_reject_for_the_training_round_stops_it_one_for_another_round_does_not():
     s = training_session()
     assert not s.notice(server("reject", reason="round 7 is over", round=7))

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import deque
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from enum import Enum
@@ -69,6 +70,10 @@ from .training import Progress, Step, TrainConfig, run_steps, train_steps
 __all__ = ["Job", "SessionState", "TrainingDiverged", "Volunteer"]
 
 log = logging.getLogger("webfl.volunteer")
+
+#: Frames shown ahead and awaiting their turn that a volunteer remembers (a hash each);
+#: the worker's inbox rarely holds more than a few.
+SHOWN_AHEAD_KEPT = 256
 
 
 class SessionState(str, Enum):
@@ -165,6 +170,10 @@ class Volunteer:
         self.run_progress: list[int] | None = None  # [rounds committed, rounds planned] of the run
         self.run_ended: str | None = None  # why the run ended (protocol.RUN_ENDS), None while it runs
         self.privacy: dict | None = None  # the run's DP guarantee as the server states it (status frame)
+        #: Hashes of the status-carrying frames ``read_ahead`` showed, oldest first, not yet
+        #: received in their turn; ``_showing_again``: the frame being received is one.
+        self._shown_ahead: deque[int] = deque(maxlen=SHOWN_AHEAD_KEPT)
+        self._showing_again = False
         self.last_verdict: dict | None = None
         self.last_metrics: dict | None = None
         self.bytes_up = 0
@@ -306,7 +315,22 @@ class Volunteer:
         handler = getattr(self, f"_on_{msg.type}", None)
         if handler is None:
             raise ProtocolError(f"a volunteer does not expect {msg.type!r} frames")
-        return handler(msg)
+        self._showing_again = self._was_shown_ahead(frame)
+        try:
+            return handler(msg)
+        finally:
+            self._showing_again = False
+
+    def _was_shown_ahead(self, frame: bytes) -> bool:
+        """Whether ``read_ahead`` showed ``frame``'s status already. Frames are read ahead as
+        they arrive and received later in the same order, so those shown before it and not
+        received (their socket closed meanwhile) are forgotten with it."""
+        key = hash(frame)
+        if key not in self._shown_ahead:
+            return False
+        while self._shown_ahead.popleft() != key:
+            pass
+        return True
 
     def _on_welcome(self, msg: Message) -> list[bytes]:
         self.volunteer_id = msg["volunteer"]
@@ -541,6 +565,7 @@ class Volunteer:
             return False
         if msg.type == "status" or (msg.type == "model_notice" and "history" in msg.fields):
             self._status(msg.fields)
+            self._shown_ahead.append(hash(frame))
         job = self.job
         if job is None or self.state is not SessionState.TRAINING:
             return False
@@ -578,7 +603,13 @@ class Volunteer:
         return []
 
     def _status(self, fields: dict) -> None:
-        """Take the federation's progress from a ``status`` or a commit's ``model_notice``."""
+        """Take the federation's progress from a ``status`` or a commit's ``model_notice``.
+
+        Not again for a frame ``read_ahead`` showed when it arrived: the frames read ahead
+        since (a run's start behind the welcome's status, say) are newer, and this one,
+        shown again in its turn, would put the page back to what it said before them."""
+        if self._showing_again:
+            return
         self._merge_history(fields.get("history", []), fields.get("history_from"))
         self.latest_version = max(self.latest_version, fields.get("model_version", -1))
         run = fields.get("run")
