@@ -7,6 +7,8 @@ sockets and processes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Coroutine
 
 import numpy as np
 import pytest
@@ -210,6 +212,22 @@ async def merging(c: Cluster, verdicts: list[str | None]) -> None:
                 await take_vetted(c.engine, c.leader_bus.homes, e.member, e.data, 2**24)
 
 
+@contextlib.asynccontextmanager
+async def started(c: Cluster, config: RunConfig, *background: Coroutine) -> AsyncIterator[dict[str, Message]]:
+    """The run started on the leader, its own volunteers' updates in and ``background`` running; yields the tasks."""
+    running = [asyncio.create_task(b) for b in background]
+    try:
+        c.engine.start(config)
+        tasks = await c.tasks()
+        for i, v in enumerate(HERE):
+            assert (await c.volunteer(v).update(delta(i))).accepted
+        yield tasks
+    finally:
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+
+
 @pytest.mark.parametrize("lost", ["ask", "shipment"])
 def test_a_lost_ask_or_a_refused_shipment_loses_no_update(tmp_path, redis_server, lost):
     # min_updates 3: without the follower's share the round is abandoned.
@@ -229,12 +247,7 @@ def test_a_lost_ask_or_a_refused_shipment_loses_no_update(tmp_path, redis_server
         if lost == "shipment":
             c.shares.relay = RefusesOnce(redis, "F", 10.0)
         verdicts: list[str | None] = []
-        background = [asyncio.create_task(c.follower_bus.listen()), asyncio.create_task(merging(c, verdicts))]
-        try:
-            c.engine.start(config)
-            tasks = await c.tasks()
-            for i, v in enumerate(HERE):
-                assert (await c.volunteer(v).update(delta(i))).accepted
+        async with started(c, config, c.follower_bus.listen(), merging(c, verdicts)) as tasks:
             # "ask": d is a straggler, so c's share waits for the close's ask, and the first ask is lost.
             # "shipment": both answer, the share goes at once, and Redis refuses that shipment.
             followers = THERE if lost == "shipment" else THERE[:1]
@@ -247,10 +260,6 @@ def test_a_lost_ask_or_a_refused_shipment_loses_no_update(tmp_path, redis_server
             assert verdicts[0] is None and all("second share" in why for why in verdicts[1:])  # copies change nothing
             if lost == "ask":
                 assert len(asks) >= 2
-        finally:
-            for task in background:
-                task.cancel()
-            await asyncio.gather(*background, return_exceptions=True)
 
     run_in_redis(redis_server, test)
 
@@ -261,12 +270,7 @@ def test_a_buffered_round_is_vetted_on_the_follower_shipped_in_batches_and_folde
 
     async def test(redis):
         c = Cluster(tmp_path, redis)
-        background = asyncio.create_task(merging(c, []))
-        try:
-            c.engine.start(config)
-            tasks = await c.tasks()
-            for i, v in enumerate(HERE):
-                assert (await c.volunteer(v).update(delta(i))).accepted
+        async with started(c, config, merging(c, [])) as tasks:
             hostile = [
                 ("c", update(tasks["c"], np.full(SIZE, np.nan, np.float32)), "nan"),
                 ("c", update(tasks["c"], delta(2), token="forged"), "token"),
@@ -294,9 +298,6 @@ def test_a_buffered_round_is_vetted_on_the_follower_shipped_in_batches_and_folde
                 assert [m.type for m in c.volunteer(v).inbox if m.type in ("accept", "reject")] == ["accept"]
             record = c.engine.history[-1]
             assert record.funnel["accepted"] == 4 and record.funnel["rejected"] == {"malformed": 1, "nan": 1, "not_selected": 1, "token": 2}
-        finally:
-            background.cancel()
-            await asyncio.gather(background, return_exceptions=True)
 
     run_in_redis(redis_server, test)
 
@@ -317,12 +318,7 @@ def test_the_leaders_verdict_on_a_vetted_update_is_final_a_norm_it_refuses_is_an
 
     async def test(redis):
         c = Cluster(tmp_path, redis)
-        background = asyncio.create_task(merging(c, []))
-        try:
-            c.engine.start(config)
-            tasks = await c.tasks()
-            for i, v in enumerate(HERE):
-                assert (await c.volunteer(v).update(delta(i))).accepted
+        async with started(c, config, merging(c, [])) as tasks:
             # Norm about 4, over the bound of 1: the follower cannot know (the bound is the leader's), so it ships it.
             big = update(tasks["c"], 10 * delta(2))
             assert await c.shares.update(TERM, TASK.name, "c", big, encode(big))
@@ -335,8 +331,5 @@ def test_the_leaders_verdict_on_a_vetted_update_is_final_a_norm_it_refuses_is_an
             await until(lambda: c.engine.model_version == 1, what="the commit")
             np.testing.assert_array_equal(c.engine.params, one_process(config, [delta(i) for i in range(4)]))
             assert c.engine.history[-1].funnel["rejected"] == {"norm": 1}
-        finally:
-            background.cancel()
-            await asyncio.gather(background, return_exceptions=True)
 
     run_in_redis(redis_server, test)
