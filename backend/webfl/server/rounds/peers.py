@@ -54,7 +54,6 @@ class Peers:
     def __init__(self, phase: Phase) -> None:
         self._phase = phase
         self._peers: dict[str, Peer] = {}
-        self._by_state: dict[PeerState, dict[str, Peer]] = {state: {} for state in PeerState}
         self._sorted: dict[PeerState, list[str]] = {state: [] for state in PeerState}
         self._codec_sets: Counter[frozenset[str]] = Counter()
 
@@ -114,12 +113,12 @@ class Peers:
 
     def wake(self, now: float) -> None:
         """Volunteers whose wait is over are ready again."""
-        for peer in list(self._by_state[PeerState.WAITING].values()):
+        for peer in self.of_state(PeerState.WAITING):
             if now >= peer.wait_until:
                 self.to(peer, PeerState.READY)
 
     def count(self, state: PeerState) -> int:
-        return len(self._by_state[state])
+        return len(self._sorted[state])
 
     def in_state(self, state: PeerState) -> list[str]:
         """The ids in ``state``, sorted."""
@@ -127,18 +126,15 @@ class Peers:
 
     def of_state(self, state: PeerState) -> list[Peer]:
         """The volunteers in ``state``, by id."""
-        index = self._by_state[state]
-        return [index[peer_id] for peer_id in self._sorted[state]]
+        return [self._peers[peer_id] for peer_id in self._sorted[state]]
 
     def codec_sets(self) -> set[frozenset[str]]:
         """The distinct codec sets the volunteers connected advertised."""
         return set(self._codec_sets)
 
     def _file(self, peer: Peer) -> None:
-        self._by_state[peer.state][peer.id] = peer
         bisect.insort(self._sorted[peer.state], peer.id)
 
     def _unfile(self, peer: Peer) -> None:
-        del self._by_state[peer.state][peer.id]
         ids = self._sorted[peer.state]
         del ids[bisect.bisect_left(ids, peer.id)]

@@ -101,15 +101,19 @@ class Selection:
         self._peers.wake(asyncio.get_running_loop().time())
         if all(codecs.issuperset(codec.stages) for codecs in self._peers.codec_sets()):
             return self._peers.in_state(PeerState.READY)  # the usual case: no volunteer to check one by one
-        stages = codec.stages
-        return [p.id for p in self._peers.of_state(PeerState.READY) if p.codecs.issuperset(stages) or self._cannot_use(p, codec)]
+        usable = []
+        for peer in self._peers.of_state(PeerState.READY):
+            if peer.codecs.issuperset(codec.stages):
+                usable.append(peer.id)
+            else:
+                self._refuse(peer, codec)
+        return usable
 
-    def _cannot_use(self, peer: Peer, codec: Codec) -> bool:
-        """Log once per volunteer and codec that it lacks a stage of ``codec``; always False."""
+    def _refuse(self, peer: Peer, codec: Codec) -> None:
+        """Log once per volunteer and codec that it lacks a stage of ``codec``."""
         if codec.spec not in peer.refused_codecs:
             peer.refused_codecs.add(codec.spec)
             log.info("volunteer %s not selectable: codec %s needs %s, it supports %s", peer.id, codec.spec, ", ".join(codec.stages), ", ".join(sorted(peer.codecs)))
-        return False
 
     async def select(self, config: RunConfig, model_version: int, rounds_committed: int) -> Cohort:
         """A sync round's cohort: wait up to ``select_timeout_s`` for ``target`` eligible
