@@ -76,3 +76,17 @@ def test_a_cohort_is_the_same_draw_from_the_ready_ids_as_before_the_index():
         assert cohort.selected == sorted(selection_rng(42, 9, 9).choice(ready, size=10, replace=False).tolist())
 
     asyncio.run(main())
+
+
+def test_a_volunteer_that_left_is_never_filed_again():
+    # A round awaits each frame it sends: the volunteer may leave before its move is made.
+    peers = Peers(Phase())
+    gone = peers.add("v0", "agent", "127.0.0.1", ["q8"])
+    peers.add("v1", "agent", "127.0.0.1", ["q8"])
+    peers.remove("v0")
+    peers.to(gone, PeerState.TRAINING)
+    peers.wait("v0", until=1.0)
+    back = peers.add("v0", "agent", "127.0.0.1", ["q8"])  # reconnected under the same id
+    peers.to(gone, PeerState.PAUSED)  # the old connection's move is not the new one's
+    assert back.state is PeerState.CONNECTED and peers.in_state(PeerState.CONNECTED) == ["v0", "v1"]
+    assert all(peers.count(s) == 0 for s in PeerState if s is not PeerState.CONNECTED)

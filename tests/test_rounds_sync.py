@@ -138,3 +138,31 @@ def test_sync_selects_only_volunteers_that_can_decode_the_codec(tmp_path):
         await until(lambda: not engine.running, what="the commit")
 
     run(main())
+
+
+def test_a_volunteer_that_leaves_while_its_task_goes_out_is_not_counted_and_the_round_goes_on(tmp_path):
+    # Its socket closes while the engine awaits the task's publish (the run failed with an
+    # IndexError from the registry's index when a simulator exited at the first round).
+    async def main():
+        engine, coord, vs = make_engine_with(tmp_path, "a", "b", "c")
+        publish = coord.publish
+
+        async def leaving(frame, to=None):
+            sent = await publish(frame, to)
+            if to == ["a"] and "a" in engine.peers:
+                await asyncio.sleep(0)
+                vs[0].leave()
+            return sent
+
+        coord.publish = leaving
+        engine.start(RunConfig.from_json(dict(rounds=1, clients_per_round=3, min_updates=2, deadline_s=30)))
+        await until(lambda: vs[1].task() is not None and vs[2].task() is not None, what="tasks")
+        funnel = engine.status()["open_round"]["funnel"]
+        assert (funnel["selected"], funnel["trained"]) == (3, 2)  # a's task never reached it
+        assert engine.peers.in_state(PeerState.TRAINING) == ["b", "c"] and "a" not in engine.services.tasks.outstanding()
+        for i, v in enumerate(vs[1:]):
+            assert (await v.update(small(i))).accepted
+        await until(lambda: not engine.running, what="the run to end")
+        assert engine.model_version == 1 and [r["status"] for r in engine.store.runs()] == ["completed"]
+
+    run(main())

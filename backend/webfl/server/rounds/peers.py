@@ -90,6 +90,9 @@ class Peers:
         return True
 
     def to(self, peer: Peer, new: PeerState) -> None:
+        """Move ``peer`` to ``new``; nothing for one that left (its caller awaited a send meanwhile)."""
+        if self._peers.get(peer.id) is not peer:
+            return
         if new is not peer.state:
             log.info("volunteer %s: %s -> %s", peer.id, peer.state.value, new.value,
                      extra={"event": "volunteer_state", "volunteer": peer.id, "from": peer.state.value, "to": new.value})
@@ -107,7 +110,8 @@ class Peers:
         self.to(peer, PeerState.READY)
 
     def wait(self, peer_id: str, until: float) -> None:
-        peer = self._peers[peer_id]
+        if (peer := self._peers.get(peer_id)) is None:
+            return  # it left while its ``wait`` went out
         peer.wait_until = until
         self.to(peer, PeerState.WAITING)
 

@@ -121,6 +121,8 @@ class TaskBook:
             # A frame the queue refuses drops the connection (a slow consumer): nothing to undo.
             if not await self._coordinator.publish(frame, to=[peer_id]):
                 return 0
+        if self._peers.get(peer_id) is not peer:
+            return 0  # it left while its frames went out: no task to wait for
         self.open(round_)
         self._jobs[peer_id] = Assignment(round_, model_version, expires)
         self._peers.to(peer, PeerState.TRAINING)
