@@ -55,6 +55,10 @@ log = logging.getLogger("webfl.simulate")
 # The server refused us for good: reconnecting would be refused again.
 _FATAL_CLOSE = {CLOSE_POLICY, CLOSE_PROTOCOL_ERROR, CLOSE_UNSUPPORTED}
 
+#: How long the status may show no run, or an earlier one, before the run launched counts
+#: as gone: longer than a cluster member's copy of the leader's status lags (a beat, 1 s).
+UNSEEN_S = 5.0
+
 
 class ServerUnreachable(Exception):
     """The admin API did not answer: no connection, a broken one, or a 5xx from a proxy.
@@ -348,7 +352,7 @@ class Simulation:
         deadline = time.monotonic() + timeout_s
         run_id, config = await launch_once(self.admin, run_config, deadline, self.api)
         print(f"webfl simulate: run {run_id} started with {len(self.volunteers)} volunteers: {config}", flush=True)
-        wanted, printed = run_config.get("rounds", 1), set()
+        wanted, printed, unseen_since = run_config.get("rounds", 1), set(), None
         # Rounds are printed once evaluated (on the server's data, or federated within
         # seconds of the commit); with no holdout nothing is evaluated, so none is waited for.
         evaluated = (lambda e: e["eval_source"] is not None) if self.task is None or self.task.holdout else (lambda e: True)
@@ -365,11 +369,17 @@ class Simulation:
                     f"down {entry['bytes_down'] / 1e6:.2f} MB  {entry['duration_s']:.2f} s",
                     flush=True,
                 )
-            run = status["run"]
-            # A restarted server resumes an interrupted run at start-up, before it answers;
-            # if it shows no run or another one, ours ended (stopped, failed or not resumable).
-            ours_running = run is not None and run["id"] == run_id and run["running"]
-            if (len(mine) >= wanted and evaluated(mine[-1])) or (not ours_running and len(mine) < wanted):
+            run, now = status["run"], time.monotonic()
+            # A restarted server resumes an interrupted run at start-up, before it answers.
+            # A status showing no run, or an earlier one, may be from before ours (a cluster
+            # member's copy of the leader's is a beat behind): only if it stays that way did
+            # ours end unseen (not resumable). A later run, or ours stopped, failed or done: ended.
+            if run is not None and run["id"] >= run_id:
+                unseen_since, ended = None, run["id"] > run_id or not run["running"]
+            else:
+                unseen_since = unseen_since or now
+                ended = now - unseen_since > UNSEEN_S
+            if (len(mine) >= wanted and evaluated(mine[-1])) or (ended and len(mine) < wanted):
                 done = len(mine) >= wanted
                 print(f"webfl simulate: run {run_id} {'completed' if done else 'ended early'} with {len(mine)} round(s)", flush=True)
                 return 0 if done else 1

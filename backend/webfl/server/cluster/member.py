@@ -147,6 +147,15 @@ class ClusterMember:
     def leader_status(self, task: str) -> dict | None:
         return self._snapshots.get(task)
 
+    async def read_status(self, task: str) -> None:
+        """Take the leader's stored status of ``task`` now (a beat or an announcement would, later)."""
+        if self.leads:
+            return
+        try:
+            await self._read_statuses([task])
+        except RedisError as exc:
+            log.warning("status of %s: Redis unreachable (%s); the next beat reads it", task, exc)
+
     async def publish_status(self, engine: RoundEngine) -> None:
         if not engine.leading:
             return

@@ -52,7 +52,7 @@ def _bad(exc: Exception) -> Response:
 async def start_rounds(request: Request) -> Response:
     engine = task_engine(request)
     if not engine.leading:
-        return await _to_leader(request)
+        return await _to_leader(request, engine.task.name)
     try:
         body = await read_json(request)
         if isinstance(body, dict):  # the task's training defaults, unless the run sets its own
@@ -78,18 +78,23 @@ async def start_rounds(request: Request) -> Response:
 async def stop_rounds(request: Request) -> Response:
     engine = task_engine(request)
     if not engine.leading:
-        return await _to_leader(request)
+        return await _to_leader(request, engine.task.name)
     stopped = await engine.stop()
     if engine.cluster is not None:
         await engine.cluster.publish_status(engine)
     return JSONResponse({"stopped": stopped})
 
 
-async def _to_leader(request: Request) -> Response:
+async def _to_leader(request: Request, task: str) -> Response:
     """A cluster follower passes run control on to the leader (``cluster.forward``)."""
     cluster = services(request).cluster
     assert cluster is not None, "only a cluster member is ever not leading"
-    return await to_leader(request, cluster.leader_url(), cluster.describe()["leader"])
+    answer = await to_leader(request, cluster.leader_url(), cluster.describe()["leader"])
+    if answer.status_code < 300:
+        # Read-your-writes through this member too: the leader stored its new status before
+        # answering, and the announcement of it may not have arrived here yet.
+        await cluster.read_status(task)
+    return answer
 
 
 @admin_only
