@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 from collections.abc import AsyncIterator, Coroutine
 
 import numpy as np
@@ -16,6 +17,7 @@ from rounds_harness import TASK, Volunteer, make_engine, make_engine_with, until
 
 from webfl.core.codecs import Encoded, get_codec
 from webfl.core.protocol import Message, decode, encode
+from webfl.server import crashpoints
 from webfl.server.engine import RunConfig
 from webfl.server.rounds.shares import Share, ShareError, Vetted
 from webfl.server.rounds.validation import fold
@@ -139,8 +141,13 @@ def test_a_follower_folded_round_commits_what_one_process_would_hostile_updates_
     run_in_redis(redis_server, test)
 
 
-def test_a_second_share_of_a_round_from_one_member_is_refused_and_changes_nothing(tmp_path, redis_server):
+def test_a_second_share_of_a_round_from_one_member_is_refused_and_changes_nothing(tmp_path, redis_server, monkeypatch):
+    """And the ``training`` crash point fires at the merge: the sum lives only in the
+    leader's memory, as an update accepted there does."""
     config = RunConfig.from_json({"rounds": 1, "clients_per_round": 4, "min_updates": 4, "deadline_s": 30})
+    kills = []
+    monkeypatch.setenv("WEBFL_CRASHPOINT", "training:1")
+    monkeypatch.setattr(crashpoints.os, "kill", lambda pid, sig: kills.append(sig))  # os.kill, for this test only
 
     async def test(redis):
         c = Cluster(tmp_path, redis)
@@ -151,9 +158,12 @@ def test_a_second_share_of_a_round_from_one_member_is_refused_and_changes_nothin
         await c.shares.flush(TERM, TASK.name, 1)
         (share,) = await c.shipped()
         assert share.pending == {"d"} and sorted(share.accepted) == ["c"]
+        assert kills == []  # the follower accepted, not the leader
         assert c.engine.merge_share(share) is None
+        assert kills == [signal.SIGKILL]
         before = c.engine.run.rule.partial()
         assert "second share" in c.engine.merge_share(share)  # a replayed stream entry
+        assert kills == [signal.SIGKILL]
         after = c.engine.run.rule.partial()
         assert c.engine.status()["open_round"]["received"] == 1 and after.count == before.count == 1
         np.testing.assert_array_equal(after.sum, before.sum)

@@ -5,7 +5,8 @@ dictionary lookup). ``WEBFL_CRASHPOINT=NAME`` kills the server the first time it
 reaches ``NAME``; ``NAME:ROUND`` only when it reaches ``NAME`` in round ``ROUND``.
 Names:
 
-* ``training``: an update of the open round was accepted (it lives only in memory).
+* ``training``: an update of the open round was accepted, or a follower's share of
+  them merged (it lives only in memory).
 * ``aggregating``: the round is closed and about to be aggregated.
 * ``checkpoint``: inside the commit transaction, after the round record and the
   checkpoint are written, before ``COMMIT``.

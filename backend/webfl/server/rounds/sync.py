@@ -200,6 +200,8 @@ class SyncRounds(RunMode):
         open_.stragglers |= share.pending
         log.info("round %d: a share of %d update(s) from %s merged (%d/%d)", open_.round, len(share.accepted), share.member,
                  open_.received, len(open_.selected))
+        if share.accepted:
+            crashpoint("training", open_.round)  # as for an update accepted here: the sum lives only in memory
         s.phase.changed()
         return None
 
