@@ -18,6 +18,7 @@ rejected frame changed it.
 import asyncio
 import json
 import os
+import random
 import struct
 import threading
 import time
@@ -27,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import websockets
+import websockets.asyncio.connection
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from servers import read_to_close, start_server
@@ -220,11 +222,15 @@ def live(tmp_path_factory):
     server = start_server(tmp_path_factory.mktemp("fuzz") / "data", "--log-level", "warning", env=env)
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    yield server, loop
-    asyncio.run_coroutine_threadsafe(_cancel_all(), loop).result(timeout=30)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(timeout=10)
+    with pytest.MonkeyPatch.context() as patch:
+        # A keepalive ping's payload comes from the global ``random``; drawn in this thread
+        # while Hypothesis generates in the other, it reads as a strategy using ``random``.
+        patch.setattr(websockets.asyncio.connection, "random", random.Random())
+        thread.start()
+        yield server, loop
+        asyncio.run_coroutine_threadsafe(_cancel_all(), loop).result(timeout=30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
     server.stop()
 
 
