@@ -69,7 +69,7 @@ async def start_rounds(request: Request) -> Response:
         return JSONResponse({"error": str(exc)}, status_code=503, headers={"Retry-After": "1"})
     except (ValueError, OverflowError) as exc:
         return _bad(exc)
-    if engine.cluster is not None:  # read-your-writes: any member's next status shows the run
+    if engine.cluster is not None:  # stored before the answer: a member that relayed the request reads it (_to_leader)
         await engine.cluster.publish_status(engine)
     return JSONResponse({"run": run_id, "config": config.to_dict()}, status_code=202)
 
