@@ -99,7 +99,11 @@ class LossyProxy:
                 client, _ = self.listener.accept()
             except OSError:
                 return
-            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            except OSError:  # the server is down (a test restarts it): refused, as it would be directly
+                client.close()
+                continue
             conn = {"cut": False}
             threading.Thread(target=self._pump, args=(client, upstream, conn, True), daemon=True).start()
             threading.Thread(target=self._pump, args=(upstream, client, conn, False), daemon=True).start()
