@@ -6,7 +6,7 @@ import asyncio
 import numpy as np
 from rounds_harness import Volunteer, make_engine, make_engine_with, small, until
 
-from webfl.core.protocol import encode
+from webfl.core.protocol import decode, encode
 from webfl.server.engine import PeerState, RunConfig
 
 
@@ -140,21 +140,28 @@ def test_sync_selects_only_volunteers_that_can_decode_the_codec(tmp_path):
     run(main())
 
 
+def while_sent(coord, kind: str, action) -> None:
+    """Call ``action(volunteer)`` while the first ``kind`` frame to one volunteer goes out:
+    what its socket does then lands during the engine's await of the publish."""
+    publish, done = coord.publish, []
+
+    async def hooked(frame, to=None):
+        sent = await publish(frame, to)
+        if not done and to is not None and len(to) == 1 and decode(frame).type == kind:
+            done.append(to[0])
+            await asyncio.sleep(0)
+            action(to[0])
+        return sent
+
+    coord.publish = hooked
+
+
 def test_a_volunteer_that_leaves_while_its_task_goes_out_is_not_counted_and_the_round_goes_on(tmp_path):
-    # Its socket closes while the engine awaits the task's publish (the run failed with an
-    # IndexError from the registry's index when a simulator exited at the first round).
+    # The run failed with an IndexError from the registry's index when a simulator exited
+    # at the first round.
     async def main():
         engine, coord, vs = make_engine_with(tmp_path, "a", "b", "c")
-        publish = coord.publish
-
-        async def leaving(frame, to=None):
-            sent = await publish(frame, to)
-            if to == ["a"] and "a" in engine.peers:
-                await asyncio.sleep(0)
-                vs[0].leave()
-            return sent
-
-        coord.publish = leaving
+        while_sent(coord, "task", lambda v: vs[0].leave())
         engine.start(RunConfig.from_json(dict(rounds=1, clients_per_round=3, min_updates=2, deadline_s=30)))
         await until(lambda: vs[1].task() is not None and vs[2].task() is not None, what="tasks")
         funnel = engine.status()["open_round"]["funnel"]
@@ -164,5 +171,34 @@ def test_a_volunteer_that_leaves_while_its_task_goes_out_is_not_counted_and_the_
             assert (await v.update(small(i))).accepted
         await until(lambda: not engine.running, what="the run to end")
         assert engine.model_version == 1 and [r["status"] for r in engine.store.runs()] == ["completed"]
+
+    run(main())
+
+
+def test_a_volunteer_that_pauses_while_its_task_goes_out_stays_paused_and_is_not_waited_for(tmp_path):
+    async def main():
+        engine, coord, vs = make_engine_with(tmp_path, "a", "b", "c")
+        while_sent(coord, "task", engine.pause)
+        engine.start(RunConfig.from_json(dict(rounds=1, clients_per_round=3, min_updates=2, deadline_s=30)))
+        await until(lambda: all(v.task() is not None for v in vs), what="tasks")
+        assert engine.peers.get("a").state is PeerState.PAUSED and engine.peers.in_state(PeerState.TRAINING) == ["b", "c"]
+        for i, v in enumerate(vs[1:]):
+            assert (await v.update(small(i))).accepted
+        await until(lambda: not engine.running, what="the round to close without the paused volunteer")
+        assert engine.history[0].participants == 2
+
+    run(main())
+
+
+def test_a_volunteer_that_pauses_while_its_wait_goes_out_stays_paused(tmp_path):
+    # Moved to WAITING, it would be woken READY and selected while paused.
+    async def main():
+        engine, coord, vs = make_engine_with(tmp_path, "a", "b", "c")
+        paused = []
+        while_sent(coord, "wait", lambda v: (engine.pause(v), paused.append(v)))
+        engine.start(RunConfig.from_json(dict(rounds=1, clients_per_round=1, deadline_s=30)))
+        await until(lambda: paused and sum(v.task() is not None for v in vs) == 1, what="a task and a wait")
+        assert engine.peers.get(paused[0]).state is PeerState.PAUSED
+        await engine.stop()
 
     run(main())

@@ -12,7 +12,7 @@ from enum import Enum
 
 from .state import Phase
 
-__all__ = ["Peer", "PeerState", "Peers"]
+__all__ = ["MOVES", "Peer", "PeerState", "Peers"]
 
 log = logging.getLogger("webfl.engine")
 
@@ -23,6 +23,19 @@ class PeerState(str, Enum):
     TRAINING = "training"  # given a task; busy until it reports ready again
     PAUSED = "paused"
     WAITING = "waiting"  # told to come back later (pace steering); ready again at wait_until
+
+
+_P = PeerState
+#: A volunteer's ``ready`` and ``pause`` come in any state, so READY and PAUSED are reached
+#: from every other; a task (TRAINING) and a wait (WAITING) go only to one that is ready.
+#: ``Peers.to`` refuses any other move.
+MOVES: dict[PeerState, frozenset[PeerState]] = {
+    _P.CONNECTED: frozenset({_P.READY, _P.PAUSED}),
+    _P.READY: frozenset({_P.TRAINING, _P.WAITING, _P.PAUSED}),
+    _P.TRAINING: frozenset({_P.READY, _P.PAUSED}),
+    _P.WAITING: frozenset({_P.READY, _P.PAUSED}),
+    _P.PAUSED: frozenset({_P.READY}),
+}
 
 
 @dataclass
@@ -94,6 +107,8 @@ class Peers:
         if self._peers.get(peer.id) is not peer:
             return
         if new is not peer.state:
+            if new not in MOVES[peer.state]:
+                raise RuntimeError(f"volunteer {peer.id}: no move from {peer.state.value} to {new.value}")
             log.info("volunteer %s: %s -> %s", peer.id, peer.state.value, new.value,
                      extra={"event": "volunteer_state", "volunteer": peer.id, "from": peer.state.value, "to": new.value})
             self._unfile(peer)
@@ -110,8 +125,10 @@ class Peers:
         self.to(peer, PeerState.READY)
 
     def wait(self, peer_id: str, until: float) -> None:
-        if (peer := self._peers.get(peer_id)) is None:
-            return  # it left while its ``wait`` went out
+        """A ready volunteer was told to come back at ``until``. One no longer ready (the wait
+        went out after its task, its pause, or a reconnection) keeps its state."""
+        if (peer := self._peers.get(peer_id)) is None or peer.state is not PeerState.READY:
+            return
         peer.wait_until = until
         self.to(peer, PeerState.WAITING)
 

@@ -9,6 +9,9 @@
       +---- last round / stop() ---- BROADCASTING <------- AGGREGATING
 
 FedBuff runs go TRAINING -> AGGREGATING -> BROADCASTING -> TRAINING (no selection barrier).
+A refused aggregate goes back to SELECTING (sync: the round is retried) or TRAINING
+(FedBuff); a stop, a failure or the run's end goes to IDLE from anywhere. ``MOVES`` is
+that diagram; any other move is a bug, and ``Phase.to`` refuses it.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import asyncio
 import logging
 from enum import Enum
 
-__all__ = ["Phase", "RoundState"]
+__all__ = ["MOVES", "Phase", "RoundState"]
 
 log = logging.getLogger("webfl.engine")
 
@@ -30,6 +33,16 @@ class RoundState(str, Enum):
     BROADCASTING = "broadcasting"
 
 
+_R = RoundState
+MOVES: dict[RoundState, frozenset[RoundState]] = {
+    _R.IDLE: frozenset({_R.SELECTING, _R.TRAINING}),
+    _R.SELECTING: frozenset({_R.TRAINING, _R.IDLE}),
+    _R.TRAINING: frozenset({_R.AGGREGATING, _R.SELECTING, _R.IDLE}),
+    _R.AGGREGATING: frozenset({_R.BROADCASTING, _R.SELECTING, _R.TRAINING, _R.IDLE}),
+    _R.BROADCASTING: frozenset({_R.SELECTING, _R.TRAINING, _R.IDLE}),
+}
+
+
 class Phase:
     """The engine's ``RoundState`` (transitions logged) and a wake-up for whoever waits on change."""
 
@@ -39,6 +52,8 @@ class Phase:
 
     def to(self, new: RoundState) -> None:
         if new is not self.state:
+            if new not in MOVES[self.state]:
+                raise RuntimeError(f"round engine: no move from {self.state.value} to {new.value}")
             log.info("round engine: %s -> %s", self.state.value, new.value,
                      extra={"event": "round_state", "from": self.state.value, "to": new.value})
             self.state = new

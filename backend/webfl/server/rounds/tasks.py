@@ -94,8 +94,8 @@ class TaskBook:
         ``secagg``: a secure-aggregation round's parameters for this volunteer.
         """
         peer = self._peers.get(peer_id)
-        if peer is None:
-            return 0
+        if peer is None or peer.state is not PeerState.READY:
+            return 0  # it left, or paused, since it was picked
         if model_version != self._chain.version:
             # A commit landed since the caller looked: the slot stays free for a task on the new model.
             log.warning("no task for %s on model %d: the committed model is now %d", peer_id, model_version, self._chain.version)
@@ -125,7 +125,8 @@ class TaskBook:
             return 0  # it left while its frames went out: no task to wait for
         self.open(round_)
         self._jobs[peer_id] = Assignment(round_, model_version, expires)
-        self._peers.to(peer, PeerState.TRAINING)
+        if peer.state is PeerState.READY:  # one that paused meanwhile stays paused; its update still counts
+            self._peers.to(peer, PeerState.TRAINING)
         return sum(map(len, frames))
 
     # -- matching --------------------------------------------------------------------
